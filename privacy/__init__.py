@@ -1,0 +1,1 @@
+"""fedsilo.privacy."""

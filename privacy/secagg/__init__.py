@@ -1,0 +1,1 @@
+"""fedsilo.privacy.secagg: SecAgg+ secure aggregation."""
