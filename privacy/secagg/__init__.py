@@ -1,1 +1,32 @@
-"""fedsilo.privacy.secagg: SecAgg+ secure aggregation."""
+"""fedsilo.privacy.secagg: SecAgg+ secure aggregation (Bell et al. 2020).
+
+Flower-independent: numpy + `cryptography`. `SecAggServer` and `SecAggClient` are the
+two state machines; `run_round` drives them in memory; `fedsilo.server.secagg_round`
+and `fedsilo.client.secagg_handler` carry the same messages over Flower's Message API.
+"""
+
+from .client import SecAggClient
+from .config import SecAggConfig
+from .driver import RoundReport, run_round
+from .errors import SecAggAbort, SecAggClientError, SecAggError
+from .messages import (
+    STAGES,
+    KeyAdvert,
+    MaskedReply,
+    MaskedRequest,
+    SetupRequest,
+    ShareReply,
+    ShareRequest,
+    SiteError,
+    UnmaskReply,
+    UnmaskRequest,
+)
+from .quantize import check_no_overflow, error_bound
+from .server import AggregateResult, SecAggServer
+
+__all__ = [
+    "STAGES", "AggregateResult", "KeyAdvert", "MaskedReply", "MaskedRequest", "RoundReport",
+    "SecAggAbort", "SecAggClient", "SecAggClientError", "SecAggConfig", "SecAggError",
+    "SecAggServer", "SetupRequest", "ShareReply", "ShareRequest", "SiteError", "UnmaskReply",
+    "UnmaskRequest", "check_no_overflow", "error_bound", "run_round",
+]

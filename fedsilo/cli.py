@@ -1,0 +1,151 @@
+"""The ``fedsilo`` command line: simulate, lineage, strategies, privacy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_simulate(sub: Any) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="run a whole federation on this machine (Flower simulation engine)",
+        description="Run a federation on Flower's simulation engine. Flags override --config.",
+    )
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with run options")
+    p.add_argument("--dataset", help="digits | breast_cancer | wine (default digits)")
+    p.add_argument("--sites", type=int, help="number of sites (default 10)")
+    p.add_argument("--rounds", type=int, help="number of rounds (default 20)")
+    p.add_argument("--partition", help="iid | dirichlet:ALPHA | shards:K (default dirichlet:0.5)")
+    p.add_argument("--fraction", type=float, help="fraction of sites sampled per round, (0, 1]")
+    p.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
+    p.add_argument("--lr", type=float, help="local learning rate (default 0.1)")
+    p.add_argument("--batch-size", type=int, help="local batch size (default 32)")
+    p.add_argument("--hidden", type=int, help="hidden units of the MLP (default 64)")
+    p.add_argument("--seed", type=int, help="seed of everything random (default 0)")
+    p.add_argument("--aggregator", help="aggregator spec, e.g. trimmed_mean:beta=0.2 (default mean)")
+    p.add_argument("--optimizer", help="server optimiser spec, e.g. fedadam:eta=0.01 (default fedavg)")
+    p.add_argument("--proximal-mu", type=float, help="FedProx proximal term at the sites (default 0)")
+    p.add_argument("--min-sites", type=int, help="replies needed for a round to change the model")
+    p.add_argument("--attack", help="simulated attack name (see `fedsilo strategies`)")
+    p.add_argument("--malicious", type=int, help="number of malicious sites")
+    p.add_argument("--dp-epsilon", type=float, help="client-level DP budget epsilon")
+    p.add_argument("--dp-delta", type=float, help="client-level DP delta (default 1e-5)")
+    p.add_argument("--dp-noise-multiplier", type=float, help="noise multiplier (default: calibrated)")
+    p.add_argument("--dp-clip-norm", type=float, help="clipping norm of site updates (default 1.0)")
+    p.add_argument("--dp-clipping", choices=["fixed", "adaptive"], help="clipping mode")
+    p.add_argument("--dp-where", choices=["server", "site"], help="where updates are clipped")
+    p.add_argument("--secagg", action="store_true", default=None, help="secure aggregation (SecAgg+)")
+    p.add_argument("--secagg-degree", type=int, help="SecAgg+ graph degree (default O(log n))")
+    p.add_argument("--secagg-threshold", type=int, help="SecAgg+ reconstruction threshold")
+    p.add_argument("--no-lineage", dest="lineage", action="store_false", default=None,
+                   help="do not write the lineage chain")
+    p.add_argument("--out", help="parent directory of run directories (default runs)")
+    p.add_argument("--run-id", help="run id / directory name (default: generated)")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.set_defaults(handler=_simulate)
+
+
+_FLAG_TO_KEY = {
+    "dp_epsilon": "dp.epsilon", "dp_delta": "dp.delta", "dp_noise_multiplier": "dp.noise_multiplier",
+    "dp_clip_norm": "dp.clip_norm", "dp_clipping": "dp.clipping", "dp_where": "dp.where",
+    "secagg": "secagg.enabled", "secagg_degree": "secagg.degree", "secagg_threshold": "secagg.threshold",
+}
+_NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command"}
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from fedsilo.server.config import ConfigError, RunConfig
+
+    overrides: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if key in _NOT_CONFIG or value is None:
+            continue
+        overrides[_FLAG_TO_KEY.get(key, key)] = value
+    if any(k.startswith("dp.") for k in overrides):
+        overrides["dp.enabled"] = True
+    try:
+        config = RunConfig.load(args.config, overrides)
+        from fedsilo.simulations.runner import check_feasible
+
+        check_feasible(config)
+    except ConfigError as exc:
+        return _fail("simulate", str(exc))
+
+    from fedsilo.progress import RoundProgress
+    from fedsilo.simulations.runner import run_federation
+
+    try:
+        with RoundProgress(config.rounds, enabled=not args.quiet) as progress:
+            run = run_federation(config, on_round=progress.update, verbose=args.verbose)
+    except ConfigError as exc:
+        return _fail("simulate", str(exc))
+    acc = run.final_accuracy
+    acc_text = f"test accuracy {acc:.4f}" if acc is not None else "no evaluation"
+    print(
+        f"fedsilo: run {run.run_id} {run.result.closing_reason}: {len(run.rounds)} rounds, "
+        f"{acc_text}, model {run.final_digest} -> {run.run_dir}"
+    )
+    return 0
+
+
+def _fail(command: str, message: str, code: int = EXIT_USAGE) -> int:
+    print(f"fedsilo {command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _optional(register: Callable[[Any], None] | None, sub: Any) -> None:
+    if register is not None:
+        register(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fedsilo", description="Cross-silo federated learning on Flower.")
+    from fedsilo import __version__
+
+    parser.add_argument("--version", action="version", version=f"fedsilo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_simulate(sub)
+    for module, name in (
+        ("fedsilo.lineage.cli", "add_lineage_parser"),
+        ("fedsilo.strategies.registry", "add_strategies_parser"),
+        ("fedsilo.privacy.cli", "add_privacy_parser"),
+        ("fedsilo.deploy.cli", "add_deploy_parsers"),
+    ):
+        try:
+            mod = __import__(module, fromlist=[name])
+        except ImportError:
+            continue
+        _optional(getattr(mod, name, None), sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(handler(args))
+    except KeyboardInterrupt:
+        print("fedsilo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

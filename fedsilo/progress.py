@@ -1,0 +1,53 @@
+"""Live progress of a run (rich): round, accuracy, epsilon, elapsed time."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedsilo.server.loop import RoundSummary
+
+
+class RoundProgress:
+    """Context manager showing a progress bar over rounds; ``update`` is the on_round hook."""
+
+    def __init__(self, total_rounds: int, *, enabled: bool = True, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.total = total_rounds
+        self.started = time.monotonic()
+        self._progress = Progress(
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console or Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task("rounds", total=total_rounds, status="starting federation")
+
+    def __enter__(self) -> RoundProgress:
+        if self.enabled:
+            self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.enabled:
+            self._progress.stop()
+
+    def update(self, summary: RoundSummary) -> None:
+        parts = []
+        if summary.test_accuracy is not None:
+            parts.append(f"acc {summary.test_accuracy:.4f}")
+        if summary.test_loss is not None:
+            parts.append(f"loss {summary.test_loss:.4f}")
+        if summary.epsilon is not None:
+            parts.append(f"eps {summary.epsilon:.3f}")
+        parts.append(f"sites {summary.accepted}/{summary.sampled}")
+        if summary.status != "completed":
+            parts.append(f"[yellow]{summary.status}[/]")
+        self._progress.update(self._task, completed=summary.round, status="  ".join(parts))

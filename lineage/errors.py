@@ -1,0 +1,11 @@
+"""Errors raised by :mod:`fedsilo.lineage`."""
+
+from __future__ import annotations
+
+
+class LineageError(Exception):
+    """Bad lineage input (missing, foreign, truncated or corrupted file, wrong schema).
+
+    The message is one line meant for a user: it names the file or field and what was
+    expected. The CLI prints it as ``fedsilo lineage: error: <message>`` and exits 2.
+    """

@@ -1,0 +1,136 @@
+"""A site's own append-only ledger of what it sent (JSON Lines, fsync per line)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .canonical import canonical_json
+from .errors import LineageError
+from .records import _is_count, _is_digest, _is_sig, _is_str
+from .store import parse_json
+
+_SENT_FIELDS: dict[str, tuple[Any, str]] = {
+    "update_digest": (_is_digest, "'sha256:<64 hex>'"),
+    "data_fingerprint": (_is_digest, "'sha256:<64 hex>'"),
+    "num_examples": (_is_count, "an int >= 0"),
+    "signature": (_is_sig, "128 lowercase hex"),
+}
+_COMMON_FIELDS: dict[str, tuple[Any, str]] = {
+    "run_id": (_is_str, "a non-empty string"),
+    "site_id": (_is_str, "a non-empty string"),
+    "round": (_is_count, "an int >= 0"),
+}
+
+
+def validate_ledger_entry(entry: Mapping[str, Any]) -> None:
+    """Check one ledger entry.
+
+    Required: ``run_id``, ``site_id``, ``round``, ``status`` (``"sent"`` or ``"refused"``),
+    ``time``; for ``sent`` also ``update_digest``, ``data_fingerprint``, ``num_examples``,
+    ``signature``; for ``refused`` also ``reason``. Other keys are kept as they are.
+
+    Raises:
+        ValueError: naming the first missing or malformed field.
+    """
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"ledger entry must be a JSON object, got {type(entry).__name__}")
+    status = entry.get("status")
+    if status not in ("sent", "refused"):
+        raise ValueError(f"ledger entry status must be 'sent' or 'refused', got {status!r}")
+    fields = dict(_COMMON_FIELDS)
+    if status == "sent":
+        fields.update(_SENT_FIELDS)
+    else:
+        fields["reason"] = (_is_str, "a non-empty string")
+    for name, (check, expected) in fields.items():
+        if name not in entry:
+            raise ValueError(f"ledger entry ({status}) is missing field {name!r}")
+        if not check(entry[name]):
+            raise ValueError(f"ledger entry field {name!r}: expected {expected}, got "
+                             f"{entry[name]!r:.80}")
+    if not isinstance(entry.get("time"), str):
+        raise ValueError(f"ledger entry field 'time': expected an ISO 8601 string, got "
+                         f"{entry.get('time')!r}")
+
+
+class SiteLedger:
+    """Append-only JSON Lines ledger kept by a site.
+
+    Each :meth:`append` writes one canonical-JSON line and fsyncs it. A line torn by a crash
+    is isolated (the next append starts a fresh line) and reported by :meth:`entries`.
+
+    Args:
+        path: the ledger file (e.g. ``RUN_DIR/sites/<site_id>/ledger.jsonl``); created with
+            mode 0600 (parent directory 0700) on first append.
+        fsync: fsync after every line (default). Turn off only for synthetic benchmarks.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+
+    def append(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate and durably append one entry; ``time`` defaults to now (UTC, ISO 8601).
+
+        Args:
+            entry: see :func:`validate_ledger_entry`.
+
+        Returns:
+            The entry as written.
+
+        Raises:
+            ValueError: if the entry is malformed.
+        """
+        stored = dict(entry)
+        stored.setdefault("time", datetime.now(UTC).isoformat())
+        validate_ledger_entry(stored)
+        line = canonical_json(stored) + b"\n"
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            if size and _last_byte(self.path, size) != b"\n":
+                line = b"\n" + line  # isolate a line torn by an earlier crash
+            os.write(fd, line)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return stored
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Read and validate every entry, in order (read-only).
+
+        Raises:
+            LineageError: if the file is missing or unreadable, or a line is not a valid
+                entry (the message names the line number).
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise LineageError(f"{self.path}: ledger file not found") from None
+        except OSError as exc:
+            raise LineageError(f"{self.path}: cannot read ledger ({exc.strerror})") from None
+        entries = []
+        for number, raw in enumerate(data.split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            try:
+                entry = parse_json(raw.decode("utf-8"))
+                validate_ledger_entry(entry)
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise LineageError(f"{self.path}: line {number}: not a ledger entry ({exc})"
+                                   ) from None
+            entries.append(entry)
+        return entries
+
+
+def _last_byte(path: Path, size: int) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(size - 1)
+        return handle.read(1)

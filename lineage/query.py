@@ -1,0 +1,183 @@
+"""Questions about a finished run: who contributed to a model, does a site's ledger agree."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chain import LoadedChain, load_chain
+from .errors import LineageError
+from .ledger import SiteLedger
+
+_COMPARED = ("update_digest", "data_fingerprint", "num_examples", "signature")
+
+
+@dataclass
+class Contributor:
+    """A site (with one data fingerprint) whose accepted updates fed a model.
+
+    Attributes:
+        site_id: the site.
+        data_fingerprint: the data version the updates were computed on.
+        rounds: rounds (ascending) in which an accepted update of this site/data went in.
+        public_key: the site's public key (64 hex) from the genesis or join record.
+    """
+
+    site_id: str
+    data_fingerprint: str
+    rounds: list[int] = field(default_factory=list)
+    public_key: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict form."""
+        return asdict(self)
+
+
+def contributors(run_dir: Path, model_digest: str | None = None) -> list[Contributor]:
+    """Every site and data fingerprint whose accepted updates fed, transitively, a model.
+
+    Walks back from the round that produced ``model_digest`` through each round's
+    ``model_in`` to the initial model (following resumes, so superseded rounds do not count).
+
+    Args:
+        run_dir: the run directory (or its ``lineage.sqlite``).
+        model_digest: ``"sha256:<hex>"`` of a model the run produced (a round's
+            ``model_out`` or the initial model); default: the model the chain ends with.
+
+    Returns:
+        Contributors sorted by site id then fingerprint; empty for the initial model.
+
+    Raises:
+        LineageError: if the store is unreadable or no round of the run produced that model.
+    """
+    chain = load_chain(run_dir)
+    initial = chain.genesis["initial_model_digest"]
+    target = model_digest if model_digest is not None else chain.current_model()
+    rounds = [
+        (i, env["body"]) for i, env in enumerate(chain.envelopes)
+        if env["type"] == "round" and env["body"]["status"] == "completed"
+    ]
+    keys = _site_keys(chain)
+    found: dict[tuple[str, str], Contributor] = {}
+    position = len(rounds)
+    wanted = target
+    while wanted != initial:
+        position = next(
+            (p for p in range(position - 1, -1, -1) if rounds[p][1]["model_out"] == wanted), -1
+        )
+        if position < 0:
+            if wanted == target:
+                raise LineageError(f"model {target} was not produced by any round of this run")
+            break  # broken back-link; `verify` reports it
+        body = rounds[position][1]
+        for c in body["contributions"]:
+            if c["fate"] != "accepted":
+                continue
+            key = (c["site_id"], c["data_fingerprint"])
+            entry = found.setdefault(key, Contributor(*key, public_key=keys.get(key[0], "")))
+            entry.rounds.append(body["round"])
+        wanted = body["model_in"]
+    for entry in found.values():
+        entry.rounds.sort()
+    return [found[k] for k in sorted(found)]
+
+
+def _site_keys(chain: LoadedChain) -> dict[str, str]:
+    keys = {s["site_id"]: s["public_key"] for s in chain.genesis["sites"]}
+    for env in chain.of_type("site_join"):
+        keys[env["body"]["site"]["site_id"]] = env["body"]["site"]["public_key"]
+    return keys
+
+
+def reconcile(run_dir: Path, ledger_path: Path, site_id: str | None = None) -> list[str]:
+    """Compare a site's ledger with the server's chain; return every mismatch (one line each).
+
+    Checks: each ``sent`` entry of this run appears as a contribution of that site in that
+    round with the same update digest, data fingerprint, example count and signature; each
+    contribution of the site in the chain appears in the ledger; each ``refused`` entry
+    matches ``rejected[site] == reason`` in that round's record.
+
+    Args:
+        run_dir: the run directory (or its ``lineage.sqlite``).
+        ledger_path: the site's ``ledger.jsonl`` (entries of other runs are ignored).
+        site_id: the site whose ledger it is; default: the one site id in the ledger.
+
+    Returns:
+        Mismatch descriptions, ledger order first, then chain order; empty when they agree.
+
+    Raises:
+        LineageError: if either file is unreadable, or the site cannot be determined.
+    """
+    chain = load_chain(run_dir)
+    run_id = chain.genesis["run_id"]
+    entries = [(n, e) for n, e in enumerate(SiteLedger(ledger_path).entries(), start=1)]
+    site_ids = sorted({e["site_id"] for _, e in entries})
+    if site_id is None:
+        if len(site_ids) != 1:
+            raise LineageError(
+                f"{ledger_path}: cannot tell whose ledger it is (site ids {site_ids}); "
+                "name the site explicitly"
+            )
+        site_id = site_ids[0]
+    mine = [(n, e) for n, e in entries if e["run_id"] == run_id and e["site_id"] == site_id]
+
+    by_round: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    round_records: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+    for seq, env in enumerate(chain.envelopes):
+        if env["type"] != "round":
+            continue
+        body = env["body"]
+        round_records.setdefault(body["round"], []).append((seq, body))
+        for c in body["contributions"]:
+            if c["site_id"] == site_id:
+                by_round.setdefault(body["round"], []).append((seq, c))
+
+    mismatches: list[str] = []
+    matched: set[tuple[int, int]] = set()
+    for n, entry in mine:
+        r = entry["round"]
+        where = f"ledger line {n} (round {r}, {entry['status']})"
+        if entry["status"] == "refused":
+            mismatches.extend(_check_refusal(where, site_id, entry, round_records.get(r, [])))
+            continue
+        candidates = by_round.get(r, [])
+        if not candidates:
+            mismatches.append(f"{where}: update {entry['update_digest']} is not in the chain")
+            continue
+        exact = [(seq, c) for seq, c in candidates if all(c[k] == entry[k] for k in _COMPARED)]
+        if exact:
+            matched.update((seq, r) for seq, _ in exact)
+            continue
+        seq, c = candidates[0]
+        matched.add((seq, r))
+        for k in _COMPARED:
+            if c[k] != entry[k]:
+                mismatches.append(
+                    f"{where}: {k} differs: ledger {entry[k]!r}, chain record {seq} {c[k]!r}"
+                )
+    for r, items in by_round.items():
+        for seq, c in items:
+            if (seq, r) not in matched:
+                mismatches.append(
+                    f"chain record {seq} (round {r}): contribution of {site_id!r} with update "
+                    f"{c['update_digest']} is not in the site's ledger"
+                )
+    return mismatches
+
+
+def _check_refusal(
+    where: str, site_id: str, entry: dict[str, Any], records: list[tuple[int, dict[str, Any]]]
+) -> list[str]:
+    if not records:
+        return [f"{where}: refusal ({entry['reason']!r}) but round {entry['round']} is not in "
+                "the chain"]
+    for _seq, body in records:
+        if body["rejected"].get(site_id) == entry["reason"]:
+            return []
+    seq, body = records[-1]
+    recorded = body["rejected"].get(site_id)
+    if recorded is None:
+        return [f"{where}: refusal ({entry['reason']!r}) is not recorded in chain record {seq}"]
+    return [f"{where}: refusal reason differs: ledger {entry['reason']!r}, chain record {seq} "
+            f"{recorded!r}"]

@@ -1,0 +1,463 @@
+"""Lineage record bodies: genesis, site join, round, resume and closing.
+
+Each record is a dataclass with ``to_dict()`` / ``from_dict()``. The dict form is what is
+stored (inside the envelope, see :mod:`fedsilo.lineage.envelope`) and what
+:func:`validate_body` checks field by field; ``from_dict`` validates before building.
+Optional ``privacy``, ``secagg`` and ``extra`` dicts on round records are the space other
+features fill in (DP parameters and epsilon, SecAgg parameters and recovered dropouts).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_SIG_RE = re.compile(r"[0-9a-f]{128}")
+
+Check = Callable[[Any], bool]
+
+
+def _is_str(v: Any) -> bool:
+    return type(v) is str and v != ""
+
+
+def _is_any_str(v: Any) -> bool:
+    return type(v) is str
+
+
+def _is_opt_str(v: Any) -> bool:
+    return v is None or type(v) is str
+
+
+def _is_count(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return (type(v) is int or type(v) is float) and math.isfinite(v)
+
+
+def _is_opt_number(v: Any) -> bool:
+    return v is None or _is_number(v)
+
+
+def _is_digest(v: Any) -> bool:
+    return type(v) is str and _DIGEST_RE.fullmatch(v) is not None
+
+
+def _is_opt_digest(v: Any) -> bool:
+    return v is None or _is_digest(v)
+
+
+def _is_hex64(v: Any) -> bool:
+    return type(v) is str and _HEX64_RE.fullmatch(v) is not None
+
+
+def _is_sig(v: Any) -> bool:
+    return type(v) is str and _SIG_RE.fullmatch(v) is not None
+
+
+def _is_obj(v: Any) -> bool:
+    return type(v) is dict
+
+
+def _is_opt_obj(v: Any) -> bool:
+    return v is None or type(v) is dict
+
+
+def _is_str_list(v: Any) -> bool:
+    return type(v) is list and all(type(x) is str for x in v)
+
+
+def _is_str_map(v: Any) -> bool:
+    return type(v) is dict and all(type(x) is str for x in v.values())
+
+
+def _is_number_map(v: Any) -> bool:
+    return type(v) is dict and all(_is_number(x) for x in v.values())
+
+
+def _one_of(*values: str) -> Check:
+    allowed = frozenset(values)
+    return lambda v: type(v) is str and v in allowed
+
+
+def _list_of(validate: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
+    def check(v: Any, where: str) -> None:
+        if type(v) is not list:
+            raise ValueError(f"{where}: expected a list, got {type(v).__name__}")
+        for i, item in enumerate(v):
+            validate(item, f"{where}[{i}]")
+
+    return check
+
+
+Spec = dict[str, tuple[Check, str] | Callable[[Any, str], None]]
+
+
+def _validator(spec: Spec) -> Callable[[Any, str], None]:
+    """Build a validator for a JSON object with exactly the keys of ``spec``."""
+    keys = frozenset(spec)
+    simple = [(k, v[0], v[1]) for k, v in spec.items() if isinstance(v, tuple)]
+    nested = [(k, v) for k, v in spec.items() if not isinstance(v, tuple)]
+
+    def validate(obj: Any, where: str) -> None:
+        if type(obj) is not dict:
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        if obj.keys() != keys:
+            missing = sorted(keys - obj.keys())
+            unknown = sorted(obj.keys() - keys)
+            raise ValueError(f"{where}: missing fields {missing}, unknown fields {unknown}")
+        for name, check, expected in simple:
+            if not check(obj[name]):
+                raise ValueError(f"{where}.{name}: expected {expected}, got {obj[name]!r:.80}")
+        for name, check_nested in nested:
+            check_nested(obj[name], f"{where}.{name}")
+
+    return validate
+
+
+_D = "'sha256:<64 lowercase hex>'"
+
+_validate_site = _validator(
+    {
+        "site_id": (_is_str, "a non-empty string"),
+        "public_key": (_is_hex64, "64 lowercase hex (raw Ed25519 public key)"),
+        "data_fingerprint": (_is_digest, _D),
+        "policy": (_is_obj, "a JSON object"),
+    }
+)
+
+_validate_contribution = _validator(
+    {
+        "site_id": (_is_str, "a non-empty string"),
+        "update_digest": (_is_digest, _D),
+        "num_examples": (_is_count, "an int >= 0"),
+        "data_fingerprint": (_is_digest, _D),
+        "signature": (_is_sig, "128 lowercase hex (Ed25519 signature)"),
+        "fate": (_one_of("accepted", "rejected"), "'accepted' or 'rejected'"),
+        "score": (_is_opt_number, "a finite number or null"),
+        "detail": (_is_obj, "a JSON object"),
+    }
+)
+
+_BODY_VALIDATORS: dict[str, Callable[[Any, str], None]] = {
+    "genesis": _validator(
+        {
+            "run_id": (_is_str, "a non-empty string"),
+            "created_at": (_is_str, "a non-empty string (ISO 8601 time)"),
+            "config": (_is_obj, "a JSON object"),
+            "code_version": (_is_obj, "a JSON object"),
+            "initial_model_digest": (_is_digest, _D),
+            "server_public_key": (_is_hex64, "64 lowercase hex (raw Ed25519 public key)"),
+            "sites": _list_of(_validate_site),
+        }
+    ),
+    "site_join": _validator({"site": _validate_site, "round": (_is_count, "an int >= 0")}),
+    "round": _validator(
+        {
+            "round": (_is_count, "an int >= 0"),
+            "sampled": (_is_str_list, "a list of site ids"),
+            "replied": (_is_str_list, "a list of site ids"),
+            "accepted": (_is_str_list, "a list of site ids"),
+            "rejected": (_is_str_map, "an object site id -> reason"),
+            "dropped": (_is_str_list, "a list of site ids"),
+            "contributions": _list_of(_validate_contribution),
+            "model_in": (_is_digest, _D),
+            "model_out": (_is_digest, _D),
+            "strategy": (_is_obj, "a JSON object"),
+            "metrics": (_is_obj, "a JSON object"),
+            "timings": (_is_number_map, "an object name -> seconds"),
+            "status": (_one_of("completed", "skipped"), "'completed' or 'skipped'"),
+            "reason": (_is_opt_str, "a string or null"),
+            "privacy": (_is_opt_obj, "a JSON object or null"),
+            "secagg": (_is_opt_obj, "a JSON object or null"),
+            "extra": (_is_obj, "a JSON object"),
+        }
+    ),
+    "resume": _validator(
+        {
+            "resumed_at": (_is_str, "a non-empty string (ISO 8601 time)"),
+            "from_round": (_is_count, "an int >= 0"),
+            "reason": (_is_any_str, "a string"),
+        }
+    ),
+    "closing": _validator(
+        {
+            "reason": (
+                _one_of("rounds_done", "budget_exhausted", "error", "interrupted"),
+                "'rounds_done', 'budget_exhausted', 'error' or 'interrupted'",
+            ),
+            "detail": (_is_any_str, "a string"),
+            "rounds_completed": (_is_count, "an int >= 0"),
+            "final_model_digest": (_is_opt_digest, f"{_D} or null"),
+            "epsilon_spent": (_is_opt_number, "a finite number or null"),
+        }
+    ),
+}
+
+RECORD_TYPES: tuple[str, ...] = tuple(_BODY_VALIDATORS)
+"""Record type names, as stored in the envelope's ``type`` field."""
+
+
+def validate_body(record_type: str, body: Any, where: str = "body") -> None:
+    """Check a record body (dict form) against its schema.
+
+    Args:
+        record_type: one of :data:`RECORD_TYPES`.
+        body: the dict to check.
+        where: prefix for error messages (e.g. ``"record 3 (round) body"``).
+
+    Raises:
+        ValueError: naming the first field that is missing, unknown or of the wrong form.
+    """
+    validator = _BODY_VALIDATORS.get(record_type)
+    if validator is None:
+        raise ValueError(f"unknown record type {record_type!r}; expected one of {RECORD_TYPES}")
+    validator(body, where)
+
+
+class _Record:
+    """Mixin: dict conversion with validation."""
+
+    TYPE: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record body as a plain JSON-ready dict (a deep copy)."""
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass
+class SiteIdentity:
+    """A site as the federation knows it.
+
+    Attributes:
+        site_id: the site's stable id (from the handshake).
+        public_key: the site's Ed25519 public key, 64 hex (:func:`public_key_hex`).
+        data_fingerprint: :func:`data_fingerprint` of the site's data at join time.
+        policy: the site's declared policy summary (any JSON object).
+    """
+
+    site_id: str
+    public_key: str
+    data_fingerprint: str
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SiteIdentity:
+        """Validate and build from the dict form (raises ``ValueError``)."""
+        _validate_site(dict(data), "site")
+        return cls(**data)
+
+
+@dataclass
+class SiteContribution:
+    """One site's reply in a round, as the server recorded it.
+
+    Attributes:
+        site_id: who sent it.
+        update_digest: :func:`update_digest` of the flat update received.
+        num_examples: the example count the site reported (aggregation weight).
+        data_fingerprint: fingerprint the site declared for this round.
+        signature: the site's Ed25519 signature (hex) over :func:`contribution_message`.
+        fate: ``"accepted"`` (went into the aggregate) or ``"rejected"`` (screened out).
+        score: optional robustness/screening score.
+        detail: free-form JSON detail (e.g. the screening reason).
+    """
+
+    site_id: str
+    update_digest: str
+    num_examples: int
+    data_fingerprint: str
+    signature: str
+    fate: Literal["accepted", "rejected"] = "accepted"
+    score: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SiteContribution:
+        """Validate and build from the dict form (raises ``ValueError``)."""
+        _validate_contribution(dict(data), "contribution")
+        return cls(**data)
+
+
+@dataclass
+class GenesisRecord(_Record):
+    """First record of every chain.
+
+    Attributes:
+        run_id: the run's id.
+        created_at: ISO 8601 UTC time the run started.
+        config: the resolved, validated run config.
+        code_version: e.g. ``{"fedsilo": "0.1.0", "git_commit": "...", "flwr": "1.42.0"}``.
+        initial_model_digest: :func:`arrays_digest` of the initial global model.
+        server_public_key: the server's Ed25519 public key (64 hex); signs every record.
+        sites: the sites known at the start (from the handshake).
+    """
+
+    TYPE: ClassVar[str] = "genesis"
+    run_id: str
+    created_at: str
+    config: dict[str, Any]
+    code_version: dict[str, Any]
+    initial_model_digest: str
+    server_public_key: str
+    sites: list[SiteIdentity] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenesisRecord:
+        """Validate and build from the dict form (raises ``ValueError``)."""
+        validate_body(cls.TYPE, dict(data))
+        return cls(**{**data, "sites": [SiteIdentity(**s) for s in data["sites"]]})
+
+
+@dataclass
+class SiteJoinRecord(_Record):
+    """A site that joins after genesis, from round ``round`` on.
+
+    Attributes:
+        site: the joining site's identity (its key then verifies its contributions).
+        round: first round the site may contribute to.
+    """
+
+    TYPE: ClassVar[str] = "site_join"
+    site: SiteIdentity
+    round: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SiteJoinRecord:
+        """Validate and build from the dict form (raises ``ValueError``)."""
+        validate_body(cls.TYPE, dict(data))
+        return cls(site=SiteIdentity(**data["site"]), round=data["round"])
+
+
+@dataclass
+class RoundRecord(_Record):
+    """One federated round.
+
+    Attributes:
+        round: round number.
+        sampled: site ids the server sampled.
+        replied: site ids that replied in time.
+        accepted: site ids whose update went into the aggregate; must equal the site ids
+            of the contributions whose ``fate`` is ``"accepted"``.
+        rejected: site id -> reason, for replies screened out or refusals.
+        dropped: site ids that did not reply.
+        contributions: one entry per update received.
+        model_in: digest of the global model sent out this round.
+        model_out: digest of the global model after aggregation (== ``model_in`` when
+            ``status`` is ``"skipped"``).
+        strategy: strategy name and parameters, e.g. ``{"name": "fedavg", ...}``.
+        metrics: aggregated metrics.
+        timings: phase -> seconds.
+        status: ``"completed"`` or ``"skipped"`` (e.g. too few replies).
+        reason: why the round was skipped, else ``None``.
+        privacy: DP parameters and epsilon (round and cumulative), filled by the DP feature.
+        secagg: SecAgg parameters and recovered dropouts, filled by the SecAgg feature.
+        extra: anything else.
+    """
+
+    TYPE: ClassVar[str] = "round"
+    round: int
+    sampled: list[str]
+    replied: list[str]
+    accepted: list[str]
+    rejected: dict[str, str]
+    dropped: list[str]
+    contributions: list[SiteContribution]
+    model_in: str
+    model_out: str
+    strategy: dict[str, Any]
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+    status: Literal["completed", "skipped"] = "completed"
+    reason: str | None = None
+    privacy: dict[str, Any] | None = None
+    secagg: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundRecord:
+        """Validate and build from the dict form (raises ``ValueError``)."""
+        validate_body(cls.TYPE, dict(data))
+        contributions = [SiteContribution(**c) for c in data["contributions"]]
+        return cls(**{**data, "contributions": contributions})
+
+
+@dataclass
+class ResumeRecord(_Record):
+    """Written when a crashed or interrupted run is resumed.
+
+    Attributes:
+        resumed_at: ISO 8601 UTC time of the resume.
+        from_round: the last completed round whose model the run resumes from (0 = the
+            initial model); later round records before this one are superseded.
+        reason: why (e.g. ``"server crash"``).
+    """
+
+    TYPE: ClassVar[str] = "resume"
+    resumed_at: str
+    from_round: int
+    reason: str
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResumeRecord:
+        """Validate and build from the dict form (raises ``ValueError``)."""
+        validate_body(cls.TYPE, dict(data))
+        return cls(**data)
+
+
+@dataclass
+class ClosingRecord(_Record):
+    """Last record: why the run ended.
+
+    Attributes:
+        reason: ``"rounds_done"``, ``"budget_exhausted"``, ``"error"`` or ``"interrupted"``.
+        detail: human-readable detail (e.g. the error message).
+        rounds_completed: number of completed rounds.
+        final_model_digest: digest of the saved final model (``RUN_DIR/model.npz``), or
+            ``None`` when no model was saved.
+        epsilon_spent: total DP epsilon spent, when DP was on.
+    """
+
+    TYPE: ClassVar[str] = "closing"
+    reason: Literal["rounds_done", "budget_exhausted", "error", "interrupted"]
+    detail: str
+    rounds_completed: int
+    final_model_digest: str | None
+    epsilon_spent: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClosingRecord:
+        """Validate and build from the dict form (raises ``ValueError``)."""
+        validate_body(cls.TYPE, dict(data))
+        return cls(**data)
+
+
+Record = GenesisRecord | SiteJoinRecord | RoundRecord | ResumeRecord | ClosingRecord
+
+RECORD_CLASSES: dict[str, type[Record]] = {
+    cls.TYPE: cls
+    for cls in (GenesisRecord, SiteJoinRecord, RoundRecord, ResumeRecord, ClosingRecord)
+}
+
+
+def record_from_dict(record_type: str, body: Mapping[str, Any]) -> Record:
+    """Build the record dataclass of ``record_type`` from its validated dict body."""
+    cls = RECORD_CLASSES.get(record_type)
+    if cls is None:
+        raise ValueError(f"unknown record type {record_type!r}; expected one of {RECORD_TYPES}")
+    return cls.from_dict(body)

@@ -1,0 +1,253 @@
+"""Site-side SecAgg+ state machine.
+
+One `SecAggClient` per site and round. Its state is JSON-serialisable (`dump` /
+`load`) so a Flower ClientApp can keep it in ``context.state`` between messages.
+Every request is checked; an inconsistent one raises `SecAggClientError` and the
+site refuses the round (the server then treats it as dropped).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from typing import Any
+
+import numpy as np
+
+from . import crypto, shamir
+from .config import SecAggConfig
+from .errors import SecAggClientError
+from .graph import harary
+from .messages import (
+    KeyAdvert,
+    MaskedReply,
+    MaskedRequest,
+    SetupRequest,
+    ShareReply,
+    ShareRequest,
+    UnmaskReply,
+    UnmaskRequest,
+)
+from .quantize import check_no_overflow, quantize
+
+_BYTES_FIELDS = ("c_sk", "s_sk", "c_pk", "s_pk", "seed")
+
+
+def share_x(node_id: int) -> int:
+    """Shamir evaluation point of the holder ``node_id`` (non-zero)."""
+    return node_id + 1
+
+
+class SecAggClient:
+    """One site's view of one SecAgg+ round.
+
+    Parameters
+    ----------
+    node_id:
+        This site's node id (unsigned 64-bit).
+    """
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.st: dict[str, Any] = {"stage": "new"}
+
+    # ---------------------------------------------------------------- state
+    def dump(self) -> bytes:
+        """Serialise the state (JSON, bytes as base64)."""
+        out = {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v)
+               for k, v in self.st.items()}
+        out["held"] = {o: [base64.b64encode(b).decode() for b in pair]
+                       for o, pair in self.st.get("held", {}).items()}
+        return json.dumps({"node_id": self.node_id, "st": out}).encode()
+
+    @classmethod
+    def load(cls, blob: bytes) -> SecAggClient:
+        """Inverse of `dump`."""
+        raw = json.loads(blob)
+        c = cls(int(raw["node_id"]))
+        st = raw["st"]
+        for k in _BYTES_FIELDS:
+            if k in st:
+                st[k] = base64.b64decode(st[k])
+        st["held"] = {o: [base64.b64decode(b) for b in pair] for o, pair in st["held"].items()}
+        c.st = st
+        return c
+
+    def _expect(self, stage: str) -> None:
+        if self.st["stage"] != stage:
+            raise SecAggClientError(
+                f"secagg: node {self.node_id} got a request out of order (state "
+                f"{self.st['stage']!r}, expected {stage!r})"
+            )
+
+    # ---------------------------------------------------------------- stage 1
+    def setup(self, req: SetupRequest) -> KeyAdvert:
+        """Generate fresh key pairs for this round and advertise the public keys."""
+        self._expect("new")
+        req.config.validate()
+        if req.vector_length < 1 or req.num_sampled < 2:
+            raise SecAggClientError(f"secagg: node {self.node_id}: bad round parameters "
+                                    f"(vector_length={req.vector_length}, "
+                                    f"num_sampled={req.num_sampled})")
+        c_sk, c_pk = crypto.generate_keypair()
+        s_sk, s_pk = crypto.generate_keypair()
+        self.st.update(
+            stage="setup", run_id=req.run_id, round=req.server_round,
+            config=req.config.to_dict(), d=req.vector_length, n_sampled=req.num_sampled,
+            c_sk=c_sk, c_pk=c_pk, s_sk=s_sk, s_pk=s_pk, held={},
+        )
+        return KeyAdvert(c_pk=c_pk, s_pk=s_pk)
+
+    # ---------------------------------------------------------------- stage 2
+    def share(self, req: ShareRequest) -> ShareReply:
+        """Check the graph and keys, then Shamir-share the mask seed and mask key."""
+        self._expect("setup")
+        me = self.node_id
+        cfg = SecAggConfig.from_dict(self.st["config"])
+        if req.own_c_pk != self.st["c_pk"] or req.own_s_pk != self.st["s_pk"]:
+            raise SecAggClientError(f"secagg: node {me}: server echoed keys it did not advertise")
+        parts = [int(p) for p in req.participants]
+        if len(set(parts)) != len(parts) or me not in parts or len(parts) > self.st["n_sampled"]:
+            raise SecAggClientError(f"secagg: node {me}: participant list has duplicates, "
+                                    "omits this node or exceeds the sampled count")
+        try:
+            check_no_overflow(len(parts), cfg.bits)
+            k, t = cfg.resolve_round(self.st["n_sampled"], len(parts))
+        except ValueError as e:
+            raise SecAggClientError(f"secagg: node {me}: {e}") from None
+        nbrs = harary(parts, k, self.st["run_id"], self.st["round"])[me]
+        if sorted(int(n) for n in req.neighbours) != nbrs:
+            raise SecAggClientError(f"secagg: node {me}: neighbour list does not match the "
+                                    f"{k}-regular graph over the {len(parts)} participants")
+        keys = list(req.c_pks) + list(req.s_pks)
+        if any(len(x) != 32 for x in keys) or len(set(keys) | {self.st["c_pk"],
+                                                               self.st["s_pk"]}) != len(keys) + 2:
+            raise SecAggClientError(f"secagg: node {me}: neighbour public keys malformed or reused")
+        seed = os.urandom(shamir.SECRET_BYTES)
+        holders = sorted([*nbrs, me])
+        xs = [share_x(h) for h in holders]
+        b_sh = dict(zip(holders, shamir.split(seed, xs, t), strict=True))
+        s_sh = dict(zip(holders, shamir.split(self.st["s_sk"], xs, t), strict=True))
+        run, rnd = self.st["run_id"], self.st["round"]
+        cts = []
+        for j, c_pk in zip(req.neighbours, req.c_pks, strict=True):
+            j = int(j)
+            try:
+                key = crypto.agree(self.st["c_sk"], c_pk, purpose=b"channel", run_id=run,
+                                   server_round=rnd, node_a=me, node_b=j)
+            except ValueError:
+                raise SecAggClientError(f"secagg: node {me}: invalid public key of node {j}") \
+                    from None
+            cts.append(crypto.encrypt(key, b_sh[j] + s_sh[j], crypto.share_aad(run, rnd, me, j)))
+        self.st.update(
+            stage="share", seed=seed, k=k, t=t, participants=parts,
+            nbr_s_pks={str(int(j)): base64.b64encode(p).decode()
+                       for j, p in zip(req.neighbours, req.s_pks, strict=True)},
+            nbr_c_pks={str(int(j)): base64.b64encode(p).decode()
+                       for j, p in zip(req.neighbours, req.c_pks, strict=True)},
+        )
+        self.st["held"][str(me)] = [b_sh[me], s_sh[me]]
+        return ShareReply(receivers=[int(j) for j in req.neighbours], ciphertexts=cts,
+                          commitment=crypto.commit(seed, run, rnd, me))
+
+    # ---------------------------------------------------------------- stage 3
+    def masked_input(self, req: MaskedRequest, delta: np.ndarray, weight: float) -> MaskedReply:
+        """Decrypt the shares received, then quantise and mask ``weight * delta``.
+
+        Parameters
+        ----------
+        req:
+            The encrypted shares from neighbours that completed stage 2.
+        delta:
+            This site's flat update (length d).
+        weight:
+            Aggregation weight in [0, config.max_weight] (e.g. example count).
+        """
+        self._expect("share")
+        me = self.node_id
+        cfg = SecAggConfig.from_dict(self.st["config"])
+        d = self.st["d"]
+        delta = np.asarray(delta)
+        if delta.shape != (d,) or not np.issubdtype(delta.dtype, np.floating):
+            raise SecAggClientError(f"secagg: node {me}: update must be a flat float vector of "
+                                    f"length {d}, got {delta.dtype} {delta.shape}")
+        if not np.all(np.isfinite(delta)):
+            raise SecAggClientError(f"secagg: node {me}: update has non-finite values")
+        if not 0.0 <= weight <= cfg.max_weight:
+            raise SecAggClientError(f"secagg: node {me}: weight {weight} outside "
+                                    f"[0, max_weight={cfg.max_weight}]")
+        senders = [int(s) for s in req.senders]
+        nbr_c = self.st["nbr_c_pks"]
+        if len(set(senders)) != len(senders) or any(str(s) not in nbr_c for s in senders):
+            raise SecAggClientError(f"secagg: node {me}: shares from non-neighbours or duplicated")
+        if len(senders) + 1 < self.st["t"]:
+            raise SecAggClientError(f"secagg: node {me}: only {len(senders)} neighbours shared "
+                                    f"keys, threshold {self.st['t']} unreachable")
+        run, rnd = self.st["run_id"], self.st["round"]
+        for s, ct in zip(senders, req.ciphertexts, strict=True):
+            key = crypto.agree(self.st["c_sk"], base64.b64decode(nbr_c[str(s)]),
+                               purpose=b"channel", run_id=run, server_round=rnd,
+                               node_a=me, node_b=s)
+            try:
+                pt = crypto.decrypt(key, ct, crypto.share_aad(run, rnd, s, me))
+            except ValueError:
+                raise SecAggClientError(f"secagg: node {me}: share from node {s} failed "
+                                        "authentication (forged or altered)") from None
+            if len(pt) != 2 * shamir.SHARE_BYTES:
+                raise SecAggClientError(f"secagg: node {me}: share from node {s} malformed")
+            self.st["held"][str(s)] = [pt[: shamir.SHARE_BYTES], pt[shamir.SHARE_BYTES:]]
+
+        rng = np.random.default_rng(secrets.randbits(128))
+        frac = weight / cfg.max_weight
+        vec = np.empty(d + 1, dtype=np.float64)
+        np.multiply(delta, frac, out=vec[:d])
+        vec[d] = frac * cfg.clip_range  # weight coordinate, in [0, c]
+        q, clipped = quantize(vec, cfg.clip_range, cfg.bits, rng)
+        y = np.empty(d + 2, dtype=np.uint32)
+        y[: d + 1] = q
+        y[d + 1] = 1  # check coordinate: must sum to the number of survivors
+        gen = crypto.MaskGenerator(d + 2)
+        y += gen.mask(self.st["seed"])
+        nbr_s = self.st["nbr_s_pks"]
+        for s in senders:
+            seed = crypto.agree(self.st["s_sk"], base64.b64decode(nbr_s[str(s)]),
+                                purpose=b"mask", run_id=run, server_round=rnd,
+                                node_a=me, node_b=s)
+            if me < s:
+                y += gen.mask(seed)
+            else:
+                y -= gen.mask(seed)
+        self.st.update(stage="masked", senders=senders, clipped=clipped)
+        return MaskedReply(masked=y)
+
+    # ---------------------------------------------------------------- stage 4
+    def unmask(self, req: UnmaskRequest) -> UnmaskReply:
+        """Reveal, per neighbour, the seed share (if it survived) or key share (if it dropped).
+
+        Never reveals both kinds for one owner: one unmask per round, disjoint sets.
+        """
+        self._expect("masked")
+        me = self.node_id
+        surv = {int(x) for x in req.survivors}
+        drop = {int(x) for x in req.dropped}
+        if surv & drop or len(surv) != len(req.survivors) or len(drop) != len(req.dropped):
+            raise SecAggClientError(f"secagg: node {me}: survivor and dropped lists overlap or "
+                                    "repeat")
+        if me not in surv:
+            raise SecAggClientError(f"secagg: node {me}: not listed as a survivor")
+        held = [int(o) for o in self.st["held"]]
+        unknown = [o for o in held if o not in surv and o not in drop]
+        if unknown:
+            raise SecAggClientError(f"secagg: node {me}: server did not classify nodes {unknown}")
+        if len([o for o in held if o in surv]) < self.st["t"]:
+            raise SecAggClientError(f"secagg: node {me}: fewer than t={self.st['t']} of its "
+                                    "neighbourhood survived; refusing to unmask")
+        b_owners = sorted(o for o in held if o in surv)
+        sk_owners = sorted(o for o in held if o in drop)
+        self.st["stage"] = "done"
+        return UnmaskReply(
+            b_owners=b_owners, b_shares=[self.st["held"][str(o)][0] for o in b_owners],
+            sk_owners=sk_owners, sk_shares=[self.st["held"][str(o)][1] for o in sk_owners],
+        )

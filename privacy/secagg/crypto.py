@@ -1,0 +1,134 @@
+"""Cryptographic building blocks, all from `cryptography` (nothing home-made).
+
+- X25519 key agreement between two sites;
+- HKDF-SHA256 whose ``info`` binds purpose, run id, round and both node ids;
+- AES-256-GCM for the encrypted Shamir shares (associated data binds sender/receiver);
+- AES-256-CTR keystream as the mask generator, read as little-endian uint32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+DOMAIN = b"fedsilo/secagg/v1"
+KEY_BYTES = 32
+NONCE_BYTES = 12
+_ZERO_NONCE16 = bytes(16)
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair as (raw 32-byte private key, raw 32-byte public key)."""
+    sk = X25519PrivateKey.generate()
+    return sk.private_bytes_raw(), sk.public_key().public_bytes_raw()
+
+
+def public_from_private(sk: bytes) -> bytes:
+    """Raw public key of a raw X25519 private key (used to verify reconstructed keys)."""
+    return X25519PrivateKey.from_private_bytes(sk).public_key().public_bytes_raw()
+
+
+def _info(purpose: bytes, run_id: str, server_round: int, a: int, b: int) -> bytes:
+    lo, hi = sorted((a, b))
+    return b"|".join(
+        [DOMAIN, purpose, run_id.encode(), server_round.to_bytes(8, "big"),
+         lo.to_bytes(8, "big"), hi.to_bytes(8, "big")]
+    )
+
+
+def agree(
+    sk: bytes, peer_pk: bytes, *, purpose: bytes, run_id: str, server_round: int,
+    node_a: int, node_b: int,
+) -> bytes:
+    """Symmetric 32-byte key shared by ``node_a`` and ``node_b``.
+
+    Parameters
+    ----------
+    sk, peer_pk:
+        Own raw X25519 private key and the peer's raw public key.
+    purpose:
+        Label separating key uses (``b"mask"`` for pairwise masks, ``b"channel"`` for shares).
+    run_id, server_round:
+        Bind the key to this run and round, so no key is ever reused across rounds.
+    node_a, node_b:
+        The two node ids (order does not matter).
+    Raises ValueError for a malformed or low-order public key.
+    """
+    shared = X25519PrivateKey.from_private_bytes(sk).exchange(
+        X25519PublicKey.from_public_bytes(peer_pk)
+    )
+    return HKDF(
+        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+        info=_info(purpose, run_id, server_round, node_a, node_b),
+    ).derive(shared)
+
+
+def share_aad(run_id: str, server_round: int, sender: int, receiver: int) -> bytes:
+    """Associated data of one encrypted share: direction-sensitive (sender, receiver)."""
+    return b"|".join([DOMAIN, b"share", run_id.encode(), server_round.to_bytes(8, "big"),
+                      sender.to_bytes(8, "big"), receiver.to_bytes(8, "big")])
+
+
+def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM with a random 96-bit nonce; returns nonce || ciphertext || tag."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    """Inverse of `encrypt`; raises ValueError if the blob was forged or altered."""
+    if len(blob) < NONCE_BYTES + 16:
+        raise ValueError("ciphertext too short")
+    try:
+        return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+    except InvalidTag:
+        raise ValueError("ciphertext failed authentication") from None
+
+
+def commit(seed: bytes, run_id: str, server_round: int, node_id: int) -> bytes:
+    """SHA-256 commitment to a 32-byte uniformly random seed, bound to run/round/node."""
+    return hashlib.sha256(
+        b"|".join([DOMAIN, b"commit", run_id.encode(), server_round.to_bytes(8, "big"),
+                   node_id.to_bytes(8, "big"), seed])
+    ).digest()
+
+
+class MaskGenerator:
+    """Expands 32-byte seeds into uint32 masks with an AES-256-CTR keystream.
+
+    Each seed is used as an AES key exactly once per round (pairwise seeds are
+    HKDF outputs bound to the round, self-mask seeds are fresh random), so a fixed
+    counter block is safe. Buffers are reused across calls to avoid allocation.
+
+    Parameters
+    ----------
+    length:
+        Number of uint32 words per mask.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._zeros = bytes(4 * length)
+        self._buf = bytearray(4 * length + 15)  # update_into needs len(in) + 15 bytes
+
+    def mask(self, seed: bytes) -> np.ndarray:
+        """Keystream of ``seed`` as a read-only uint32 view into an internal buffer.
+
+        The view is overwritten by the next call: consume it (add/subtract) first.
+        """
+        enc = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE16)).encryptor()
+        enc.update_into(self._zeros, self._buf)
+        return np.frombuffer(self._buf, dtype="<u4", count=self.length)
+
+
+def prg(seed: bytes, length: int) -> np.ndarray:
+    """A fresh uint32 array of ``length`` keystream words (convenience, allocates)."""
+    return MaskGenerator(length).mask(seed).copy()

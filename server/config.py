@@ -1,0 +1,267 @@
+"""The run configuration: defaults < TOML file < command-line flags, validated once.
+
+`RunConfig` is the one resolved, validated config of a run. It is written to the run
+directory as ``config.toml`` and recorded in the lineage genesis record. Validation
+happens here, at the boundary; everything downstream trusts it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("digits", "breast_cancer", "wine")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, malformed or out of range (one line, names the option)."""
+
+
+@dataclass
+class DPSettings:
+    """Client-level differential privacy (``[dp]`` table; off unless ``enabled``)."""
+
+    enabled: bool = False
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip_norm: float = 1.0
+    clipping: str = "fixed"
+    target_quantile: float = 0.5
+    where: str = "server"
+    sampling: str = "poisson"
+    accountant: str = "rdp"
+    secure_noise: bool = False
+
+
+@dataclass
+class SecAggSettings:
+    """Secure aggregation (``[secagg]`` table; off unless ``enabled``)."""
+
+    enabled: bool = False
+    degree: int | None = None
+    threshold: int | None = None
+    clip_range: float = 8.0
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run.
+
+    Parameters
+    ----------
+    dataset : bundled dataset: digits, breast_cancer or wine.
+    sites : number of simulated sites.
+    rounds : number of federated rounds.
+    partition : iid, dirichlet:ALPHA or shards:K.
+    fraction : fraction of sites sampled per round, in (0, 1].
+    local_epochs : local epochs per round at each site.
+    lr : local SGD learning rate.
+    batch_size : local mini-batch size.
+    hidden : hidden units of the MLP.
+    seed : seed of partitions, model initialisation, sampling and local shuffling.
+    aggregator, optimizer : strategy specs, ``name:param=value,...``.
+    proximal_mu : FedProx proximal term at the sites (0 = off).
+    min_sites : replies needed for a round to change the model.
+    round_timeout : seconds to wait for replies in a round.
+    max_update_norm : screening bound on a site's update norm (absurd-norm rejection).
+    attack, malicious : simulated attack name and number of malicious sites.
+    lineage : write the signed lineage chain (on by default).
+    out : parent directory of run directories.
+    run_id : run directory name and lineage run id (default: generated).
+    """
+
+    dataset: str = "digits"
+    sites: int = 10
+    rounds: int = 20
+    partition: str = "dirichlet:0.5"
+    fraction: float = 1.0
+    local_epochs: int = 1
+    lr: float = 0.1
+    batch_size: int = 32
+    hidden: int = 64
+    seed: int = 0
+    aggregator: str = "mean"
+    optimizer: str = "fedavg"
+    proximal_mu: float = 0.0
+    min_sites: int = 1
+    round_timeout: float = 600.0
+    max_update_norm: float = 1e4
+    attack: str | None = None
+    malicious: int = 0
+    lineage: bool = True
+    out: str = "runs"
+    run_id: str | None = None
+    dp: DPSettings = field(default_factory=DPSettings)
+    secagg: SecAggSettings = field(default_factory=SecAggSettings)
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+        """Defaults, then the TOML file at ``path``, then ``overrides`` (CLI flags); validated."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            data = read_toml(Path(path))
+        for key, value in (overrides or {}).items():
+            if value is None:
+                continue
+            if "." in key:
+                table, sub = key.split(".", 1)
+                data.setdefault(table, {})
+                if not isinstance(data[table], dict):
+                    raise ConfigError(f"config: {table} must be a table")
+                data[table][sub] = value
+            else:
+                data[key] = value
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build from a (TOML-shaped) mapping; unknown keys and wrong types are errors."""
+        top = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in top:
+                raise ConfigError(
+                    f"config: unknown option {key!r}; accepted: {', '.join(sorted(top))}"
+                )
+            if name in ("dp", "secagg"):
+                sub_cls = DPSettings if name == "dp" else SecAggSettings
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"config: [{name}] must be a table")
+                kwargs[name] = _build(sub_cls, value, prefix=f"{name}.")
+            else:
+                kwargs[name] = _coerce(f"{name}", top[name].type, value)
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (TOML-able: None values dropped)."""
+        return _drop_none(dataclasses.asdict(self))
+
+    # -------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first invalid option and what is accepted."""
+        from fedsilo.simulations.partition import PartitionError, PartitionSpec
+
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"--dataset: unknown dataset {self.dataset!r}; accepted: {', '.join(DATASETS)}")
+        _positive_int("--sites", self.sites)
+        _positive_int("--rounds", self.rounds)
+        _positive_int("--local-epochs", self.local_epochs)
+        _positive_int("--batch-size", self.batch_size)
+        _positive_int("--hidden", self.hidden)
+        _positive_int("--min-sites", self.min_sites)
+        if not (0.0 < self.fraction <= 1.0) or math.isnan(self.fraction):
+            raise ConfigError(f"--fraction: {self.fraction} is outside (0, 1]")
+        for name, value in (("--lr", self.lr), ("--round-timeout", self.round_timeout),
+                            ("--max-update-norm", self.max_update_norm)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name}: must be a positive number, got {value}")
+        if self.proximal_mu < 0 or not math.isfinite(self.proximal_mu):
+            raise ConfigError(f"--proximal-mu: must be >= 0, got {self.proximal_mu}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed: must be >= 0, got {self.seed}")
+        try:
+            PartitionSpec.parse(self.partition)
+        except PartitionError as exc:
+            raise ConfigError(f"--partition: {exc}") from None
+        if self.malicious < 0 or self.malicious >= self.sites:
+            raise ConfigError(f"--malicious: must be in [0, sites), got {self.malicious}")
+        if self.malicious and not self.attack:
+            raise ConfigError("--malicious: needs --attack NAME")
+        if self.attack and self.malicious == 0:
+            raise ConfigError("--attack: needs --malicious F with F >= 1")
+        if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id.startswith(".")):
+            raise ConfigError(f"--run-id: {self.run_id!r} is not a valid directory name")
+        if self.min_sites > self.sites:
+            raise ConfigError(f"--min-sites: {self.min_sites} exceeds --sites {self.sites}")
+
+    @property
+    def sites_per_round(self) -> int:
+        """How many sites are sampled each round."""
+        return max(1, round(self.fraction * self.sites))
+
+
+# ---------------------------------------------------------------- helpers
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file; one-line `ConfigError` when unreadable or invalid."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"--config: file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"--config: {path} is a directory, expected a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"--config: cannot read {path} (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config: {path} is not UTF-8 TOML text") from None
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            raise ConfigError(
+                f"config: unknown option {prefix}{key!r}; accepted: {', '.join(sorted(fields))}"
+            )
+        kwargs[name] = _coerce(prefix + name, fields[name].type, value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    text = str(annotation)
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config: {name} must not be empty")
+    flag = "--" + name.replace("_", "-")
+    if text.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{flag}: expected true or false, got {value!r}")
+    if text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+            raise ConfigError(f"{flag}: expected an integer, got {value!r}")
+        return value
+    if text.startswith("float"):
+        if isinstance(value, bool):
+            raise ConfigError(f"{flag}: expected a number, got {value!r}")
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
+        if math.isnan(out):
+            raise ConfigError(f"{flag}: expected a number, got NaN")
+        return out
+    if text.startswith("str"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{flag}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _positive_int(flag: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"{flag}: must be a positive integer, got {value}")
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    return obj

@@ -1,0 +1,456 @@
+"""The server's round loop, on Flower's Message API.
+
+One run: wait for the sites, one handshake query (stable site ids, keys, data
+fingerprints, policies), then per round: seeded sampling over site ids, one encode of
+the global model, ``send_and_receive``, one decode of the replies into an
+`UpdateBatch` (screened, signatures checked), aggregation, server optimiser, central
+evaluation, one lineage record and a checkpoint. See DESIGN.md, "One round".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsilo import lineage
+from fedsilo.privacy.screening import ScreeningPolicy
+from fedsilo.server.checkpoint import Checkpoint, write_checkpoint
+from fedsilo.server.config import RunConfig
+from fedsilo.strategies import codec, registry
+from fedsilo.strategies.batch import UpdateBatch
+from fedsilo.strategies.pipeline import batch_from_replies
+
+
+class FederationError(RuntimeError):
+    """The federation cannot start or continue (not enough sites, refused policies...)."""
+
+
+@dataclass
+class SiteInfo:
+    """What the handshake told the server about one site."""
+
+    site_id: str
+    node_id: int
+    public_key: str
+    data_fingerprint: str
+    policy: str
+
+
+@dataclass
+class RoundSummary:
+    """One round's outcome, for progress displays and ``metrics.json``."""
+
+    round: int
+    status: str
+    sampled: int
+    replied: int
+    accepted: int
+    rejected: dict[str, str]
+    train_loss: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    wall_time: float
+    model_digest: str
+    epsilon: float | None = None
+    reason: str | None = None
+
+
+@dataclass
+class ServerSpec:
+    """Everything the round loop needs besides the Grid.
+
+    Parameters
+    ----------
+    config : the resolved run config.
+    run_id : lineage run id.
+    initial_weights : the initial global model, named layers.
+    run_dir : where lineage, checkpoints and keys go (None: nothing written).
+    federation : small config sent with every message (simulated sites build
+        their data from it).
+    evaluate_fn : central evaluation of a model: named layers -> (loss, accuracy).
+    attack_fn : simulation only; rewrites malicious sites' updates (round, batch).
+    root_update_fn : FLTrust's server update on its root dataset (weights, round).
+    on_round : called after every round (progress display).
+    server_key_path : the server's Ed25519 key (created 0600 if missing).
+    expected_sites : wait for this many nodes before the handshake.
+    """
+
+    config: RunConfig
+    run_id: str
+    initial_weights: dict[str, np.ndarray]
+    run_dir: Path | None = None
+    federation: dict[str, Any] = field(default_factory=dict)
+    evaluate_fn: Callable[[dict[str, np.ndarray]], tuple[float, float]] | None = None
+    attack_fn: Callable[[int, UpdateBatch], UpdateBatch] | None = None
+    root_update_fn: Callable[[dict[str, np.ndarray], int], np.ndarray] | None = None
+    on_round: Callable[[RoundSummary], None] | None = None
+    server_key_path: Path | None = None
+    expected_sites: int | None = None
+    node_wait_timeout: float = 120.0
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    rounds: list[RoundSummary]
+    final_weights: dict[str, np.ndarray]
+    final_digest: str
+    closing_reason: str
+    sites: list[SiteInfo]
+
+
+class FederationServer:
+    """Runs the rounds of one federation on a Flower `Grid`."""
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.spec = spec
+        cfg = spec.config
+        self.layout = codec.ModelLayout.from_arrays(spec.initial_weights)
+        self.model = self.layout.flatten(spec.initial_weights)
+        self.aggregator = registry.make_aggregator(cfg.aggregator)
+        self.optimizer = registry.make_optimizer(cfg.optimizer)
+        self.aggregator.validate(cfg.sites_per_round)
+        self.screening = ScreeningPolicy(max_norm=cfg.max_update_norm)
+        self.rng = np.random.default_rng([cfg.seed, 0x5A3B1E])
+        self.sites: list[SiteInfo] = []
+        self.writer: Any = None
+        self.server_key: Any = None
+        self.start_round = 1
+
+    # ------------------------------------------------------------------ run
+    def run(self, grid: Grid) -> RunResult:
+        spec, cfg = self.spec, self.spec.config
+        self._open_lineage()
+        summaries: list[RoundSummary] = []
+        closing, detail = "rounds_done", f"{cfg.rounds} rounds completed"
+        try:
+            self.sites = self._handshake(grid)
+            self._append_genesis()
+            for server_round in range(self.start_round, cfg.rounds + 1):
+                summary = self._round(grid, server_round)
+                summaries.append(summary)
+                if spec.on_round is not None:
+                    spec.on_round(summary)
+        except KeyboardInterrupt:
+            closing, detail = "interrupted", "interrupted by the operator"
+            raise
+        except Exception as exc:
+            closing, detail = "error", f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._close_lineage(closing, detail, len(summaries))
+        weights = self.layout.unflatten(self.model.copy())
+        return RunResult(summaries, weights, lineage.arrays_digest(weights), closing, self.sites)
+
+    # ----------------------------------------------------------- handshake
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        want = self.spec.expected_sites or self.spec.config.sites
+        deadline = time.monotonic() + self.spec.node_wait_timeout
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= want:
+                return nodes
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"only {len(nodes)} of {want} sites connected within {self.spec.node_wait_timeout:.0f} s"
+                )
+            time.sleep(0.5)
+
+    def _handshake(self, grid: Grid) -> list[SiteInfo]:
+        nodes = self._wait_for_nodes(grid)
+        content = RecordDict({codec.FEDERATION_RECORD: ConfigRecord(self._federation())})
+        msgs = [Message(content, dst_node_id=n, message_type=f"{MessageType.QUERY}.handshake") for n in nodes]
+        replies = list(grid.send_and_receive(msgs, timeout=self.spec.config.round_timeout))
+        sites: dict[str, SiteInfo] = {}
+        for reply in replies:
+            if reply.has_error():
+                continue
+            rec = reply.content.config_records.get(codec.SITE_RECORD)
+            if rec is None:
+                continue
+            info = SiteInfo(
+                site_id=str(rec["site_id"]),
+                node_id=int(reply.metadata.src_node_id),
+                public_key=str(rec.get("public_key", "")),
+                data_fingerprint=str(rec.get("data_fingerprint", "")),
+                policy=str(rec.get("policy", "{}")),
+            )
+            if info.site_id in sites:
+                raise FederationError(f"two nodes claim site id {info.site_id!r}")
+            sites[info.site_id] = info
+        if len(sites) < self.spec.config.min_sites:
+            raise FederationError(
+                f"handshake: {len(sites)} sites answered; min_sites is {self.spec.config.min_sites}"
+            )
+        return [sites[s] for s in sorted(sites)]
+
+    def _federation(self) -> dict[str, Any]:
+        return {"run_id": self.spec.run_id, **self.spec.federation}
+
+    # --------------------------------------------------------------- round
+    def _sample(self) -> list[SiteInfo]:
+        k = min(len(self.sites), self.spec.config.sites_per_round)
+        idx = np.sort(self.rng.choice(len(self.sites), size=k, replace=False))
+        return [self.sites[i] for i in idx]
+
+    def round_config(self, server_round: int) -> dict[str, Any]:
+        cfg = self.spec.config
+        return {
+            "run_id": self.spec.run_id,
+            "server_round": server_round,
+            "lr": cfg.lr,
+            "local_epochs": cfg.local_epochs,
+            "proximal_mu": cfg.proximal_mu,
+            "aggregator": cfg.aggregator,
+            "optimizer": cfg.optimizer,
+            "layout": self.layout.to_json(),
+            "server_key_fingerprint": self._server_key_fingerprint(),
+            "secagg": False,
+        }
+
+    def _round(self, grid: Grid, server_round: int) -> RoundSummary:
+        cfg = self.spec.config
+        t0 = time.perf_counter()
+        sampled = self._sample()
+        model_in = self._digest(self.model)
+        content = RecordDict(
+            {
+                codec.GLOBAL_RECORD: ArrayRecord({codec.MODEL_KEY: codec.encode_flat(self.model)}),
+                codec.CONFIG_RECORD: ConfigRecord(self.round_config(server_round)),
+                codec.FEDERATION_RECORD: ConfigRecord(self._federation()),
+            }
+        )
+        msgs = [Message(content, dst_node_id=s.node_id, message_type=MessageType.TRAIN) for s in sampled]
+        t_send = time.perf_counter()
+        replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
+        t_recv = time.perf_counter()
+
+        by_node = {s.node_id: s for s in sampled}
+        site_of = {s.node_id: s.site_id for s in sampled}
+        batch, rejected = batch_from_replies(
+            replies, dim=self.layout.size, site_of=site_of, policy=self.screening
+        )
+        replied = sorted(site_of[int(r.metadata.src_node_id)] for r in replies
+                         if int(r.metadata.src_node_id) in site_of)
+        dropped = sorted(set(site_of.values()) - set(replied))
+        contributions, keep = self._check_signatures(replies, batch, rejected, by_node, server_round)
+        batch = batch.subset(keep)
+        train_loss = self._mean_metric(replies, batch.site_ids, "train_loss")
+
+        if self.spec.attack_fn is not None and batch.n:
+            batch = self.spec.attack_fn(server_round, batch)
+        if self.spec.root_update_fn is not None and batch.n:
+            batch.root_update = self.spec.root_update_fn(self.layout.unflatten(self.model), server_round)
+
+        status, reason = "completed", None
+        fates: dict[str, str] = {}
+        scores: dict[str, float] = {}
+        t_agg = time.perf_counter()
+        if batch.n < cfg.min_sites:
+            status = "skipped"
+            reason = f"{batch.n} usable updates; min_sites is {cfg.min_sites}; global model unchanged"
+        else:
+            result = self.aggregator.aggregate(batch)
+            fates = dict(zip(batch.site_ids, result.fates, strict=True))
+            if result.scores is not None:
+                scores = dict(zip(batch.site_ids, (float(s) for s in result.scores), strict=True))
+            self.model = self.optimizer.step(self.model, result.update)
+        t_eval = time.perf_counter()
+        weights = self.layout.unflatten(self.model)
+        test_loss = test_acc = None
+        if self.spec.evaluate_fn is not None:
+            test_loss, test_acc = self.spec.evaluate_fn(weights)
+        model_out = self._digest(self.model)
+        t_end = time.perf_counter()
+
+        for c in contributions:
+            c["fate"] = fates.get(c["site_id"], "not aggregated")
+            if c["site_id"] in scores:
+                c["score"] = scores[c["site_id"]]
+        metrics = {k: v for k, v in (("train_loss", train_loss), ("test_loss", test_loss),
+                                      ("test_accuracy", test_acc)) if v is not None}
+        self._append_round(
+            server_round=server_round, sampled=[s.site_id for s in sampled], replied=replied,
+            accepted=[s for s in batch.site_ids if not fates.get(s, "").startswith("rejected")]
+            if status == "completed" else [],
+            rejected=rejected, dropped=dropped, contributions=contributions,
+            model_in=model_in, model_out=model_out, metrics=metrics,
+            timings={"configure": t_send - t0, "train": t_recv - t_send,
+                     "decode": t_agg - t_recv, "aggregate": t_eval - t_agg,
+                     "evaluate": t_end - t_eval, "total": t_end - t0},
+            status=status, reason=reason,
+        )
+        self._checkpoint(server_round)
+        return RoundSummary(
+            round=server_round, status=status, sampled=len(sampled), replied=len(replied),
+            accepted=batch.n if status == "completed" else 0, rejected=rejected,
+            train_loss=train_loss, test_loss=test_loss, test_accuracy=test_acc,
+            wall_time=time.perf_counter() - t0, model_digest=model_out, reason=reason,
+        )
+
+    def _check_signatures(
+        self,
+        replies: list[Message],
+        batch: UpdateBatch,
+        rejected: dict[str, str],
+        by_node: Mapping[int, SiteInfo],
+        server_round: int,
+    ) -> tuple[list[dict[str, Any]], list[int]]:
+        """Recompute each update's digest and check the site's signature over it."""
+        site_rec = {}
+        for r in replies:
+            if not r.has_error() and codec.SITE_RECORD in r.content.config_records:
+                site_rec[int(r.metadata.src_node_id)] = r.content.config_records[codec.SITE_RECORD]
+        contributions, keep = [], []
+        for i, (node, flat) in enumerate(zip(batch.node_ids, batch.updates, strict=True)):
+            info, rec = by_node[node], site_rec.get(node, {})
+            digest = lineage.update_digest(flat)
+            fingerprint = str(rec.get("data_fingerprint", ""))
+            signature = str(rec.get("signature", ""))
+            problem = None
+            if str(rec.get("update_digest", "")) != digest:
+                problem = "update digest does not match the update received"
+            elif fingerprint != info.data_fingerprint:
+                problem = "data fingerprint differs from the one announced at the handshake"
+            elif info.public_key and not lineage.verify_contribution(
+                info.public_key, signature, self.spec.run_id, server_round, digest, fingerprint
+            ):
+                problem = "site signature does not verify"
+            if problem is not None:
+                rejected[info.site_id] = problem
+                continue
+            keep.append(i)
+            contributions.append({
+                "site_id": info.site_id, "update_digest": digest,
+                "num_examples": int(batch.weights[i]), "data_fingerprint": fingerprint,
+                "signature": signature,
+            })
+        return contributions, keep
+
+    @staticmethod
+    def _mean_metric(replies: list[Message], site_ids: list[str], key: str) -> float | None:
+        vals, weights = [], []
+        for r in replies:
+            if r.has_error() or codec.METRICS_RECORD not in r.content.metric_records:
+                continue
+            m = r.content.metric_records[codec.METRICS_RECORD]
+            if key in m:
+                vals.append(float(m[key]))
+                weights.append(float(m.get(codec.NUM_EXAMPLES_KEY, 1)))
+        if not vals:
+            return None
+        return float(np.average(vals, weights=weights))
+
+    # -------------------------------------------------------------- lineage
+    def _digest(self, flat: np.ndarray) -> str:
+        return lineage.arrays_digest(self.layout.unflatten(flat))
+
+    def _server_key_fingerprint(self) -> str:
+        if self.server_key is None:
+            return ""
+        return lineage.key_fingerprint(lineage.public_key_hex(self.server_key))
+
+    def _open_lineage(self) -> None:
+        spec = self.spec
+        if spec.server_key_path is not None:
+            self.server_key = lineage.load_or_create_key(spec.server_key_path)
+        if spec.run_dir is None or not spec.config.lineage:
+            return
+        if self.server_key is None:
+            self.server_key = lineage.load_or_create_key(spec.run_dir / "keys" / "server.pem")
+        self.writer = lineage.LineageWriter.create(spec.run_dir / "lineage.sqlite", self.server_key)
+
+    def _append_genesis(self) -> None:
+        if self.writer is None:
+            return
+        from fedsilo.server.provenance import code_version
+
+        self.writer.append(
+            lineage.GenesisRecord(
+                run_id=self.spec.run_id,
+                created_at=_now(),
+                config=self.spec.config.to_dict(),
+                code_version=code_version(),
+                initial_model_digest=self._digest(self.model),
+                server_public_key=lineage.public_key_hex(self.server_key),
+                sites=[
+                    lineage.SiteIdentity(
+                        site_id=s.site_id, public_key=s.public_key,
+                        data_fingerprint=s.data_fingerprint, policy=_json_dict(s.policy),
+                    )
+                    for s in self.sites
+                ],
+            )
+        )
+
+    def _append_round(self, *, server_round: int, contributions: list[dict[str, Any]], **fields: Any) -> None:
+        if self.writer is None:
+            return
+        self.writer.append(
+            lineage.RoundRecord(
+                round=server_round,
+                contributions=[lineage.SiteContribution(**c) for c in contributions],
+                strategy={"aggregator": _describe(self.aggregator),
+                          "optimizer": _describe(self.optimizer)},
+                **fields,
+            )
+        )
+
+    def _close_lineage(self, reason: str, detail: str, rounds_completed: int) -> None:
+        if self.writer is None:
+            return
+        try:
+            self.writer.append(
+                lineage.ClosingRecord(
+                    reason=reason, detail=detail, rounds_completed=rounds_completed,
+                    final_model_digest=self._digest(self.model),
+                )
+            )
+        finally:
+            self.writer.close()
+
+    def _checkpoint(self, server_round: int) -> None:
+        if self.spec.run_dir is None:
+            return
+        write_checkpoint(
+            self.spec.run_dir,
+            Checkpoint(
+                round=server_round,
+                model=self.model,
+                optimizer_state=self.optimizer.state_dict(),
+                rng_state=self.rng.bit_generator.state,
+                lineage_head=self.writer.head if self.writer is not None else None,
+            ),
+        )
+
+
+def _describe(strategy: Any) -> dict[str, Any]:
+    """Name and parameter values of an aggregator or optimiser, for lineage."""
+    params = {}
+    for name in getattr(strategy, "params", {}):
+        value = getattr(strategy, name, None)
+        if isinstance(value, int | float | str | bool) or value is None:
+            params[name] = value
+    return {"name": strategy.name, "params": params}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _json_dict(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        out = json.loads(text)
+    except ValueError:
+        return {"raw": text}
+    return out if isinstance(out, dict) else {"raw": text}

@@ -1,0 +1,99 @@
+"""``report.html``: a self-contained page with a run's plots (PNG embedded as base64)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def write_report(path: Path, config: Any, result: Any, label_counts: dict[str, list[int]]) -> None:
+    """Write the HTML report: accuracy and loss per round, epsilon when DP is on, sites' data."""
+    rounds = [r.round for r in result.rounds]
+    acc = [r.test_accuracy for r in result.rounds]
+    test_loss = [r.test_loss for r in result.rounds]
+    train_loss = [r.train_loss for r in result.rounds]
+    eps = [r.epsilon for r in result.rounds]
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    axes[0].plot(rounds, acc, marker="o", ms=3, label="central test accuracy")
+    axes[0].set_xlabel("round")
+    axes[0].set_ylabel("accuracy")
+    axes[0].set_ylim(0, 1)
+    if any(e is not None for e in eps):
+        ax_eps = axes[0].twinx()
+        ax_eps.plot(rounds, [e if e is not None else np.nan for e in eps], color="tab:red",
+                    marker=".", label="epsilon spent")
+        ax_eps.set_ylabel("epsilon (cumulative)", color="tab:red")
+    axes[0].grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    axes[1].plot(rounds, [v if v is not None else np.nan for v in test_loss], marker="o", ms=3,
+                 label="central test loss")
+    axes[1].plot(rounds, [v if v is not None else np.nan for v in train_loss], marker="s", ms=3,
+                 label="site train loss (weighted)")
+    axes[1].set_xlabel("round")
+    axes[1].set_ylabel("loss")
+    axes[1].grid(alpha=0.3)
+    axes[1].legend()
+    curves = _png(fig)
+
+    sites = sorted(label_counts)
+    counts = np.array([label_counts[s] for s in sites])
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    bottom = np.zeros(len(sites))
+    cmap = plt.get_cmap("tab10")
+    for c in range(counts.shape[1]):
+        ax.bar(sites, counts[:, c], bottom=bottom, color=cmap(c % 10), label=f"label {c}")
+        bottom += counts[:, c]
+    ax.set_ylabel("examples")
+    ax.set_title("examples per site, by label")
+    ax.tick_params(axis="x", rotation=60)
+    ax.legend(ncol=min(10, counts.shape[1]), fontsize=7, loc="upper right")
+    sites_png = _png(fig)
+
+    rows = "".join(
+        f"<tr><td>{r.round}</td><td>{r.status}</td><td>{r.sampled}</td><td>{r.replied}</td>"
+        f"<td>{r.accepted}</td><td>{_fmt(r.train_loss)}</td><td>{_fmt(r.test_loss)}</td>"
+        f"<td>{_fmt(r.test_accuracy)}</td><td>{_fmt(r.epsilon)}</td><td>{r.wall_time:.2f}</td>"
+        f"<td><code>{html.escape(r.model_digest[:19])}</code></td></tr>"
+        for r in result.rounds
+    )
+    cfg_rows = "".join(
+        f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(str(v))}</code></td></tr>"
+        for k, v in config.to_dict().items()
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>fedsilo run {html.escape(str(config.run_id))}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;padding:2px 6px}}
+th{{background:#f3f3f3}}</style></head><body>
+<h1>fedsilo run <code>{html.escape(str(config.run_id))}</code></h1>
+<p>Final model digest: <code>{html.escape(result.final_digest)}</code><br>
+Run ended: {html.escape(result.closing_reason)}; {len(result.rounds)} rounds; sites: {len(result.sites)}.</p>
+<h2>Accuracy and loss per round</h2><img alt="accuracy and loss per round" src="data:image/png;base64,{curves}">
+<h2>Sites' data</h2><img alt="examples per site by label" src="data:image/png;base64,{sites_png}">
+<h2>Rounds</h2><table><tr><th>round</th><th>status</th><th>sampled</th><th>replied</th><th>accepted</th>
+<th>train loss</th><th>test loss</th><th>test acc</th><th>epsilon</th><th>wall s</th><th>model out</th></tr>{rows}</table>
+<h2>Configuration</h2><table>{cfg_rows}</table>
+</body></html>
+"""
+    path.write_text(page)
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"

@@ -1,0 +1,228 @@
+"""`run_federation`: one complete simulated federation, from config to run directory.
+
+A run directory (``<out>/<run-id>/``) holds ``config.toml`` (the resolved config),
+``lineage.sqlite`` (signed chain), ``checkpoint.npz``, ``sites/<site-id>/`` (each
+simulated site's key and ledger), and, once the run has finished, ``metrics.json``,
+``model.npz`` and ``report.html``. ``model.npz`` is written last but one and
+``report.html`` last, so a directory without them is not a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+
+from fedsilo import lineage
+from fedsilo.client.app import make_client_app
+from fedsilo.server.app import ServerOutcome, make_server_app
+from fedsilo.server.config import ConfigError, RunConfig
+from fedsilo.server.loop import RoundSummary, RunResult, ServerSpec
+from fedsilo.simulations.datasets import Dataset, load_dataset
+from fedsilo.simulations.engine import run_on_simulation_engine
+from fedsilo.simulations.models import evaluate_arrays, get_weights, make_mlp, set_weights
+from fedsilo.simulations.partition import PartitionError, PartitionSpec, partition
+from fedsilo.simulations.scenario import malicious_sites, site_id
+from fedsilo.simulations.sites import simulated_site
+
+
+@dataclass
+class SimulationRun:
+    """What `run_federation` returns."""
+
+    run_id: str
+    run_dir: Path
+    result: RunResult
+    final_digest: str
+
+    @property
+    def rounds(self) -> list[RoundSummary]:
+        return self.result.rounds
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return self.rounds[-1].test_accuracy if self.rounds else None
+
+
+def new_run_id() -> str:
+    """A fresh run id: UTC time plus 6 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def check_feasible(config: RunConfig) -> None:
+    """Checks that need the data (sites vs samples, shards); `ConfigError` on failure."""
+    data = load_dataset(config.dataset, seed=config.seed)
+    try:
+        partition(data.y_train, config.sites, PartitionSpec.parse(config.partition), config.seed)
+    except PartitionError as exc:
+        flag = "--sites" if "exceeds" in str(exc) else "--partition"
+        raise ConfigError(f"{flag}: {exc}") from None
+    _strategy_check(config)
+
+
+def _strategy_check(config: RunConfig) -> None:
+    from fedsilo.strategies import registry
+
+    for flag, make, spec in (("--aggregator", registry.make_aggregator, config.aggregator),
+                             ("--optimizer", registry.make_optimizer, config.optimizer)):
+        try:
+            obj = make(spec)
+            if flag == "--aggregator":
+                obj.validate(config.sites_per_round)
+        except ValueError as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
+    if config.attack:
+        from fedsilo.simulations.attacks import ATTACKS
+
+        if config.attack not in ATTACKS:
+            raise ConfigError(
+                f"--attack: unknown attack {config.attack!r}; accepted: {', '.join(sorted(ATTACKS))}"
+            )
+
+
+def run_federation(
+    config: RunConfig,
+    *,
+    on_round: Callable[[RoundSummary], None] | None = None,
+    verbose: bool = False,
+) -> SimulationRun:
+    """Run ``config`` on Flower's simulation engine and write the run directory."""
+    check_feasible(config)
+    run_id = config.run_id or new_run_id()
+    run_dir = Path(config.out) / run_id
+    if (run_dir / "lineage.sqlite").exists() or (run_dir / "model.npz").exists():
+        raise ConfigError(f"--run-id: run directory {run_dir} already holds a run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = RunConfig.from_dict({**config.to_dict(), "run_id": run_id})
+    (run_dir / "config.toml").write_text(tomli_w.dumps(resolved.to_dict()))
+
+    spec = build_server_spec(resolved, run_dir, on_round=on_round)
+    data = load_dataset(config.dataset, seed=config.seed)
+    outcome = ServerOutcome()
+    run_on_simulation_engine(
+        make_server_app(lambda _ctx: spec, outcome),
+        make_client_app(simulated_site),
+        config.sites,
+        verbose=verbose,
+    )
+    if outcome.error is not None:
+        raise outcome.error
+    if outcome.result is None:
+        raise RuntimeError("the simulation engine stopped before the ServerApp finished")
+    result = outcome.result
+    _write_outputs(run_dir, resolved, result, data)
+    return SimulationRun(run_id, run_dir, result, result.final_digest)
+
+
+def build_server_spec(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    on_round: Callable[[RoundSummary], None] | None = None,
+    expected_sites: int | None = None,
+) -> ServerSpec:
+    """The server side of a simulated federation: initial model, central test set, attacks.
+
+    Used by `run_federation` and by the Flower App (``fedsilo.simulations.flower_app``)
+    that runs the same federation on Flower's deployment runtime.
+    """
+    if config.run_id is None:
+        raise ValueError("build_server_spec needs a resolved config with run_id set")
+    data = load_dataset(config.dataset, seed=config.seed)
+    model = make_mlp(data.num_features, data.num_classes, hidden=config.hidden, seed=config.seed)
+    bad_sites = malicious_sites(config.sites, config.malicious, config.seed)
+    federation: dict[str, Any] = {
+        "dataset": config.dataset, "sites": config.sites, "partition": config.partition,
+        "seed": config.seed, "batch_size": config.batch_size, "sim_run_dir": str(run_dir.resolve()),
+        "label_flip_sites": ",".join(bad_sites) if config.attack == "label_flip" else "",
+    }
+    return ServerSpec(
+        config=config,
+        run_id=config.run_id,
+        initial_weights=get_weights(model),
+        run_dir=run_dir,
+        federation=federation,
+        evaluate_fn=_central_evaluator(data, config),
+        attack_fn=_attack_fn(config, bad_sites),
+        root_update_fn=_root_update_fn(data, config),
+        on_round=on_round,
+        expected_sites=expected_sites,
+    )
+
+
+def _central_evaluator(data: Dataset, config: RunConfig) -> Callable[[dict[str, np.ndarray]], tuple[float, float]]:
+    model = make_mlp(data.num_features, data.num_classes, hidden=config.hidden, seed=config.seed)
+
+    def evaluate(weights: dict[str, np.ndarray]) -> tuple[float, float]:
+        set_weights(model, weights)
+        return evaluate_arrays(model, data.x_test, data.y_test)
+
+    return evaluate
+
+
+def _attack_fn(config: RunConfig, bad_sites: list[str]) -> Callable[..., Any] | None:
+    if not config.attack:
+        return None
+    from fedsilo.simulations.attacks import apply_attack, is_data_attack
+
+    if is_data_attack(config.attack):
+        return None
+    bad = set(bad_sites)
+    rng = np.random.default_rng([config.seed, 0xA77AC])
+
+    def attack(_round: int, batch: Any) -> Any:
+        mask = np.array([s in bad for s in batch.site_ids], dtype=bool)
+        if not mask.any():
+            return batch
+        return apply_attack(config.attack, batch, mask, rng)
+
+    return attack
+
+
+def _root_update_fn(data: Dataset, config: RunConfig) -> Callable[..., np.ndarray] | None:
+    """FLTrust's server update: one local epoch on a small root set drawn from the training split."""
+    if config.aggregator.split(":")[0] != "fltrust":
+        return None
+    from fedsilo.simulations.trainer import TorchTrainer
+    from fedsilo.strategies.codec import ModelLayout
+
+    rng = np.random.default_rng([config.seed, 0x2007])
+    idx = rng.choice(len(data.y_train), size=max(20, len(data.y_train) // 20), replace=False)
+    trainer = TorchTrainer(data.x_train[idx], data.y_train[idx], data.num_classes, seed=config.seed)
+
+    def root_update(weights: dict[str, np.ndarray], server_round: int) -> np.ndarray:
+        layout = ModelLayout.from_arrays(weights)
+        fit = trainer.fit(weights, {"server_round": server_round, "lr": config.lr,
+                                    "local_epochs": config.local_epochs})
+        return layout.flatten(fit.weights) - layout.flatten(weights)
+
+    return root_update
+
+
+def _write_outputs(run_dir: Path, config: RunConfig, result: RunResult, data: Dataset) -> None:
+    metrics = {
+        "run_id": config.run_id,
+        "final_model_digest": result.final_digest,
+        "closing_reason": result.closing_reason,
+        "rounds": [asdict(r) for r in result.rounds],
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    np.savez(run_dir / "model.npz", **result.final_weights)
+    parts = partition(data.y_train, config.sites, PartitionSpec.parse(config.partition), config.seed)
+    label_counts = {
+        site_id(i): np.bincount(data.y_train[p], minlength=data.num_classes).tolist()
+        for i, p in enumerate(parts)
+    }
+    from fedsilo.simulations.report import write_report
+
+    write_report(run_dir / "report.html", config, result, label_counts)
+    with np.load(run_dir / "model.npz") as saved:
+        if lineage.arrays_digest(dict(saved)) != result.final_digest:
+            raise RuntimeError(f"{run_dir / 'model.npz'} does not match the final model digest")

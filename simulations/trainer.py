@@ -1,0 +1,103 @@
+"""`TorchTrainer`: the simulation's implementation of the site `Trainer` protocol."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsilo.client.trainer import EvalResult, FitResult, Weights
+from fedsilo.simulations.models import evaluate_arrays, get_weights, make_mlp, set_weights
+
+
+class TorchTrainer:
+    """Mini-batch SGD on one site's arrays, with an optional FedProx proximal term.
+
+    Parameters
+    ----------
+    x, y : the site's local samples and labels.
+    num_classes : number of labels (output size of the model).
+    seed : base seed; each round's shuffling and dropout draw from (seed, round), so a
+        run is reproducible whatever process or order the site runs in.
+    batch_size : mini-batch size.
+    fingerprint : the site's data fingerprint (computed by the caller from the data and
+        its preprocessing).
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        num_classes: int,
+        *,
+        seed: int,
+        batch_size: int = 32,
+        fingerprint: str = "",
+    ) -> None:
+        self.x, self.y = x, y
+        self.num_classes = num_classes
+        self.seed = seed
+        self.batch_size = batch_size
+        self._fingerprint = fingerprint
+        self._model: nn.Module | None = None
+
+    def _model_for(self, weights: Weights) -> nn.Module:
+        if self._model is None:
+            hidden = int(weights["fc1.weight"].shape[0]) if "fc1.weight" in weights else 64
+            self._model = make_mlp(self.x.shape[1], self.num_classes, hidden=hidden)
+        set_weights(self._model, weights)
+        return self._model
+
+    def fit(self, weights: Weights, config: Mapping[str, Any]) -> FitResult:
+        torch.set_num_threads(1)
+        server_round = int(config.get("server_round", 0))
+        model = self._model_for(weights)
+        model.train()
+        lr = float(config.get("lr", 0.1))
+        epochs = int(config.get("local_epochs", 1))
+        mu = float(config.get("proximal_mu", 0.0))
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        global_params = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
+        rng = np.random.default_rng([self.seed, server_round])
+        x = torch.from_numpy(np.ascontiguousarray(self.x))
+        y = torch.from_numpy(np.ascontiguousarray(self.y))
+        losses: list[float] = []
+        for _ in range(epochs):
+            order = torch.from_numpy(rng.permutation(len(self.y)))
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                if mu > 0:  # FedProx: (mu/2) * ||w - w_global||^2
+                    prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params, strict=True))
+                    loss = loss + 0.5 * mu * prox
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.item()))
+        return FitResult(
+            weights=get_weights(model),
+            num_examples=len(self.y),
+            metrics={"train_loss": float(np.mean(losses)) if losses else 0.0},
+        )
+
+    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult:
+        model = self._model_for(weights)
+        loss, acc = evaluate_arrays(model, self.x, self.y)
+        return EvalResult(loss=loss, num_examples=len(self.y), metrics={"accuracy": acc})
+
+    def data_fingerprint(self) -> str:
+        return self._fingerprint
+
+
+def array_fingerprint(x: np.ndarray, y: np.ndarray, preprocessing: Mapping[str, Any]) -> str:
+    """Fallback data fingerprint: SHA-256 over the arrays' bytes and the preprocessing."""
+    h = hashlib.sha256()
+    for arr in (x, y):
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    h.update(repr(sorted(preprocessing.items())).encode())
+    return "sha256:" + h.hexdigest()

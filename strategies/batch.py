@@ -1,0 +1,69 @@
+"""`UpdateBatch`: one round's accepted site updates, decoded once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass
+class UpdateBatch:
+    """The accepted updates of one round, as flat float32 model deltas.
+
+    Parameters
+    ----------
+    updates : one flat float32 vector per site, ``new_local_model - global_model``.
+        Usually zero-copy views of the reply messages' bytes: never write to them.
+    weights : one non-negative weight per site (its example count), float64.
+    site_ids : stable site ids, aligned with ``updates``.
+    node_ids : Flower node ids, aligned with ``updates`` (0 where unknown).
+    root_update : the server's own update on its root dataset (FLTrust), if any.
+    """
+
+    updates: list[np.ndarray]
+    weights: np.ndarray
+    site_ids: list[str]
+    node_ids: list[int] = field(default_factory=list)
+    root_update: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+        if not self.node_ids:
+            self.node_ids = [0] * len(self.updates)
+        n = len(self.updates)
+        if not (len(self.weights) == len(self.site_ids) == len(self.node_ids) == n):
+            raise ValueError(
+                f"UpdateBatch fields disagree: {n} updates, {len(self.weights)} weights, "
+                f"{len(self.site_ids)} site ids, {len(self.node_ids)} node ids"
+            )
+
+    @property
+    def n(self) -> int:
+        """Number of updates."""
+        return len(self.updates)
+
+    @property
+    def dim(self) -> int:
+        """Length of each flat update."""
+        return int(self.updates[0].size) if self.updates else 0
+
+    @cached_property
+    def stacked(self) -> np.ndarray:
+        """The n x d float32 matrix, built once, for kernels that need every row."""
+        out = np.empty((self.n, self.dim), dtype=np.float32)
+        for i, row in enumerate(self.updates):  # one memcpy per row into the matrix
+            out[i] = row
+        return out
+
+    def subset(self, index: np.ndarray | list[int]) -> UpdateBatch:
+        """A batch with only the rows at ``index`` (in that order)."""
+        idx = [int(i) for i in index]
+        return UpdateBatch(
+            updates=[self.updates[i] for i in idx],
+            weights=self.weights[idx],
+            site_ids=[self.site_ids[i] for i in idx],
+            node_ids=[self.node_ids[i] for i in idx],
+            root_update=self.root_update,
+        )

@@ -1,0 +1,170 @@
+"""Whole-array numpy kernels shared by the aggregators.
+
+Conventions: ``X`` is the n x d float32 matrix of stacked updates (`UpdateBatch.stacked`),
+``rows`` a list of n flat float32 vectors (zero-copy views of reply bytes), weights are
+float64. Column statistics are computed on cache-sized column tiles transposed so that
+each coordinate's n values are contiguous (numpy's vectorised sort then works on short
+contiguous rows); the tile loop is over blocks of coordinates, never over clients or layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.linalg.blas import saxpy
+
+F32 = np.float32
+_TILE_BYTES = 4 << 20  # ~4 MiB per transposed tile: stays in the last-level cache
+
+
+def weighted_sum(rows: Sequence[np.ndarray], coeffs: np.ndarray) -> np.ndarray:
+    """``sum_i coeffs[i] * rows[i]`` as float32, streaming over rows without stacking.
+
+    One fused BLAS ``saxpy`` per row (read the row once, update the accumulator in
+    place): this is the streaming accumulation the design allows over clients.
+    """
+    acc = np.zeros(rows[0].size if rows else 0, dtype=F32)
+    for row, c in zip(rows, np.asarray(coeffs, dtype=np.float64), strict=True):
+        if c != 0.0:
+            acc = saxpy(row, acc, a=float(c))
+    return acc
+
+
+def normalized(weights: np.ndarray) -> np.ndarray:
+    """Weights scaled to sum to one (uniform when they sum to zero)."""
+    w = np.asarray(weights, dtype=np.float64)
+    total = w.sum()
+    return w / total if total > 0 else np.full(w.shape, 1.0 / max(w.size, 1))
+
+
+def weighted_mean(rows: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Weighted mean of the rows (weights need not be normalised), streaming."""
+    return weighted_sum(rows, normalized(weights))
+
+
+def gram(X: np.ndarray) -> np.ndarray:
+    """The n x n matrix of inner products ``X @ X.T`` (one float32 matmul), as float64."""
+    return (X @ X.T).astype(np.float64)
+
+
+def sq_distances(G: np.ndarray) -> np.ndarray:
+    """Pairwise squared Euclidean distances from a Gram matrix (clipped at 0, zero diagonal)."""
+    sq = np.diag(G)
+    D = sq[:, None] + sq[None, :] - 2.0 * G
+    np.maximum(D, 0.0, out=D)
+    np.fill_diagonal(D, 0.0)
+    return D
+
+
+def krum_scores(D: np.ndarray, f: int) -> np.ndarray:
+    """Krum score of each row: sum of squared distances to its ``n - f - 2`` nearest others.
+
+    Same neighbour count as Flower (at least 1). Uses `np.partition` on each row of
+    the distance matrix with the diagonal excluded.
+    """
+    n = D.shape[0]
+    k = max(1, n - f - 2)
+    if n == 1:
+        return np.zeros(1)
+    off = D.copy()
+    np.fill_diagonal(off, np.inf)
+    k = min(k, n - 1)
+    nearest = np.partition(off, k - 1, axis=1)[:, :k]
+    return nearest.sum(axis=1)
+
+
+def sorted_column_stats(
+    X: np.ndarray, stats: Callable[[np.ndarray], tuple[np.ndarray, ...]], n_out: int
+) -> tuple[np.ndarray, ...]:
+    """Apply ``stats`` to every coordinate's sorted values, tile by tile.
+
+    Parameters
+    ----------
+    X : n x d float32 matrix.
+    stats : maps a ``(B, n)`` array whose rows are the sorted values of B coordinates
+        to ``n_out`` arrays of length B.
+    n_out : how many per-coordinate outputs ``stats`` returns.
+
+    Returns ``n_out`` float32 vectors of length d.
+    """
+    n, d = X.shape
+    outs = tuple(np.empty(d, dtype=F32) for _ in range(n_out))
+    block = max(1024, _TILE_BYTES // (4 * max(n, 1)))
+    tile = np.empty((block, n), dtype=F32)
+    for start in range(0, d, block):
+        stop = min(start + block, d)
+        t = tile[: stop - start]
+        t[...] = X[:, start:stop].T
+        t.sort(axis=1)
+        for out, value in zip(outs, stats(t), strict=True):
+            out[start:stop] = value
+    return outs
+
+
+def _median_of_sorted(s: np.ndarray) -> np.ndarray:
+    n = s.shape[1]
+    if n % 2:
+        return s[:, n // 2]
+    return (s[:, n // 2 - 1] + s[:, n // 2]) / F32(2)
+
+
+def coordinate_median(X: np.ndarray) -> np.ndarray:
+    """Coordinate-wise median (mean of the two middle values for even n), float32."""
+    return sorted_column_stats(X, lambda s: (_median_of_sorted(s),), 1)[0]
+
+
+def trimmed_mean_with_bounds(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coordinate-wise mean after dropping the k smallest and k largest values.
+
+    Returns ``(mean, low, high)`` where ``low``/``high`` are the smallest and largest
+    kept value of each coordinate.
+    """
+    n = X.shape[0]
+
+    def stats(s: np.ndarray) -> tuple[np.ndarray, ...]:
+        kept = s[:, k : n - k]
+        return kept.mean(axis=1, dtype=F32), s[:, k], s[:, n - k - 1]
+
+    mean, low, high = sorted_column_stats(X, stats, 3)
+    return mean, low, high
+
+
+def closest_to_median_mean(X: np.ndarray, beta: int) -> np.ndarray:
+    """Per coordinate, the mean of the ``beta`` values closest to the coordinate median.
+
+    (Bulyan's second stage.) Works on sorted tiles: the ``beta`` values nearest the
+    median form a contiguous window of the sorted values; ties at equal distance are
+    resolved towards lower ranks.
+    """
+    n = X.shape[0]
+    starts = np.arange(n - beta + 1)
+
+    def stats(s: np.ndarray) -> tuple[np.ndarray]:
+        med = _median_of_sorted(s)[:, None]
+        # window [j, j+beta) has radius max(med - s[j], s[j+beta-1] - med)
+        radius = np.maximum(med - s[:, starts], s[:, starts + beta - 1] - med)
+        best = np.argmin(radius, axis=1)
+        csum = np.concatenate(
+            [np.zeros((s.shape[0], 1)), np.cumsum(s, axis=1, dtype=np.float64)], axis=1
+        )
+        rows = np.arange(s.shape[0])
+        total = csum[rows, best + beta] - csum[rows, best]
+        return ((total / beta).astype(F32),)
+
+    return sorted_column_stats(X, stats, 1)[0]
+
+
+def row_dots(rows: Sequence[np.ndarray], v: np.ndarray | None = None) -> np.ndarray:
+    """Per row, ``row . v`` (or ``row . row`` when ``v`` is None), float64, without stacking."""
+    if v is None:
+        return np.array([np.dot(r, r) for r in rows], dtype=np.float64)
+    return np.array([np.dot(r, v) for r in rows], dtype=np.float64)
+
+
+def distances_to(X: np.ndarray, sq_norms: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Euclidean distance from each row of ``X`` to ``z`` via ``|x|^2 - 2 x.z + |z|^2``
+    (one matrix-vector product; clipped at zero against rounding)."""
+    zz = float(np.dot(z, z))
+    sq = sq_norms - 2.0 * (X @ z).astype(np.float64) + zz
+    return np.sqrt(np.maximum(sq, 0.0))

@@ -1,0 +1,82 @@
+"""Bad input to `fedsilo simulate`: one line naming the option, exit 2, no run directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedsilo.cli import main
+
+CASES = [
+    (["--dataset", "mnist"], "--dataset: unknown dataset 'mnist'; accepted: digits, breast_cancer, wine"),
+    (["--aggregator", "nosuch"], "--aggregator: "),
+    (["--optimizer", "fedfoo:lr=1"], "--optimizer: "),
+    (["--partition", "dirichlet:-1"], "--partition: invalid partition 'dirichlet:-1'; accepted: iid"),
+    (["--partition", "shards"], "--partition: invalid partition 'shards'"),
+    (["--sites", "5000"], "--sites: sites (5000) exceeds the 1437 training samples"),
+    (["--fraction", "0"], "--fraction: 0.0 is outside (0, 1]"),
+    (["--fraction", "1.5"], "--fraction: 1.5 is outside (0, 1]"),
+    (["--rounds", "0"], "--rounds: must be a positive integer, got 0"),
+    (["--rounds", "-3"], "--rounds: must be a positive integer, got -3"),
+    (["--rounds", "abc"], "argument --rounds: invalid int value: 'abc'"),
+    (["--config", "/nonexistent/run.toml"], "--config: file not found: /nonexistent/run.toml"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), CASES)
+def test_bad_simulate_input(argv: list[str], expected: str, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) if "invalid int" in expected else _no_raise():
+        code = main(["simulate", "--out", str(tmp_path / "runs"), *argv])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_invalid_toml_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rounds = [unclosed\n")
+    assert main(["simulate", "--config", str(bad), "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert f"--config: {bad} is not valid TOML" in err and err.count("\n") == 1
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('rounds = "many"\nfoo = 1\n')
+    assert main(["simulate", "--config", str(wrong)]) == 2
+    assert "unknown option 'foo'" in capsys.readouterr().err
+    typed = tmp_path / "typed.toml"
+    typed.write_text('rounds = "many"\n')
+    assert main(["simulate", "--config", str(typed)]) == 2
+    assert "--rounds: expected an integer, got 'many'" in capsys.readouterr().err
+
+
+def test_flags_override_the_file() -> None:
+    from fedsilo.server.config import RunConfig
+
+    cfg = RunConfig.load(None, {"rounds": 4})
+    assert cfg.rounds == 4 and cfg.sites == 10 and cfg.partition == "dirichlet:0.5"
+
+
+def test_entry_point_exit_code_and_no_traceback(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "fedsilo.cli", "simulate", "--partition", "zipf:1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        "fedsilo simulate: error: --partition: invalid partition 'zipf:1'; "
+        "accepted: iid, dirichlet:ALPHA (ALPHA > 0), shards:K (K >= 1)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+class _no_raise:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return False

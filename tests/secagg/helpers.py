@@ -1,0 +1,28 @@
+"""Shared fixtures for the SecAgg tests: deterministic inputs and a sum checker."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedsilo.privacy.secagg import RoundReport
+
+
+def make_inputs(n: int, d: int, seed: int = 0, first_id: int = 1001,
+                max_weight: float = 10.0) -> dict[int, tuple[np.ndarray, float]]:
+    """n sites with float32 updates in [-0.09, 0.09] and integer weights in [1, max_weight]."""
+    rng = np.random.default_rng(seed)
+    return {first_id + 37 * i: (rng.uniform(-0.09, 0.09, d).astype(np.float32),
+                                float(rng.integers(1, int(max_weight) + 1)))
+            for i in range(n)}
+
+
+def assert_exact_sum(report: RoundReport, inputs: dict[int, tuple[np.ndarray, float]]) -> None:
+    """The recovered sum equals the plain weighted sum over the participants within the bound."""
+    assert report.ok, report.reason
+    res = report.result
+    assert res is not None
+    true = np.zeros_like(res.sum_delta)
+    for p in res.participants:
+        true += inputs[p][1] * inputs[p][0].astype(np.float64)
+    assert np.max(np.abs(res.sum_delta - true)) < res.bound
+    assert abs(res.total_weight - sum(inputs[p][1] for p in res.participants)) < res.weight_bound

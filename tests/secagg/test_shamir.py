@@ -1,0 +1,70 @@
+"""Shamir sharing over GF(2^521 - 1): every t-of-n subset reconstructs, fewer does not."""
+
+import itertools
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsilo.privacy.secagg import shamir
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_every_t_of_n_subset_reconstructs(n: int) -> None:
+    secret = os.urandom(32)
+    xs = [7 * i + 3 for i in range(n)]
+    for t in range(1, n + 1):
+        shares = shamir.split(secret, xs, t)
+        for size in range(t, n + 1):
+            for subset in itertools.combinations(range(n), size):
+                assert shamir.combine([xs[i] for i in subset], [shares[i] for i in subset]) \
+                    == secret
+        if t > 1:  # t - 1 shares give a different value (or an out-of-range one)
+            for subset in itertools.combinations(range(n), t - 1):
+                pts = [(xs[i], shamir.decode_share(shares[i])) for i in subset]
+                assert shamir.interpolate(pts) != int.from_bytes(secret, "big")
+
+
+@settings(max_examples=30, deadline=None)
+@given(secret=st.binary(min_size=32, max_size=32), t=st.integers(1, 8), extra=st.integers(0, 4),
+       base=st.integers(1, 2**64))
+def test_roundtrip_property(secret: bytes, t: int, extra: int, base: int) -> None:
+    xs = [base + i for i in range(t + extra)]
+    shares = shamir.split(secret, xs, t)
+    assert all(len(s) == shamir.SHARE_BYTES for s in shares)
+    assert shamir.combine(xs[-t:], shares[-t:]) == secret
+
+
+def test_altered_share_changes_result() -> None:
+    secret = os.urandom(32)
+    shares = shamir.split(secret, [1, 2, 3], 3)
+    # a small change moves the secret by a multiple of the Lagrange coefficient: detected
+    # only by the protocol's commitments, but the result is never the secret
+    bumped = (shamir.decode_share(shares[0]) + 1).to_bytes(shamir.SHARE_BYTES, "big")
+    got = shamir.interpolate([(1, shamir.decode_share(bumped)),
+                              (2, shamir.decode_share(shares[1])),
+                              (3, shamir.decode_share(shares[2]))])
+    assert got == (int.from_bytes(secret, "big") + 3) % shamir.PRIME  # lambda_1 = 3
+    # a random share yields a field element far outside 32 bytes (prob 1 - 2^-265)
+    forged = (int.from_bytes(os.urandom(64), "big") % shamir.PRIME).to_bytes(66, "big")
+    with pytest.raises(ValueError, match="inconsistent"):
+        shamir.combine([1, 2, 3], [forged, shares[1], shares[2]])
+
+
+def test_input_validation_messages() -> None:
+    with pytest.raises(ValueError, match="expected 32 bytes, got 31"):
+        shamir.split(bytes(31), [1, 2], 2)
+    with pytest.raises(ValueError, match=r"threshold: expected 1\.\.2, got 3"):
+        shamir.split(bytes(32), [1, 2], 3)
+    with pytest.raises(ValueError, match="distinct"):
+        shamir.split(bytes(32), [1, 1], 2)
+    with pytest.raises(ValueError, match="distinct"):
+        shamir.split(bytes(32), [0, 1], 2)
+    with pytest.raises(ValueError, match="expected 66 bytes, got 65"):
+        shamir.decode_share(bytes(65))
+    with pytest.raises(ValueError, match="not a field element"):
+        shamir.decode_share(b"\xff" * 66)
+    with pytest.raises(ValueError, match="duplicate"):
+        s = shamir.split(bytes(32), [1, 2], 2)
+        shamir.combine([1, 1], s)
