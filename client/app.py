@@ -153,7 +153,7 @@ def _train_reply(site: Site, msg: Message) -> Message:
         if site.ledger is not None:
             site.ledger.append(
                 {"run_id": run_id, "site_id": site.site_id, "round": server_round,
-                 "status": "refused", "reason": reason, "time": time.time()}
+                 "status": "refused", "reason": reason, "time": _now_iso()}
             )
         refusal = ConfigRecord({"site_id": site.site_id, "reason": reason})
         return Message(RecordDict({codec.REFUSAL_RECORD: refusal}), reply_to=msg)
@@ -171,7 +171,7 @@ def _train_reply(site: Site, msg: Message) -> Message:
             {"run_id": run_id, "site_id": site.site_id, "round": server_round,
              "update_digest": digest, "data_fingerprint": site.data_fingerprint,
              "num_examples": num_examples, "signature": signature, "status": "sent",
-             "time": time.time()}
+             "time": _now_iso()}
         )
     _record_privacy_participation(site, config)
     content = RecordDict(
@@ -209,3 +209,9 @@ def _record_privacy_participation(site: Site, config: Mapping[str, Any]) -> None
 def _dp_round_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The DP parameters the server sent, without the ``dp_`` prefix."""
     return {k[3:]: v for k, v in config.items() if k.startswith("dp_")}
+
+
+def _now_iso() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("fedsilo.lineage.cli", "add_lineage_parser"),
         ("fedsilo.strategies.registry", "add_strategies_parser"),
         ("fedsilo.privacy.cli", "add_privacy_parser"),
-        ("fedsilo.deploy.cli", "add_deploy_parsers"),
+        ("fedsilo.deploy_cli", "add_deploy_parsers"),
     ):
         try:
             mod = __import__(module, fromlist=[name])

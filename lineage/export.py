@@ -74,7 +74,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def _qn(kind: str, value: str) -> str:
     """A PROV qualified name ``fedsilo:<kind>-<value>`` with unsafe characters escaped."""
-    safe = re.sub(r"[^A-Za-z0-9_.\-]", lambda m: "%{:02X}".format(ord(m.group())), value)
+    safe = re.sub(r"[^A-Za-z0-9_.\-]", lambda m: f"%{ord(m.group()):02X}", value)
     return f"fedsilo:{kind}-{safe}"
 
 

@@ -38,9 +38,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"non-finite number {name} is not allowed")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(text: str | bytes) -> Any:
     """``json.loads`` that rejects NaN/Infinity (which canonical JSON never contains)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return _DECODER.decode(text)
 
 
 class LineageWriter:
@@ -62,7 +67,9 @@ class LineageWriter:
         self._server_public_key = server_public_key
 
     @classmethod
-    def create(cls, db_path: Path, key: Ed25519PrivateKey) -> LineageWriter:
+    def create(
+        cls, db_path: Path, key: Ed25519PrivateKey, *, durable: bool = True
+    ) -> LineageWriter:
         """Create a new, empty chain store at ``db_path``.
 
         Args:
@@ -70,6 +77,8 @@ class LineageWriter:
                 parent directory must exist.
             key: the server's Ed25519 private key; its public key must be the genesis
                 record's ``server_public_key``.
+            durable: fsync every record (``synchronous=FULL``, default). ``False`` is only
+                for building synthetic benchmark chains.
 
         Raises:
             LineageError: if ``db_path`` already exists.
@@ -77,7 +86,7 @@ class LineageWriter:
         db_path = Path(db_path)
         if db_path.exists():
             raise LineageError(f"{db_path}: already exists; use LineageWriter.open to continue")
-        conn = _connect_rw(db_path)
+        conn = _connect_rw(db_path, durable)
         with conn:
             for statement in _CREATE:
                 conn.execute(statement)
@@ -85,7 +94,9 @@ class LineageWriter:
         return cls(conn, key, 0, None, False, None)
 
     @classmethod
-    def open(cls, db_path: Path, key: Ed25519PrivateKey) -> LineageWriter:
+    def open(
+        cls, db_path: Path, key: Ed25519PrivateKey, *, durable: bool = True
+    ) -> LineageWriter:
         """Continue an existing chain (resume after a crash or interruption).
 
         The whole existing chain is checked first (digests, links, server signatures,
@@ -94,24 +105,25 @@ class LineageWriter:
         Args:
             db_path: the existing ``lineage.sqlite``.
             key: the server's key; must match the genesis record's ``server_public_key``.
+            durable: see :meth:`create`.
 
         Raises:
             LineageError: if the store is missing or invalid, the chain fails the check, the
                 key is not the chain's server key, or the chain already has a closing record.
         """
-        from .verify import verify_envelopes  # local import: verify builds on this module
+        from .verify import verify_rows  # local import: verify builds on this module
 
         db_path = Path(db_path)
-        envelopes = read_chain(db_path)
-        report = verify_envelopes(envelopes, check_site_signatures=False)
+        report = verify_rows(read_rows(db_path), model_path=None, check_site_signatures=False)
         if not report.ok:
             raise LineageError(f"{db_path}: cannot continue an invalid chain: {report.summary}")
+        envelopes = read_chain(db_path)
         genesis_key = envelopes[0]["body"]["server_public_key"]
         if public_key_hex(key) != genesis_key:
             raise LineageError(f"{db_path}: the given key is not this chain's server key")
         if envelopes[-1]["type"] == "closing":
             raise LineageError(f"{db_path}: chain is closed (it ends with a closing record)")
-        conn = _connect_rw(db_path)
+        conn = _connect_rw(db_path, durable)
         return cls(conn, key, len(envelopes), envelopes[-1]["digest"], False, genesis_key)
 
     @property
@@ -182,10 +194,10 @@ class LineageWriter:
         self.close()
 
 
-def _connect_rw(db_path: Path) -> sqlite3.Connection:
+def _connect_rw(db_path: Path, durable: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(db_path, isolation_level="DEFERRED")
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
     return conn
 
 

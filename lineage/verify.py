@@ -19,9 +19,13 @@ Checks, in chain order, naming the first record that fails:
    the model;
 8. a closing record, if any, is last, its ``final_model_digest`` is the current model and
    ``rounds_completed`` counts the completed rounds; then ``RUN_DIR/model.npz`` must have
-   that digest.
+   that digest (and must exist when the digest is not null).
 
-A chain without a closing record is a valid prefix (an open or crashed run).
+A chain without a closing record is a valid prefix (an open or crashed run), unless
+``RUN_DIR/model.npz`` exists: a saved final model with no closing record means records were
+removed from the end, so it fails (writers append the closing record before saving the
+model). Removing the closing record *and* the model leaves a valid-looking prefix; the
+sites' ledgers (``reconcile``) are what catches that.
 
 Signatures (the dominant cost: one Ed25519 check per contribution) are checked on a thread
 pool while the main thread parses; ``cryptography`` releases the GIL while verifying.
@@ -191,6 +195,7 @@ class _Checker:
         self.closing: dict[str, Any] | None = None
         self.closed_at = -1
         self._run_id_json = ""
+        self.last_label = "?"
         self._handlers = {
             "site_join": self._site_join,
             "round": self._round,
@@ -239,6 +244,13 @@ class _Checker:
         if failure is not None:
             return self._report(False, str(failure), failure.seq)
         notes: list[str] = []
+        if self.closing is None and model_path is not None and model_path.exists():
+            return self._report(
+                False,
+                f"record {self.n - 1} ({self.last_label}): the chain ends without a closing "
+                f"record but {model_path.name} exists (records removed from the end?)",
+                self.n - 1,
+            )
         if self.closing is not None and model_path is not None:
             model_failure = self._check_model(model_path)
             if model_failure is not None:
@@ -313,9 +325,10 @@ class _Checker:
             got = sorted(env) if type(env) is dict else type(env).__name__
             raise _Failure(i, label, f"envelope fields are {got}, expected {sorted(SIGNED_KEYS)}")
         rtype = env["type"]
+        if label == "?" and rtype in RECORD_TYPES:
+            label = rtype
         if rtype not in RECORD_TYPES:
             raise _Failure(i, label, f"unknown record type {rtype!r}")
-        label = rtype
         if env["schema"] != SCHEMA_VERSION:
             raise _Failure(
                 i, label, f"unknown schema {env['schema']!r} (expected {SCHEMA_VERSION!r})"
@@ -361,6 +374,7 @@ class _Checker:
             raise _Failure(i, label, "server signature is not hex") from None
         self._queue((i, label, "server signature invalid", self.server, signature_bytes,
                      actual.encode("ascii")))
+        self.last_label = label
         handler = self._handlers.get(rtype)
         if handler is not None:
             handler(i, body)

@@ -38,9 +38,10 @@ import math
 from typing import Any, Literal
 
 import dp_accounting
+import numpy as np
 from dp_accounting import dp_event
 from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp import RdpAccountant, rdp_privacy_accountant
 
 Sampling = Literal["poisson", "fixed"]
 Method = Literal["rdp", "pld"]
@@ -147,6 +148,7 @@ class ClientLevelAccountant:
             self.sample_size = max(1, round(self.sample_rate * population))
         self.rounds = 0
         self._cache: dict[tuple[int, float], float] = {}
+        self._one_round: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def name(self) -> str:
@@ -165,9 +167,20 @@ class ClientLevelAccountant:
             return 0.0
         key = (rounds, delta)
         if key not in self._cache:
-            acct = self._fresh()
-            acct.compose(dp_event.SelfComposedDpEvent(self.round_event(), rounds))
-            self._cache[key] = float(acct.get_epsilon(delta))
+            if self.method == "rdp":
+                # RDP composes additively: rounds x (one round's RDP curve), converted by
+                # dp-accounting's own compute_epsilon, exactly as compose(event, rounds).
+                if self._one_round is None:
+                    acct = self._fresh()
+                    acct.compose(self.round_event())
+                    self._one_round = (acct.orders, acct.rdp)
+                orders, rdp = self._one_round
+                eps = rdp_privacy_accountant.compute_epsilon(orders, rounds * rdp, delta)[0]
+            else:
+                acct = self._fresh()
+                acct.compose(dp_event.SelfComposedDpEvent(self.round_event(), rounds))
+                eps = acct.get_epsilon(delta)
+            self._cache[key] = float(eps)
         return self._cache[key]
 
     def step(self, rounds: int = 1) -> None:

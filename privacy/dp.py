@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -99,6 +99,19 @@ def check_composition(aggregator_name: str) -> None:
             f"aggregator: '{aggregator_name}' cannot be combined with client-level DP "
             f"(its sensitivity is not bounded by clip_norm / expected_clients); "
             f"use one of {sorted(COMPOSES_WITH)}"
+        )
+
+
+def check_secure_aggregation(config: DPConfig) -> None:
+    """Raise ``ValueError`` unless ``config`` can run under secure aggregation.
+
+    Args:
+        config: the run's DP options.
+    """
+    if config.where != "site":
+        raise ValueError(
+            "where: secure aggregation hides individual updates, so DP must clip at the "
+            "sites (where='site')"
         )
 
 
@@ -143,6 +156,21 @@ class DPConfig:
     secure_noise: bool = True
     weighting: Weighting = "uniform"
     weight_cap: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DPConfig:
+        """Build and validate a config from a TOML table / parsed flags.
+
+        Args:
+            data: option name -> value; unknown names are refused.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"dp: unknown option '{unknown[0]}'; expected one of {', '.join(sorted(known))}"
+            )
+        return cls(**dict(data)).validate()
 
     def validate(self) -> DPConfig:
         """Check every field; raise ``ValueError`` naming the first bad one. Returns self."""
@@ -502,7 +530,9 @@ class ClientLevelDP:
                 )
             return int(updates.shape[1])
         if not updates:
-            raise ValueError("updates: at least one update is required to know the model size")
+            raise ValueError(
+                "updates: empty list; pass an empty (0, d) float32 array so the model size is known"
+            )
         d = None
         for i, u in enumerate(updates):
             if not isinstance(u, np.ndarray) or u.ndim != 1 or u.dtype != np.float32:

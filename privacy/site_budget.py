@@ -59,6 +59,7 @@ class SiteBudget:
         self.participations = 0
         self.rounds_seen = 0
         self.epsilon = 0.0
+        self._accountants: dict[tuple[Any, ...], tuple[ClientLevelAccountant, ...]] = {}
         if state is not None:
             if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
                 raise ValueError(f"site budget state: expected a version {_STATE_VERSION} dict")
@@ -68,11 +69,17 @@ class SiteBudget:
             self.epsilon = float(state["epsilon"])
 
     def _epsilon_with(self, params: dict[str, Any], rounds: int, participations: int) -> float:
-        common = {
-            k: params[k] for k in ("noise_multiplier", "delta", "sampling", "population", "method")
-        }
-        amplified = ClientLevelAccountant(sample_rate=params["sample_rate"], **common)
-        own = ClientLevelAccountant(sample_rate=1.0, **common)
+        key = tuple(params[k] for k in _PARAM_KEYS)
+        if key not in self._accountants:
+            common = {
+                k: params[k]
+                for k in ("noise_multiplier", "delta", "sampling", "population", "method")
+            }
+            self._accountants[key] = (
+                ClientLevelAccountant(sample_rate=params["sample_rate"], **common),
+                ClientLevelAccountant(sample_rate=1.0, **common),
+            )
+        amplified, own = self._accountants[key]
         return min(amplified.epsilon_of_rounds(rounds), own.epsilon_of_rounds(participations))
 
     def admit(self, round_config: Mapping[str, Any]) -> tuple[bool, float, str]:

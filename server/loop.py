@@ -235,6 +235,9 @@ class FederationServer:
 
         by_node = {s.node_id: s for s in sampled}
         site_of = {s.node_id: s.site_id for s in sampled}
+        # Replies arrive in completion order; aggregate in site-id order so that float
+        # sums, and hence the model digest, do not depend on which site finished first.
+        replies.sort(key=lambda r: site_of.get(int(r.metadata.src_node_id), "~"))
         batch, rejected = batch_from_replies(
             replies, dim=self.layout.size, site_of=site_of, policy=self.screening
         )
@@ -272,7 +275,11 @@ class FederationServer:
         t_end = time.perf_counter()
 
         for c in contributions:
-            c["fate"] = fates.get(c["site_id"], "not aggregated")
+            # lineage's fate says whether the update fed the model; the aggregator's own
+            # verdict ("clipped", "trimmed", "rejected:krum"...) goes in the detail.
+            fate = fates.get(c["site_id"], "rejected:round skipped")
+            c["fate"] = "rejected" if fate.startswith("rejected") else "accepted"
+            c["detail"] = {"aggregation": fate}
             if c["site_id"] in scores:
                 c["score"] = scores[c["site_id"]]
         metrics = {k: v for k, v in (("train_loss", train_loss), ("test_loss", test_loss),

@@ -53,7 +53,7 @@ def run_on_simulation_engine(
     flwr_logger = logging.getLogger("flwr")
     old_level = flwr_logger.level
     if not verbose:
-        flwr_logger.setLevel(logging.WARNING)
+        flwr_logger.setLevel(logging.ERROR)  # also hides the deprecation notice
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {

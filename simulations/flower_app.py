@@ -7,38 +7,135 @@
 
 The run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``) takes the
 options of `RunConfig` by name (``rounds``, ``dataset``, ``sites``, ``partition``...;
-hyphens or underscores). Each SuperNode must carry ``partition-id`` in its node
-config (``flower-supernode --node-config "partition-id=0"``), which is how a simulated
-site finds its share of the bundled dataset. Results go to ``<out>/<run-id>/``.
+hyphens or underscores; nested tables such as ``dp.enabled`` as dotted keys). Two
+deployment-only keys are taken out before `RunConfig` sees them: ``server-key``, the
+path of the server's Ed25519 lineage signing key (empty: a fresh key per run, in the
+run directory), and an empty ``run-id`` means "use Flower's run id". Results go to
+``<out>/<run-id>/``: the lineage chain and checkpoint while running, then
+``metrics.json``, ``model.npz`` and ``report.html`` as after ``fedsilo simulate``.
+
+A SuperNode tells its ClientApp which site it serves through its node config:
+
+* ``site-config='/abs/site.toml'``: a real site; `fedsilo.client.site_config.load_site`
+  builds it (Trainer entry point, key, ledger, policy) from that file;
+* ``partition-id=N``: a simulated site that derives its share of the bundled dataset
+  from the federation settings the server sends.
+
+Heavy modules (torch, the datasets) are imported only when a site or the server spec
+is built, since the deployment runtime starts a fresh process per message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-import tomli_w
 from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
 
-from fedsilo.client.app import make_client_app
-from fedsilo.server.app import make_server_app
-from fedsilo.server.config import RunConfig
-from fedsilo.server.loop import ServerSpec
-from fedsilo.simulations.sites import simulated_site
+from fedsilo.client.app import Site, make_client_app
+from fedsilo.server.loop import FederationServer, ServerSpec
+
+SITE_CONFIG_KEY = "site-config"
+"""Node-config key naming the absolute path of a site's ``site.toml``."""
+
+_DEPLOY_KEYS = ("server_key",)
 
 
 def spec_from_context(context: Context) -> ServerSpec:
     """Resolve the run config from Flower's run config and build the server spec."""
+    import tomli_w
+
+    from fedsilo.server.config import RunConfig
     from fedsilo.simulations.runner import build_server_spec, check_feasible
 
-    raw = {str(k).replace("-", "_"): v for k, v in context.run_config.items()}
-    raw.setdefault("run_id", f"flwr-{context.run_id}")
+    raw = run_config_dict(context.run_config)
+    server_key = str(raw.pop("server_key", "") or "")
+    if not raw.get("run_id"):
+        raw["run_id"] = f"flwr-{context.run_id}"
     config = RunConfig.from_dict(raw)
     check_feasible(config)
     run_dir = Path(config.out) / str(config.run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
-    return build_server_spec(config, run_dir)
+    spec = build_server_spec(config, run_dir)
+    if server_key:
+        spec.server_key_path = Path(server_key)
+    return spec
 
 
-server_app = make_server_app(spec_from_context)
-client_app = make_client_app(simulated_site)
+def run_config_dict(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Flower's flat run config -> a `RunConfig`-shaped dict (``dp.x`` -> ``{"dp": {"x": ...}}``)."""
+    out: dict[str, Any] = {}
+    for key, value in run_config.items():
+        name = str(key).replace("-", "_")
+        if "." in name:
+            table, sub = name.split(".", 1)
+            out.setdefault(table, {})[sub] = value
+        else:
+            out[name] = value
+    return out
+
+
+def node_site(context: Context, federation: Mapping[str, Any]) -> Site:
+    """The ClientApp's `SiteFactory`: a configured site (``site-config``) or a simulated one."""
+    path = context.node_config.get(SITE_CONFIG_KEY)
+    if path:
+        from fedsilo.client.site_config import load_site
+
+        return load_site(Path(str(path)))
+    from fedsilo.simulations.sites import simulated_site
+
+    return simulated_site(context, federation)
+
+
+def bundled_trainer(
+    dataset: str = "digits",
+    partition_id: int = 0,
+    sites: int = 3,
+    partition: str = "iid",
+    seed: int = 0,
+    batch_size: int = 32,
+) -> Any:
+    """A site Trainer on one partition of a bundled dataset (for demos and tests).
+
+    Use it as a ``site.toml`` entry point (``trainer =
+    "fedsilo.simulations.flower_app:bundled_trainer"``) with its keyword arguments in
+    ``[trainer_options]``.
+
+    Parameters
+    ----------
+    dataset : digits, breast_cancer or wine (scikit-learn's bundled data).
+    partition_id : which share of the training split this site holds, in [0, sites).
+    sites : how many shares the training split is cut into.
+    partition : iid, dirichlet:ALPHA or shards:K.
+    seed : seed of the split and of local shuffling.
+    batch_size : local mini-batch size.
+    """
+    from fedsilo.simulations.sites import simulated_site
+
+    if not 0 <= int(partition_id) < int(sites):
+        raise ValueError(f"partition_id: expected an integer in [0, {sites}), got {partition_id}")
+    federation = {"dataset": dataset, "sites": int(sites), "partition": partition,
+                  "seed": int(seed), "batch_size": int(batch_size)}
+    context = SimpleNamespace(node_config={"partition-id": int(partition_id)})
+    return simulated_site(context, federation).trainer  # type: ignore[arg-type]
+
+
+def _serve(grid: Grid, context: Context) -> None:
+    """The ServerApp's main: run the federation, then write the run directory's outputs."""
+    from fedsilo.simulations.datasets import load_dataset
+    from fedsilo.simulations.runner import _write_outputs
+
+    spec = spec_from_context(context)
+    result = FederationServer(spec).run(grid)
+    if spec.run_dir is not None:
+        config = spec.config
+        _write_outputs(spec.run_dir, config, result, load_dataset(config.dataset, seed=config.seed))
+
+
+server_app = ServerApp()
+server_app.main()(_serve)
+client_app = make_client_app(node_site)

@@ -39,8 +39,8 @@ def evaluate_arrays(model: nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[flo
     """(mean cross-entropy loss, accuracy) of ``model`` on ``x, y``."""
     model.eval()
     with torch.no_grad():
-        logits = model(torch.from_numpy(np.ascontiguousarray(x)))
-        target = torch.from_numpy(np.ascontiguousarray(y))
+        logits = model(torch.tensor(x))  # copies: the dataset arrays are read-only
+        target = torch.tensor(y)
         loss = nn.functional.cross_entropy(logits, target).item()
         acc = (logits.argmax(dim=1) == target).float().mean().item()
     return float(loss), float(acc)

@@ -6,6 +6,7 @@ into one delta with a fate per site, a `ServerOptimizer` applies it to the model
 
 from .base import AggregateResult, Aggregator, Param, ServerOptimizer, SettingError
 from .batch import UpdateBatch
+from . import registry
 from .registry import (
     add_strategies_parser,
     aggregators,
@@ -28,4 +29,5 @@ __all__ = [
     "make_optimizer",
     "optimizers",
     "parse_spec",
+    "registry",
 ]

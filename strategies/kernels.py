@@ -48,11 +48,26 @@ def gram(X: np.ndarray) -> np.ndarray:
     return (X @ X.T).astype(np.float64)
 
 
-def sq_distances(G: np.ndarray) -> np.ndarray:
-    """Pairwise squared Euclidean distances from a Gram matrix (clipped at 0, zero diagonal)."""
+# |a|^2 - 2 a.b + |b|^2 loses relative precision ~1e-7 * sqrt(d) of |a|^2 + |b|^2 in float32;
+# distances below this fraction of |a|^2 + |b|^2 are recomputed exactly from the rows.
+_CANCEL = 1e-3
+
+
+def sq_distances(G: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
+    """Pairwise squared Euclidean distances from a Gram matrix (clipped at 0, zero diagonal).
+
+    When the rows ``X`` are given, pairs close enough for the Gram formula to lose
+    precision (near-duplicates, e.g. colluding attackers) are recomputed exactly.
+    """
     sq = np.diag(G)
-    D = sq[:, None] + sq[None, :] - 2.0 * G
+    scale = sq[:, None] + sq[None, :]
+    D = scale - 2.0 * G
     np.maximum(D, 0.0, out=D)
+    if X is not None:
+        ii, jj = np.nonzero(np.triu(D < _CANCEL * scale, k=1))
+        for i, j in zip(ii, jj, strict=True):  # only near-duplicate pairs
+            diff = (X[i] - X[j]).astype(np.float64)
+            D[i, j] = D[j, i] = float(diff @ diff)
     np.fill_diagonal(D, 0.0)
     return D
 
@@ -163,8 +178,16 @@ def row_dots(rows: Sequence[np.ndarray], v: np.ndarray | None = None) -> np.ndar
 
 
 def distances_to(X: np.ndarray, sq_norms: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Euclidean distance from each row of ``X`` to ``z`` via ``|x|^2 - 2 x.z + |z|^2``
-    (one matrix-vector product; clipped at zero against rounding)."""
+    """Euclidean distance from each row of ``X`` to ``z`` via ``|x|^2 - 2 x.z + |z|^2``.
+
+    One matrix-vector product; rows close to ``z`` (where the formula cancels) are
+    recomputed exactly.
+    """
     zz = float(np.dot(z, z))
     sq = sq_norms - 2.0 * (X @ z).astype(np.float64) + zz
-    return np.sqrt(np.maximum(sq, 0.0))
+    np.maximum(sq, 0.0, out=sq)
+    close = np.flatnonzero(sq < _CANCEL * (sq_norms + zz))
+    if close.size:  # few rows: recompute exactly where the formula cancels
+        diff = (X[close] - z).astype(np.float64)
+        sq[close] = np.einsum("ij,ij->i", diff, diff)
+    return np.sqrt(sq)

@@ -5,6 +5,7 @@ two state machines; `run_round` drives them in memory; `fedsilo.server.secagg_ro
 and `fedsilo.client.secagg_handler` carry the same messages over Flower's Message API.
 """
 
+from . import crypto, shamir
 from .client import SecAggClient
 from .config import SecAggConfig
 from .driver import RoundReport, run_round
@@ -28,5 +29,5 @@ __all__ = [
     "STAGES", "AggregateResult", "KeyAdvert", "MaskedReply", "MaskedRequest", "RoundReport",
     "SecAggAbort", "SecAggClient", "SecAggClientError", "SecAggConfig", "SecAggError",
     "SecAggServer", "SetupRequest", "ShareReply", "ShareRequest", "SiteError", "UnmaskReply",
-    "UnmaskRequest", "check_no_overflow", "error_bound", "run_round",
+    "UnmaskRequest", "check_no_overflow", "crypto", "error_bound", "run_round", "shamir",
 ]

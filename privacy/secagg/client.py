@@ -35,6 +35,10 @@ from .quantize import check_no_overflow, quantize
 _BYTES_FIELDS = ("c_sk", "s_sk", "c_pk", "s_pk", "seed")
 
 
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
 def share_x(node_id: int) -> int:
     """Shamir evaluation point of the holder ``node_id`` (non-zero)."""
     return node_id + 1
@@ -121,9 +125,10 @@ class SecAggClient:
         if sorted(int(n) for n in req.neighbours) != nbrs:
             raise SecAggClientError(f"secagg: node {me}: neighbour list does not match the "
                                     f"{k}-regular graph over the {len(parts)} participants")
-        keys = list(req.c_pks) + list(req.s_pks)
-        if any(len(x) != 32 for x in keys) or len(set(keys) | {self.st["c_pk"],
-                                                               self.st["s_pk"]}) != len(keys) + 2:
+        keys = [*req.c_pks, *req.s_pks]
+        distinct = set(keys) | {self.st["c_pk"], self.st["s_pk"]}
+        if len(keys) != 2 * len(nbrs) or any(len(x) != 32 for x in keys) \
+                or len(distinct) != len(keys) + 2:
             raise SecAggClientError(f"secagg: node {me}: neighbour public keys malformed or reused")
         seed = os.urandom(shamir.SECRET_BYTES)
         holders = sorted([*nbrs, me])
@@ -131,23 +136,22 @@ class SecAggClient:
         b_sh = dict(zip(holders, shamir.split(seed, xs, t), strict=True))
         s_sh = dict(zip(holders, shamir.split(self.st["s_sk"], xs, t), strict=True))
         run, rnd = self.st["run_id"], self.st["round"]
-        cts = []
-        for j, c_pk in zip(req.neighbours, req.c_pks, strict=True):
+        c_sk, s_sk = crypto.private_key(self.st["c_sk"]), crypto.private_key(self.st["s_sk"])
+        cts, chan, mseed = [], {}, {}
+        for j, c_pk, s_pk in zip(req.neighbours, req.c_pks, req.s_pks, strict=True):
             j = int(j)
             try:
-                key = crypto.agree(self.st["c_sk"], c_pk, purpose=b"channel", run_id=run,
+                key = crypto.agree(c_sk, c_pk, purpose=b"channel", run_id=run,
                                    server_round=rnd, node_a=me, node_b=j)
+                mseed[str(j)] = _b64(crypto.agree(s_sk, s_pk, purpose=b"mask", run_id=run,
+                                                  server_round=rnd, node_a=me, node_b=j))
             except ValueError:
                 raise SecAggClientError(f"secagg: node {me}: invalid public key of node {j}") \
                     from None
+            chan[str(j)] = _b64(key)
             cts.append(crypto.encrypt(key, b_sh[j] + s_sh[j], crypto.share_aad(run, rnd, me, j)))
-        self.st.update(
-            stage="share", seed=seed, k=k, t=t, participants=parts,
-            nbr_s_pks={str(int(j)): base64.b64encode(p).decode()
-                       for j, p in zip(req.neighbours, req.s_pks, strict=True)},
-            nbr_c_pks={str(int(j)): base64.b64encode(p).decode()
-                       for j, p in zip(req.neighbours, req.c_pks, strict=True)},
-        )
+        self.st.update(stage="share", seed=seed, k=k, t=t, participants=parts, chan=chan,
+                       mseed=mseed)
         self.st["held"][str(me)] = [b_sh[me], s_sh[me]]
         return ShareReply(receivers=[int(j) for j in req.neighbours], ciphertexts=cts,
                           commitment=crypto.commit(seed, run, rnd, me))
@@ -179,19 +183,18 @@ class SecAggClient:
             raise SecAggClientError(f"secagg: node {me}: weight {weight} outside "
                                     f"[0, max_weight={cfg.max_weight}]")
         senders = [int(s) for s in req.senders]
-        nbr_c = self.st["nbr_c_pks"]
-        if len(set(senders)) != len(senders) or any(str(s) not in nbr_c for s in senders):
+        chan = self.st["chan"]
+        if len(set(senders)) != len(senders) or any(str(s) not in chan for s in senders) \
+                or len(req.ciphertexts) != len(senders):
             raise SecAggClientError(f"secagg: node {me}: shares from non-neighbours or duplicated")
         if len(senders) + 1 < self.st["t"]:
             raise SecAggClientError(f"secagg: node {me}: only {len(senders)} neighbours shared "
                                     f"keys, threshold {self.st['t']} unreachable")
         run, rnd = self.st["run_id"], self.st["round"]
         for s, ct in zip(senders, req.ciphertexts, strict=True):
-            key = crypto.agree(self.st["c_sk"], base64.b64decode(nbr_c[str(s)]),
-                               purpose=b"channel", run_id=run, server_round=rnd,
-                               node_a=me, node_b=s)
             try:
-                pt = crypto.decrypt(key, ct, crypto.share_aad(run, rnd, s, me))
+                pt = crypto.decrypt(base64.b64decode(chan[str(s)]), ct,
+                                    crypto.share_aad(run, rnd, s, me))
             except ValueError:
                 raise SecAggClientError(f"secagg: node {me}: share from node {s} failed "
                                         "authentication (forged or altered)") from None
@@ -210,15 +213,12 @@ class SecAggClient:
         y[d + 1] = 1  # check coordinate: must sum to the number of survivors
         gen = crypto.MaskGenerator(d + 2)
         y += gen.mask(self.st["seed"])
-        nbr_s = self.st["nbr_s_pks"]
+        mseed = self.st["mseed"]
         for s in senders:
-            seed = crypto.agree(self.st["s_sk"], base64.b64decode(nbr_s[str(s)]),
-                                purpose=b"mask", run_id=run, server_round=rnd,
-                                node_a=me, node_b=s)
             if me < s:
-                y += gen.mask(seed)
+                y += gen.mask(base64.b64decode(mseed[str(s)]))
             else:
-                y -= gen.mask(seed)
+                y -= gen.mask(base64.b64decode(mseed[str(s)]))
         self.st.update(stage="masked", senders=senders, clipped=clipped)
         return MaskedReply(masked=y)
 

@@ -36,6 +36,11 @@ def public_from_private(sk: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(sk).public_key().public_bytes_raw()
 
 
+def private_key(sk: bytes) -> X25519PrivateKey:
+    """Parse a raw 32-byte X25519 private key once (for repeated agreements)."""
+    return X25519PrivateKey.from_private_bytes(sk)
+
+
 def _info(purpose: bytes, run_id: str, server_round: int, a: int, b: int) -> bytes:
     lo, hi = sorted((a, b))
     return b"|".join(
@@ -45,7 +50,7 @@ def _info(purpose: bytes, run_id: str, server_round: int, a: int, b: int) -> byt
 
 
 def agree(
-    sk: bytes, peer_pk: bytes, *, purpose: bytes, run_id: str, server_round: int,
+    sk: bytes | X25519PrivateKey, peer_pk: bytes, *, purpose: bytes, run_id: str, server_round: int,
     node_a: int, node_b: int,
 ) -> bytes:
     """Symmetric 32-byte key shared by ``node_a`` and ``node_b``.
@@ -53,7 +58,7 @@ def agree(
     Parameters
     ----------
     sk, peer_pk:
-        Own raw X25519 private key and the peer's raw public key.
+        Own X25519 private key (raw bytes or parsed) and the peer's raw public key.
     purpose:
         Label separating key uses (``b"mask"`` for pairwise masks, ``b"channel"`` for shares).
     run_id, server_round:
@@ -62,9 +67,8 @@ def agree(
         The two node ids (order does not matter).
     Raises ValueError for a malformed or low-order public key.
     """
-    shared = X25519PrivateKey.from_private_bytes(sk).exchange(
-        X25519PublicKey.from_public_bytes(peer_pk)
-    )
+    key = sk if isinstance(sk, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(sk)
+    shared = key.exchange(X25519PublicKey.from_public_bytes(peer_pk))
     return HKDF(
         algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
         info=_info(purpose, run_id, server_round, node_a, node_b),

@@ -8,6 +8,7 @@ and record everything the server receives.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -28,7 +29,9 @@ class RoundReport:
 
     ok / reason: success, or the abort reason. result: the aggregate when ok.
     dropped: per stage, the sites that left. reasons: per excluded site, why.
-    received: every (stage, node, reply) the server received, in order.
+    received: every (stage, node, reply) the server received, in order (if recorded).
+    server_seconds: server compute time per stage. site_seconds: per site, total compute
+    time over all stages.
     """
 
     ok: bool
@@ -38,6 +41,8 @@ class RoundReport:
     reasons: dict[int, str]
     received: list[tuple[str, int, object]] = field(default_factory=list)
     server: SecAggServer | None = None
+    server_seconds: dict[str, float] = field(default_factory=dict)
+    site_seconds: dict[int, float] = field(default_factory=dict)
 
 
 def run_round(
@@ -49,6 +54,8 @@ def run_round(
     drop: Mapping[str, Collection[int]] | None = None,
     tamper_request: Tamper | None = None,
     tamper_reply: Tamper | None = None,
+    clients: Mapping[int, SecAggClient] | None = None,
+    record: bool = True,
 ) -> RoundReport:
     """Run the four stages between one server and ``len(inputs)`` in-memory sites.
 
@@ -65,13 +72,19 @@ def run_round(
     tamper_request / tamper_reply:
         ``f(stage, node, message) -> message`` applied to each request before the site
         sees it / each reply before the server sees it.
+    clients:
+        Optional pre-built site objects (e.g. a misbehaving subclass), by node id.
+    record:
+        Keep every reply in ``RoundReport.received`` (turn off for large benchmarks).
     """
     drop = drop or {}
     d = len(next(iter(inputs.values()))[0])
     server = SecAggServer(config, run_id, server_round, list(inputs), d)
-    clients = {n: SecAggClient(n) for n in inputs}
+    clients = {n: SecAggClient(n) for n in inputs} | dict(clients or {})
     received: list[tuple[str, int, object]] = []
     gone: set[int] = set()
+    site_s = dict.fromkeys(inputs, 0.0)
+    server_s: dict[str, float] = {}
 
     def exchange(stage: str, requests: Mapping[int, object]) -> dict[int, object]:
         gone.update(drop.get(stage, ()))
@@ -82,6 +95,7 @@ def run_round(
             if tamper_request:
                 req = tamper_request(stage, n, req)
             c = clients[n]
+            t0 = time.perf_counter()
             try:
                 if stage == "setup":
                     rep: object = c.setup(req)  # type: ignore[arg-type]
@@ -94,18 +108,29 @@ def run_round(
             except SecAggClientError as e:
                 rep = SiteError(str(e))
                 gone.add(n)
+            site_s[n] += time.perf_counter() - t0
             if tamper_reply:
                 rep = tamper_reply(stage, n, rep)
-            received.append((stage, n, rep))
+            if record:
+                received.append((stage, n, rep))
             replies[n] = rep
         return replies
 
+    def timed(stage: str, step: Callable[[dict[int, object]], object],
+              replies: dict[int, object]) -> object:
+        t0 = time.perf_counter()
+        out = step(replies)
+        server_s[stage] = time.perf_counter() - t0
+        return out
+
     try:
-        reqs: Mapping[int, object] = {n: server.setup_request() for n in inputs}
-        reqs = server.on_keys(exchange("setup", reqs))
-        reqs = server.on_shares(exchange("share", reqs))
-        reqs = server.on_masked(exchange("masked", reqs))
-        result = server.on_unmask(exchange("unmask", reqs))
+        reqs: object = {n: server.setup_request() for n in inputs}
+        for stage, step in (("setup", server.on_keys), ("share", server.on_shares),
+                            ("masked", server.on_masked), ("unmask", server.on_unmask)):
+            reqs = timed(stage, step, exchange(stage, reqs))  # type: ignore[arg-type]
     except SecAggAbort as e:
-        return RoundReport(False, str(e), None, server.dropped, server.reasons, received, server)
-    return RoundReport(True, None, result, server.dropped, server.reasons, received, server)
+        return RoundReport(False, str(e), None, server.dropped, server.reasons, received, server,
+                           server_s, site_s)
+    assert isinstance(reqs, AggregateResult)
+    return RoundReport(True, None, reqs, server.dropped, server.reasons, received, server,
+                       server_s, site_s)

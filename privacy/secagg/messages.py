@@ -23,6 +23,13 @@ class SiteError:
 
 
 @dataclass(frozen=True)
+class Malformed:
+    """A reply that could not be decoded from its transport records."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class SetupRequest:
     """Stage 1, server -> every sampled site: round parameters."""
 

@@ -23,6 +23,7 @@ from .errors import SecAggAbort
 from .graph import harary
 from .messages import (
     KeyAdvert,
+    Malformed,
     MaskedReply,
     MaskedRequest,
     SetupRequest,
@@ -84,8 +85,9 @@ class SecAggServer:
                  node_ids: Sequence[int], vector_length: int) -> None:
         config.validate()
         ids = [int(n) for n in node_ids]
-        if len(set(ids)) != len(ids) or any(not 0 <= n < 1 << 64 for n in ids):
-            raise ValueError("secagg.node_ids: expected distinct unsigned 64-bit node ids")
+        if len(set(ids)) != len(ids) or any(not 0 <= n < 1 << 64 for n in ids) or len(ids) < 2:
+            raise ValueError("secagg.node_ids: expected at least 2 distinct unsigned 64-bit "
+                             f"node ids, got {len(ids)} ({len(set(ids))} distinct)")
         if not isinstance(vector_length, int) or vector_length < 1:
             raise ValueError(f"secagg.vector_length: expected an int >= 1, got {vector_length!r}")
         config.resolve(len(ids))
@@ -114,6 +116,8 @@ class SecAggServer:
                 reason = "no reply"
             elif isinstance(r, SiteError):
                 reason = f"site error: {r.reason}"
+            elif isinstance(r, Malformed):
+                reason = f"malformed reply: {r.reason}"
             elif not isinstance(r, kind):
                 reason = f"malformed reply (expected {kind.__name__})"
             else:
@@ -257,9 +261,11 @@ class SecAggServer:
         dropped = [n for n in self.sets.u2 if n not in u3]
         dset = set(dropped)
 
+        u2 = set(self.sets.u2)
+
         def check(j: int, r: object) -> str | None:
             assert isinstance(r, UnmaskReply)
-            held = [o for o in [*self.graph[j], j] if o in set(self.sets.u2)]
+            held = [o for o in [*self.graph[j], j] if o in u2]
             want_b = sorted(o for o in held if o in u3)
             want_sk = sorted(o for o in held if o in dset)
             if [int(o) for o in r.b_owners] != want_b or [int(o) for o in r.sk_owners] != want_sk:
@@ -298,10 +304,11 @@ class SecAggServer:
         for i in sorted(u3):
             acc -= gen.mask(seeds[i])
         for i in dropped:
+            sk_i = crypto.private_key(sks[i])
             for j in self.graph[i]:
                 if j not in u3:
                     continue
-                seed = crypto.agree(sks[i], self.keys[j].s_pk, purpose=b"mask", run_id=run,
+                seed = crypto.agree(sk_i, self.keys[j].s_pk, purpose=b"mask", run_id=run,
                                     server_round=rnd, node_a=i, node_b=j)
                 if j < i:  # j added +mask
                     acc -= gen.mask(seed)

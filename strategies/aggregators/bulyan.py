@@ -63,7 +63,7 @@ class Bulyan(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         X = batch.stacked
-        D = sq_distances(gram(X))
+        D = sq_distances(gram(X), X)
         theta = batch.n - 2 * self.f
         beta = theta - 2 * self.f
         chosen = bulyan_select(D, self.f, theta, self.selection)

@@ -16,7 +16,7 @@ def krum_select(X: np.ndarray, f: int, m: int) -> tuple[np.ndarray, np.ndarray]:
 
     Pairwise distances come from one Gram matmul.
     """
-    scores = krum_scores(sq_distances(gram(X)), f)
+    scores = krum_scores(sq_distances(gram(X), X), f)
     return np.argsort(scores, kind="stable")[:m], scores
 
 
@@ -80,6 +80,7 @@ class Krum(MultiKrum):
     params: ClassVar[dict[str, Param]] = {
         "f": Param(int, 1, "number of Byzantine sites tolerated (needs n >= 2f + 3)"),
     }
+    m: int = 1
 
     def selected_count(self, n: int) -> int:
         return 1

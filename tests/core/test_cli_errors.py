@@ -45,7 +45,7 @@ def test_invalid_toml_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     err = capsys.readouterr().err
     assert f"--config: {bad} is not valid TOML" in err and err.count("\n") == 1
     wrong = tmp_path / "wrong.toml"
-    wrong.write_text('rounds = "many"\nfoo = 1\n')
+    wrong.write_text('foo = 1\n')
     assert main(["simulate", "--config", str(wrong)]) == 2
     assert "unknown option 'foo'" in capsys.readouterr().err
     typed = tmp_path / "typed.toml"

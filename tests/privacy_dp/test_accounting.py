@@ -48,7 +48,9 @@ def test_poisson_rdp_matches_opacus_independent_implementation(
     assert _ours(z, q, rounds, delta) == pytest.approx(expected, rel=0.01)
 
 
-@pytest.mark.parametrize(("z", "q", "rounds", "delta"), POISSON_SETTINGS[:3])
+@pytest.mark.parametrize(
+    ("z", "q", "rounds", "delta"), [(1.0, 0.1, 50, 1e-5), (2.0, 0.05, 30, 1e-6)]
+)
 def test_poisson_pld_matches_dp_accounting_called_directly(
     z: float, q: float, rounds: int, delta: float
 ) -> None:
@@ -115,7 +117,9 @@ def test_state_round_trips_through_json_and_keeps_counting() -> None:
 def test_load_state_refuses_other_configuration() -> None:
     acct = ClientLevelAccountant(noise_multiplier=1.1, sample_rate=0.2, delta=1e-5)
     other = ClientLevelAccountant(noise_multiplier=1.2, sample_rate=0.2, delta=1e-5)
-    with pytest.raises(ValueError, match=r"^accountant state: noise_multiplier is 1.1 in the saved"):
+    with pytest.raises(
+        ValueError, match=r"^accountant state: noise_multiplier is 1.1 in the saved"
+    ):
         other.load_state_dict(acct.state_dict())
 
 

@@ -1,0 +1,117 @@
+"""Site side of SecAgg+ on Flower's Message API.
+
+`register_secagg` adds four train actions to a ClientApp, one per protocol stage
+(message types ``train.secagg_setup``, ``train.secagg_share``, ``train.secagg_masked``,
+``train.secagg_unmask``). The protocol state of the node lives in ``context.state``
+between messages. At the masked stage the message also carries the server's normal
+training content; the site's ``fit_update`` trains and returns the update to mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord
+from flwr.clientapp import ClientApp
+
+from fedsilo.privacy.secagg import SecAggClient, SecAggClientError
+from fedsilo.privacy.secagg.records import (
+    MESSAGE_TYPES,
+    decode_request,
+    encode,
+    request_round,
+)
+
+STATE_KEY = "secagg_state"
+METRICS_KEY = "metrics"
+SECAGG_ERROR_CODE = 1001  # application-level refusal (outside Flower's ErrorCode range)
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalUpdate:
+    """What a site's training step returns under SecAgg.
+
+    delta: flat float32 model update (length = number of model parameters).
+    weight: aggregation weight (e.g. example count), in [0, config.max_weight].
+    metrics: plaintext training metrics (they are NOT protected by SecAgg).
+    """
+
+    delta: np.ndarray
+    weight: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+FitUpdate = Callable[[Message, Context], LocalUpdate]
+
+
+def _load(context: Context, server_round: int) -> SecAggClient:
+    rec = context.state.get(STATE_KEY)
+    if not isinstance(rec, ConfigRecord) or "blob" not in rec:
+        raise SecAggClientError(f"secagg: node {context.node_id} has no protocol state "
+                                f"for round {server_round} (setup message missed?)")
+    client = SecAggClient.load(rec["blob"])  # type: ignore[arg-type]
+    if client.st.get("round") != server_round:
+        raise SecAggClientError(f"secagg: node {context.node_id} state is for round "
+                                f"{client.st.get('round')}, message is for round {server_round}")
+    return client
+
+
+def _save(context: Context, client: SecAggClient) -> None:
+    context.state[STATE_KEY] = ConfigRecord({"blob": client.dump()})
+
+
+def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdate) -> Message:
+    try:
+        rnd = request_round(message.content)
+        req = decode_request(stage, message.content)
+        if stage == "setup":
+            client = SecAggClient(int(context.node_id))
+            reply: object = client.setup(req)  # type: ignore[arg-type]
+            metrics: dict[str, float] = {}
+        else:
+            client = _load(context, rnd)
+            metrics = {}
+            if stage == "share":
+                reply = client.share(req)  # type: ignore[arg-type]
+            elif stage == "masked":
+                update = fit_update(message, context)
+                reply = client.masked_input(req, update.delta, update.weight)  # type: ignore[arg-type]
+                metrics = {k: float(v) for k, v in update.metrics.items()}
+                if client.st.get("clipped"):
+                    log.warning("secagg: %d update coordinates clipped to +-%s",
+                                client.st["clipped"], client.st["config"]["clip_range"])
+            else:
+                reply = client.unmask(req)  # type: ignore[arg-type]
+    except (SecAggClientError, ValueError) as e:
+        context.state.pop(STATE_KEY, None)  # a refused round is over for this site
+        return Message(Error(SECAGG_ERROR_CODE, str(e)), reply_to=message)
+    _save(context, client)
+    content = encode(reply, rnd)
+    if metrics:
+        content[METRICS_KEY] = MetricRecord(metrics)  # type: ignore[arg-type]
+    return Message(content, reply_to=message)
+
+
+def register_secagg(app: ClientApp, fit_update: FitUpdate) -> None:
+    """Register the four SecAgg+ train actions on ``app``.
+
+    Parameters
+    ----------
+    app:
+        The site's ClientApp.
+    fit_update:
+        Called at the masked stage with the message (carrying the global model as the
+        ArrayRecord "arrays" and the ConfigRecord "config") and the context; returns the
+        site's `LocalUpdate` to be masked.
+    """
+    for stage, mtype in MESSAGE_TYPES.items():
+        action = mtype.split(".", 1)[1]
+
+        def fn(message: Message, context: Context, stage: str = stage) -> Message:
+            return _handle(stage, message, context, fit_update)
+
+        app.train(action)(fn)

@@ -1,0 +1,146 @@
+"""Encode the protocol messages as Flower records and decode them defensively.
+
+Each stage's payload is one ConfigRecord under ``RECORD_KEY``; node-id lists travel as
+little-endian uint64 bytes (Flower's int fields are signed 64-bit); the masked vector
+travels as a uint32 Array in an ArrayRecord under ``MASKED_KEY``. Decoding a site's
+reply never raises: anything unexpected becomes `Malformed(reason)`, which the server
+records against that site.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from .config import SecAggConfig
+from .messages import (
+    KeyAdvert,
+    Malformed,
+    MaskedReply,
+    MaskedRequest,
+    SetupRequest,
+    ShareReply,
+    ShareRequest,
+    UnmaskReply,
+    UnmaskRequest,
+)
+
+RECORD_KEY = "secagg"
+MASKED_KEY = "secagg_masked"
+MESSAGE_TYPES = {s: f"train.secagg_{s}" for s in ("setup", "share", "masked", "unmask")}
+
+
+def ids_to_bytes(ids: list[int]) -> bytes:
+    """Node ids as little-endian uint64 bytes."""
+    return np.asarray(ids, dtype="<u8").tobytes()
+
+
+def ids_from_bytes(raw: Any) -> list[int]:
+    """Inverse of `ids_to_bytes`; raises ValueError on a malformed field."""
+    if not isinstance(raw, bytes) or len(raw) % 8:
+        raise ValueError("node id list must be bytes of length divisible by 8")
+    return np.frombuffer(raw, dtype="<u8").tolist()
+
+
+def _blist(raw: Any) -> list[bytes]:
+    if isinstance(raw, list) and all(isinstance(x, bytes) for x in raw):
+        return raw
+    raise ValueError("expected a list of bytes")
+
+
+def _bytes(raw: Any) -> bytes:
+    if isinstance(raw, bytes):
+        return raw
+    raise ValueError("expected bytes")
+
+
+def encode(msg: object, server_round: int) -> RecordDict:
+    """Records for a protocol message; ``server_round`` is added to detect stale state."""
+    cr: dict[str, Any] = {"round": server_round}
+    out = RecordDict()
+    if isinstance(msg, SetupRequest):
+        cfg = msg.config
+        cr.update(run_id=msg.run_id, vector_length=msg.vector_length,
+                  num_sampled=msg.num_sampled,
+                  degree=-1 if cfg.degree is None else cfg.degree,
+                  threshold=-1 if cfg.threshold is None else cfg.threshold,
+                  clip_range=float(cfg.clip_range), bits=cfg.bits,
+                  max_weight=float(cfg.max_weight))
+    elif isinstance(msg, KeyAdvert):
+        cr.update(c_pk=msg.c_pk, s_pk=msg.s_pk)
+    elif isinstance(msg, ShareRequest):
+        cr.update(participants=ids_to_bytes(msg.participants),
+                  neighbours=ids_to_bytes(msg.neighbours), c_pks=list(msg.c_pks),
+                  s_pks=list(msg.s_pks), own_c_pk=msg.own_c_pk, own_s_pk=msg.own_s_pk)
+    elif isinstance(msg, ShareReply):
+        cr.update(receivers=ids_to_bytes(msg.receivers), ciphertexts=list(msg.ciphertexts),
+                  commitment=msg.commitment)
+    elif isinstance(msg, MaskedRequest):
+        cr.update(senders=ids_to_bytes(msg.senders), ciphertexts=list(msg.ciphertexts))
+    elif isinstance(msg, MaskedReply):
+        out[MASKED_KEY] = ArrayRecord({"masked": Array(msg.masked)})
+    elif isinstance(msg, UnmaskRequest):
+        cr.update(survivors=ids_to_bytes(msg.survivors), dropped=ids_to_bytes(msg.dropped))
+    elif isinstance(msg, UnmaskReply):
+        cr.update(b_owners=ids_to_bytes(msg.b_owners), b_shares=list(msg.b_shares),
+                  sk_owners=ids_to_bytes(msg.sk_owners), sk_shares=list(msg.sk_shares))
+    else:
+        raise TypeError(f"not a SecAgg message: {type(msg).__name__}")
+    out[RECORD_KEY] = ConfigRecord(cr)
+    return out
+
+
+def request_round(content: RecordDict) -> int:
+    """The round a request belongs to (raises ValueError if absent)."""
+    cr = content.get(RECORD_KEY)
+    if not isinstance(cr, ConfigRecord) or not isinstance(cr.get("round"), int):
+        raise ValueError(f"message has no '{RECORD_KEY}' ConfigRecord with an int 'round'")
+    return int(cr["round"])
+
+
+def decode_request(stage: str, content: RecordDict) -> object:
+    """Decode a server request at a site (raises ValueError if malformed)."""
+    cr = content[RECORD_KEY]
+    try:
+        if stage == "setup":
+            cfg = SecAggConfig.from_dict(dict(cr))
+            return SetupRequest(str(cr["run_id"]), int(cr["round"]), cfg,  # type: ignore[arg-type]
+                                int(cr["vector_length"]), int(cr["num_sampled"]))  # type: ignore[arg-type]
+        if stage == "share":
+            return ShareRequest(ids_from_bytes(cr["participants"]),
+                                ids_from_bytes(cr["neighbours"]), _blist(cr["c_pks"]),
+                                _blist(cr["s_pks"]), _bytes(cr["own_c_pk"]),
+                                _bytes(cr["own_s_pk"]))
+        if stage == "masked":
+            return MaskedRequest(ids_from_bytes(cr["senders"]), _blist(cr["ciphertexts"]))
+        if stage == "unmask":
+            return UnmaskRequest(ids_from_bytes(cr["survivors"]), ids_from_bytes(cr["dropped"]))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"malformed secagg {stage} request: {e}") from None
+    raise ValueError(f"unknown secagg stage {stage!r}")
+
+
+def decode_reply(stage: str, content: RecordDict, server_round: int) -> object:
+    """Decode a site's reply; returns `Malformed(reason)` instead of raising."""
+    try:
+        cr = content[RECORD_KEY]
+        if not isinstance(cr, ConfigRecord) or cr.get("round") != server_round:
+            return Malformed(f"missing '{RECORD_KEY}' record for round {server_round}")
+        if stage == "setup":
+            return KeyAdvert(_bytes(cr["c_pk"]), _bytes(cr["s_pk"]))
+        if stage == "share":
+            return ShareReply(ids_from_bytes(cr["receivers"]), _blist(cr["ciphertexts"]),
+                              _bytes(cr["commitment"]))
+        if stage == "masked":
+            arr = content[MASKED_KEY]
+            if not isinstance(arr, ArrayRecord) or list(arr) != ["masked"]:
+                return Malformed(f"'{MASKED_KEY}' must be an ArrayRecord with one 'masked' array")
+            return MaskedReply(arr["masked"].numpy())
+        if stage == "unmask":
+            return UnmaskReply(ids_from_bytes(cr["b_owners"]), _blist(cr["b_shares"]),
+                               ids_from_bytes(cr["sk_owners"]), _blist(cr["sk_shares"]))
+    except (KeyError, TypeError, ValueError) as e:
+        return Malformed(f"{type(e).__name__}: {e}")
+    return Malformed(f"unknown stage {stage!r}")

@@ -1,0 +1,412 @@
+"""Operator side of a deployment: SuperLink start, site registration, run submission, status.
+
+``server.toml`` (paths relative to the file's directory)::
+
+    [superlink]
+    host = "127.0.0.1"              # address the SuperLink binds (Fleet, Control, Runtime HTTP APIs)
+    port = 9092
+    state_dir = "state"             # state database, the flwr CLI's FLWR_HOME, logs, run records
+    ca_cert = "certs/ca.pem"        # TLS (all three required unless insecure = true)
+    cert = "certs/server.pem"
+    key = "certs/server.key"
+    lineage_key = "certs/server-lineage.pem"   # the server's Ed25519 lineage signing key
+    insecure = false                # plain HTTP, no SuperNode authentication (tests only)
+
+    [sites]                         # allowed sites: id -> SuperNode auth public key (OpenSSH)
+    hospital-a = "certs/sites/hospital-a/auth_key.pub"
+
+Flower does the work: ``flower-superlink`` (TLS, ``--enable-supernode-auth``, runtime
+dependency installation off, SQLite state), ``flwr supernode register`` for each
+allowed site's key, ``flwr run`` of a generated Flower App whose components are
+fedsilo's ServerApp and ClientApp, ``flwr ls`` / ``flwr supernode ls`` for status. The
+``flwr`` CLI's config lives in ``state_dir/flwr-home`` (never the user's ``~/.flwr``)
+and names this SuperLink explicitly, so ``flwr`` never starts a SuperLink of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedsilo.server.certs import CertsError, check_server_tls, load_auth_public_key
+from fedsilo.server.deploy_procs import (
+    DeployError,
+    ManagedProcess,
+    Supervisor,
+    check_port,
+    child_env,
+    flower_bin,
+    wait_for_port,
+)
+
+CONNECTION = "fedsilo"
+"""Name of the SuperLink connection written to the flwr CLI's config."""
+
+APP_COMPONENTS = {
+    "serverapp": "fedsilo.simulations.flower_app:server_app",
+    "clientapp": "fedsilo.simulations.flower_app:client_app",
+}
+FINISHED = "finished"
+
+
+@dataclass
+class ServerSettings:
+    """A validated ``server.toml``.
+
+    Parameters
+    ----------
+    host, port : where the SuperLink listens (all its HTTP APIs share the port).
+    state_dir : SuperLink state database, flwr CLI home, logs and run records.
+    ca_cert, cert, key : the CA certificate and the SuperLink's TLS certificate and key.
+    lineage_key : the server's Ed25519 lineage signing key (None: a new key per run).
+    insecure : no TLS and no SuperNode authentication (loopback tests only).
+    sites : allowed site ids -> their SuperNode authentication public key files.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 9092
+    state_dir: Path = Path("state")
+    ca_cert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    lineage_key: Path | None = None
+    insecure: bool = False
+    sites: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        """host:port the flwr CLI uses to reach the Control API."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.state_dir / "flwr-home"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "superlink.db"
+
+
+def read_server_settings(path: Path) -> ServerSettings:
+    """Parse and validate ``server.toml``; `DeployError` naming the file and field."""
+    data = _read_toml(Path(path), "--config")
+    base = Path(path).resolve().parent
+    link = data.get("superlink", {})
+    sites = data.get("sites", {})
+    unknown = sorted(set(data) - {"superlink", "sites"})
+    if unknown:
+        raise DeployError(f"{path}: unknown tables {unknown}; accepted: [superlink], [sites]")
+    if not isinstance(link, dict) or not isinstance(sites, dict):
+        raise DeployError(f"{path}: [superlink] and [sites] must be tables")
+    known = {"host", "port", "state_dir", "ca_cert", "cert", "key", "lineage_key", "insecure"}
+    bad = sorted(set(link) - known)
+    if bad:
+        raise DeployError(f"{path}: unknown keys {bad} in [superlink]; accepted: {sorted(known)}")
+    s = ServerSettings(
+        host=_typed(path, "superlink.host", link.get("host", "127.0.0.1"), str),
+        port=_typed(path, "superlink.port", link.get("port", 9092), int),
+        state_dir=base / _typed(path, "superlink.state_dir", link.get("state_dir", "state"), str),
+        insecure=_typed(path, "superlink.insecure", link.get("insecure", False), bool),
+    )
+    for name in ("ca_cert", "cert", "key", "lineage_key"):
+        if name in link:
+            setattr(s, name, base / _typed(path, f"superlink.{name}", link[name], str))
+    for site, key in sites.items():
+        s.sites[str(site)] = base / _typed(path, f"sites.{site}", key, str)
+    if not s.insecure and None in (s.ca_cert, s.cert, s.key):
+        raise DeployError(
+            f"{path}: [superlink] needs ca_cert, cert and key (or insecure = true for loopback tests)"
+        )
+    if not s.insecure and not s.sites:
+        raise DeployError(f"{path}: [sites] is empty; list each allowed site's auth_key.pub")
+    return s
+
+
+def check_server_files(s: ServerSettings) -> None:
+    """Certificates match and parse, site keys parse, the port is free (before any process starts)."""
+    try:
+        if not s.insecure:
+            assert s.cert is not None and s.key is not None and s.ca_cert is not None
+            check_server_tls(s.cert, s.key, s.ca_cert)
+        for key in s.sites.values():
+            load_auth_public_key(key)
+    except CertsError as exc:
+        raise DeployError(str(exc)) from None
+    if s.lineage_key is not None and not s.lineage_key.exists():
+        raise DeployError(f"superlink.lineage_key {s.lineage_key}: file not found")
+    check_port("superlink.port", s.host, s.port)
+
+
+def write_flwr_config(s: ServerSettings) -> Path:
+    """Write ``FLWR_HOME/config.toml`` naming this SuperLink as the default connection."""
+    s.flwr_home.mkdir(parents=True, exist_ok=True)
+    conn: dict[str, Any] = {"address": s.address}
+    if s.insecure:
+        conn["insecure"] = True
+    else:
+        assert s.ca_cert is not None
+        conn["root-certificates"] = str(s.ca_cert)
+    path = s.flwr_home / "config.toml"
+    path.write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: conn}}))
+    return path
+
+
+def superlink_argv(s: ServerSettings) -> list[str]:
+    """The ``flower-superlink`` command line for these settings."""
+    argv = [str(flower_bin("flower-superlink")), "--host", s.host, "--port", str(s.port),
+            "--database", str(s.database), "--disable-runtime-dependency-installation"]
+    if s.insecure:
+        argv.append("--insecure")
+    else:
+        argv += ["--ssl-ca-certfile", str(s.ca_cert), "--ssl-certfile", str(s.cert),
+                 "--ssl-keyfile", str(s.key), "--enable-supernode-auth"]
+    return argv
+
+
+def start_superlink(s: ServerSettings, sup: Supervisor, timeout: float = 60.0) -> ManagedProcess:
+    """Check the files, start the SuperLink under ``sup``, wait for it, register the sites.
+
+    On any failure the SuperLink (if started) is stopped before `DeployError` is raised.
+    """
+    check_server_files(s)
+    s.state_dir.mkdir(parents=True, exist_ok=True)
+    write_flwr_config(s)
+    proc = sup.start("superlink", superlink_argv(s), child_env(s.flwr_home), cwd=s.state_dir)
+    try:
+        wait_for_port(proc, "127.0.0.1" if s.host == "0.0.0.0" else s.host, s.port, timeout)
+        if not s.insecure:
+            register_sites(s, timeout=timeout)
+    except BaseException:
+        sup.procs.remove(proc)
+        proc.stop()
+        raise
+    return proc
+
+
+def register_sites(s: ServerSettings, timeout: float = 60.0) -> dict[str, str]:
+    """Register every allowed site's public key; returns site -> outcome (node id or 'already')."""
+    out: dict[str, str] = {}
+    for site, key in s.sites.items():
+        res = flwr(s, ["supernode", "register", str(key), CONNECTION, "--name", site,
+                    "--format", "json"],
+                   timeout=timeout, check=False)
+        payload = _json_payload(res.stdout)
+        if payload.get("success"):
+            out[site] = str(payload.get("node-id", ""))
+        elif "already" in (res.stdout + res.stderr).lower():
+            out[site] = "already"
+        else:
+            raise DeployError(f"registering site {site!r} ({key}) failed: {_cli_error(res)}")
+    return out
+
+
+# ------------------------------------------------------------------ runs
+def write_app_dir(app_dir: Path, run_config: Mapping[str, Any]) -> Path:
+    """Write a Flower App (``pyproject.toml``) whose components are fedsilo's apps.
+
+    Parameters
+    ----------
+    app_dir : directory to (re)write.
+    run_config : the app's ``[tool.flwr.app.config]`` (TOML values; nested tables allowed).
+    """
+    app_dir.mkdir(parents=True, exist_ok=True)
+    from fedsilo import __version__
+
+    doc = {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {"name": "fedsilo-run", "version": "1.0.0", "license": "Apache-2.0",
+                    "description": "fedsilo federation (generated by fedsilo server run)",
+                    "dependencies": [f"fedsilo=={__version__}"]},
+        "tool": {"flwr": {"app": {"publisher": "fedsilo", "components": dict(APP_COMPONENTS),
+                                  "config": dict(run_config)}}},
+    }
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(doc))
+    return app_dir
+
+
+@dataclass
+class SubmittedRun:
+    """A run handed to the SuperLink."""
+
+    flwr_run_id: str
+    run_id: str
+    run_dir: Path
+
+
+def submit_run(s: ServerSettings, config: Any, app_dir: Path | None = None,
+               timeout: float = 120.0) -> SubmittedRun:
+    """``flwr run`` fedsilo's apps with ``config`` (a resolved `RunConfig`) on this SuperLink.
+
+    ``config.out`` should be absolute (the ServerApp runs in the SuperLink's process tree).
+    """
+    values: dict[str, Any] = dict(config.to_dict())
+    values["run_id"] = str(config.run_id or "")
+    values["server_key"] = str(s.lineage_key or "")
+    app = write_app_dir(app_dir or s.state_dir / "app", {k.replace("_", "-"): v for k, v in values.items()})
+    res = flwr(s, ["run", str(app), CONNECTION, "--format", "json"], timeout=timeout, check=False)
+    payload = _json_payload(res.stdout)
+    if not payload.get("success"):
+        raise DeployError(f"flwr run failed: {_cli_error(res)}")
+    flwr_run_id = str(payload["run-id"])
+    run_id = values["run_id"] or f"flwr-{flwr_run_id}"
+    run = SubmittedRun(flwr_run_id, run_id, Path(config.out) / run_id)
+    record = {"flwr_run_id": flwr_run_id, "run_id": run_id, "run_dir": str(run.run_dir),
+              "submitted_at": time.time()}
+    with (s.state_dir / "runs.jsonl").open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return run
+
+
+def run_status(s: ServerSettings, flwr_run_id: str) -> str:
+    """Flower's status of a run (``pending``, ``running``, ``finished:completed``...)."""
+    payload = _json_payload(flwr(s, ["ls", CONNECTION, "--run-id", flwr_run_id, "--format", "json"]).stdout)
+    runs = payload.get("runs") or []
+    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def wait_run(s: ServerSettings, flwr_run_id: str, timeout: float, poll: float = 2.0) -> str:
+    """Poll until the run finishes; return its final status; `DeployError` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run_status(s, flwr_run_id)
+        if status.startswith(FINISHED):
+            return status
+        time.sleep(poll)
+    raise DeployError(f"run {flwr_run_id} did not finish within {timeout:.0f} s")
+
+
+# ------------------------------------------------------------------ status
+@dataclass
+class Status:
+    """What ``fedsilo server status`` shows."""
+
+    nodes: list[dict[str, Any]]
+    runs: list[dict[str, Any]]
+    run_dir: Path | None = None
+    current_round: int | None = None
+    lineage_rounds: int | None = None
+
+    @property
+    def online(self) -> int:
+        return sum(1 for n in self.nodes if n.get("status") == "online")
+
+
+def status(s: ServerSettings, run_dir: Path | None = None) -> Status:
+    """Connected SuperNodes and runs (Control API via ``flwr``) and the latest run's round."""
+    res = flwr(s, ["supernode", "ls", CONNECTION, "--format", "json"], check=False)
+    nodes = list(_json_payload(res.stdout).get("nodes") or [])
+    runs = list(_json_payload(flwr(s, ["ls", CONNECTION, "--format", "json"]).stdout).get("runs") or [])
+    if run_dir is None:
+        run_dir = last_run_dir(s)
+    st = Status(nodes=nodes, runs=runs, run_dir=run_dir)
+    if run_dir is not None:
+        st.current_round, st.lineage_rounds = run_progress(run_dir)
+    return st
+
+
+def last_run_dir(s: ServerSettings) -> Path | None:
+    """The run directory of the last run submitted from this state directory."""
+    path = s.state_dir / "runs.jsonl"
+    if not path.exists():
+        return None
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    return Path(json.loads(lines[-1])["run_dir"]) if lines else None
+
+
+def run_progress(run_dir: Path) -> tuple[int | None, int | None]:
+    """(last checkpointed round, round records in the lineage chain) of a run directory."""
+    ckpt_round = None
+    if (run_dir / "checkpoint.npz").exists():
+        from fedsilo.server.checkpoint import read_checkpoint
+
+        ckpt_round = read_checkpoint(run_dir).round
+    rounds = None
+    db = run_dir / "lineage.sqlite"
+    if db.exists():
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            (rounds,) = con.execute("SELECT COUNT(*) FROM records WHERE type = 'round'").fetchone()
+        except sqlite3.Error:
+            rounds = None
+        finally:
+            con.close()
+    return ckpt_round, rounds
+
+
+# ------------------------------------------------------------------ flwr CLI
+def flwr(s: ServerSettings, args: list[str], timeout: float = 60.0,
+         check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the ``flwr`` CLI against this SuperLink (its own FLWR_HOME, telemetry off)."""
+    try:
+        res = subprocess.run([str(flower_bin("flwr")), *args], capture_output=True, text=True,
+                             env=child_env(s.flwr_home, {"NO_COLOR": "1", "COLUMNS": "200"}),
+                             timeout=timeout, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        raise DeployError(f"flwr {args[0]} did not answer within {timeout:.0f} s") from None
+    if check and res.returncode != 0:
+        raise DeployError(f"flwr {' '.join(args[:2])} failed: {_cli_error(res)}")
+    return res
+
+
+def _json_payload(text: str) -> dict[str, Any]:
+    start = text.find("{")
+    if start < 0:
+        return {}
+    try:
+        out = json.loads(text[start:])
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def _cli_error(res: subprocess.CompletedProcess[str]) -> str:
+    payload = _json_payload(res.stdout)
+    if payload.get("error-message"):
+        return str(payload["error-message"]).strip().splitlines()[0]
+    text = (res.stderr or res.stdout).strip()
+    lines = [ln.strip(" │╭╮╰╯─") for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("Using SuperLink") and ln != "Error"]
+    return lines[0] if lines else f"exit code {res.returncode}"
+
+
+def _read_toml(path: Path, flag: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise DeployError(f"{flag}: file not found: {path}") from None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise DeployError(f"{flag}: cannot read {path} ({type(exc).__name__})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise DeployError(f"{flag}: {path} is not valid TOML ({exc})") from None
+
+
+def _typed(path: Path, name: str, value: Any, kind: type) -> Any:
+    if kind is int and isinstance(value, bool):
+        raise DeployError(f"{path}: {name} must be an integer, got {value!r}")
+    if not isinstance(value, kind):
+        raise DeployError(f"{path}: {name} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+__all__ = [
+    "CONNECTION", "ServerSettings", "Status", "SubmittedRun", "check_server_files",
+    "read_server_settings", "register_sites", "run_progress", "run_status",
+    "start_superlink", "status", "submit_run", "superlink_argv", "wait_run", "write_app_dir",
+    "write_flwr_config",
+]

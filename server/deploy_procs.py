@@ -1,0 +1,265 @@
+"""Starting and stopping Flower's processes (SuperLink, SuperNodes) by PID.
+
+Every process is started in its own session (``start_new_session=True``) with its
+output in a log file, and stopped by PID: SIGTERM to the process, its process group
+and every descendant found under ``/proc`` (Flower starts SuperExec and app processes
+in sessions of their own), then SIGKILL after a grace period. `Supervisor` stops
+everything it started on exit, on Ctrl-C and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+class DeployError(RuntimeError):
+    """A deployment step failed (one line: what, where, and the cause when known)."""
+
+
+def flower_bin(name: str) -> Path:
+    """Path of a Flower executable installed next to this Python (``flower-superlink``...)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise DeployError(f"{name} not found next to {sys.executable}; is flwr installed?")
+    return path
+
+
+def child_env(flwr_home: Path | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus telemetry off and, when given, ``FLWR_HOME``.
+
+    Parameters
+    ----------
+    flwr_home : directory for the ``flwr`` CLI's config and state (None: inherited).
+    extra : more variables to set.
+    """
+    env = dict(os.environ)
+    env.update(QUIET_ENV)
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    env.update(extra or {})
+    return env
+
+
+# ------------------------------------------------------------------ ports
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on (host, port), or it cannot be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def check_port(flag: str, host: str, port: int) -> None:
+    """`DeployError` naming ``flag`` when the port is out of range or already in use."""
+    if not 0 < port < 65536:
+        raise DeployError(f"{flag}: port must be in 1..65535, got {port}")
+    if port_in_use(host, port):
+        raise DeployError(f"{flag}: {host}:{port} is already in use")
+
+
+# ------------------------------------------------------------------ processes
+def descendants(pid: int) -> list[int]:
+    """PIDs of every live descendant of ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+class ManagedProcess:
+    """One child process in its own session, logging to a file, stopped by PID.
+
+    Parameters
+    ----------
+    name : label used in messages (``superlink``, ``site hospital-a``...).
+    argv : the command line.
+    log_path : file that receives the process's stdout and stderr.
+    env : the process's environment (see `child_env`).
+    cwd : its working directory (None: inherited).
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path,
+                 env: Mapping[str, str], cwd: Path | None = None) -> None:
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen(
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=dict(env), cwd=cwd, start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 1) -> str:
+        """The last non-empty lines of the log, ANSI colours removed."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        clean = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in text.splitlines()]
+        return " | ".join([ln for ln in clean if ln][-lines:])
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the process, its group and its descendants; SIGKILL what is left after ``grace`` s."""
+        tree = [self.pid, *descendants(self.pid)]
+        if self.running():
+            _signal_group(self.pid, signal.SIGTERM)
+        for pid in tree:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self.popen.poll()
+            if not any(_alive(p) for p in tree):
+                break
+            time.sleep(0.05)
+        tree += [p for p in descendants(self.pid) if p not in tree]
+        if self.popen.poll() is None:
+            _signal_group(self.pid, signal.SIGKILL)
+        for pid in tree:
+            if _alive(pid):
+                _signal(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=grace)
+
+
+def wait_for_port(proc: ManagedProcess, host: str, port: int, timeout: float) -> None:
+    """Wait until ``proc`` listens on (host, port); `DeployError` if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.running():
+            raise DeployError(
+                f"{proc.name} exited with code {proc.popen.returncode}: {proc.log_tail()}"
+            )
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise DeployError(f"{proc.name} did not listen on {host}:{port} within {timeout:.0f} s")
+
+
+class Supervisor:
+    """Starts processes and stops all of them on exit, Ctrl-C or SIGTERM (context manager).
+
+    Parameters
+    ----------
+    log_dir : where each process's log file goes (``<name>.log``).
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.procs: list[ManagedProcess] = []
+        self._old_handler: object = None
+
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str],
+              cwd: Path | None = None) -> ManagedProcess:
+        """Start ``argv`` as ``name``; its log is ``log_dir/<name>.log``."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        proc = ManagedProcess(name, argv, self.log_dir / f"{safe}.log", env, cwd)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        """Stop every process started, newest first."""
+        while self.procs:
+            self.procs.pop().stop()
+
+    def wait(self) -> ManagedProcess:
+        """Block until one of the processes exits; return it (Ctrl-C raises KeyboardInterrupt)."""
+        while True:
+            for proc in self.procs:
+                if not proc.running():
+                    return proc
+            time.sleep(0.5)
+
+    def __enter__(self) -> Supervisor:
+        if _main_thread():
+            self._old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop_all()
+        finally:
+            if self._old_handler is not None:
+                signal.signal(signal.SIGTERM, self._old_handler)  # type: ignore[arg-type]
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def supervised(log_dir: Path) -> Iterator[Supervisor]:
+    """``with supervised(dir) as sup:`` -- a `Supervisor` that stops its processes on exit."""
+    with Supervisor(log_dir) as sup:
+        yield sup

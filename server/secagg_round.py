@@ -1,0 +1,195 @@
+"""Server side of SecAgg+ on Flower's Message API: one secure-aggregation round.
+
+`run_secagg_round` drives the four stages with ``grid.send_and_receive``. The server
+only ever holds public keys, ciphertexts, seed commitments, masked vectors (summed as
+they arrive) and Shamir shares; it outputs the weighted sum, or fails cleanly with a
+reason (the caller then leaves the global model unchanged).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedsilo.privacy.secagg import SecAggAbort, SecAggConfig, SecAggServer, SiteError
+from fedsilo.privacy.secagg.records import (
+    MASKED_KEY,
+    MESSAGE_TYPES,
+    RECORD_KEY,
+    decode_reply,
+    encode,
+)
+
+PROTOCOL = "secagg+"
+METRICS_KEY = "metrics"
+
+
+@dataclass
+class SecAggOutcome:
+    """Result of one SecAgg+ round.
+
+    ok / reason: success, or why the round failed (then ``sum_delta`` is None).
+    sum_delta: float32 estimate of sum_i weight_i * delta_i over ``participants``.
+    total_weight: estimate of sum_i weight_i (recovered securely).
+    participants: node ids whose masked update is in the sum.
+    dropped: per stage ("setup", "share", "masked", "unmask"), node ids that left.
+    recovered: dropouts whose masks were removed through their key shares.
+    metrics: protocol timings and counts, plus the plain mean of site-reported metrics.
+    lineage: what the round record stores about the protocol.
+    """
+
+    ok: bool
+    reason: str | None
+    sum_delta: np.ndarray | None
+    total_weight: float
+    participants: list[int]
+    dropped: dict[str, list[int]]
+    recovered: list[int]
+    metrics: dict[str, float] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+def _vector_length(train_content: RecordDict) -> int:
+    arrays = train_content.get("arrays")
+    if not isinstance(arrays, ArrayRecord) or not arrays:
+        raise ValueError("train_content: expected an ArrayRecord 'arrays' holding the model "
+                         "(its total size is the length of the masked update)")
+    return int(sum(int(np.prod(a.shape)) for a in arrays.values()))
+
+
+def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_round: int,
+              timeout: float, extra: RecordDict | None) -> tuple[dict[int, object],
+                                                                dict[int, dict[str, float]]]:
+    msgs = []
+    for node, req in requests.items():
+        content = encode(req, server_round)
+        if extra is not None:
+            for key, rec in extra.items():
+                content[key] = rec
+        msgs.append(Message(content=content, dst_node_id=node,
+                            message_type=MESSAGE_TYPES[stage], group_id=str(server_round)))
+    replies: dict[int, object] = {}
+    metrics: dict[int, dict[str, float]] = {}
+    for rep in grid.send_and_receive(msgs, timeout=timeout):
+        src = int(rep.metadata.src_node_id)
+        if src not in requests or src in replies:
+            continue
+        if rep.has_error():
+            replies[src] = SiteError(rep.error.reason or f"error code {rep.error.code}")
+            continue
+        replies[src] = decode_reply(stage, rep.content, server_round)
+        m = rep.content.get(METRICS_KEY)
+        if isinstance(m, MetricRecord):
+            metrics[src] = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
+    return replies, metrics
+
+
+def run_secagg_round(
+    grid: Grid,
+    node_ids: list[int],
+    *,
+    train_content: RecordDict,
+    config: SecAggConfig,
+    run_id: str,
+    server_round: int,
+    timeout: float,
+    vector_length: int | None = None,
+) -> SecAggOutcome:
+    """Run one SecAgg+ round over ``node_ids``.
+
+    Parameters
+    ----------
+    grid:
+        The ServerApp's Grid.
+    node_ids:
+        Sampled sites.
+    train_content:
+        The normal training content (ArrayRecord "arrays" with the global model,
+        ConfigRecord "config"); sent with the masked-input stage.
+    config:
+        SecAgg+ parameters.
+    run_id, server_round:
+        Bound into keys, graph and commitments.
+    timeout:
+        Seconds to wait for replies at each stage; late sites count as dropped.
+    vector_length:
+        Length of the flat update; defaults to the total size of ``train_content["arrays"]``.
+
+    Invalid arguments raise ValueError before any message is sent; protocol failures
+    (too few sites, unrecoverable masks, failed consistency check) return ``ok=False``.
+    """
+    reserved = {RECORD_KEY, MASKED_KEY} & set(train_content)
+    if reserved:
+        raise ValueError(f"train_content: record names {sorted(reserved)} are reserved for SecAgg")
+    d = vector_length if vector_length is not None else _vector_length(train_content)
+    server = SecAggServer(config, run_id, server_round, node_ids, d)
+    timings: dict[str, float] = {}
+    site_metrics: dict[int, dict[str, float]] = {}
+    result = None
+    reason = None
+    try:
+        reqs: Mapping[int, object] = {n: server.setup_request() for n in server.nodes}
+        for stage, step in (("setup", server.on_keys), ("share", server.on_shares),
+                            ("masked", server.on_masked)):
+            t0 = time.perf_counter()
+            replies, m = _exchange(grid, stage, reqs, server_round, timeout,
+                                   train_content if stage == "masked" else None)
+            site_metrics.update(m)
+            t1 = time.perf_counter()
+            reqs = step(replies)
+            timings[f"secagg_{stage}_server_s"] = time.perf_counter() - t1
+            timings[f"secagg_{stage}_wall_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, None)
+        t1 = time.perf_counter()
+        result = server.on_unmask(replies)
+        timings["secagg_unmask_server_s"] = time.perf_counter() - t1
+        timings["secagg_unmask_wall_s"] = time.perf_counter() - t0
+    except SecAggAbort as e:
+        reason = str(e)
+
+    participants = result.participants if result else []
+    metrics = dict(timings)
+    metrics["secagg_participants"] = float(len(participants))
+    keys = sorted({k for p in participants for k in site_metrics.get(p, {})})
+    for k in keys:  # plain (unweighted) mean: per-site weights stay secret
+        vals = [site_metrics[p][k] for p in participants if k in site_metrics.get(p, {})]
+        metrics[k] = float(np.mean(vals))
+    lineage: dict[str, Any] = {
+        "protocol": PROTOCOL,
+        "degree": server.k,
+        "threshold": server.t,
+        "sampled": list(server.nodes),
+        "participants": participants,
+        "dropped": {s: sorted(v) for s, v in server.dropped.items()},
+        "excluded": {str(n): r for n, r in sorted(server.reasons.items())},
+        "recovered_dropouts": result.recovered if result else [],
+        "quantisation": {"clip_range": config.clip_range, "bits": config.bits,
+                         "ring_bits": 32, "max_weight": config.max_weight,
+                         "bound": result.bound if result else None},
+        "ok": result is not None,
+        "reason": reason,
+    }
+    return SecAggOutcome(
+        ok=result is not None,
+        reason=reason,
+        sum_delta=result.sum_delta.astype(np.float32) if result else None,
+        total_weight=result.total_weight if result else 0.0,
+        participants=participants,
+        dropped={s: sorted(v) for s, v in server.dropped.items()},
+        recovered=result.recovered if result else [],
+        metrics=metrics,
+        lineage=lineage,
+    )
+
+
+def config_record(config: SecAggConfig) -> ConfigRecord:
+    """The SecAgg parameters as a ConfigRecord (for the lead's run config / genesis record)."""
+    d = config.to_dict()
+    return ConfigRecord({k: (-1 if v is None else v) for k, v in d.items()})  # type: ignore[misc]

@@ -1,0 +1,419 @@
+"""Point 7: mutate a finished run in every way an attacker or a disk fault could.
+
+Every mutation must make ``verify`` fail with a message naming the record
+(``record <seq> (<type>): ...``). The last test prints and counts the mutation classes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from fedsilo.lineage import (
+    ClosingRecord,
+    GenesisRecord,
+    ResumeRecord,
+    RoundRecord,
+    SiteContribution,
+    SiteIdentity,
+    SiteJoinRecord,
+    canonical_json,
+    load_or_create_key,
+    public_key_hex,
+    read_chain,
+    reconcile,
+    verify_run,
+)
+from fedsilo.lineage.envelope import seal
+from fedsilo.lineage.synthetic import SyntheticRun
+
+# Layout of the conftest ``pristine_run`` chain (checked by test_layout_is_as_assumed).
+LAYOUT = ["genesis", "round", "site_join", "round", "round", "resume", "round", "closing"]
+FIRST = {t: LAYOUT.index(t) for t in LAYOUT}
+CLASSES = [
+    "field-edit", "byte-flip", "column-flip", "delete", "duplicate", "reorder", "truncate",
+    "server-signature", "site-signature", "key-swap", "model",
+]
+BODY_CLASSES = {
+    "genesis": GenesisRecord, "site_join": SiteJoinRecord, "round": RoundRecord,
+    "resume": ResumeRecord, "closing": ClosingRecord,
+}
+NESTED = {  # record type -> (path to a nested object, its dataclass)
+    "genesis": (("sites", 0), SiteIdentity),
+    "site_join": (("site",), SiteIdentity),
+    "round": (("contributions", 0), SiteContribution),
+}
+
+
+# --- helpers -------------------------------------------------------------------------------
+def db_of(run: SyntheticRun) -> Path:
+    return run.run_dir / "lineage.sqlite"
+
+
+def load_rows(db: Path) -> list[list[Any]]:
+    with sqlite3.connect(db) as conn:
+        return [list(r) for r in conn.execute(
+            "SELECT seq, type, digest, signature, signed FROM records ORDER BY seq")]
+
+
+def store_rows(db: Path, rows: list[list[Any]]) -> None:
+    """Rewrite the table the way an attacker would: rows renumbered 0..n-1."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM records")
+        conn.executemany(
+            "INSERT INTO records (seq, type, digest, signature, signed) VALUES (?,?,?,?,?)",
+            [(i, *row[1:]) for i, row in enumerate(rows)],
+        )
+
+
+def reseal(run: SyntheticRun, key: Ed25519PrivateKey, edit: Callable[[list[dict]], None],
+           start: int = 0) -> None:
+    """Edit envelopes then re-digest and re-sign from ``start`` on (a key-holding attacker)."""
+    envs = read_chain(db_of(run))
+    edit(envs)
+    rows = load_rows(db_of(run))
+    prev = envs[start - 1]["digest"] if start else None
+    for i in range(start, len(envs)):
+        e = envs[i]
+        data, digest, sig = seal(key, i, e["type"], prev, e["body"])
+        e["digest"] = digest
+        rows[i] = [i, e["type"], digest, sig, data.decode()]
+        prev = digest
+    store_rows(db_of(run), rows)
+
+
+def server_key(run: SyntheticRun) -> Ed25519PrivateKey:
+    return load_or_create_key(run.run_dir / "keys" / "server.pem")
+
+
+def get_path(obj: Any, path: tuple) -> Any:
+    for p in path:
+        obj = obj[p]
+    return obj
+
+
+def set_path(obj: Any, path: tuple, value: Any) -> None:
+    get_path(obj, path[:-1])[path[-1]] = value
+
+
+def changed(value: Any) -> Any:
+    """A different value of (mostly) the same form, so only the digest can catch it."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.5
+    if value is None:
+        return "sha256:" + "00" * 32
+    if isinstance(value, str):
+        if value and value[-1] in "0123456789abcdef":
+            return value[:-1] + ("1" if value[-1] == "0" else "0")
+        return value + "x"
+    if isinstance(value, list):
+        return value[:-1] if value else ["site-000"]
+    if isinstance(value, dict):
+        return {**value, "tampered": 1}
+    raise AssertionError(value)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    cls: str
+    name: str
+    apply: Callable[[SyntheticRun], dict[str, Any] | None]  # returns verify kwargs
+    seq: int  # the record the failure must name
+
+    def __str__(self) -> str:
+        return f"{self.cls}:{self.name}"
+
+
+MUTATIONS: list[Mutation] = []
+
+
+def mutation(cls: str, name: str, seq: int) -> Callable:
+    assert cls in CLASSES
+
+    def register(fn: Callable[[SyntheticRun], dict[str, Any] | None]) -> Callable:
+        MUTATIONS.append(Mutation(cls, name, fn, seq))
+        return fn
+
+    return register
+
+
+def field_paths(record_type: str) -> list[tuple]:
+    """Every field of a record type: envelope fields, body fields, one nested object's fields."""
+    paths: list[tuple] = [(k,) for k in ("schema", "seq", "type", "prev")]
+    paths += [("body", f.name) for f in fields(BODY_CLASSES[record_type])]
+    if record_type in NESTED:
+        base, nested_cls = NESTED[record_type]
+        paths += [("body", *base, f.name) for f in fields(nested_cls)]
+    return paths
+
+
+# --- field edits and byte flips: every field of every record type ---------------------------
+def _edit_field(seq: int, path: tuple) -> Callable[[SyntheticRun], None]:
+    def apply(run: SyntheticRun) -> None:
+        rows = load_rows(db_of(run))
+        env = read_chain(db_of(run))[seq]
+        signed = {k: env[k] for k in ("schema", "seq", "type", "prev", "body")}
+        set_path(signed, path, changed(get_path(signed, path)))
+        rows[seq][4] = canonical_json(signed).decode()
+        store_rows(db_of(run), rows)
+
+    return apply
+
+
+def _flip_field_byte(seq: int, path: tuple) -> Callable[[SyntheticRun], None]:
+    """Disk fault: flip one bit in the middle of the field's bytes inside the SQLite file."""
+
+    def apply(run: SyntheticRun) -> None:
+        signed = load_rows(db_of(run))[seq][4].encode()
+        env = read_chain(db_of(run))[seq]
+        value = get_path(env, path)
+        start = 0
+        for key in path[:-1]:  # walk to the parent object inside the signed text
+            if isinstance(key, str):
+                start = signed.index(b'"' + key.encode() + b'":', start)
+        fragment = b'"' + str(path[-1]).encode() + b'":' + canonical_json(value)
+        offset = signed.index(fragment, start) + len(fragment) - max(1, len(canonical_json(value)) // 2)
+        raw = bytearray(db_of(run).read_bytes())
+        assert raw.count(signed) == 1, "record text must be stored once, contiguously"
+        raw[raw.index(signed) + offset] ^= 0x01
+        db_of(run).write_bytes(bytes(raw))
+
+    return apply
+
+
+def _flip_column(seq: int, column: str) -> Callable[[SyntheticRun], None]:
+    def apply(run: SyntheticRun) -> None:
+        _, _, digest, signature, _ = load_rows(db_of(run))[seq]
+        raw = bytearray(db_of(run).read_bytes())
+        at = raw.index((digest + signature).encode())  # the two adjacent columns of the row
+        raw[at + (10 if column == "digest" else len(digest) + 10)] ^= 0x01
+        db_of(run).write_bytes(bytes(raw))
+
+    return apply
+
+
+for _type, _seq in FIRST.items():
+    for _path in field_paths(_type):
+        _name = f"{_type}.{'.'.join(map(str, _path))}"
+        MUTATIONS.append(Mutation("field-edit", _name, _edit_field(_seq, _path), _seq))
+        MUTATIONS.append(Mutation("byte-flip", _name, _flip_field_byte(_seq, _path), _seq))
+    for _column in ("digest", "signature"):
+        MUTATIONS.append(
+            Mutation("column-flip", f"{_type}.{_column}", _flip_column(_seq, _column), _seq)
+        )
+
+
+# --- structural: delete, duplicate, reorder, truncate --------------------------------------
+def _rows_edit(edit: Callable[[list], list]) -> Callable[[SyntheticRun], None]:
+    def apply(run: SyntheticRun) -> None:
+        store_rows(db_of(run), edit(load_rows(db_of(run))))
+
+    return apply
+
+
+for _type, _seq in FIRST.items():
+    if _type != "closing":
+        MUTATIONS.append(Mutation("delete", _type, _rows_edit(
+            lambda rows, s=_seq: rows[:s] + rows[s + 1:]), _seq))
+    MUTATIONS.append(Mutation("duplicate", _type, _rows_edit(
+        lambda rows, s=_seq: rows[: s + 1] + [list(rows[s])] + rows[s + 1:]), _seq + 1))
+MUTATIONS += [
+    Mutation("reorder", "swap-rounds", _rows_edit(
+        lambda r: r[:3] + [r[4], r[3]] + r[5:]), 3),
+    Mutation("reorder", "swap-round-and-join", _rows_edit(
+        lambda r: [r[0], r[2], r[1]] + r[3:]), 1),
+    Mutation("reorder", "genesis-last", _rows_edit(lambda r: r[1:] + r[:1]), 0),
+    Mutation("reorder", "reverse", _rows_edit(lambda r: r[::-1]), 0),
+    Mutation("truncate", "drop-closing", _rows_edit(lambda r: r[:-1]), 6),
+    Mutation("truncate", "drop-last-3", _rows_edit(lambda r: r[:-3]), 4),
+    Mutation("truncate", "genesis-only", _rows_edit(lambda r: r[:1]), 0),
+    Mutation("truncate", "empty", _rows_edit(lambda r: []), 0),
+]
+
+
+# --- signatures ----------------------------------------------------------------------------
+for _type, _seq in FIRST.items():
+    def _borrow(run: SyntheticRun, s: int = _seq) -> None:
+        rows = load_rows(db_of(run))
+        rows[s][3] = rows[(s + 1) % len(rows)][3]  # a valid signature of another record
+        store_rows(db_of(run), rows)
+
+    def _other_key(run: SyntheticRun, s: int = _seq) -> None:
+        rows = load_rows(db_of(run))
+        rows[s][3] = Ed25519PrivateKey.generate().sign(rows[s][2].encode()).hex()
+        store_rows(db_of(run), rows)
+
+    MUTATIONS.append(Mutation("server-signature", f"{_type}.borrowed", _borrow, _seq))
+    MUTATIONS.append(Mutation("server-signature", f"{_type}.other-key", _other_key, _seq))
+
+
+@mutation("server-signature", "round.truncated-hex", 3)
+def _truncated_signature(run: SyntheticRun) -> None:
+    rows = load_rows(db_of(run))
+    rows[3][3] = rows[3][3][:-2]
+    store_rows(db_of(run), rows)
+
+
+def _contribution_edit(seq: int, edit: Callable[[list[dict]], None]) -> Callable:
+    """A key-holding server alters a contribution and re-signs the chain from there."""
+
+    def apply(run: SyntheticRun) -> None:
+        def change(envs: list[dict]) -> None:
+            edit(envs[seq]["body"]["contributions"])
+
+        reseal(run, server_key(run), change, start=seq)
+
+    return apply
+
+
+def _swap_sigs(cs: list[dict]) -> None:
+    cs[0]["signature"], cs[1]["signature"] = cs[1]["signature"], cs[0]["signature"]
+
+
+MUTATIONS += [
+    Mutation("site-signature", "swapped-between-sites", _contribution_edit(3, _swap_sigs), 3),
+    Mutation("site-signature", "update-digest-replaced", _contribution_edit(
+        4, lambda cs: cs[-1].update(update_digest=changed(cs[-1]["update_digest"]))), 4),
+    Mutation("site-signature", "data-fingerprint-replaced", _contribution_edit(
+        6, lambda cs: cs[0].update(data_fingerprint=changed(cs[0]["data_fingerprint"]))), 6),
+    Mutation("site-signature", "forged-random", _contribution_edit(
+        1, lambda cs: cs[1].update(signature="ab" * 64)), 1),
+]
+
+
+# --- key swaps ---------------------------------------------------------------------------
+@mutation("key-swap", "genesis-server-key-replaced", 0)
+def _server_key_replaced(run: SyntheticRun) -> None:
+    _edit_field(0, ("body", "server_public_key"))(run)
+
+
+@mutation("key-swap", "whole-chain-resigned-by-attacker (pinned key)", 0)
+def _resigned_by_attacker(run: SyntheticRun) -> dict[str, Any]:
+    pinned = public_key_hex(server_key(run))
+    attacker = Ed25519PrivateKey.generate()
+
+    def swap(envs: list[dict]) -> None:
+        envs[0]["body"]["server_public_key"] = public_key_hex(attacker)
+
+    reseal(run, attacker, swap)
+    assert verify_run(run.run_dir).ok  # self-consistent: only a pinned key can catch it
+    return {"expected_server_key": pinned}
+
+
+@mutation("key-swap", "site-key-replaced-by-server", 1)
+def _site_key_replaced(run: SyntheticRun) -> None:
+    def swap(envs: list[dict]) -> None:
+        envs[0]["body"]["sites"][0]["public_key"] = public_key_hex(Ed25519PrivateKey.generate())
+
+    reseal(run, server_key(run), swap)
+
+
+@mutation("key-swap", "middle-record-signed-by-other-key", 4)
+def _middle_other_key(run: SyntheticRun) -> None:
+    rows = load_rows(db_of(run))
+    envs = read_chain(db_of(run))
+    e = envs[4]
+    _, digest, sig = seal(Ed25519PrivateKey.generate(), 4, e["type"], e["prev"], e["body"])
+    rows[4][2:4] = [digest, sig]
+    store_rows(db_of(run), rows)
+
+
+# --- the saved model -------------------------------------------------------------------------
+@mutation("model", "replaced", 7)
+def _model_replaced(run: SyntheticRun) -> None:
+    np.savez(run.run_dir / "model.npz", w=np.ones(8, np.float32), b=np.zeros(2, np.float32))
+
+
+@mutation("model", "bit-flip", 7)
+def _model_flipped(run: SyntheticRun) -> None:
+    path = run.run_dir / "model.npz"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@mutation("model", "deleted", 7)
+def _model_deleted(run: SyntheticRun) -> None:
+    (run.run_dir / "model.npz").unlink()
+
+
+@mutation("model", "layer-renamed", 7)
+def _model_renamed(run: SyntheticRun) -> None:
+    with np.load(run.run_dir / "model.npz") as z:
+        arrays = {("weights" if k == "w" else k): z[k] for k in z.files}
+    np.savez(run.run_dir / "model.npz", **arrays)
+
+
+# --- tests -----------------------------------------------------------------------------------
+def test_layout_is_as_assumed(pristine_run: SyntheticRun) -> None:
+    assert [e["type"] for e in read_chain(db_of(pristine_run))] == LAYOUT
+    report = verify_run(pristine_run.run_dir)
+    assert report.ok, report.summary
+    assert report.site_signatures == 4 + 5 + 4 + 5 and report.closed  # site-001 refuses r3
+
+
+@pytest.mark.parametrize("mut", MUTATIONS, ids=str)
+def test_mutation_detected(run: SyntheticRun, mut: Mutation) -> None:
+    kwargs = mut.apply(run) or {}
+    report = verify_run(run.run_dir, **kwargs)
+    assert not report.ok, f"undetected: {mut}"
+    label = LAYOUT[mut.seq] if mut.seq < len(LAYOUT) else "?"
+    if mut.cls == "duplicate":
+        label = LAYOUT[mut.seq - 1]  # the copy of the previous record
+    if mut.cls == "delete":
+        label = LAYOUT[mut.seq + 1]  # the record that moved into the gap
+    if mut.cls == "reorder":
+        label = ""
+    if mut.name == "empty":
+        label = "missing"
+    assert report.first_failure is not None
+    assert report.first_failure.startswith(f"record {mut.seq} ({label}"), report.first_failure
+    assert report.failed_seq == mut.seq
+    assert report.summary == f"FAILED: {report.first_failure}"
+
+
+def test_forged_site_contributions_caught_by_reconcile(run: SyntheticRun) -> None:
+    """A server that swaps a site's key and forges all its contributions passes ``verify``
+    (it holds the server key); the site's own ledger is what exposes it."""
+    site = "site-002"
+    fake = Ed25519PrivateKey.generate()
+    from fedsilo.lineage import sign_contribution
+
+    def forge(envs: list[dict]) -> None:
+        envs[0]["body"]["sites"][2]["public_key"] = public_key_hex(fake)
+        for e in envs:
+            if e["type"] == "round":
+                for c in e["body"]["contributions"]:
+                    if c["site_id"] == site:
+                        c["update_digest"] = changed(c["update_digest"])
+                        c["signature"] = sign_contribution(
+                            fake, run.run_id, e["body"]["round"], c["update_digest"],
+                            c["data_fingerprint"])
+
+    reseal(run, server_key(run), forge)
+    assert verify_run(run.run_dir).ok
+    mismatches = reconcile(run.run_dir, run.run_dir / "sites" / site / "ledger.jsonl")
+    assert len(mismatches) == 8  # 4 rounds x (update_digest, signature)
+    assert all("update_digest differs" in m or "signature differs" in m for m in mismatches)
+
+
+def test_zz_mutation_classes_counted() -> None:
+    counts = Counter(m.cls for m in MUTATIONS)
+    print(f"\ntamper suite: {len(counts)} mutation classes, {len(MUTATIONS)} mutations")
+    for cls in CLASSES:
+        print(f"  {cls:<17} {counts[cls]:>4}")
+    assert list(counts) == CLASSES
+    assert len(counts) == 11
+    assert len(MUTATIONS) == sum(counts.values()) == len({str(m) for m in MUTATIONS})

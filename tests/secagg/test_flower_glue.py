@@ -1,0 +1,131 @@
+"""The Message API glue (run_secagg_round + register_secagg) over an in-process grid."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Message
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedsilo.privacy.secagg import SecAggConfig
+from fedsilo.privacy.secagg.records import MASKED_KEY, RECORD_KEY
+from fedsilo.server.secagg_round import run_secagg_round
+
+from .apps import D, make_client_app, site_update, train_content
+from .fake_grid import FakeGrid
+
+NODES = [7001 + 13 * i for i in range(8)]
+CFG = SecAggConfig(clip_range=0.5, bits=20, max_weight=100.0)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Messages built outside a running app need the task identity set.
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    yield
+
+
+def _plain(pids: list[int]) -> tuple[np.ndarray, float]:
+    ups = [site_update(p) for p in pids]
+    return sum(w * x.astype(np.float64) for x, w in ups), sum(w for _, w in ups)
+
+
+def test_round_recovers_weighted_sum_and_records_lineage() -> None:
+    grid = FakeGrid(make_client_app(), NODES)
+    out = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                           run_id="run-a", server_round=3, timeout=5.0)
+    assert out.ok and out.reason is None
+    assert out.sum_delta is not None and out.sum_delta.dtype == np.float32
+    assert out.sum_delta.shape == (D,)
+    total, weight = _plain(list(range(8)))
+    bound = out.lineage["quantisation"]["bound"]
+    assert np.max(np.abs(out.sum_delta - total)) < bound + 1e-5  # + float32 rounding
+    assert abs(out.total_weight - weight) < 1e-3
+    assert out.participants == NODES and out.recovered == []
+    assert out.lineage["protocol"] == "secagg+"
+    assert (out.lineage["degree"], out.lineage["threshold"]) == (6, 4)
+    assert out.metrics["train_loss"] == pytest.approx(0.35)
+    assert out.metrics["secagg_participants"] == 8.0
+    types = [m.metadata.message_type for m in grid.sent]
+    assert types == [f"train.secagg_{s}" for s in ("setup", "share", "masked", "unmask")
+                     for _ in NODES]
+    # the server got no plaintext model update: only the masked uint32 vector
+    masked = [m.content[MASKED_KEY]["masked"].numpy() for m in grid.received
+              if MASKED_KEY in m.content]
+    assert len(masked) == 8 and all(m.dtype == np.uint32 and m.shape == (D + 2,)
+                                    for m in masked)
+
+
+def test_site_failing_during_training_is_recovered() -> None:
+    grid = FakeGrid(make_client_app(fail_pid=2), NODES)
+    out = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                           run_id="run-b", server_round=1, timeout=5.0)
+    assert out.ok, out.reason
+    assert out.dropped["masked"] == [NODES[2]] and out.recovered == [NODES[2]]
+    assert "site 2 crashed while training" in out.lineage["excluded"][str(NODES[2])]
+    total, weight = _plain([0, 1, 3, 4, 5, 6, 7])
+    assert out.sum_delta is not None
+    assert np.max(np.abs(out.sum_delta - total)) < out.lineage["quantisation"]["bound"] + 1e-5
+    assert abs(out.total_weight - weight) < 1e-3
+
+
+def test_below_threshold_fails_cleanly() -> None:
+    lost = set(NODES[:5])
+
+    def mangle(rep: Message) -> Message | None:
+        return None if rep.metadata.src_node_id in lost else rep
+
+    grid = FakeGrid(make_client_app(), NODES, mangle=mangle)
+    out = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                           run_id="run-c", server_round=1, timeout=1.0)
+    assert not out.ok and out.sum_delta is None and out.participants == []
+    assert out.reason == "secagg setup: only 3 of 8 sites remain, threshold is 4"
+    assert out.lineage["ok"] is False and out.lineage["reason"] == out.reason
+
+
+def test_malformed_reply_records_are_excluded() -> None:
+    bad = NODES[4]
+
+    def mangle(rep: Message) -> Message | None:
+        if rep.metadata.src_node_id == bad and RECORD_KEY in rep.content:
+            cr = rep.content[RECORD_KEY]
+            if "commitment" in cr:
+                rep.content[RECORD_KEY] = ConfigRecord({**cr, "receivers": b"\x01\x02\x03"})
+        return rep
+
+    grid = FakeGrid(make_client_app(), NODES, mangle=mangle)
+    out = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                           run_id="run-d", server_round=1, timeout=1.0)
+    assert out.ok
+    assert out.dropped["share"] == [bad]
+    assert out.lineage["excluded"][str(bad)] == (
+        "share: malformed reply: ValueError: node id list must be bytes of length divisible by 8")
+
+
+def test_bad_arguments_raise_before_sending() -> None:
+    grid = FakeGrid(make_client_app(), NODES)
+    with pytest.raises(ValueError, match="expected an ArrayRecord 'arrays'"):
+        run_secagg_round(grid, NODES, train_content=train_content().__class__(),  # type: ignore[arg-type]
+                         config=CFG, run_id="r", server_round=1, timeout=1.0)
+    content = train_content()
+    content[RECORD_KEY] = ConfigRecord({"x": 1})
+    with pytest.raises(ValueError, match=r"record names \['secagg'\] are reserved"):
+        run_secagg_round(grid, NODES, train_content=content, config=CFG,  # type: ignore[arg-type]
+                         run_id="r", server_round=1, timeout=1.0)
+    with pytest.raises(ValueError, match="secagg.bits"):
+        run_secagg_round(grid, NODES, train_content=train_content(),  # type: ignore[arg-type]
+                         config=SecAggConfig(bits=40), run_id="r", server_round=1, timeout=1.0)
+    assert grid.sent == []
+
+
+def test_stale_state_from_another_round_is_refused() -> None:
+    app = make_client_app()
+    grid = FakeGrid(app, NODES)
+    run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                     run_id="r", server_round=1, timeout=1.0)
+    unmask_msg = grid.sent[-1]
+    rep = app(unmask_msg, grid.contexts[NODES[-1]])  # replay round 1's unmask request
+    assert rep.has_error()
+    assert rep.error.reason == (f"secagg: node {NODES[-1]} got a request out of order "
+                                "(state 'done', expected 'masked')")
