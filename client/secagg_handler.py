@@ -26,6 +26,7 @@ from fedsilo.privacy.secagg.records import (
 )
 
 STATE_KEY = "secagg_state"
+ROUNDS_KEY = "secagg_rounds"  # run id -> last round this node set up (replay protection)
 METRICS_KEY = "metrics"
 SECAGG_ERROR_CODE = 1001  # application-level refusal (outside Flower's ErrorCode range)
 log = logging.getLogger(__name__)
@@ -60,6 +61,20 @@ def _load(context: Context, server_round: int) -> SecAggClient:
     return client
 
 
+def _claim_round(context: Context, run_id: str, server_round: int) -> None:
+    """Refuse to set up a round twice: a replayed round would mask the same update twice
+    with fresh secrets, letting a server collect seed shares in one run and key shares in
+    the other."""
+    rec = context.state.get(ROUNDS_KEY)
+    seen = dict(rec) if isinstance(rec, ConfigRecord) else {}
+    last = seen.get(run_id)
+    if isinstance(last, int) and server_round <= last:
+        raise SecAggClientError(f"secagg: node {context.node_id} already took part in round "
+                                f"{last} of run {run_id!r}; refusing round {server_round}")
+    seen[run_id] = server_round
+    context.state[ROUNDS_KEY] = ConfigRecord(seen)  # type: ignore[arg-type]
+
+
 def _save(context: Context, client: SecAggClient) -> None:
     context.state[STATE_KEY] = ConfigRecord({"blob": client.dump()})
 
@@ -69,6 +84,7 @@ def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdat
         rnd = request_round(message.content)
         req = decode_request(stage, message.content)
         if stage == "setup":
+            _claim_round(context, req.run_id, rnd)  # type: ignore[attr-defined]
             client = SecAggClient(int(context.node_id))
             reply: object = client.setup(req)  # type: ignore[arg-type]
             metrics: dict[str, float] = {}

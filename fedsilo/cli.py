@@ -54,6 +54,7 @@ def _add_simulate(sub: Any) -> None:
                    help="do not write the lineage chain")
     p.add_argument("--out", help="parent directory of run directories (default runs)")
     p.add_argument("--run-id", help="run id / directory name (default: generated)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only the final summary line")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     p.set_defaults(handler=_simulate)
@@ -64,7 +65,7 @@ _FLAG_TO_KEY = {
     "dp_clip_norm": "dp.clip_norm", "dp_clipping": "dp.clipping", "dp_where": "dp.where",
     "secagg": "secagg.enabled", "secagg_degree": "secagg.degree", "secagg_threshold": "secagg.threshold",
 }
-_NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command"}
+_NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command", "resume"}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -77,6 +78,8 @@ def _simulate(args: argparse.Namespace) -> int:
         overrides[_FLAG_TO_KEY.get(key, key)] = value
     if any(k.startswith("dp.") for k in overrides):
         overrides["dp.enabled"] = True
+    if args.resume:
+        return _resume(args, overrides)
     try:
         config = RunConfig.load(args.config, overrides)
         from fedsilo.simulations.runner import check_feasible
@@ -93,13 +96,37 @@ def _simulate(args: argparse.Namespace) -> int:
             run = run_federation(config, on_round=progress.update, verbose=args.verbose)
     except ConfigError as exc:
         return _fail("simulate", str(exc))
+    _summary(run)
+    return 0
+
+
+def _resume(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from fedsilo.server.config import ConfigError, RunConfig
+    from fedsilo.simulations.runner import resume_federation
+
+    if overrides or args.config:
+        return _fail("simulate", "--resume: takes no other run options (the run keeps its config.toml)")
+    try:
+        from pathlib import Path
+
+        config = RunConfig.load(Path(args.resume) / "config.toml")
+        from fedsilo.progress import RoundProgress
+
+        with RoundProgress(config.rounds, enabled=not args.quiet) as progress:
+            run = resume_federation(Path(args.resume), on_round=progress.update, verbose=args.verbose)
+    except ConfigError as exc:
+        return _fail("simulate", f"--resume: {exc}" if not str(exc).startswith("--") else str(exc))
+    _summary(run)
+    return 0
+
+
+def _summary(run: Any) -> None:
     acc = run.final_accuracy
     acc_text = f"test accuracy {acc:.4f}" if acc is not None else "no evaluation"
     print(
         f"fedsilo: run {run.run_id} {run.result.closing_reason}: {len(run.rounds)} rounds, "
         f"{acc_text}, model {run.final_digest} -> {run.run_dir}"
     )
-    return 0
 
 
 def _fail(command: str, message: str, code: int = EXIT_USAGE) -> int:

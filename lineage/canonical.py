@@ -49,8 +49,7 @@ def _check_keys(obj: Any) -> None:
             for key, value in item.items():
                 if not isinstance(key, str):
                     raise ValueError(
-                        f"canonical_json: object keys must be str, got {type(key).__name__} "
-                        f"{key!r}"
+                        f"canonical_json: object keys must be str, got {type(key).__name__} {key!r}"
                     )
                 if isinstance(value, dict | list | tuple):
                     stack.append(value)

@@ -80,10 +80,16 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("verify", help="recompute every digest, link and signature")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--server-key", metavar="HEX",
-                   help="the server public key (64 hex) you trust; any other key fails")
-    p.add_argument("--skip-site-signatures", action="store_true",
-                   help="do not check contributions' site signatures (reported in the summary)")
+    p.add_argument(
+        "--server-key",
+        metavar="HEX",
+        help="the server public key (64 hex) you trust; any other key fails",
+    )
+    p.add_argument(
+        "--skip-site-signatures",
+        action="store_true",
+        help="do not check contributions' site signatures (reported in the summary)",
+    )
     p.add_argument("--workers", type=int, default=None, help="signature-checking threads")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_guard(_verify))
@@ -103,8 +109,9 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("export", help="export the chain as JSON Lines or W3C PROV-JSON")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--format", required=True, choices=("jsonl", "prov-json"))
-    p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
-                   help="default: standard output")
+    p.add_argument(
+        "-o", "--output", type=Path, default=None, metavar="FILE", help="default: standard output"
+    )
     p.set_defaults(handler=_guard(_export))
 
     p = sub.add_parser("reconcile", help="compare a site's ledger with the chain")
@@ -164,23 +171,32 @@ def _show(args: argparse.Namespace) -> int:
         print(json.dumps([{"seq": e["seq"], **e["body"]} for e in rounds], sort_keys=True))
         return 0
     print(_header(chain))
-    print(f"{'seq':>5} {'round':>5} {'status':<9} {'smp':>4} {'rep':>4} {'acc':>4} {'rej':>4} "
-          f"{'drop':>4}  {'model_in':<12} -> {'model_out':<12}  metrics")
+    print(
+        f"{'seq':>5} {'round':>5} {'status':<9} {'smp':>4} {'rep':>4} {'acc':>4} {'rej':>4} "
+        f"{'drop':>4}  {'model_in':<12} -> {'model_out':<12}  metrics"
+    )
     for env in rounds:
         b = env["body"]
-        print(f"{env['seq']:>5} {b['round']:>5} {b['status']:<9} {len(b['sampled']):>4} "
-              f"{len(b['replied']):>4} {len(b['accepted']):>4} {len(b['rejected']):>4} "
-              f"{len(b['dropped']):>4}  {_short(b['model_in']):<12} -> "
-              f"{_short(b['model_out']):<12}  {_metrics(b['metrics'])}")
+        print(
+            f"{env['seq']:>5} {b['round']:>5} {b['status']:<9} {len(b['sampled']):>4} "
+            f"{len(b['replied']):>4} {len(b['accepted']):>4} {len(b['rejected']):>4} "
+            f"{len(b['dropped']):>4}  {_short(b['model_in']):<12} -> "
+            f"{_short(b['model_out']):<12}  {_metrics(b['metrics'])}"
+        )
     if args.round is not None:
         for env in rounds:
             _round_detail(env["body"])
     closing = chain.closing
     if closing is not None:
-        print(f"closed: {closing['reason']} after {closing['rounds_completed']} rounds, "
-              f"final model {_short(closing['final_model_digest'])}"
-              + (f", epsilon {closing['epsilon_spent']:.4g}"
-                 if closing["epsilon_spent"] is not None else ""))
+        print(
+            f"closed: {closing['reason']} after {closing['rounds_completed']} rounds, "
+            f"final model {_short(closing['final_model_digest'])}"
+            + (
+                f", epsilon {closing['epsilon_spent']:.4g}"
+                if closing["epsilon_spent"] is not None
+                else ""
+            )
+        )
     else:
         print("open chain (no closing record)")
     return 0
@@ -189,18 +205,25 @@ def _show(args: argparse.Namespace) -> int:
 def _header(chain: LoadedChain) -> str:
     g = chain.genesis
     joined = len(chain.of_type("site_join"))
-    return (f"run {g['run_id']}  started {g['created_at']}  server key "
-            f"{key_fingerprint(g['server_public_key'])}  sites {len(g['sites'])}"
-            + (f" (+{joined} joined)" if joined else "") + f"  records {len(chain.envelopes)}")
+    return (
+        f"run {g['run_id']}  started {g['created_at']}  server key "
+        f"{key_fingerprint(g['server_public_key'])}  sites {len(g['sites'])}"
+        + (f" (+{joined} joined)" if joined else "")
+        + f"  records {len(chain.envelopes)}"
+    )
 
 
 def _round_detail(body: dict[str, Any]) -> None:
-    print(f"round {body['round']}: strategy {json.dumps(body['strategy'], sort_keys=True)}"
-          + (f", reason {body['reason']}" if body["reason"] else ""))
+    print(
+        f"round {body['round']}: strategy {json.dumps(body['strategy'], sort_keys=True)}"
+        + (f", reason {body['reason']}" if body["reason"] else "")
+    )
     print(f"  {'site':<16} {'fate':<9} {'examples':>8}  {'update':<12}  {'data':<12}")
     for c in body["contributions"]:
-        print(f"  {c['site_id']:<16} {c['fate']:<9} {c['num_examples']:>8}  "
-              f"{_short(c['update_digest']):<12}  {_short(c['data_fingerprint']):<12}")
+        print(
+            f"  {c['site_id']:<16} {c['fate']:<9} {c['num_examples']:>8}  "
+            f"{_short(c['update_digest']):<12}  {_short(c['data_fingerprint']):<12}"
+        )
     for site_id, reason in sorted(body["rejected"].items()):
         print(f"  rejected {site_id}: {reason}")
     if body["dropped"]:

@@ -168,7 +168,8 @@ def prov_document(run_dir: Path) -> dict[str, Any]:
             relation("used", activity=train, entity=model_in)
             data = _qn("data", _hex(c["data_fingerprint"]))
             doc["entity"].setdefault(
-                data, {"prov:type": "fedsilo:DataFingerprint", "fedsilo:digest": c["data_fingerprint"]}
+                data,
+                {"prov:type": "fedsilo:DataFingerprint", "fedsilo:digest": c["data_fingerprint"]},
             )
             relation("used", activity=train, entity=data)
             relation("wasAttributedTo", entity=data, agent=site_agent)
@@ -220,7 +221,7 @@ def _write_out(out: Out, write: Callable[[IO[str]], None], db_path: Path) -> Non
     if isinstance(out, str | Path):
         target = Path(out)
         protected = {db_path.resolve(), db_path.parent.resolve() / "model.npz"}
-        if target.resolve() in protected or target.resolve().parent == db_path.resolve():
+        if target.resolve() in protected:
             raise LineageError(f"{target}: refusing to overwrite an input of the run")
         try:
             with target.open("w", encoding="utf-8") as stream:

@@ -43,6 +43,8 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         )
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise LineageError(f"{path}: cannot read key file ({exc.strerror})") from None
     except (ValueError, TypeError) as exc:
         raise LineageError(f"{path}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):

@@ -50,11 +50,13 @@ def validate_ledger_entry(entry: Mapping[str, Any]) -> None:
         if name not in entry:
             raise ValueError(f"ledger entry ({status}) is missing field {name!r}")
         if not check(entry[name]):
-            raise ValueError(f"ledger entry field {name!r}: expected {expected}, got "
-                             f"{entry[name]!r:.80}")
+            raise ValueError(
+                f"ledger entry field {name!r}: expected {expected}, got {entry[name]!r:.80}"
+            )
     if not isinstance(entry.get("time"), str):
-        raise ValueError(f"ledger entry field 'time': expected an ISO 8601 string, got "
-                         f"{entry.get('time')!r}")
+        raise ValueError(
+            f"ledger entry field 'time': expected an ISO 8601 string, got {entry.get('time')!r}"
+        )
 
 
 class SiteLedger:
@@ -124,8 +126,9 @@ class SiteLedger:
                 entry = parse_json(raw.decode("utf-8"))
                 validate_ledger_entry(entry)
             except (UnicodeDecodeError, ValueError) as exc:
-                raise LineageError(f"{self.path}: line {number}: not a ledger entry ({exc})"
-                                   ) from None
+                raise LineageError(
+                    f"{self.path}: line {number}: not a ledger entry ({exc})"
+                ) from None
             entries.append(entry)
         return entries
 

@@ -55,7 +55,8 @@ def contributors(run_dir: Path, model_digest: str | None = None) -> list[Contrib
     initial = chain.genesis["initial_model_digest"]
     target = model_digest if model_digest is not None else chain.current_model()
     rounds = [
-        (i, env["body"]) for i, env in enumerate(chain.envelopes)
+        (i, env["body"])
+        for i, env in enumerate(chain.envelopes)
         if env["type"] == "round" and env["body"]["status"] == "completed"
     ]
     keys = _site_keys(chain)
@@ -170,8 +171,9 @@ def _check_refusal(
     where: str, site_id: str, entry: dict[str, Any], records: list[tuple[int, dict[str, Any]]]
 ) -> list[str]:
     if not records:
-        return [f"{where}: refusal ({entry['reason']!r}) but round {entry['round']} is not in "
-                "the chain"]
+        return [
+            f"{where}: refusal ({entry['reason']!r}) but round {entry['round']} is not in the chain"
+        ]
     for _seq, body in records:
         if body["rejected"].get(site_id) == entry["reason"]:
             return []
@@ -179,5 +181,7 @@ def _check_refusal(
     recorded = body["rejected"].get(site_id)
     if recorded is None:
         return [f"{where}: refusal ({entry['reason']!r}) is not recorded in chain record {seq}"]
-    return [f"{where}: refusal reason differs: ledger {entry['reason']!r}, chain record {seq} "
-            f"{recorded!r}"]
+    return [
+        f"{where}: refusal reason differs: ledger {entry['reason']!r}, chain record {seq} "
+        f"{recorded!r}"
+    ]

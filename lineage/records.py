@@ -147,8 +147,16 @@ _validate_contribution_generic = _validator(
 )
 
 _CONTRIBUTION_KEYS = frozenset(
-    {"site_id", "update_digest", "num_examples", "data_fingerprint", "signature", "fate",
-     "score", "detail"}
+    {
+        "site_id",
+        "update_digest",
+        "num_examples",
+        "data_fingerprint",
+        "signature",
+        "fate",
+        "score",
+        "detail",
+    }
 )
 _CONTRIBUTION_HEX_RE = re.compile(r"sha256:[0-9a-f]{64}sha256:[0-9a-f]{64}[0-9a-f]{128}")
 _FATES = frozenset({"accepted", "rejected"})
@@ -161,12 +169,19 @@ def _validate_contribution(c: Any, where: str) -> None:
         ud, fp, sig, fate = c["update_digest"], c["data_fingerprint"], c["signature"], c["fate"]
         n, score = c["num_examples"], c["score"]
         if (
-            type(ud) is str and type(fp) is str and type(sig) is str
-            and len(ud) == 71 and len(fp) == 71 and len(sig) == 128
+            type(ud) is str
+            and type(fp) is str
+            and type(sig) is str
+            and len(ud) == 71
+            and len(fp) == 71
+            and len(sig) == 128
             and _CONTRIBUTION_HEX_RE.fullmatch(ud + fp + sig) is not None
-            and type(c["site_id"]) is str and c["site_id"] != ""
-            and type(n) is int and n >= 0
-            and type(fate) is str and fate in _FATES
+            and type(c["site_id"]) is str
+            and c["site_id"] != ""
+            and type(n) is int
+            and n >= 0
+            and type(fate) is str
+            and fate in _FATES
             and (score is None or _is_number(score))
             and type(c["detail"]) is dict
         ):

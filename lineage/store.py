@@ -55,8 +55,13 @@ class LineageWriter:
     """
 
     def __init__(
-        self, conn: sqlite3.Connection, key: Ed25519PrivateKey, seq: int, head: str | None,
-        closed_chain: bool, server_public_key: str | None,
+        self,
+        conn: sqlite3.Connection,
+        key: Ed25519PrivateKey,
+        seq: int,
+        head: str | None,
+        closed_chain: bool,
+        server_public_key: str | None,
     ) -> None:
         """Internal: use :meth:`create` or :meth:`open`."""
         self._conn: sqlite3.Connection | None = conn
@@ -94,9 +99,7 @@ class LineageWriter:
         return cls(conn, key, 0, None, False, None)
 
     @classmethod
-    def open(
-        cls, db_path: Path, key: Ed25519PrivateKey, *, durable: bool = True
-    ) -> LineageWriter:
+    def open(cls, db_path: Path, key: Ed25519PrivateKey, *, durable: bool = True) -> LineageWriter:
         """Continue an existing chain (resume after a crash or interruption).
 
         The whole existing chain is checked first (digests, links, server signatures,
@@ -288,4 +291,3 @@ def read_chain(db_path: Path) -> list[dict[str, Any]]:
         envelope["signature"] = signature
         envelopes.append(envelope)
     return envelopes
-

@@ -99,8 +99,9 @@ def build_synthetic_run(
         local = {"x": rng.normal(size=(4, dim)).astype(np.float32)}
         fingerprints[site_id] = data_fingerprint(local, preprocessing={"scaler": "none"})
         identities.append(
-            SiteIdentity(site_id, public_key_hex(keys[site_id]), fingerprints[site_id],
-                         {"max_epsilon": 8.0})
+            SiteIdentity(
+                site_id, public_key_hex(keys[site_id]), fingerprints[site_id], {"max_epsilon": 8.0}
+            )
         )
     model = {"w": np.zeros(dim, np.float32), "b": np.zeros(2, np.float32)}
     result = SyntheticRun(run_dir, run_id, list(keys))
@@ -110,13 +111,19 @@ def build_synthetic_run(
         s: SiteLedger(run_dir / "sites" / s / "ledger.jsonl", fsync=durable) for s in keys
     }
     now = datetime(2026, 1, 1, tzinfo=UTC).isoformat()
-    result.digests.append(writer.append(GenesisRecord(
-        run_id=run_id, created_at=now, config={"rounds": rounds, "seed": seed},
-        code_version={"fedsilo": "0.1.0", "flwr": "1.42.0", "git_commit": None},
-        initial_model_digest=result.model_digests[0],
-        server_public_key=public_key_hex(server_key),
-        sites=identities[:sites],
-    )))
+    result.digests.append(
+        writer.append(
+            GenesisRecord(
+                run_id=run_id,
+                created_at=now,
+                config={"rounds": rounds, "seed": seed},
+                code_version={"fedsilo": "0.1.0", "flwr": "1.42.0", "git_commit": None},
+                initial_model_digest=result.model_digests[0],
+                server_public_key=public_key_hex(server_key),
+                sites=identities[:sites],
+            )
+        )
+    )
     active = list(site_ids)
     counter = 0
     for r in range(1, rounds + 1):
@@ -131,10 +138,16 @@ def build_synthetic_run(
             if refuse is not None and refuse[0] == r and site_ids[refuse[1]] == site_id:
                 rejected[site_id] = "policy: epsilon ceiling"
                 if ledgers:
-                    ledgers_by_site[site_id].append({
-                        "run_id": run_id, "site_id": site_id, "round": r,
-                        "status": "refused", "reason": rejected[site_id], "time": now,
-                    })
+                    ledgers_by_site[site_id].append(
+                        {
+                            "run_id": run_id,
+                            "site_id": site_id,
+                            "round": r,
+                            "status": "refused",
+                            "reason": rejected[site_id],
+                            "time": now,
+                        }
+                    )
                 continue
             update = rng.normal(scale=0.1, size=dim).astype(np.float32)
             digest = update_digest(update)
@@ -146,39 +159,76 @@ def build_synthetic_run(
                 rejected[site_id] = "norm bound exceeded"
             else:
                 accepted_updates.append(update)
-            contributions.append(SiteContribution(
-                site_id, digest, n, fingerprints[site_id], signature, fate=fate,
-                score=None, detail={} if fate == "accepted" else {"norm": 99.0},
-            ))
+            contributions.append(
+                SiteContribution(
+                    site_id,
+                    digest,
+                    n,
+                    fingerprints[site_id],
+                    signature,
+                    fate=fate,
+                    score=None,
+                    detail={} if fate == "accepted" else {"norm": 99.0},
+                )
+            )
             if ledgers:
-                ledgers_by_site[site_id].append({
-                    "run_id": run_id, "site_id": site_id, "round": r, "status": "sent",
-                    "update_digest": digest, "data_fingerprint": fingerprints[site_id],
-                    "num_examples": n, "signature": signature, "time": now,
-                })
+                ledgers_by_site[site_id].append(
+                    {
+                        "run_id": run_id,
+                        "site_id": site_id,
+                        "round": r,
+                        "status": "sent",
+                        "update_digest": digest,
+                        "data_fingerprint": fingerprints[site_id],
+                        "num_examples": n,
+                        "signature": signature,
+                        "time": now,
+                    }
+                )
         if accepted_updates:
             model = {"w": model["w"] + np.mean(accepted_updates, axis=0), "b": model["b"]}
         result.model_digests.append(arrays_digest(model))
-        result.digests.append(writer.append(RoundRecord(
-            round=r, sampled=list(active),
-            replied=[c.site_id for c in contributions],
-            accepted=[c.site_id for c in contributions if c.fate == "accepted"],
-            rejected=rejected, dropped=[], contributions=contributions,
-            model_in=model_in, model_out=result.model_digests[-1],
-            strategy={"name": "fedavg"}, metrics={"loss": round(1.0 / r, 6)},
-            timings={"aggregate": 0.001},
-        )))
+        result.digests.append(
+            writer.append(
+                RoundRecord(
+                    round=r,
+                    sampled=list(active),
+                    replied=[c.site_id for c in contributions],
+                    accepted=[c.site_id for c in contributions if c.fate == "accepted"],
+                    rejected=rejected,
+                    dropped=[],
+                    contributions=contributions,
+                    model_in=model_in,
+                    model_out=result.model_digests[-1],
+                    strategy={"name": "fedavg"},
+                    metrics={"loss": round(1.0 / r, 6)},
+                    timings={"aggregate": 0.001},
+                )
+            )
+        )
         if resume_after == r:
             writer.close()
             writer = LineageWriter.open(run_dir / DB_NAME, server_key, durable=durable)
-            result.digests.append(writer.append(ResumeRecord(
-                resumed_at=now, from_round=r, reason="synthetic resume",
-            )))
+            result.digests.append(
+                writer.append(
+                    ResumeRecord(
+                        resumed_at=now,
+                        from_round=r,
+                        reason="synthetic resume",
+                    )
+                )
+            )
     if close:
-        result.digests.append(writer.append(ClosingRecord(
-            reason="rounds_done", detail="", rounds_completed=rounds,
-            final_model_digest=result.model_digests[-1],
-        )))
+        result.digests.append(
+            writer.append(
+                ClosingRecord(
+                    reason="rounds_done",
+                    detail="",
+                    rounds_completed=rounds,
+                    final_model_digest=result.model_digests[-1],
+                )
+            )
+        )
         np.savez(run_dir / MODEL_NAME, **model)  # after the closing record, see verify
     writer.close()
     return result

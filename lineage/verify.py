@@ -141,8 +141,13 @@ def verify_envelopes(
     for i, env in enumerate(envelopes):
         signed = {k: env.get(k) for k in SIGNED_KEYS}
         rows.append(
-            (i, env.get("type"), env.get("digest"), env.get("signature"),
-             canonical_json_parsed(signed).decode("utf-8"))
+            (
+                i,
+                env.get("type"),
+                env.get("digest"),
+                env.get("signature"),
+                canonical_json_parsed(signed).decode("utf-8"),
+            )
         )
     return verify_rows(rows, model_path=None, check_site_signatures=check_site_signatures)
 
@@ -237,7 +242,9 @@ class _Checker:
                 failure = exc
                 break
         signature_failure = self._first_signature_failure()
-        if signature_failure is not None and (failure is None or signature_failure.seq < failure.seq):
+        if signature_failure is not None and (
+            failure is None or signature_failure.seq < failure.seq
+        ):
             failure = signature_failure
         if failure is None and not rows:
             failure = _Failure(0, "missing", "the chain is empty (expected a genesis record)")
@@ -335,7 +342,8 @@ class _Checker:
             )
         if env["seq"] != i or seq_col != i:
             raise _Failure(
-                i, label,
+                i,
+                label,
                 f"seq is {env['seq']!r} (row {seq_col!r}), expected {i}: "
                 "records missing, duplicated or reordered",
             )
@@ -372,8 +380,16 @@ class _Checker:
             signature_bytes = bytes.fromhex(signature)
         except ValueError:
             raise _Failure(i, label, "server signature is not hex") from None
-        self._queue((i, label, "server signature invalid", self.server, signature_bytes,
-                     actual.encode("ascii")))
+        self._queue(
+            (
+                i,
+                label,
+                "server signature invalid",
+                self.server,
+                signature_bytes,
+                actual.encode("ascii"),
+            )
+        )
         self.last_label = label
         handler = self._handlers.get(rtype)
         if handler is not None:
@@ -384,7 +400,8 @@ class _Checker:
         self.server_hex = body["server_public_key"]
         if self.expected_server_key is not None and self.server_hex != self.expected_server_key:
             raise _Failure(
-                i, "genesis",
+                i,
+                "genesis",
                 f"server key {key_fingerprint(self.server_hex)} is not the expected key "
                 f"{_fingerprint_or_raw(self.expected_server_key)}",
             )
@@ -428,7 +445,8 @@ class _Checker:
             raise _Failure(i, "round", f"round {r} does not follow round {self.last_round}")
         if body["model_in"] != self.current:
             raise _Failure(
-                i, "round",
+                i,
+                "round",
                 f"round {r} model_in {body['model_in']} is not the current model {self.current}",
             )
         if body["status"] == "skipped":
@@ -458,17 +476,28 @@ class _Checker:
                 )
             if self.check_sites:
                 message = (
-                    prefix + c["data_fingerprint"] + middle
-                    + ',"update_digest":"' + c["update_digest"] + '"}'
+                    prefix
+                    + c["data_fingerprint"]
+                    + middle
+                    + ',"update_digest":"'
+                    + c["update_digest"]
+                    + '"}'
                 ).encode("utf-8")
                 self._queue(
-                    (i, "round", f"site signature of {site_id!r} invalid", entry[0],
-                     bytes.fromhex(c["signature"]), message)
+                    (
+                        i,
+                        "round",
+                        f"site signature of {site_id!r} invalid",
+                        entry[0],
+                        bytes.fromhex(c["signature"]),
+                        message,
+                    )
                 )
                 self.site_signatures += 1
         if accepted != set(body["accepted"]) or len(body["accepted"]) != len(accepted):
             raise _Failure(
-                i, "round",
+                i,
+                "round",
                 f"accepted list {sorted(body['accepted'])} does not match the accepted "
                 f"contributions {sorted(accepted)}",
             )
@@ -483,7 +512,8 @@ class _Checker:
             )
         if body["rounds_completed"] != len(self.completed):
             raise _Failure(
-                i, "closing",
+                i,
+                "closing",
                 f"rounds_completed is {body['rounds_completed']}, the chain has "
                 f"{len(self.completed)} completed rounds",
             )

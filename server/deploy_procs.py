@@ -28,6 +28,11 @@ QUIET_ENV = {
 }
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR = re.compile(r"error|fail|refus|denied|invalid|unable|not found", re.IGNORECASE)
+_NOISE = re.compile(r"Exit Code:|retrying|handshake error detected", re.IGNORECASE)
+
+
 class DeployError(RuntimeError):
     """A deployment step failed (one line: what, where, and the cause when known)."""
 
@@ -50,6 +55,9 @@ def child_env(flwr_home: Path | None = None, extra: Mapping[str, str] | None = N
     """
     env = dict(os.environ)
     env.update(QUIET_ENV)
+    # Flower starts flower-superexec, flwr-serverapp and flwr-clientapp by name: make sure
+    # the ones next to this Python come first even when the venv is not activated.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     if flwr_home is not None:
         env["FLWR_HOME"] = str(flwr_home)
     env.update(extra or {})
@@ -153,14 +161,16 @@ class ManagedProcess:
     def running(self) -> bool:
         return self.popen.poll() is None
 
-    def log_tail(self, lines: int = 1) -> str:
-        """The last non-empty lines of the log, ANSI colours removed."""
+    def log_tail(self, lines: int = 2) -> str:
+        """The log's last error lines (or its last lines), ANSI colours removed, joined by ' | '."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        clean = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in text.splitlines()]
-        return " | ".join([ln for ln in clean if ln][-lines:])
+        clean = [_ANSI.sub("", ln).strip() for ln in text.splitlines()]
+        clean = [ln for ln in clean if ln]
+        errors = [ln for ln in clean if _ERROR.search(ln) and not _NOISE.search(ln)]
+        return " | ".join((errors or clean)[-lines:])
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM the process, its group and its descendants; SIGKILL what is left after ``grace`` s."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from flwr.serverapp import Grid
 
 from fedsilo import lineage
 from fedsilo.privacy.screening import ScreeningPolicy
-from fedsilo.server.checkpoint import Checkpoint, write_checkpoint
+from fedsilo.server.checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoint, write_checkpoint
 from fedsilo.server.config import RunConfig
+from fedsilo.server.faults import fault_point
 from fedsilo.strategies import codec, registry
 from fedsilo.strategies.batch import UpdateBatch
 from fedsilo.strategies.pipeline import batch_from_replies
@@ -80,6 +81,8 @@ class ServerSpec:
     on_round : called after every round (progress display).
     server_key_path : the server's Ed25519 key (created 0600 if missing).
     expected_sites : wait for this many nodes before the handshake.
+    node_wait_timeout : seconds to wait for ``expected_sites`` nodes to connect.
+    resume : continue the run in ``run_dir`` from its last checkpoint (after a crash).
     """
 
     config: RunConfig
@@ -94,6 +97,7 @@ class ServerSpec:
     server_key_path: Path | None = None
     expected_sites: int | None = None
     node_wait_timeout: float = 120.0
+    resume: bool = False
 
 
 @dataclass
@@ -124,16 +128,26 @@ class FederationServer:
         self.writer: Any = None
         self.server_key: Any = None
         self.start_round = 1
+        self.recovered: list[RoundSummary] = []  # rounds whose report a crash interrupted
 
     # ------------------------------------------------------------------ run
     def run(self, grid: Grid) -> RunResult:
         spec, cfg = self.spec, self.spec.config
-        self._open_lineage()
         summaries: list[RoundSummary] = []
         closing, detail = "rounds_done", f"{cfg.rounds} rounds completed"
+        if spec.resume:
+            self._restore()
+        else:
+            self._open_lineage()
         try:
             self.sites = self._handshake(grid)
-            self._append_genesis()
+            if spec.resume:
+                self._check_resumed_sites()
+                for summary in self.recovered:
+                    if spec.on_round is not None:
+                        spec.on_round(summary)
+            else:
+                self._append_genesis()
             for server_round in range(self.start_round, cfg.rounds + 1):
                 summary = self._round(grid, server_round)
                 summaries.append(summary)
@@ -232,6 +246,7 @@ class FederationServer:
         t_send = time.perf_counter()
         replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
         t_recv = time.perf_counter()
+        fault_point("mid_round", server_round)
 
         by_node = {s.node_id: s for s in sampled}
         site_of = {s.node_id: s.site_id for s in sampled}
@@ -284,7 +299,7 @@ class FederationServer:
                 c["score"] = scores[c["site_id"]]
         metrics = {k: v for k, v in (("train_loss", train_loss), ("test_loss", test_loss),
                                       ("test_accuracy", test_acc)) if v is not None}
-        self._append_round(
+        record = self._round_record(
             server_round=server_round, sampled=[s.site_id for s in sampled], replied=replied,
             accepted=[s for s in batch.site_ids if not fates.get(s, "").startswith("rejected")]
             if status == "completed" else [],
@@ -295,13 +310,21 @@ class FederationServer:
                      "evaluate": t_end - t_eval, "total": t_end - t0},
             status=status, reason=reason,
         )
-        self._checkpoint(server_round)
-        return RoundSummary(
+        # Checkpoint first, carrying the round's record; then append the record. A crash
+        # before the checkpoint re-runs the round; a crash after it re-appends the record
+        # from the checkpoint on resume. Either way the chain has each round once.
+        summary = RoundSummary(
             round=server_round, status=status, sampled=len(sampled), replied=len(replied),
             accepted=batch.n if status == "completed" else 0, rejected=rejected,
             train_loss=train_loss, test_loss=test_loss, test_accuracy=test_acc,
             wall_time=time.perf_counter() - t0, model_digest=model_out, reason=reason,
         )
+        fault_point("before_checkpoint", server_round)
+        self._checkpoint(server_round, pending=record, summary=summary)
+        fault_point("before_lineage", server_round)
+        self._append(record)
+        fault_point("after_round", server_round)
+        return summary
 
     def _check_signatures(
         self,
@@ -398,18 +421,19 @@ class FederationServer:
             )
         )
 
-    def _append_round(self, *, server_round: int, contributions: list[dict[str, Any]], **fields: Any) -> None:
-        if self.writer is None:
-            return
-        self.writer.append(
-            lineage.RoundRecord(
-                round=server_round,
-                contributions=[lineage.SiteContribution(**c) for c in contributions],
-                strategy={"aggregator": _describe(self.aggregator),
-                          "optimizer": _describe(self.optimizer)},
-                **fields,
-            )
+    def _round_record(self, *, server_round: int, contributions: list[dict[str, Any]],
+                      **fields: Any) -> Any:
+        return lineage.RoundRecord(
+            round=server_round,
+            contributions=[lineage.SiteContribution(**c) for c in contributions],
+            strategy={"aggregator": _describe(self.aggregator),
+                      "optimizer": _describe(self.optimizer)},
+            **fields,
         )
+
+    def _append(self, record: Any) -> None:
+        if self.writer is not None:
+            self.writer.append(record)
 
     def _close_lineage(self, reason: str, detail: str, rounds_completed: int) -> None:
         if self.writer is None:
@@ -424,7 +448,8 @@ class FederationServer:
         finally:
             self.writer.close()
 
-    def _checkpoint(self, server_round: int) -> None:
+    def _checkpoint(self, server_round: int, pending: Any = None,
+                    summary: RoundSummary | None = None) -> None:
         if self.spec.run_dir is None:
             return
         write_checkpoint(
@@ -435,8 +460,70 @@ class FederationServer:
                 optimizer_state=self.optimizer.state_dict(),
                 rng_state=self.rng.bit_generator.state,
                 lineage_head=self.writer.head if self.writer is not None else None,
+                extra={"pending_record": pending.to_dict() if pending is not None else None,
+                       "summary": asdict(summary) if summary is not None else None,
+                       **self._extra_state()},
             ),
         )
+
+    def _extra_state(self) -> dict[str, Any]:
+        """State of optional components (privacy accountant...) saved with each checkpoint."""
+        return {}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Restore what `_extra_state` saved."""
+
+    # --------------------------------------------------------------- resume
+    def _restore(self) -> None:
+        """Reload the last checkpoint and reopen the chain; append what the crash lost."""
+        run_dir = self.spec.run_dir
+        if run_dir is None:
+            raise FederationError("resume needs a run directory")
+        if not (run_dir / CHECKPOINT_NAME).exists():
+            raise FederationError(f"{run_dir} has no checkpoint to resume from")
+        ckpt = read_checkpoint(run_dir)
+        if ckpt.model.shape != self.model.shape:
+            raise FederationError(
+                f"checkpoint model has {ckpt.model.size} values; this run's model has {self.model.size}"
+            )
+        self.model = ckpt.model.astype(np.float32)
+        self.optimizer.load_state_dict(ckpt.optimizer_state)
+        self.rng.bit_generator.state = ckpt.rng_state
+        self._load_extra_state(ckpt.extra)
+        self.start_round = ckpt.round + 1
+        if not self.spec.config.lineage:
+            return
+        self.server_key = lineage.load_or_create_key(
+            self.spec.server_key_path or run_dir / "keys" / "server.pem"
+        )
+        self.writer = lineage.LineageWriter.open(run_dir / "lineage.sqlite", self.server_key)
+        rounds_in_chain = [
+            r["body"]["round"] for r in lineage.read_chain(run_dir / "lineage.sqlite") if r["type"] == "round"
+        ]
+        last = rounds_in_chain[-1] if rounds_in_chain else 0
+        pending = ckpt.extra.get("pending_record")
+        if last < ckpt.round and pending is not None:
+            self.writer.append(lineage.RoundRecord.from_dict(pending))
+            if ckpt.extra.get("summary"):
+                self.recovered.append(RoundSummary(**ckpt.extra["summary"]))
+        self.writer.append(
+            lineage.ResumeRecord(
+                resumed_at=_now(), from_round=ckpt.round,
+                reason="server restarted after an interruption; continuing from the last checkpoint",
+            )
+        )
+
+    def _check_resumed_sites(self) -> None:
+        """After a resume, sites must be the ones (same ids and keys) the genesis record names."""
+        if self.spec.run_dir is None or not self.spec.config.lineage:
+            return
+        genesis = lineage.read_chain(self.spec.run_dir / "lineage.sqlite")[0]["body"]
+        known = {s["site_id"]: s["public_key"] for s in genesis["sites"]}
+        for site in self.sites:
+            if site.site_id not in known:
+                raise FederationError(f"site {site.site_id!r} was not part of this run at genesis")
+            if known[site.site_id] != site.public_key:
+                raise FederationError(f"site {site.site_id!r} presents a different key than at genesis")
 
 
 def _describe(strategy: Any) -> dict[str, Any]:

@@ -104,12 +104,53 @@ def run_federation(
     (run_dir / "config.toml").write_text(tomli_w.dumps(resolved.to_dict()))
 
     spec = build_server_spec(resolved, run_dir, on_round=on_round)
-    data = load_dataset(config.dataset, seed=config.seed)
+    return _execute(spec, resolved, run_dir, verbose=verbose)
+
+
+def resume_federation(
+    run_dir: Path,
+    *,
+    on_round: Callable[[RoundSummary], None] | None = None,
+    verbose: bool = False,
+) -> SimulationRun:
+    """Continue the crashed run in ``run_dir`` from its last checkpoint.
+
+    The config comes from ``run_dir/config.toml``; the model, optimiser and sampling
+    state from ``checkpoint.npz``; the lineage chain is reopened (its head checked) and
+    gets a resume record. With the same seed the final model equals an uninterrupted run's.
+    """
+    from fedsilo.server.checkpoint import CHECKPOINT_NAME
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"--resume: {run_dir} has no config.toml; not a fedsilo run directory")
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint (did round 1 finish?)")
+    if (run_dir / "report.html").exists():
+        raise ConfigError(f"--resume: {run_dir} holds a finished run")
+    config = RunConfig.load(run_dir / "config.toml")
+    spec = build_server_spec(config, run_dir, on_round=on_round)
+    spec.resume = True
+    return _execute(spec, config, run_dir, verbose=verbose)
+
+
+def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: bool) -> SimulationRun:
+    data = load_dataset(resolved.dataset, seed=resolved.seed)
     outcome = ServerOutcome()
+    user_hook = spec.on_round
+
+    def on_round(summary: RoundSummary) -> None:
+        # rounds.jsonl survives a crash, so metrics.json of a resumed run has every round
+        with (run_dir / "rounds.jsonl").open("a") as fh:
+            fh.write(json.dumps(asdict(summary)) + "\n")
+        if user_hook is not None:
+            user_hook(summary)
+
+    spec.on_round = on_round
     run_on_simulation_engine(
         make_server_app(lambda _ctx: spec, outcome),
         make_client_app(simulated_site),
-        config.sites,
+        resolved.sites,
         verbose=verbose,
     )
     if outcome.error is not None:
@@ -118,7 +159,7 @@ def run_federation(
         raise RuntimeError("the simulation engine stopped before the ServerApp finished")
     result = outcome.result
     _write_outputs(run_dir, resolved, result, data)
-    return SimulationRun(run_id, run_dir, result, result.final_digest)
+    return SimulationRun(str(resolved.run_id), run_dir, result, result.final_digest)
 
 
 def build_server_spec(
@@ -207,11 +248,20 @@ def _root_update_fn(data: Dataset, config: RunConfig) -> Callable[..., np.ndarra
 
 
 def _write_outputs(run_dir: Path, config: RunConfig, result: RunResult, data: Dataset) -> None:
+    by_round: dict[int, dict[str, Any]] = {}
+    rounds_log = run_dir / "rounds.jsonl"
+    if rounds_log.exists():
+        for line in rounds_log.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                by_round[int(entry["round"])] = entry
+    for r in result.rounds:
+        by_round[r.round] = asdict(r)
     metrics = {
         "run_id": config.run_id,
         "final_model_digest": result.final_digest,
         "closing_reason": result.closing_reason,
-        "rounds": [asdict(r) for r in result.rounds],
+        "rounds": [by_round[k] for k in sorted(by_round)],
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     np.savez(run_dir / "model.npz", **result.final_weights)

@@ -39,6 +39,7 @@ class TorchTrainer:
         fingerprint: str = "",
     ) -> None:
         self.x, self.y = x, y
+        self._xt, self._yt = torch.tensor(x), torch.tensor(y)  # copies; inputs may be read-only
         self.num_classes = num_classes
         self.seed = seed
         self.batch_size = batch_size
@@ -63,8 +64,7 @@ class TorchTrainer:
         opt = torch.optim.SGD(model.parameters(), lr=lr)
         global_params = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
         rng = np.random.default_rng([self.seed, server_round])
-        x = torch.from_numpy(np.ascontiguousarray(self.x))
-        y = torch.from_numpy(np.ascontiguousarray(self.y))
+        x, y = self._xt, self._yt
         losses: list[float] = []
         for _ in range(epochs):
             order = torch.from_numpy(rng.permutation(len(self.y)))

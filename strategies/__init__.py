@@ -4,9 +4,9 @@ Updates are flat float32 model deltas (`UpdateBatch`); an `Aggregator` turns a b
 into one delta with a fate per site, a `ServerOptimizer` applies it to the model.
 """
 
+from . import registry
 from .base import AggregateResult, Aggregator, Param, ServerOptimizer, SettingError
 from .batch import UpdateBatch
-from . import registry
 from .registry import (
     add_strategies_parser,
     aggregators,

@@ -20,6 +20,9 @@ class UpdateBatch:
     site_ids : stable site ids, aligned with ``updates``.
     node_ids : Flower node ids, aligned with ``updates`` (0 where unknown).
     root_update : the server's own update on its root dataset (FLTrust), if any.
+    weighted_sum : ``sum_i weights[i] * updates[i]`` (float32) when the decoder computed it
+        in its screening pass (`batch_from_replies(..., accumulate=True)`); read it through
+        `precomputed_sum`, which ignores it once rows or weights were replaced.
     """
 
     updates: list[np.ndarray]
@@ -27,6 +30,7 @@ class UpdateBatch:
     site_ids: list[str]
     node_ids: list[int] = field(default_factory=list)
     root_update: np.ndarray | None = None
+    weighted_sum: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
@@ -38,6 +42,16 @@ class UpdateBatch:
                 f"UpdateBatch fields disagree: {n} updates, {len(self.weights)} weights, "
                 f"{len(self.site_ids)} site ids, {len(self.node_ids)} node ids"
             )
+        self._sum_key = self._key() if self.weighted_sum is not None else None
+
+    def _key(self) -> tuple[tuple[int, ...], bytes]:
+        return tuple(id(r) for r in self.updates), self.weights.tobytes()
+
+    def precomputed_sum(self) -> np.ndarray | None:
+        """`weighted_sum` if it still matches the current rows and weights, else None."""
+        if self.weighted_sum is None or self._sum_key != self._key():
+            return None
+        return self.weighted_sum
 
     @property
     def n(self) -> int:

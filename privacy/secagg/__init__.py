@@ -22,6 +22,7 @@ from .messages import (
     UnmaskReply,
     UnmaskRequest,
 )
+from .planning import failure_bound, suggest_degree
 from .quantize import check_no_overflow, error_bound
 from .server import AggregateResult, SecAggServer
 
@@ -29,5 +30,6 @@ __all__ = [
     "STAGES", "AggregateResult", "KeyAdvert", "MaskedReply", "MaskedRequest", "RoundReport",
     "SecAggAbort", "SecAggClient", "SecAggClientError", "SecAggConfig", "SecAggError",
     "SecAggServer", "SetupRequest", "ShareReply", "ShareRequest", "SiteError", "UnmaskReply",
-    "UnmaskRequest", "check_no_overflow", "crypto", "error_bound", "run_round", "shamir",
+    "UnmaskRequest", "check_no_overflow", "crypto", "error_bound", "failure_bound",
+    "run_round", "shamir", "suggest_degree",
 ]

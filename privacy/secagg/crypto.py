@@ -23,6 +23,7 @@ DOMAIN = b"fedsilo/secagg/v1"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 _ZERO_NONCE16 = bytes(16)
+_PROBE = X25519PrivateKey.generate()  # throw-away key used only to test peer keys
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -34,6 +35,21 @@ def generate_keypair() -> tuple[bytes, bytes]:
 def public_from_private(sk: bytes) -> bytes:
     """Raw public key of a raw X25519 private key (used to verify reconstructed keys)."""
     return X25519PrivateKey.from_private_bytes(sk).public_key().public_bytes_raw()
+
+
+def is_valid_public_key(pk: bytes) -> bool:
+    """True if ``pk`` is a 32-byte X25519 key that yields a non-zero shared secret.
+
+    Low-order points (which would make every agreement with them the all-zero secret)
+    are refused by OpenSSL during the exchange; this probes with a throw-away key.
+    """
+    if not isinstance(pk, bytes) or len(pk) != 32:
+        return False
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(pk))
+    except ValueError:
+        return False
+    return True
 
 
 def private_key(sk: bytes) -> X25519PrivateKey:

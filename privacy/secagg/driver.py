@@ -30,8 +30,8 @@ class RoundReport:
     ok / reason: success, or the abort reason. result: the aggregate when ok.
     dropped: per stage, the sites that left. reasons: per excluded site, why.
     received: every (stage, node, reply) the server received, in order (if recorded).
-    server_seconds: server compute time per stage. site_seconds: per site, total compute
-    time over all stages.
+    server_seconds / server_cpu_seconds: server wall / CPU time per stage.
+    site_seconds / site_cpu_seconds: per site, total wall / CPU time over all stages.
     """
 
     ok: bool
@@ -42,7 +42,9 @@ class RoundReport:
     received: list[tuple[str, int, object]] = field(default_factory=list)
     server: SecAggServer | None = None
     server_seconds: dict[str, float] = field(default_factory=dict)
+    server_cpu_seconds: dict[str, float] = field(default_factory=dict)
     site_seconds: dict[int, float] = field(default_factory=dict)
+    site_cpu_seconds: dict[int, float] = field(default_factory=dict)
 
 
 def run_round(
@@ -84,7 +86,9 @@ def run_round(
     received: list[tuple[str, int, object]] = []
     gone: set[int] = set()
     site_s = dict.fromkeys(inputs, 0.0)
+    site_cpu = dict.fromkeys(inputs, 0.0)
     server_s: dict[str, float] = {}
+    server_cpu: dict[str, float] = {}
 
     def exchange(stage: str, requests: Mapping[int, object]) -> dict[int, object]:
         gone.update(drop.get(stage, ()))
@@ -95,7 +99,7 @@ def run_round(
             if tamper_request:
                 req = tamper_request(stage, n, req)
             c = clients[n]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 if stage == "setup":
                     rep: object = c.setup(req)  # type: ignore[arg-type]
@@ -109,6 +113,7 @@ def run_round(
                 rep = SiteError(str(e))
                 gone.add(n)
             site_s[n] += time.perf_counter() - t0
+            site_cpu[n] += time.process_time() - c0
             if tamper_reply:
                 rep = tamper_reply(stage, n, rep)
             if record:
@@ -118,9 +123,10 @@ def run_round(
 
     def timed(stage: str, step: Callable[[dict[int, object]], object],
               replies: dict[int, object]) -> object:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = step(replies)
         server_s[stage] = time.perf_counter() - t0
+        server_cpu[stage] = time.process_time() - c0
         return out
 
     try:
@@ -130,7 +136,7 @@ def run_round(
             reqs = timed(stage, step, exchange(stage, reqs))  # type: ignore[arg-type]
     except SecAggAbort as e:
         return RoundReport(False, str(e), None, server.dropped, server.reasons, received, server,
-                           server_s, site_s)
+                           server_s, server_cpu, site_s, site_cpu)
     assert isinstance(reqs, AggregateResult)
     return RoundReport(True, None, reqs, server.dropped, server.reasons, received, server,
-                       server_s, site_s)
+                       server_s, server_cpu, site_s, site_cpu)

@@ -105,6 +105,7 @@ class SecAggServer:
         self.commitments: dict[int, bytes] = {}
         self._cts: dict[int, ShareReply] = {}
         self._acc: np.ndarray | None = None
+        self._u2: set[int] = set()
 
     # ------------------------------------------------------------- helpers
     def _split(self, stage: str, expected: Sequence[int], replies: Mapping[int, object],
@@ -137,8 +138,7 @@ class SecAggServer:
 
     def holders(self, owner: int) -> list[int]:
         """Sites holding shares of ``owner``'s secrets: its U2 neighbours and itself."""
-        u2 = set(self.sets.u2)
-        return [j for j in [*self.graph[owner], owner] if j in u2]
+        return [j for j in [*self.graph[owner], owner] if j in self._u2]
 
     # ------------------------------------------------------------- stage 1
     def setup_request(self) -> SetupRequest:
@@ -149,9 +149,9 @@ class SecAggServer:
         """Collect key advertisements; build the graph over U1; route neighbours' keys."""
         def check(_: int, r: object) -> str | None:
             assert isinstance(r, KeyAdvert)
-            if not (isinstance(r.c_pk, bytes) and isinstance(r.s_pk, bytes)
-                    and len(r.c_pk) == 32 and len(r.s_pk) == 32 and r.c_pk != r.s_pk):
-                return "public keys must be two distinct 32-byte X25519 keys"
+            if not (crypto.is_valid_public_key(r.c_pk) and crypto.is_valid_public_key(r.s_pk)
+                    and r.c_pk != r.s_pk):
+                return "public keys must be two distinct valid 32-byte X25519 keys"
             return None
 
         u1 = self._split("setup", self.nodes, replies, KeyAdvert, check)
@@ -213,6 +213,7 @@ class SecAggServer:
         u2 = [n for n in u2 if n in alive]
         self._need("share", u2)
         self.sets.u2 = u2
+        self._u2 = set(u2)
         self._cts = {n: replies[n] for n in u2}  # type: ignore[misc]
         self.commitments = {n: self._cts[n].commitment for n in u2}
         inbox: dict[int, tuple[list[int], list[bytes]]] = {n: ([], []) for n in u2}
@@ -261,11 +262,9 @@ class SecAggServer:
         dropped = [n for n in self.sets.u2 if n not in u3]
         dset = set(dropped)
 
-        u2 = set(self.sets.u2)
-
         def check(j: int, r: object) -> str | None:
             assert isinstance(r, UnmaskReply)
-            held = [o for o in [*self.graph[j], j] if o in u2]
+            held = self.holders(j)
             want_b = sorted(o for o in held if o in u3)
             want_sk = sorted(o for o in held if o in dset)
             if [int(o) for o in r.b_owners] != want_b or [int(o) for o in r.sk_owners] != want_sk:

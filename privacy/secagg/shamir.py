@@ -62,17 +62,30 @@ def decode_share(share: bytes) -> int:
 
 
 def interpolate(points: Sequence[tuple[int, int]], at: int = 0) -> int:
-    """Value at ``at`` of the polynomial through ``points`` ((x, y) field elements)."""
+    """Value at ``at`` of the polynomial through ``points`` ((x, y) field elements).
+
+    Lagrange interpolation with a single modular inversion (batched denominators).
+    """
     xs = [x for x, _ in points]
-    num_total = 0
-    for i, (xi, yi) in enumerate(points):
+    nums, dens = [], []
+    for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if i != j:
                 num = num * (at - xj) % PRIME
                 den = den * (xi - xj) % PRIME
-        num_total = (num_total + yi * num * pow(den, -1, PRIME)) % PRIME
-    return num_total
+        nums.append(num)
+        dens.append(den)
+    prefix = [1]
+    for den in dens:
+        prefix.append(prefix[-1] * den % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)  # 1 / (d_0 ... d_{t-1})
+    total = 0
+    for i in range(len(xs) - 1, -1, -1):
+        inv_i = inv * prefix[i] % PRIME  # 1 / d_i
+        inv = inv * dens[i] % PRIME  # 1 / (d_0 ... d_{i-1})
+        total = (total + points[i][1] * nums[i] * inv_i) % PRIME
+    return total
 
 
 def combine(xs: Sequence[int], shares: Sequence[bytes]) -> bytes:

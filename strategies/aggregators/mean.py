@@ -12,7 +12,11 @@ from ..kernels import normalized, weighted_sum
 
 
 class Mean(Aggregator):
-    """Example-weighted mean of the deltas (McMahan et al. 2017)."""
+    """Example-weighted mean of the deltas (McMahan et al. 2017).
+
+    Streams over the rows, or reuses the sum `batch_from_replies(..., accumulate=True)`
+    computed in its screening pass when rows and weights are unchanged since.
+    """
 
     name: ClassVar[str] = "mean"
     summary: ClassVar[str] = "weighted mean of the updates, weights = example counts (FedAvg)"
@@ -25,8 +29,13 @@ class Mean(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         w = normalized(batch.weights if self.weighted else np.ones(batch.n))
+        total = batch.precomputed_sum() if self.weighted else None
+        if total is not None and batch.weights.sum() > 0:  # summed while screening
+            update = (total * np.float32(1.0 / batch.weights.sum())).astype(np.float32)
+        else:
+            update = weighted_sum(batch.updates, w)
         return AggregateResult(
-            update=weighted_sum(batch.updates, w),
+            update=update,
             fates=["accepted"] * batch.n,
             scores=None,
             info={"weights": w.tolist()},

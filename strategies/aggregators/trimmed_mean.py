@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
-
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import trimmed_mean_with_bounds
+from ..kernels import trimmed_mean
 
 
 class TrimmedMean(Aggregator):
@@ -31,14 +29,8 @@ class TrimmedMean(Aggregator):
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
-        X = batch.stacked
         k = int(self.beta * batch.n)
-        mean, low, high = trimmed_mean_with_bounds(X, k)
-        if k == 0:
-            frac = np.zeros(batch.n)
-        else:
-            outside = (low > X) | (high < X)
-            frac = outside.mean(axis=1)
+        mean, frac = trimmed_mean(batch.stacked, k)
         return AggregateResult(
             update=mean,
             fates=["trimmed" if f > 0.5 else "accepted" for f in frac],

@@ -61,4 +61,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"{len(counts)} mutation classes, {total} mutations detected, {missed} undetected"
     )
     for cls, (ok, bad) in counts.items():
-        terminalreporter.write_line(f"  {cls:<17} {ok:>4} detected" + (f", {bad} MISSED" if bad else ""))
+        terminalreporter.write_line(
+            f"  {cls:<17} {ok:>4} detected" + (f", {bad} MISSED" if bad else "")
+        )

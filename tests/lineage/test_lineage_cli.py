@@ -20,7 +20,8 @@ def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` (recursively) with its content hash."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -34,13 +35,17 @@ def test_verify_ok_and_read_only(pristine_run: SyntheticRun, capsys) -> None:  #
     before = snapshot(pristine_run.run_dir)
     code, out, err = run_cli(capsys, "verify", pristine_run.run_dir)
     assert code == 0 and err == ""
-    assert out.startswith("OK: 8 records, 4 rounds; 18 site signatures checked; closed "
-                          "(rounds_done); final model matches model.npz; server key ed25519:")
+    assert out.startswith(
+        "OK: 8 records, 4 rounds; 18 site signatures checked; closed "
+        "(rounds_done); final model matches model.npz; server key ed25519:"
+    )
     assert out.count("\n") == 1
-    for argv in (["show", pristine_run.run_dir], ["contributors", pristine_run.run_dir],
-                 ["export", pristine_run.run_dir, "--format", "jsonl"],
-                 ["reconcile", pristine_run.run_dir,
-                  pristine_run.run_dir / "sites/site-000/ledger.jsonl"]):
+    for argv in (
+        ["show", pristine_run.run_dir],
+        ["contributors", pristine_run.run_dir],
+        ["export", pristine_run.run_dir, "--format", "jsonl"],
+        ["reconcile", pristine_run.run_dir, pristine_run.run_dir / "sites/site-000/ledger.jsonl"],
+    ):
         assert run_cli(capsys, *argv)[0] == 0
     assert snapshot(pristine_run.run_dir) == before  # no -wal/-shm, nothing rewritten
 
@@ -62,8 +67,10 @@ def test_verify_failure_names_record(run: SyntheticRun, capsys) -> None:  # type
         conn.execute("DELETE FROM records WHERE seq = 3")
     code, out, _ = run_cli(capsys, "verify", run.run_dir)
     assert code == 1
-    assert out == ("FAILED: record 3 (round): seq is 4 (row 4), expected 3: "
-                   "records missing, duplicated or reordered\n")
+    assert out == (
+        "FAILED: record 3 (round): seq is 4 (row 4), expected 3: "
+        "records missing, duplicated or reordered\n"
+    )
 
 
 def test_show(pristine_run: SyntheticRun, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -85,18 +92,24 @@ def test_contributors_and_export_cli(pristine_run: SyntheticRun, tmp_path: Path,
     code, out, _ = run_cli(capsys, "contributors", pristine_run.run_dir)
     assert code == 0
     assert out.splitlines()[1:] == [
-        f"{s:<16} {fp:<20} {r}" for s, fp, r in [
-            ("site-000", "c1be54fa9b92", "1,4"), ("site-001", "225311c9f60b", "1-2"),
-            ("site-002", "ea45ee9540ab", "1-4"), ("site-003", "83cc5b6956a3", "1-4"),
-            ("site-late", "c6e78312fb7e", "2-4")]
+        f"{s:<16} {fp:<20} {r}"
+        for s, fp, r in [
+            ("site-000", "c1be54fa9b92", "1,4"),
+            ("site-001", "225311c9f60b", "1-2"),
+            ("site-002", "ea45ee9540ab", "1-4"),
+            ("site-003", "83cc5b6956a3", "1-4"),
+            ("site-late", "c6e78312fb7e", "2-4"),
+        ]
     ]
-    code, out, _ = run_cli(capsys, "contributors", pristine_run.run_dir, "--model",
-                           pristine_run.model_digests[0])
+    code, out, _ = run_cli(
+        capsys, "contributors", pristine_run.run_dir, "--model", pristine_run.model_digests[0]
+    )
     assert out == "no contributors (the initial model)\n"
     code, _, err = run_cli(capsys, "contributors", pristine_run.run_dir, "--model", "sha256:00")
     assert code == 2 and "was not produced by any round" in err
-    code, _, _ = run_cli(capsys, "export", pristine_run.run_dir, "--format", "prov-json", "-o",
-                         tmp_path / "p.json")
+    code, _, _ = run_cli(
+        capsys, "export", pristine_run.run_dir, "--format", "prov-json", "-o", tmp_path / "p.json"
+    )
     assert code == 0 and "fedsilo:server" in json.loads((tmp_path / "p.json").read_text())["agent"]
 
 
@@ -194,8 +207,13 @@ COMMANDS = {
 
 @pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("bad", list(BAD_INPUTS))
-def test_bad_input_one_line_exit_2(pristine_run: SyntheticRun, tmp_path: Path, capsys,  # type: ignore[no-untyped-def]
-                                   command: str, bad: str) -> None:
+def test_bad_input_one_line_exit_2(
+    pristine_run: SyntheticRun,
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+    command: str,
+    bad: str,
+) -> None:
     make, expected = BAD_INPUTS[bad]
     work = tmp_path / "work"
     work.mkdir()
@@ -220,6 +238,13 @@ def test_bad_ledger_and_args(pristine_run: SyntheticRun, tmp_path: Path, capsys)
     assert err == "fedsilo lineage: error: the following arguments are required: RUN_DIR\n"
     code, _, err = run_cli(capsys, "export", pristine_run.run_dir, "--format", "xml")
     assert code == 2 and err.startswith("fedsilo lineage: error: argument --format")
-    code, _, err = run_cli(capsys, "export", pristine_run.run_dir, "--format", "jsonl", "-o",
-                           pristine_run.run_dir / "lineage.sqlite")
+    code, _, err = run_cli(
+        capsys,
+        "export",
+        pristine_run.run_dir,
+        "--format",
+        "jsonl",
+        "-o",
+        pristine_run.run_dir / "lineage.sqlite",
+    )
     assert code == 2 and "refusing to overwrite an input of the run" in err

@@ -22,8 +22,10 @@ from fedsilo.lineage.errors import LineageError
 
 
 def test_canonical_json_exact_bytes() -> None:
-    obj = {"b": [1, 2.5, None, True], "a": {"z": "é", "y": -0.0}, "c": "x\"y"}
-    assert canonical_json(obj) == b'{"a":{"y":-0.0,"z":"\xc3\xa9"},"b":[1,2.5,null,true],"c":"x\\"y"}'
+    obj = {"b": [1, 2.5, None, True], "a": {"z": "é", "y": -0.0}, "c": 'x"y'}
+    assert (
+        canonical_json(obj) == b'{"a":{"y":-0.0,"z":"\xc3\xa9"},"b":[1,2.5,null,true],"c":"x\\"y"}'
+    )
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -115,11 +115,13 @@ def test_sign_and_verify_each_field_bound(tmp_path: Path) -> None:
 def test_data_fingerprint_arrays_and_preprocessing() -> None:
     x = {"x": np.arange(6, dtype=np.float32), "y": np.array([0, 1], np.int64)}
     fp = data_fingerprint(x, preprocessing={"scaler": "standard"})
-    assert fp == data_fingerprint(dict(reversed(list(x.items()))),
-                                  preprocessing={"scaler": "standard"})
+    assert fp == data_fingerprint(
+        dict(reversed(list(x.items()))), preprocessing={"scaler": "standard"}
+    )
     assert fp != data_fingerprint(x, preprocessing={"scaler": "minmax"})
-    assert fp != data_fingerprint({"x": x["x"] + 1, "y": x["y"]},
-                                  preprocessing={"scaler": "standard"})
+    assert fp != data_fingerprint(
+        {"x": x["x"] + 1, "y": x["y"]}, preprocessing={"scaler": "standard"}
+    )
     assert fp.startswith("sha256:") and len(fp) == 71
 
 
@@ -146,8 +148,9 @@ def test_manifest_for_and_fingerprint(tmp_path: Path) -> None:
     }
     fp = data_fingerprint(manifest=manifest, preprocessing={"drop_na": True})
     (data / "a.csv").write_bytes(b"abd")
-    changed = data_fingerprint(manifest=manifest_for([data], root=data),
-                               preprocessing={"drop_na": True})
+    changed = data_fingerprint(
+        manifest=manifest_for([data], root=data), preprocessing={"drop_na": True}
+    )
     assert fp != changed
     with pytest.raises(ValueError, match="does not exist"):
         manifest_for([tmp_path / "nope"])

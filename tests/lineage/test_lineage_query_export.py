@@ -56,16 +56,32 @@ def _write_resumed_chain(run_dir: Path) -> None:
 
     def rnd(r: int, cs: list[SiteContribution], m_in: int, m_out: int) -> RoundRecord:
         return RoundRecord(
-            r, [c.site_id for c in cs], [c.site_id for c in cs],
+            r,
+            [c.site_id for c in cs],
+            [c.site_id for c in cs],
             [c.site_id for c in cs if c.fate == "accepted"],
-            {c.site_id: "norm" for c in cs if c.fate == "rejected"}, [], cs,
-            _model(m_in), _model(m_out), {"name": "fedavg"}, {}, {},
+            {c.site_id: "norm" for c in cs if c.fate == "rejected"},
+            [],
+            cs,
+            _model(m_in),
+            _model(m_out),
+            {"name": "fedavg"},
+            {},
+            {},
         )
 
     with LineageWriter.create(run_dir / "lineage.sqlite", server) as w:
-        w.append(GenesisRecord(
-            "resumed", "t0", {}, {}, _model(0), public_key_hex(server),
-            [SiteIdentity(s, public_key_hex(keys[s]), fps[s], {}) for s in "ABC"]))
+        w.append(
+            GenesisRecord(
+                "resumed",
+                "t0",
+                {},
+                {},
+                _model(0),
+                public_key_hex(server),
+                [SiteIdentity(s, public_key_hex(keys[s]), fps[s], {}) for s in "ABC"],
+            )
+        )
         w.append(rnd(1, [contrib("A", 1), contrib("B", 1)], 0, 1))
         w.append(rnd(2, [contrib("C", 2), contrib("A", 2, "rejected")], 1, 2))
         w.append(rnd(3, [contrib("B", 3)], 2, 3))
@@ -93,21 +109,31 @@ def test_contributors_follow_resume(tmp_path: Path) -> None:
 
 def test_contributors_of_synthetic_run(pristine_run: SyntheticRun) -> None:
     found = contributors(pristine_run.run_dir)
-    assert [c.site_id for c in found] == ["site-000", "site-001", "site-002", "site-003",
-                                         "site-late"]
+    assert [c.site_id for c in found] == [
+        "site-000",
+        "site-001",
+        "site-002",
+        "site-003",
+        "site-late",
+    ]
     # every 5th contribution is rejected: #5 (r2 site-000), #10 (r3 site-000, site-001
     # refused r3), #15 (r4 site-001)
     assert _summary(found) == [
-        ("site-000", [1, 4]), ("site-001", [1, 2]), ("site-002", [1, 2, 3, 4]),
-        ("site-003", [1, 2, 3, 4]), ("site-late", [2, 3, 4]),
+        ("site-000", [1, 4]),
+        ("site-001", [1, 2]),
+        ("site-002", [1, 2, 3, 4]),
+        ("site-003", [1, 2, 3, 4]),
+        ("site-late", [2, 3, 4]),
     ]
     assert contributors(pristine_run.run_dir, pristine_run.model_digests[1])[0].rounds == [1]
 
 
 def test_reconcile_clean(pristine_run: SyntheticRun) -> None:
     for site in pristine_run.site_ids:
-        assert reconcile(pristine_run.run_dir, pristine_run.run_dir / "sites" / site /
-                         "ledger.jsonl") == []
+        assert (
+            reconcile(pristine_run.run_dir, pristine_run.run_dir / "sites" / site / "ledger.jsonl")
+            == []
+        )
 
 
 def _rewrite(ledger: Path, edit) -> None:  # type: ignore[no-untyped-def]
@@ -119,11 +145,11 @@ def test_reconcile_names_each_mismatch(run: SyntheticRun) -> None:
     ledger = run.run_dir / "sites" / "site-001" / "ledger.jsonl"
 
     def edit(lines: list[dict]) -> list[dict]:
-        lines[0]["num_examples"] += 1                       # r1 sent: wrong count
+        lines[0]["num_examples"] += 1  # r1 sent: wrong count
         refused = next(x for x in lines if x["status"] == "refused")
-        refused["reason"] = "maintenance window"            # r3 refusal reason differs
-        other_run = {**lines[1], "run_id": "another-run"}   # ignored
-        phantom = {**lines[1], "round": 9}                  # never recorded
+        refused["reason"] = "maintenance window"  # r3 refusal reason differs
+        other_run = {**lines[1], "run_id": "another-run"}  # ignored
+        phantom = {**lines[1], "round": 9}  # never recorded
         return [lines[0], refused, other_run, phantom] + lines[3:]  # r2 entry dropped
 
     _rewrite(ledger, edit)
@@ -178,8 +204,17 @@ def test_site_ledger(tmp_path: Path) -> None:
 
 
 def _check_prov(doc: dict, chain: list[dict]) -> None:
-    assert set(doc) == {"prefix", "entity", "activity", "agent", "wasGeneratedBy", "used",
-                        "wasAssociatedWith", "wasAttributedTo", "wasDerivedFrom"}
+    assert set(doc) == {
+        "prefix",
+        "entity",
+        "activity",
+        "agent",
+        "wasGeneratedBy",
+        "used",
+        "wasAssociatedWith",
+        "wasAttributedTo",
+        "wasDerivedFrom",
+    }
     rounds = [e for e in chain if e["type"] == "round"]
     contribs = [c for e in rounds for c in e["body"]["contributions"]]
     types = [v["prov:type"] for v in doc["entity"].values()]
@@ -192,26 +227,47 @@ def _check_prov(doc: dict, chain: list[dict]) -> None:
     assert acts.count("fedsilo:LocalTraining") == len(contribs)
     assert doc["agent"]["fedsilo:server"]["prov:type"] == "prov:SoftwareAgent"
     ids = set(doc["entity"]) | set(doc["activity"]) | set(doc["agent"])
-    for kind in ("wasGeneratedBy", "used", "wasAssociatedWith", "wasAttributedTo",
-                 "wasDerivedFrom"):
+    for kind in (
+        "wasGeneratedBy",
+        "used",
+        "wasAssociatedWith",
+        "wasAttributedTo",
+        "wasDerivedFrom",
+    ):
         assert doc[kind], kind
         for rel in doc[kind].values():
             assert set(rel.values()) <= ids, (kind, rel)
     accepted = sum(c["fate"] == "accepted" for c in contribs)
-    used_updates = [r for r in doc["used"].values()
-                    if doc["entity"].get(r["prov:entity"], {}).get("prov:type") == "fedsilo:Update"]
+    used_updates = [
+        r
+        for r in doc["used"].values()
+        if doc["entity"].get(r["prov:entity"], {}).get("prov:type") == "fedsilo:Update"
+    ]
     assert len(used_updates) == accepted
 
 
-@settings(max_examples=6, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rounds=st.integers(1, 3), sites=st.integers(1, 3), seed=st.integers(0, 1000),
-       reject_every=st.sampled_from([0, 2, 3]))
-def test_exports_round_trip_property(tmp_path_factory: pytest.TempPathFactory, rounds: int,
-                                     sites: int, seed: int, reject_every: int) -> None:
+@settings(
+    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rounds=st.integers(1, 3),
+    sites=st.integers(1, 3),
+    seed=st.integers(0, 1000),
+    reject_every=st.sampled_from([0, 2, 3]),
+)
+def test_exports_round_trip_property(
+    tmp_path_factory: pytest.TempPathFactory, rounds: int, sites: int, seed: int, reject_every: int
+) -> None:
     base = tmp_path_factory.mktemp("prop")
-    built = build_synthetic_run(base / "run", rounds=rounds, sites=sites, seed=seed,
-                                reject_every=reject_every, ledgers=False, durable=False)
+    built = build_synthetic_run(
+        base / "run",
+        rounds=rounds,
+        sites=sites,
+        seed=seed,
+        reject_every=reject_every,
+        ledgers=False,
+        durable=False,
+    )
     chain = read_chain(built.run_dir / "lineage.sqlite")
     assert export_jsonl(built.run_dir, base / "out.jsonl") == len(chain)
     again = read_jsonl(base / "out.jsonl")

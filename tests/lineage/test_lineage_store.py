@@ -37,8 +37,11 @@ D1 = "sha256:" + "11" * 32
 
 def _genesis(key_hex: str) -> GenesisRecord:
     return GenesisRecord(
-        run_id="r1", created_at="2026-01-01T00:00:00+00:00", config={"rounds": 2},
-        code_version={"fedsilo": "0.1.0"}, initial_model_digest=D0,
+        run_id="r1",
+        created_at="2026-01-01T00:00:00+00:00",
+        config={"rounds": 2},
+        code_version={"fedsilo": "0.1.0"},
+        initial_model_digest=D0,
         server_public_key=key_hex,
         sites=[SiteIdentity("s1", "aa" * 32, D1, {"max_epsilon": 3.0})],
     )

@@ -39,12 +39,24 @@ from fedsilo.lineage.synthetic import SyntheticRun
 LAYOUT = ["genesis", "round", "site_join", "round", "round", "resume", "round", "closing"]
 FIRST = {t: LAYOUT.index(t) for t in LAYOUT}
 CLASSES = [
-    "field-edit", "byte-flip", "column-flip", "delete", "duplicate", "reorder", "truncate",
-    "server-signature", "site-signature", "key-swap", "model",
+    "field-edit",
+    "byte-flip",
+    "column-flip",
+    "delete",
+    "duplicate",
+    "reorder",
+    "truncate",
+    "server-signature",
+    "site-signature",
+    "key-swap",
+    "model",
 ]
 BODY_CLASSES = {
-    "genesis": GenesisRecord, "site_join": SiteJoinRecord, "round": RoundRecord,
-    "resume": ResumeRecord, "closing": ClosingRecord,
+    "genesis": GenesisRecord,
+    "site_join": SiteJoinRecord,
+    "round": RoundRecord,
+    "resume": ResumeRecord,
+    "closing": ClosingRecord,
 }
 NESTED = {  # record type -> (path to a nested object, its dataclass)
     "genesis": (("sites", 0), SiteIdentity),
@@ -60,8 +72,12 @@ def db_of(run: SyntheticRun) -> Path:
 
 def load_rows(db: Path) -> list[list[Any]]:
     with sqlite3.connect(db) as conn:
-        return [list(r) for r in conn.execute(
-            "SELECT seq, type, digest, signature, signed FROM records ORDER BY seq")]
+        return [
+            list(r)
+            for r in conn.execute(
+                "SELECT seq, type, digest, signature, signed FROM records ORDER BY seq"
+            )
+        ]
 
 
 def store_rows(db: Path, rows: list[list[Any]]) -> None:
@@ -74,8 +90,9 @@ def store_rows(db: Path, rows: list[list[Any]]) -> None:
         )
 
 
-def reseal(run: SyntheticRun, key: Ed25519PrivateKey, edit: Callable[[list[dict]], None],
-           start: int = 0) -> None:
+def reseal(
+    run: SyntheticRun, key: Ed25519PrivateKey, edit: Callable[[list[dict]], None], start: int = 0
+) -> None:
     """Edit envelopes then re-digest and re-sign from ``start`` on (a key-holding attacker)."""
     envs = read_chain(db_of(run))
     edit(envs)
@@ -184,7 +201,9 @@ def _flip_field_byte(seq: int, path: tuple) -> Callable[[SyntheticRun], None]:
             if isinstance(key, str):
                 start = signed.index(b'"' + key.encode() + b'":', start)
         fragment = b'"' + str(path[-1]).encode() + b'":' + canonical_json(value)
-        offset = signed.index(fragment, start) + len(fragment) - max(1, len(canonical_json(value)) // 2)
+        offset = (
+            signed.index(fragment, start) + len(fragment) - max(1, len(canonical_json(value)) // 2)
+        )
         raw = bytearray(db_of(run).read_bytes())
         assert raw.count(signed) == 1, "record text must be stored once, contiguously"
         raw[raw.index(signed) + offset] ^= 0x01
@@ -225,15 +244,22 @@ def _rows_edit(edit: Callable[[list], list]) -> Callable[[SyntheticRun], None]:
 
 for _type, _seq in FIRST.items():
     if _type != "closing":
-        MUTATIONS.append(Mutation("delete", _type, _rows_edit(
-            lambda rows, s=_seq: rows[:s] + rows[s + 1:]), _seq))
-    MUTATIONS.append(Mutation("duplicate", _type, _rows_edit(
-        lambda rows, s=_seq: rows[: s + 1] + [list(rows[s])] + rows[s + 1:]), _seq + 1))
+        MUTATIONS.append(
+            Mutation(
+                "delete", _type, _rows_edit(lambda rows, s=_seq: rows[:s] + rows[s + 1 :]), _seq
+            )
+        )
+    MUTATIONS.append(
+        Mutation(
+            "duplicate",
+            _type,
+            _rows_edit(lambda rows, s=_seq: rows[: s + 1] + [list(rows[s])] + rows[s + 1 :]),
+            _seq + 1,
+        )
+    )
 MUTATIONS += [
-    Mutation("reorder", "swap-rounds", _rows_edit(
-        lambda r: r[:3] + [r[4], r[3]] + r[5:]), 3),
-    Mutation("reorder", "swap-round-and-join", _rows_edit(
-        lambda r: [r[0], r[2], r[1]] + r[3:]), 1),
+    Mutation("reorder", "swap-rounds", _rows_edit(lambda r: r[:3] + [r[4], r[3]] + r[5:]), 3),
+    Mutation("reorder", "swap-round-and-join", _rows_edit(lambda r: [r[0], r[2], r[1]] + r[3:]), 1),
     Mutation("reorder", "genesis-last", _rows_edit(lambda r: r[1:] + r[:1]), 0),
     Mutation("reorder", "reverse", _rows_edit(lambda r: r[::-1]), 0),
     Mutation("truncate", "drop-closing", _rows_edit(lambda r: r[:-1]), 6),
@@ -245,6 +271,7 @@ MUTATIONS += [
 
 # --- signatures ----------------------------------------------------------------------------
 for _type, _seq in FIRST.items():
+
     def _borrow(run: SyntheticRun, s: int = _seq) -> None:
         rows = load_rows(db_of(run))
         rows[s][3] = rows[(s + 1) % len(rows)][3]  # a valid signature of another record
@@ -284,12 +311,28 @@ def _swap_sigs(cs: list[dict]) -> None:
 
 MUTATIONS += [
     Mutation("site-signature", "swapped-between-sites", _contribution_edit(3, _swap_sigs), 3),
-    Mutation("site-signature", "update-digest-replaced", _contribution_edit(
-        4, lambda cs: cs[-1].update(update_digest=changed(cs[-1]["update_digest"]))), 4),
-    Mutation("site-signature", "data-fingerprint-replaced", _contribution_edit(
-        6, lambda cs: cs[0].update(data_fingerprint=changed(cs[0]["data_fingerprint"]))), 6),
-    Mutation("site-signature", "forged-random", _contribution_edit(
-        1, lambda cs: cs[1].update(signature="ab" * 64)), 1),
+    Mutation(
+        "site-signature",
+        "update-digest-replaced",
+        _contribution_edit(
+            4, lambda cs: cs[-1].update(update_digest=changed(cs[-1]["update_digest"]))
+        ),
+        4,
+    ),
+    Mutation(
+        "site-signature",
+        "data-fingerprint-replaced",
+        _contribution_edit(
+            6, lambda cs: cs[0].update(data_fingerprint=changed(cs[0]["data_fingerprint"]))
+        ),
+        6,
+    ),
+    Mutation(
+        "site-signature",
+        "forged-random",
+        _contribution_edit(1, lambda cs: cs[1].update(signature="ab" * 64)),
+        1,
+    ),
 ]
 
 
@@ -399,8 +442,12 @@ def test_forged_site_contributions_caught_by_reconcile(run: SyntheticRun) -> Non
                     if c["site_id"] == site:
                         c["update_digest"] = changed(c["update_digest"])
                         c["signature"] = sign_contribution(
-                            fake, run.run_id, e["body"]["round"], c["update_digest"],
-                            c["data_fingerprint"])
+                            fake,
+                            run.run_id,
+                            e["body"]["round"],
+                            c["update_digest"],
+                            c["data_fingerprint"],
+                        )
 
     reseal(run, server_key(run), forge)
     assert verify_run(run.run_dir).ok

@@ -9,7 +9,7 @@ from fedsilo.privacy.calibrate import calibrate_noise_multiplier
 
 SETTINGS = [
     dict(epsilon=3.0, delta=1e-5, rounds=100, sample_rate=0.1),
-    dict(epsilon=1.0, delta=1e-5, rounds=20, sample_rate=0.1, method="pld"),
+    dict(epsilon=1.0, delta=1e-5, rounds=5, sample_rate=0.1, method="pld"),
     dict(epsilon=8.0, delta=1e-5, rounds=20, sample_rate=0.2, sampling="fixed", population=50),
     dict(epsilon=1.0, delta=1e-6, rounds=1, sample_rate=1.0),
 ]

@@ -16,6 +16,7 @@ from fedsilo.privacy.dp import (
     check_secure_aggregation,
     clip_update,
     site_contribution,
+    update_norm,
 )
 
 
@@ -274,3 +275,19 @@ def test_round_with_no_accepted_site_still_noises_and_counts() -> None:
     assert res.update.std() > 0 and dp.accountant.rounds == 1
     with pytest.raises(ValueError, match=r"^updates: empty list; pass an empty \(0, d\)"):
         dp.aggregate([], np.ones(0))
+
+
+def test_update_norm_is_accurate_at_large_d() -> None:
+    u = np.random.default_rng(0).standard_normal(3_000_001, dtype=np.float32)
+    exact = math.sqrt(float(np.dot(u.astype(np.float64), u.astype(np.float64))))
+    assert update_norm(u) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("where", ["server", "site"])
+def test_non_finite_update_is_rejected_not_summed(where: str) -> None:
+    good = _updates(2, 50)
+    bad = np.full(50, np.nan, np.float32)
+    res = _dp(m=3, where=where).aggregate([*good, bad], np.ones(3))
+    assert res.fates[2] == "rejected"
+    assert res.reasons[2] == "update norm is not finite (NaN/Inf values or overflow)"
+    assert np.all(np.isfinite(res.update))

@@ -218,3 +218,20 @@ def test_wrong_reply_type_and_site_error_are_recorded() -> None:
     assert rep.reasons[A] == "share: malformed reply (expected ShareReply)"
     assert rep.reasons[B] == "share: site error: disk full"
     assert_exact_sum(rep, INPUTS)
+
+
+def test_low_order_or_short_public_keys_exclude_the_site() -> None:
+    def tamper(stage: str, node: int, rep: object) -> object:
+        if stage == "setup" and node == A:
+            assert isinstance(rep, KeyAdvert)
+            return KeyAdvert(rep.c_pk, bytes(32))  # the all-zero (low-order) point
+        if stage == "setup" and node == B:
+            assert isinstance(rep, KeyAdvert)
+            return KeyAdvert(rep.c_pk[:31], rep.s_pk)
+        return rep
+
+    rep = run_round(INPUTS, CFG, tamper_reply=tamper)
+    reason = "setup: public keys must be two distinct valid 32-byte X25519 keys"
+    assert rep.reasons[A] == rep.reasons[B] == reason
+    assert rep.dropped["setup"] == sorted([A, B])
+    assert_exact_sum(rep, INPUTS)

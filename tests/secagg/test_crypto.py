@@ -35,6 +35,13 @@ def test_low_order_public_key_is_rejected() -> None:
                      node_a=1, node_b=2)
 
 
+def test_public_key_validation() -> None:
+    assert crypto.is_valid_public_key(crypto.generate_keypair()[1])
+    assert not crypto.is_valid_public_key(bytes(32))
+    assert not crypto.is_valid_public_key(b"\x01" + bytes(31))  # order-1 point (u = 1)
+    assert not crypto.is_valid_public_key(bytes(31))
+
+
 def test_aead_detects_tampering_and_misdirection() -> None:
     key = bytes(range(32))
     aad = crypto.share_aad("r", 1, sender=4, receiver=7)

@@ -129,3 +129,20 @@ def test_stale_state_from_another_round_is_refused() -> None:
     assert rep.has_error()
     assert rep.error.reason == (f"secagg: node {NODES[-1]} got a request out of order "
                                 "(state 'done', expected 'masked')")
+
+
+def test_replayed_round_is_refused() -> None:
+    grid = FakeGrid(make_client_app(), NODES)
+    first = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                             run_id="r", server_round=5, timeout=1.0)
+    assert first.ok
+    again = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                             run_id="r", server_round=5, timeout=1.0)
+    assert not again.ok
+    assert again.reason == "secagg setup: only 0 of 8 sites remain, threshold is 4"
+    assert again.lineage["excluded"][str(NODES[0])] == (
+        f"setup: site error: secagg: node {NODES[0]} already took part in round 5 of run 'r'; "
+        "refusing round 5")
+    nxt = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                           run_id="r", server_round=6, timeout=1.0)
+    assert nxt.ok

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from fedsilo.privacy.secagg import SecAggConfig, check_no_overflow
+from fedsilo.privacy.secagg import (
+    SecAggConfig,
+    check_no_overflow,
+    failure_bound,
+    suggest_degree,
+)
 from fedsilo.privacy.secagg.graph import harary
 from fedsilo.privacy.secagg.quantize import dequantize_sum, error_bound, quantize
 
@@ -99,3 +104,13 @@ def test_minority_threshold_is_refused() -> None:
 def test_config_dict_roundtrip() -> None:
     c = SecAggConfig(degree=6, threshold=None, clip_range=0.5, bits=16, max_weight=100.0)
     assert SecAggConfig.from_dict(c.to_dict()) == c
+
+
+def test_degree_planning() -> None:
+    assert failure_bound(1000, 20, 11, 0.3) == 1.0
+    assert failure_bound(1000, 100, 51, 0.3) == pytest.approx(0.01294, rel=1e-3)
+    assert failure_bound(1000, 20, 11, 0.0) == 0.0
+    assert [suggest_degree(1000, p) for p in (0.1, 0.2, 0.3)] == [22, 50, 130]
+    assert suggest_degree(10, 0.3) == 9  # only the complete graph
+    with pytest.raises(ValueError, match=r"dropout: expected a rate in \[0, 1\), got 1.0"):
+        failure_bound(10, 4, 3, 1.0)

@@ -109,3 +109,29 @@ def test_encode_model_round_trips() -> None:
     assert list(record.keys()) == ["model"]
     np.testing.assert_array_equal(decode_flat(record["model"]), flat)
     np.testing.assert_array_equal(record["model"].numpy(), flat)
+
+
+def test_sum_accumulated_while_screening_equals_the_streamed_mean() -> None:
+    from fedsilo.strategies import make_aggregator
+
+    rng = np.random.default_rng(3)
+    deltas = rng.standard_normal((5, D)).astype(np.float32)
+    replies = [message(reply_content(deltas[i], 10 * (i + 1)), i + 1) for i in range(5)]
+    kwargs = {"dim": D, "site_of": {}, "policy": ScreeningPolicy()}
+    fused, _ = batch_from_replies(replies, accumulate=True, **kwargs)
+    plain, _ = batch_from_replies(replies, **kwargs)
+    assert fused.precomputed_sum() is not None and plain.precomputed_sum() is None
+    expected = (np.arange(1, 6) * 10 / 150) @ deltas.astype(np.float64)
+    mean = make_aggregator("mean")
+    np.testing.assert_allclose(mean.aggregate(fused).update, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mean.aggregate(plain).update, expected, rtol=1e-5, atol=1e-6)
+    # replacing a row (e.g. clipping) or a weight invalidates the precomputed sum
+    fused.updates[0] = np.zeros(D, np.float32)
+    assert fused.precomputed_sum() is None
+    np.testing.assert_allclose(
+        mean.aggregate(fused).update, (np.arange(2, 6) * 10 / 150) @ deltas[1:].astype(np.float64),
+        rtol=1e-5, atol=1e-6,
+    )
+    again, _ = batch_from_replies(replies, accumulate=True, **kwargs)
+    again.weights = np.ones(5)
+    assert again.precomputed_sum() is None

@@ -1,0 +1,1 @@
+"""Deployment tests: certificates, site.toml, bad input, real SuperLink/SuperNodes on loopback."""

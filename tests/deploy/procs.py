@@ -1,0 +1,86 @@
+"""Process helpers shared by the deployment tests: environment, start, stop by PID.
+
+Every process runs in its own session with telemetry off and a temporary FLWR_HOME;
+`Procs` stops everything it started (and their descendants) by PID at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fedsilo.server.deploy_procs import (
+    ManagedProcess,
+    child_env,
+    descendants,
+    free_port,
+    wait_for_port,
+)
+
+BIN = Path(sys.executable).parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
+REPO = TESTS_DIR.parent
+
+__all__ = ["BIN", "REPO", "Procs", "env_for", "free_port", "free_ports", "wait_for_port", "wait_until"]
+
+
+def env_for(flwr_home: Path) -> dict[str, str]:
+    """Environment of every test process: telemetry off, FLWR_HOME in tmp, tests importable."""
+    env = child_env(flwr_home)
+    env["NO_COLOR"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports on 127.0.0.1."""
+    ports: list[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    return ports
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, poll: float = 0.5) -> None:
+    """Poll ``pred`` until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Procs:
+    """Starts processes for one test and stops all of them (by PID) in `stop_all`."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.started: list[ManagedProcess] = []
+
+    def start(self, name: str, argv: Sequence[str | Path], cwd: Path | None = None) -> ManagedProcess:
+        proc = ManagedProcess(name, [str(a) for a in argv], self.log_dir / f"{name}.log", self.env, cwd)
+        self.started.append(proc)
+        return proc
+
+    def stop_all(self) -> list[int]:
+        """Stop every process started (newest first); return PIDs still alive afterwards."""
+        pids: list[int] = []
+        for proc in self.started:
+            pids += [proc.pid, *descendants(proc.pid)]
+        while self.started:
+            self.started.pop().stop(grace=8.0)
+        return [p for p in pids if _alive(p)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"

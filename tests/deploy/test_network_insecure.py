@@ -1,0 +1,81 @@
+"""Issue 2 point 6: the same ServerApp/ClientApp through Flower's deployment runtime.
+
+A real ``flower-superlink`` (insecure, loopback) and three ``flower-supernode`` processes
+with ``partition-id`` node configs; ``flwr run`` of ``examples/flower-app`` (plain Flower
+CLI, runtime dependency installation off) for 2 rounds; the run directory's metrics and
+lineage are checked; every process is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+
+from fedsilo.lineage import arrays_digest, verify_run
+
+from .procs import BIN, REPO, Procs, env_for, free_ports, wait_for_port, wait_until
+
+pytestmark = pytest.mark.network
+
+
+def _flwr(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
+    res = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], capture_output=True,
+                         text=True, env=env, timeout=timeout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout[res.stdout.find("{"):])
+
+
+def test_flwr_run_example_app_two_rounds(tmp_path: Path) -> None:
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    env = env_for(home)
+    procs = Procs(tmp_path / "logs", env)
+    link_port, *node_ports = free_ports(4)
+    (home / "config.toml").write_text(tomli_w.dumps(
+        {"superlink": {"default": "test", "test": {"address": f"127.0.0.1:{link_port}", "insecure": True}}}
+    ))
+    out = tmp_path / "runs"
+    try:
+        link = procs.start("superlink", [
+            BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+            "--database", tmp_path / "state.db", "--disable-runtime-dependency-installation",
+        ], cwd=tmp_path)
+        wait_for_port(link, "127.0.0.1", link_port, timeout=60)
+        for i, port in enumerate(node_ports):
+            procs.start(f"supernode-{i}", [
+                BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+                "--host", "127.0.0.1", "--port", str(port), "--node-config", f"partition-id={i}",
+            ], cwd=tmp_path)
+        wait_until(lambda: sum(n["status"] == "online" for n in
+                               _flwr(env, "supernode", "ls", "test")["nodes"]) == 3, 60, "3 SuperNodes online")
+        started = _flwr(env, "run", str(REPO / "examples" / "flower-app"), "test",
+                        "--run-config", f"rounds=2 out='{out}' run-id='net2'")
+        run_id = started["run-id"]
+
+        def finished() -> bool:
+            runs = _flwr(env, "ls", "test", "--run-id", run_id)["runs"]
+            return runs[0]["status"].startswith("finished")
+
+        wait_until(finished, 240, "the run to finish", poll=2.0)
+        assert _flwr(env, "ls", "test", "--run-id", run_id)["runs"][0]["status"] == "finished:completed"
+    finally:
+        left = procs.stop_all()
+    assert left == [], f"processes still alive: {left}"
+
+    run_dir = out / "net2"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rounds = metrics["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert [(r["status"], r["sampled"], r["replied"], r["accepted"]) for r in rounds] == [("completed", 3, 3, 3)] * 2
+    assert rounds[-1]["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert metrics["closing_reason"] == "rounds_done"
+    with np.load(run_dir / "model.npz") as saved:
+        assert arrays_digest(dict(saved)) == metrics["final_model_digest"]
+    report = verify_run(run_dir)
+    assert report.ok, report.summary
+    assert (report.rounds, report.site_signatures, report.closed) == (2, 6, True)

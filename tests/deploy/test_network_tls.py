@@ -1,0 +1,126 @@
+"""Issue 7 point 6: TLS + SuperNode authentication on loopback, through fedsilo's CLI.
+
+``fedsilo certs init``, ``fedsilo server start`` (SuperLink with TLS, site keys
+registered), three ``fedsilo site start`` (site.toml with a Trainer entry point and a
+policy pinning the server's lineage key), ``fedsilo server run --wait`` for 3 rounds.
+Then: ``lineage verify`` passes, each site's ledger reconciles with the chain, a fourth
+SuperNode whose key is not registered is refused, a SuperNode given the wrong CA cannot
+connect, ``fedsilo server status`` reports 3 sites and round 3. Every process is
+stopped by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from fedsilo.lineage import (
+    key_fingerprint,
+    load_chain,
+    load_or_create_key,
+    public_key_hex,
+    reconcile,
+    verify_run,
+)
+from fedsilo.server.certs import init_certs
+
+from .procs import BIN, Procs, env_for, free_ports, wait_for_port, wait_until
+
+pytestmark = pytest.mark.network
+
+SITES = ("a", "b", "c")
+
+
+def _site_toml(path: Path, site: str, pid: int, *, ca: Path, key: Path, link: int, port: int,
+               fingerprint: str) -> Path:
+    doc = {
+        "site_id": site,
+        "trainer": "fedsilo.simulations.flower_app:bundled_trainer",
+        "key": "lineage.pem",
+        "ledger": "ledger.jsonl",
+        "trainer_options": {"dataset": "digits", "partition_id": pid, "sites": 3, "partition": "iid"},
+        "policy": {"server_key_fingerprints": [fingerprint], "allowed_aggregators": ["mean"],
+                   "allowed_optimizers": ["fedavg"], "max_rounds": 3},
+        "supernode": {"superlink": f"127.0.0.1:{link}", "ca_cert": str(ca), "auth_key": str(key),
+                      "runtime_port": port, "max_wait_time": 15.0},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+def test_tls_federation_three_rounds(tmp_path: Path) -> None:
+    env = env_for(tmp_path / "flwr-home")
+    fedsilo = str(BIN / "fedsilo")
+    certs = init_certs(tmp_path / "certs", ["127.0.0.1", "localhost"], [*SITES, "d"])
+    other = init_certs(tmp_path / "other-ca", ["127.0.0.1"], ["w"])
+    fp = key_fingerprint(public_key_hex(load_or_create_key(certs.lineage_key)))
+    link, *ports = free_ports(6)
+    server_toml = tmp_path / "server.toml"
+    server_toml.write_text(tomli_w.dumps({
+        "superlink": {"port": link, "state_dir": "state", "ca_cert": str(certs.ca_cert),
+                      "cert": str(certs.server_cert), "key": str(certs.server_key),
+                      "lineage_key": str(certs.lineage_key)},
+        "sites": {s: str(certs.site_public_key(s)) for s in SITES},
+    }))
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 3, "rounds": 3, "partition": "iid",
+                                       "round_timeout": 240.0, "out": str(tmp_path / "runs")}))
+    tomls = {s: _site_toml(tmp_path / f"site-{s}" / "site.toml", s, i, ca=certs.ca_cert,
+                           key=certs.site_key(s), link=link, port=ports[i], fingerprint=fp)
+             for i, s in enumerate(SITES)}
+    # d: a key the SuperLink never registered; w: a registered site's key but the wrong CA.
+    tomls["d"] = _site_toml(tmp_path / "site-d" / "site.toml", "d", 0, ca=certs.ca_cert,
+                            key=certs.site_key("d"), link=link, port=ports[3], fingerprint=fp)
+    tomls["w"] = _site_toml(tmp_path / "site-w" / "site.toml", "w", 1, ca=other.ca_cert,
+                            key=certs.site_key("b"), link=link, port=ports[4], fingerprint=fp)
+
+    procs = Procs(tmp_path / "logs", env)
+    try:
+        server = procs.start("server", [fedsilo, "server", "start", "--config", server_toml], cwd=tmp_path)
+        wait_for_port(server, "127.0.0.1", link, timeout=60)
+        wait_until(lambda: "registered sites" in server.log_path.read_text(), 60, "site registration")
+        nodes = {s: procs.start(f"site-{s}", [fedsilo, "site", "start", "--config", p], cwd=tmp_path)
+                 for s, p in tomls.items()}
+        run = subprocess.run([fedsilo, "server", "run", "--config", str(run_toml), "--server",
+                              str(server_toml), "--run-id", "tls3", "--wait", "--timeout", "300"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=330)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert run.stdout.splitlines()[-1] == "fedsilo server: run tls3 finished:completed"
+        status = subprocess.run([fedsilo, "server", "status", "--server", str(server_toml), "--json"],
+                                capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+        assert status.returncode == 0, status.stderr
+        st = json.loads(status.stdout)
+        assert (st["online"], st["current_round"], st["lineage_rounds"]) == (3, 3, 3)
+        assert len(st["nodes"]) == 3  # only the registered keys are known
+        for bad in ("d", "w"):
+            wait_until(lambda b=bad: not nodes[b].running(), 60, f"SuperNode {bad} to give up")
+    finally:
+        left = procs.stop_all()
+    assert left == [], f"processes still alive: {left}"
+
+    # The refused SuperNodes: unregistered key and wrong CA.
+    assert nodes["d"].popen.returncode == 1
+    d_log = (tmp_path / "site-d" / "logs" / "supernode-d.log").read_text()
+    assert "Failed to activate SuperNode" in d_log
+    assert nodes["w"].popen.returncode == 1
+    w_log = (tmp_path / "site-w" / "logs" / "supernode-w.log").read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in w_log
+
+    run_dir = tmp_path / "runs" / "tls3"
+    report = verify_run(run_dir, expected_server_key=public_key_hex(load_or_create_key(certs.lineage_key)))
+    assert report.ok, report.summary
+    assert (report.rounds, report.site_signatures, report.closed) == (3, 9, True)
+    genesis = load_chain(run_dir).genesis
+    assert sorted(s["site_id"] for s in genesis["sites"]) == list(SITES)
+    for s in SITES:
+        ledger = tmp_path / f"site-{s}" / "ledger.jsonl"
+        assert reconcile(run_dir, ledger) == []
+        entries = [json.loads(x) for x in ledger.read_text().splitlines()]
+        assert [(e["round"], e["status"]) for e in entries] == [(1, "sent"), (2, "sent"), (3, "sent")]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["accepted"] for r in metrics["rounds"]] == [3, 3, 3]
