@@ -31,8 +31,8 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import numpy as np  # noqa: E402
 import flwr  # noqa: E402
+import numpy as np  # noqa: E402
 from flwr.server.strategy import aggregate as legacy  # noqa: E402
 from flwr.serverapp import strategy as fl  # noqa: E402
 
@@ -59,17 +59,30 @@ def split(vec: np.ndarray, sizes: list[int]) -> dict[str, np.ndarray]:
     return {f"layer{i}": part for i, part in enumerate(np.split(vec, bounds))}
 
 
-def timed(fn: Callable[[], object], reps: int, setup: Callable[[], object] | None = None) -> tuple[float, object]:
+def _once(fn: Callable, setup: Callable[[], object] | None) -> tuple[float, object]:
+    arg = setup() if setup else None
+    gc.collect()
+    t0 = time.perf_counter()
+    out = fn(arg) if setup else fn()
+    return time.perf_counter() - t0, out
+
+
+def timed(fn: Callable, reps: int, setup: Callable[[], object] | None = None) -> tuple[float, object]:
     """Median wall time of ``fn`` over ``reps`` runs (``setup`` untimed before each)."""
-    times, out = [], None
+    runs = [_once(fn, setup) for _ in range(reps)]
+    return float(np.median([t for t, _ in runs])), runs[-1][1]
+
+
+def compare(ours: Callable, ref: Callable, reps: int, ref_setup: Callable[[], object] | None = None
+            ) -> tuple[float, object, float, object]:
+    """Median times of ``ours`` and ``ref``, run alternately so load changes hit both."""
+    t_ours, t_ref, out_ours, out_ref = [], [], None, None
     for _ in range(reps):
-        arg = setup() if setup else None
-        gc.collect()
-        t0 = time.perf_counter()
-        out = fn(arg) if setup else fn()
-        times.append(time.perf_counter() - t0)
-        del arg
-    return float(np.median(times)), out
+        t, out_ours = _once(ours, None)
+        t_ours.append(t)
+        t, out_ref = _once(ref, ref_setup)
+        t_ref.append(t)
+    return float(np.median(t_ours)), out_ours, float(np.median(t_ref)), out_ref
 
 
 def flat_of(record) -> np.ndarray:
@@ -96,10 +109,6 @@ def run(n: int, d: int, reps: int, legacy_reps: int, seed: int) -> list[tuple[st
     fl_replies = flower_replies()
     rows: list[tuple[str, float, float | None, str]] = []
 
-    stacked = deltas.copy()
-    t_bw, _ = timed(lambda: stacked.sum(axis=0), reps)
-    del stacked
-    rows.append(("numpy bandwidth baseline: stacked.sum(axis=0)", t_bw, None, "reference"))
 
     def ours_step(spec: str, root: np.ndarray | None = None) -> Callable[[], object]:
         agg, opt = make_aggregator(spec), make_optimizer("fedavg")
@@ -120,18 +129,23 @@ def run(n: int, d: int, reps: int, legacy_reps: int, seed: int) -> list[tuple[st
             raise AssertionError(f"{label}: fedsilo and Flower disagree (max diff {np.abs(a - b).max()})")
 
     # weighted mean
-    t_mean, rec = timed(ours_step("mean"), reps)
-    t_fl, fl_rec = timed(lambda: fl.FedAvg().aggregate_train(1, fl_replies)[0], reps)
+    stacked = deltas.copy()
+    t_mean, rec, t_bw, _ = compare(ours_step("mean"), lambda: stacked.sum(axis=0), reps)
+    t_mean2, _, t_fl, fl_rec = compare(
+        ours_step("mean"), lambda: fl.FedAvg().aggregate_train(1, fl_replies)[0], reps
+    )
     check(rec, fl_rec, "mean")
-    rows.append(("mean: whole step (fedsilo) vs FedAvg.aggregate_train", t_mean, t_fl, ">= 2x; <= 1.5x baseline"))
+    rows.append(("numpy bandwidth baseline: stacked.sum(axis=0)", t_bw, None, "reference"))
+    rows.append(("mean: whole step (fedsilo) vs FedAvg.aggregate_train", t_mean2, t_fl, ">= 2x"))
 
     # coordinate-wise rules: Flower pops arrays from the replies, so rebuild them untimed
     for spec, strategy, target in (
         ("median", lambda: fl.FedMedian(), ">= 3x"),
         ("trimmed_mean:beta=0.2", lambda: fl.FedTrimmedAvg(beta=0.2), ">= 3x"),
     ):
-        t_ours, rec = timed(ours_step(spec), reps)
-        t_fl, fl_rec = timed(lambda r: strategy().aggregate_train(1, r)[0], reps, setup=flower_replies)
+        t_ours, rec, t_fl, fl_rec = compare(
+            ours_step(spec), lambda r, s=strategy: s().aggregate_train(1, r)[0], reps, flower_replies
+        )
         check(rec, fl_rec, spec)
         rows.append((f"{spec}: whole step vs Flower aggregate_train", t_ours, t_fl, target))
 
@@ -140,8 +154,9 @@ def run(n: int, d: int, reps: int, legacy_reps: int, seed: int) -> list[tuple[st
         (f"multi_krum:f={f},m={n - f}", lambda: fl.MultiKrum(num_malicious_nodes=f, num_nodes_to_select=n - f)),
         (f"bulyan:f={f},selection=multikrum", lambda: fl.Bulyan(num_malicious_nodes=f)),
     ):
-        t_ours, rec = timed(ours_step(spec), reps)
-        t_fl, fl_rec = timed(lambda r: strategy().aggregate_train(1, r)[0], reps, setup=flower_replies)
+        t_ours, rec, t_fl, fl_rec = compare(
+            ours_step(spec), lambda r, s=strategy: s().aggregate_train(1, r)[0], reps, flower_replies
+        )
         check(rec, fl_rec, spec)
         target = "informational" if spec.startswith("bulyan") else "no slower"
         rows.append((f"{spec}: whole step vs Flower aggregate_train", t_ours, t_fl, target))
@@ -150,7 +165,6 @@ def run(n: int, d: int, reps: int, legacy_reps: int, seed: int) -> list[tuple[st
     results = [(list(split(deltas[i], sizes).values()), int(counts[i])) for i in range(n)]
     t_legacy, _ = timed(lambda: legacy.aggregate_krum(results, f, 0), legacy_reps)
     t_legacy_m, _ = timed(lambda: legacy.aggregate_krum(results, f, n - f), legacy_reps)
-    del results
     t_ours_k, _ = timed(ours_step(f"krum:f={f}"), reps)
     t_ours_mk, _ = timed(ours_step(f"multi_krum:f={f},m={n - f}"), reps)
     rows.append((f"krum:f={f}: whole step vs legacy aggregate_krum", t_ours_k, t_legacy, ">= 20x"))
@@ -161,15 +175,15 @@ def run(n: int, d: int, reps: int, legacy_reps: int, seed: int) -> list[tuple[st
     root = (0.01 * rng.standard_normal(d)).astype(np.float32)
     for spec, extra in (("geometric_median", None), ("centered_clipping:tau=5", None),
                         ("norm_bounding:max_norm=5", None), ("fltrust", root)):
-        t_ours, _ = timed(ours_step(spec, extra), reps)
+        t_ours, _, t_m, _ = compare(ours_step(spec, extra), ours_step("mean"), reps)
         target = "<= 5x mean step" if spec == "geometric_median" else "informational"
-        rows.append((f"{spec}: whole step vs fedsilo mean step", t_ours, t_mean, target))
+        rows.append((f"{spec}: whole step vs fedsilo mean step", t_ours, t_m, target))
 
     rows.append(("(mean step / bandwidth baseline)", t_mean, t_bw, "<= 1.5x"))
     return rows
 
 
-def render(all_rows: dict[int, list], d: int, reps: int, command: str) -> str:
+def render(all_rows: dict[int, list], d: int, reps: int, command: str, load: str) -> str:
     lines = [
         "## Aggregation speed (issue 4, point 7)",
         "",
@@ -177,7 +191,8 @@ def render(all_rows: dict[int, list], d: int, reps: int, command: str) -> str:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), numpy {np.__version__}, "
         f"flwr {flwr.__version__}, Python {platform.python_version()}. d = {d:,} float32 "
-        f"(5 layers for Flower), median of {reps} repetitions (legacy Krum: see command).",
+        f"(5 layers for Flower), median of {reps} repetitions, fedsilo and reference run "
+        f"alternately (legacy Krum: see command). Load average at start/end: {load}.",
         "Whole step = reply Messages -> screen + decode once -> aggregate -> server step "
         "(FedAvg, lr=1) -> encode once -> new global ArrayRecord. Flower's side is the "
         "strategy's `aggregate_train` on replies carrying the same vectors split into "
@@ -211,12 +226,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the markdown section here")
     args = parser.parse_args()
     command = "python benchmarks/bench_aggregation_speed.py " + " ".join(sys.argv[1:])
+    load_start = os.getloadavg()[0]
     all_rows = {}
     for n in args.n:
         print(f"n={n} ...", flush=True)
         all_rows[n] = run(n, args.d, args.reps, args.legacy_reps, args.seed)
         gc.collect()
-    text = render(all_rows, args.d, args.reps, command)
+    load = f"{load_start:.1f} / {os.getloadavg()[0]:.1f} (2 cores, shared with other jobs)"
+    text = render(all_rows, args.d, args.reps, command, load)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,7 @@ def bench_throughput(n: int, d: int, layers: int, repeat: int) -> list[str]:
         )
 
     seeded, secure = make(False), make(True)
+    floor_rng = np.random.default_rng(0)
     seeded.accountant.get_epsilon()  # warm the one-round RDP curve (done once per run)
     secure.accountant.get_epsilon()
 
@@ -111,6 +112,9 @@ def bench_throughput(n: int, d: int, layers: int, repeat: int) -> list[str]:
 
     cases = {
         "numpy floor: stacked.sum(axis=0)": lambda: stacked.sum(axis=0),
+        "DP floor: stacked.sum(axis=0) + PCG64 float32 normals(d)": lambda: (
+            stacked.sum(axis=0) + floor_rng.standard_normal(d, dtype=np.float32)
+        ),
         "fedsilo ClientLevelDP.aggregate (list, seeded noise)": lambda: seeded.aggregate(
             rows, np.ones(n)
         ),
@@ -128,16 +132,67 @@ def bench_throughput(n: int, d: int, layers: int, repeat: int) -> list[str]:
     }
     results = {name: _best(fn, repeat) for name, fn in cases.items()}
     floor = results["numpy floor: stacked.sum(axis=0)"]
+    dp_floor = results["DP floor: stacked.sum(axis=0) + PCG64 float32 normals(d)"]
     flower_t = results["Flower 1.42 helpers: clip each + mean + numpy noise"]
     out = [
         f"n = {n} updates x d = {d:,} float32 ({n * d * 4 / 2**20:.0f} MiB read), "
         f"{layers} layers for Flower; best of {repeat}",
         "",
-        "| operation | time (ms) | x numpy floor | x Flower |",
-        "|---|---:|---:|---:|",
+        "| operation | time (ms) | x numpy floor | x DP floor | x Flower |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, t in results.items():
-        out.append(f"| {name} | {t * 1e3:.1f} | {t / floor:.2f} | {t / flower_t:.2f} |")
+        out.append(
+            f"| {name} | {t * 1e3:.1f} | {t / floor:.2f} | {t / dp_floor:.2f} | {t / flower_t:.2f} |"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- accounting
+def bench_accounting() -> list[str]:
+    """fedsilo's epsilon against Flower 1.42's RdpAccountant and Opacus's RDP analysis."""
+    from flwr.supercore.privacy_accounting import (
+        GaussianPrivacyEvent,
+        NeighboringRelation,
+        PrivacyConfig,
+        SamplingMethod,
+    )
+    from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    from fedsilo.privacy.accounting import ClientLevelAccountant
+
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    out = [
+        "| z | q | rounds | fedsilo RDP | Flower RdpAccountant | Opacus RDP | fedsilo PLD "
+        "| fedsilo/Flower | fedsilo/Opacus | PLD/RDP |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for z, q, rounds in [
+        (1.0, 0.1, 100),
+        (1.796, 0.1, 100),
+        (0.994, 0.1, 100),
+        (4.278, 0.1, 100),
+        (1.2, 0.05, 500),
+        (2.0, 1.0, 10),
+    ]:
+        population = 1000
+        ours = ClientLevelAccountant(noise_multiplier=z, sample_rate=q, delta=DELTA)
+        ours.step(rounds)
+        pld = ClientLevelAccountant(noise_multiplier=z, sample_rate=q, delta=DELTA, method="pld")
+        pld.step(rounds)
+        method = SamplingMethod.POISSON if q < 1 else SamplingMethod.NO_AMPLIFICATION
+        flower = RdpAccountant(
+            PrivacyConfig(DELTA, population, NeighboringRelation.ADD_OR_REMOVE_ONE, method)
+        )
+        flower.compose(GaussianPrivacyEvent(z, round(q * population), population), rounds)
+        rdp = opacus_rdp.compute_rdp(q=q, noise_multiplier=z, steps=rounds, orders=orders)
+        opacus_eps = opacus_rdp.get_privacy_spent(orders=orders, rdp=rdp, delta=DELTA)[0]
+        e, f, p = ours.get_epsilon(), flower.get_epsilon(DELTA), pld.get_epsilon()
+        out.append(
+            f"| {z} | {q} | {rounds} | {e:.4f} | {f:.4f} | {opacus_eps:.4f} | {p:.4f} "
+            f"| {e / f:.4f} | {e / opacus_eps:.4f} | {p / e:.3f} |"
+        )
     return out
 
 
@@ -258,7 +313,9 @@ def run_record_level(
 # ----------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["throughput", "client", "record", "all"], default="all")
+    parser.add_argument(
+        "--part", choices=["accounting", "throughput", "client", "record", "all"], default="all"
+    )
     parser.add_argument("--epsilons", default="1,3,8")
     parser.add_argument("--seeds", default="0,1,2", help="client/record parts: seeds averaged")
     parser.add_argument("--sites", type=int, default=100)
@@ -278,6 +335,9 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}"
     )
+    if args.part in ("accounting", "all"):
+        print(f"\n### Accounting cross-check (delta {DELTA:g}, Poisson sampling)\n")
+        print("\n".join(bench_accounting()))
     if args.part in ("throughput", "all"):
         print("\n### Private aggregation throughput\n")
         print("\n".join(bench_throughput(args.n, args.d, args.layers, args.repeat)))

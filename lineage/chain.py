@@ -39,16 +39,18 @@ class LoadedChain:
 
     def current_model(self) -> str:
         """The model the chain ends with, following resumes (the default target)."""
-        current = self.genesis["initial_model_digest"]
-        completed: dict[int, str] = {}
+        initial = current = self.genesis["initial_model_digest"]
+        after_round: dict[int, str] = {}
         for env in self.envelopes:
             body = env["body"]
-            if env["type"] == "round" and body["status"] == "completed":
-                completed[body["round"]] = current = body["model_out"]
+            if env["type"] == "round":
+                if body["status"] == "completed":
+                    current = body["model_out"]
+                after_round[body["round"]] = current
             elif env["type"] == "resume":
                 k = body["from_round"]
-                current = completed.get(k, self.genesis["initial_model_digest"])
-                completed = {r: m for r, m in completed.items() if r <= k}
+                current = after_round.get(k, initial)
+                after_round = {r: m for r, m in after_round.items() if r <= k}
         return current
 
 

@@ -447,8 +447,9 @@ class ResumeRecord(_Record):
 
     Attributes:
         resumed_at: ISO 8601 UTC time of the resume.
-        from_round: the last completed round whose model the run resumes from (0 = the
-            initial model); later round records before this one are superseded.
+        from_round: the round whose resulting model the run resumes from (the checkpoint's
+            round; 0 = the initial model); later round records before this one are
+            superseded.
         reason: why (e.g. ``"server crash"``).
     """
 
@@ -471,7 +472,8 @@ class ClosingRecord(_Record):
     Attributes:
         reason: ``"rounds_done"``, ``"budget_exhausted"``, ``"error"`` or ``"interrupted"``.
         detail: human-readable detail (e.g. the error message).
-        rounds_completed: number of completed rounds.
+        rounds_completed: number of rounds the run completed (informational; ``verify``
+            does not cross-check it).
         final_model_digest: digest of the saved final model (``RUN_DIR/model.npz``), or
             ``None`` when no model was saved.
         epsilon_spent: total DP epsilon spent, when DP was on.

@@ -11,7 +11,13 @@ valid upper bounds on its own privacy loss:
   this is what sampling amplification assumes);
 * its own unamplified bound: its participations (including this one) as plain
   Gaussian rounds with the same noise multiplier. Rounds it did not take part in do
-  not depend on its data, so this bound needs nothing from the server but ``z``.
+  not depend on its data, so this bound needs nothing from the server but ``z``; it
+  holds even for an observer who knows which rounds the site was in (it is conditional
+  on the participation pattern, which sampling makes independent of the data).
+
+Both are valid upper bounds, so the smaller one is too. The amplified one trusts the
+server to sample as announced (the central-DP server is trusted to add the noise
+anyway); the unamplified one does not.
 
 The site pins the accounting parameters it first sees (noise multiplier, sampling
 rate and scheme, population, accountant method, delta) and refuses any round that

@@ -129,6 +129,7 @@ class FederationServer:
         self.server_key: Any = None
         self.start_round = 1
         self.recovered: list[RoundSummary] = []  # rounds whose report a crash interrupted
+        self.rounds_completed = 0  # round records with status "completed" in the chain
 
     # ------------------------------------------------------------------ run
     def run(self, grid: Grid) -> RunResult:
@@ -160,7 +161,7 @@ class FederationServer:
             closing, detail = "error", f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            self._close_lineage(closing, detail, len(summaries))
+            self._close_lineage(closing, detail, self.rounds_completed)
         weights = self.layout.unflatten(self.model.copy())
         return RunResult(summaries, weights, lineage.arrays_digest(weights), closing, self.sites)
 
@@ -323,6 +324,7 @@ class FederationServer:
         self._checkpoint(server_round, pending=record, summary=summary)
         fault_point("before_lineage", server_round)
         self._append(record)
+        self.rounds_completed += status == "completed"
         fault_point("after_round", server_round)
         return summary
 
@@ -498,12 +500,15 @@ class FederationServer:
         )
         self.writer = lineage.LineageWriter.open(run_dir / "lineage.sqlite", self.server_key)
         rounds_in_chain = [
-            r["body"]["round"] for r in lineage.read_chain(run_dir / "lineage.sqlite") if r["type"] == "round"
+            r["body"] for r in lineage.read_chain(run_dir / "lineage.sqlite") if r["type"] == "round"
         ]
-        last = rounds_in_chain[-1] if rounds_in_chain else 0
+        self.rounds_completed = sum(r["status"] == "completed" for r in rounds_in_chain)
+        last = rounds_in_chain[-1]["round"] if rounds_in_chain else 0
         pending = ckpt.extra.get("pending_record")
         if last < ckpt.round and pending is not None:
-            self.writer.append(lineage.RoundRecord.from_dict(pending))
+            record = lineage.RoundRecord.from_dict(pending)
+            self.writer.append(record)
+            self.rounds_completed += record.status == "completed"
             if ckpt.extra.get("summary"):
                 self.recovered.append(RoundSummary(**ckpt.extra["summary"]))
         self.writer.append(

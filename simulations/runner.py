@@ -92,8 +92,21 @@ def run_federation(
     *,
     on_round: Callable[[RoundSummary], None] | None = None,
     verbose: bool = False,
+    engine: str = "ray",
 ) -> SimulationRun:
-    """Run ``config`` on Flower's simulation engine and write the run directory."""
+    """Run ``config`` and write the run directory.
+
+    Parameters
+    ----------
+    config : the validated run config.
+    on_round : called with each round's summary (progress display).
+    verbose : show Flower's and Ray's logs.
+    engine : ``"ray"`` (Flower's simulation engine, the default) or ``"inprocess"``
+        (the same apps on `fedsilo.simulations.inprocess.InProcessGrid`, no Ray:
+        for benchmark sweeps of many small runs).
+    """
+    if engine not in ("ray", "inprocess"):
+        raise ValueError(f"engine must be 'ray' or 'inprocess', got {engine!r}")
     check_feasible(config)
     run_id = config.run_id or new_run_id()
     run_dir = Path(config.out) / run_id
@@ -104,7 +117,7 @@ def run_federation(
     (run_dir / "config.toml").write_text(tomli_w.dumps(resolved.to_dict()))
 
     spec = build_server_spec(resolved, run_dir, on_round=on_round)
-    return _execute(spec, resolved, run_dir, verbose=verbose)
+    return _execute(spec, resolved, run_dir, verbose=verbose, engine=engine)
 
 
 def resume_federation(
@@ -134,7 +147,8 @@ def resume_federation(
     return _execute(spec, config, run_dir, verbose=verbose)
 
 
-def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: bool) -> SimulationRun:
+def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: bool,
+             engine: str = "ray") -> SimulationRun:
     data = load_dataset(resolved.dataset, seed=resolved.seed)
     outcome = ServerOutcome()
     user_hook = spec.on_round
@@ -147,12 +161,18 @@ def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: b
             user_hook(summary)
 
     spec.on_round = on_round
-    run_on_simulation_engine(
-        make_server_app(lambda _ctx: spec, outcome),
-        make_client_app(simulated_site),
-        resolved.sites,
-        verbose=verbose,
-    )
+    server_app = make_server_app(lambda _ctx: spec, outcome)
+    client_app = make_client_app(simulated_site)
+    if engine == "inprocess":
+        from fedsilo.simulations.inprocess import run_in_process
+
+        try:
+            run_in_process(server_app, client_app, resolved.sites)
+        except Exception:
+            if outcome.error is None:
+                raise
+    else:
+        run_on_simulation_engine(server_app, client_app, resolved.sites, verbose=verbose)
     if outcome.error is not None:
         raise outcome.error
     if outcome.result is None:

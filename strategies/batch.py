@@ -42,14 +42,18 @@ class UpdateBatch:
                 f"UpdateBatch fields disagree: {n} updates, {len(self.weights)} weights, "
                 f"{len(self.site_ids)} site ids, {len(self.node_ids)} node ids"
             )
-        self._sum_key = self._key() if self.weighted_sum is not None else None
-
-    def _key(self) -> tuple[tuple[int, ...], bytes]:
-        return tuple(id(r) for r in self.updates), self.weights.tobytes()
+        # the rows (held, so their identity cannot be reused) and weights the sum is of
+        self._sum_of = (tuple(self.updates), self.weights.copy())
 
     def precomputed_sum(self) -> np.ndarray | None:
         """`weighted_sum` if it still matches the current rows and weights, else None."""
-        if self.weighted_sum is None or self._sum_key != self._key():
+        rows, weights = self._sum_of
+        if (
+            self.weighted_sum is None
+            or len(rows) != len(self.updates)
+            or any(a is not b for a, b in zip(rows, self.updates, strict=True))
+            or not np.array_equal(weights, self.weights)
+        ):
             return None
         return self.weighted_sum
 
@@ -80,4 +84,6 @@ class UpdateBatch:
             site_ids=[self.site_ids[i] for i in idx],
             node_ids=[self.node_ids[i] for i in idx],
             root_update=self.root_update,
+            # keeping every row in order keeps a still-valid precomputed sum
+            weighted_sum=self.precomputed_sum() if idx == list(range(self.n)) else None,
         )

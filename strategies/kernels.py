@@ -211,9 +211,10 @@ def closest_to_median_mean(X: np.ndarray, beta: int) -> np.ndarray:
 
 def row_dots(rows: Sequence[np.ndarray], v: np.ndarray | None = None) -> np.ndarray:
     """Per row, ``row . v`` (or ``row . row`` when ``v`` is None), float64, without stacking."""
-    if v is None:
-        return np.array([np.dot(r, r) for r in rows], dtype=np.float64)
-    return np.array([np.dot(r, v) for r in rows], dtype=np.float64)
+    with single_threaded_blas():
+        if v is None:
+            return np.array([np.dot(r, r) for r in rows], dtype=np.float64)
+        return np.array([np.dot(r, v) for r in rows], dtype=np.float64)
 
 
 def distances_to(X: np.ndarray, sq_norms: np.ndarray, z: np.ndarray) -> np.ndarray:

@@ -18,7 +18,9 @@ class SecAggConfig:
     degree:
         Number of neighbours of each site in the communication graph. ``None`` picks
         ``2 * ceil(log2 n)`` (O(log n), Bell et al. 2020); any value >= n - 1 gives the
-        complete graph, i.e. the original SecAgg (Bonawitz et al. 2017).
+        complete graph, i.e. the original SecAgg (Bonawitz et al. 2017). The default
+        tolerates about 10% random dropout; for more, pick the degree with
+        `fedsilo.privacy.secagg.suggest_degree` (e.g. n = 1000 at 30% needs k = 130).
     threshold:
         Shamir reconstruction threshold t, counted over a site's neighbourhood
         (its neighbours plus itself, k + 1 holders). ``None`` picks the smallest

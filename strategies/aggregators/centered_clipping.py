@@ -8,7 +8,7 @@ import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import F32, distances_to, normalized
+from ..kernels import F32, distances_to, normalized, single_threaded_blas
 
 
 class CenteredClipping(Aggregator):
@@ -41,11 +41,12 @@ class CenteredClipping(Aggregator):
         sq_norms = np.einsum("ij,ij->i", X, X, dtype=np.float64)
         v = np.zeros(batch.dim, dtype=F32)
         factors = np.ones(batch.n)
-        for _ in range(self.iterations):
-            dist = distances_to(X, sq_norms, v)
-            factors = np.minimum(1.0, self.tau / np.maximum(dist, 1e-30))
-            c = w * factors
-            v = (F32(1.0 - c.sum()) * v + c.astype(F32) @ X).astype(F32)
+        with single_threaded_blas():  # memory-bound matrix-vector products
+            for _ in range(self.iterations):
+                dist = distances_to(X, sq_norms, v)
+                factors = np.minimum(1.0, self.tau / np.maximum(dist, 1e-30))
+                c = w * factors
+                v = (F32(1.0 - c.sum()) * v + c.astype(F32) @ X).astype(F32)
         return AggregateResult(
             update=v,
             fates=["clipped" if f < 1.0 else "accepted" for f in factors],

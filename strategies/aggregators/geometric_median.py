@@ -8,7 +8,7 @@ import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import F32, coordinate_median, distances_to, normalized
+from ..kernels import F32, coordinate_median, distances_to, normalized, single_threaded_blas
 
 
 def smoothed_weiszfeld(
@@ -97,9 +97,10 @@ class GeometricMedian(Aggregator):
         self.validate(batch.n)
         X = batch.stacked
         w = normalized(batch.weights)
-        z, beta, iterations, objective = smoothed_weiszfeld(
-            X, w, coordinate_median(X), nu=self.nu, tol=self.tol, max_iter=self.max_iter
-        )
+        with single_threaded_blas():  # memory-bound matrix-vector products
+            z, beta, iterations, objective = smoothed_weiszfeld(
+                X, w, coordinate_median(X), nu=self.nu, tol=self.tol, max_iter=self.max_iter
+            )
         ratio = beta / np.maximum(w, 1e-300)
         cut = 0.5 * float(np.median(ratio))
         return AggregateResult(

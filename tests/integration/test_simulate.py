@@ -67,3 +67,13 @@ def test_default_scenario_learns(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert line.startswith("fedsilo: run d rounds_done: 8 rounds, test accuracy ")
     acc = float(line.split("test accuracy ")[1].split(",")[0])
     assert acc >= 0.85, line  # 10 sites, dirichlet:0.5 label skew, 8 rounds of FedAvg on digits
+
+
+def test_in_process_grid_gives_the_same_model_as_the_simulation_engine(
+    twin_runs: tuple, tmp_path: Path
+) -> None:
+    """The in-process Grid (benchmark sweeps) is only a transport: same apps, same model."""
+    run = run_federation(
+        RunConfig.load(None, {**SMALL, "out": str(tmp_path), "run_id": "inproc"}), engine="inprocess"
+    )
+    assert run.final_digest == twin_runs[0].final_digest

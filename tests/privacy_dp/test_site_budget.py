@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from fedsilo.privacy.accounting import ClientLevelAccountant
@@ -62,7 +63,7 @@ def test_server_and_site_agree_when_site_is_always_sampled() -> None:
     for r in range(1, 5):
         cfg = server.round_config(r)
         ok, eps_site, _ = site.admit(cfg)
-        server.accountant.step(1)
+        server.aggregate([np.zeros(4, np.float32)], np.ones(1))
         site.record_participation(cfg)
         assert ok and eps_site == pytest.approx(server.accountant.get_epsilon())
 

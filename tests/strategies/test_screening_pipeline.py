@@ -121,6 +121,8 @@ def test_sum_accumulated_while_screening_equals_the_streamed_mean() -> None:
     fused, _ = batch_from_replies(replies, accumulate=True, **kwargs)
     plain, _ = batch_from_replies(replies, **kwargs)
     assert fused.precomputed_sum() is not None and plain.precomputed_sum() is None
+    assert fused.subset(range(5)).precomputed_sum() is fused.weighted_sum
+    assert fused.subset([0, 1, 2, 4]).precomputed_sum() is None
     expected = (np.arange(1, 6) * 10 / 150) @ deltas.astype(np.float64)
     mean = make_aggregator("mean")
     np.testing.assert_allclose(mean.aggregate(fused).update, expected, rtol=1e-5, atol=1e-6)
