@@ -93,7 +93,11 @@ def run(n: int, d: int, reps: int, legacy_reps: int, seed: int) -> list[tuple[st
     rng = np.random.default_rng(seed)
     sizes = layer_sizes(d)
     model = rng.standard_normal(d, dtype=np.float32)
-    deltas = (0.01 * rng.standard_normal((n, d), dtype=np.float32)).astype(np.float32)
+    # a shared direction plus site-specific noise of varied scale, so that Krum scores are
+    # well separated (pure Gaussian rows are all equidistant: float32 ties decide ranks)
+    common = 0.01 * rng.standard_normal(d, dtype=np.float32)
+    scale = rng.permutation(np.linspace(0.5, 1.5, n)).astype(np.float32)[:, None]
+    deltas = (common + 0.01 * scale * rng.standard_normal((n, d), dtype=np.float32)).astype(np.float32)
     counts = rng.integers(50, 500, size=n)
     f = max(1, n // 10)
     site_of = {i + 1: f"site-{i}" for i in range(n)}

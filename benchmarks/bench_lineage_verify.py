@@ -122,9 +122,10 @@ def parse_floor(db: Path) -> tuple[Timing, int]:
     return out[0], total
 
 
-def append_cost(tmp: Path, sites: int, rounds: int = 100) -> float:
-    """Milliseconds (wall) per durable ``LineageWriter.append`` of one ``sites``-contribution
-    round (records of a small synthetic run re-appended to a fresh, fsync-on store)."""
+def append_cost(tmp: Path, sites: int, rounds: int = 100) -> Timing:
+    """Milliseconds (wall, CPU) per durable ``LineageWriter.append`` of one
+    ``sites``-contribution round (a small synthetic run's records re-appended to a fresh,
+    fsync-on store)."""
     shutil.rmtree(tmp, ignore_errors=True)
     build_synthetic_run(tmp, rounds=rounds, sites=sites, dim=4, ledgers=False, durable=False)
     records = [record_from_dict(e["type"], e["body"]) for e in read_chain(tmp / "lineage.sqlite")]
@@ -134,7 +135,7 @@ def append_cost(tmp: Path, sites: int, rounds: int = 100) -> float:
         for record in records:
             writer.append(record)
     shutil.rmtree(tmp, ignore_errors=True)
-    return out[0].wall / len(records) * 1e3
+    return out[0].scaled(1e3 / len(records))
 
 
 def timed_verify(run_dir: Path, **kwargs: object) -> tuple[Timing, str]:
@@ -238,7 +239,8 @@ def main() -> int:
         "",
         f"Writer cost (for the per-round overhead): one durable `LineageWriter.append` of a "
         f"{args.sites}-contribution round record (validate, canonical JSON, SHA-256, Ed25519 "
-        f"sign, one `synchronous=FULL` SQLite transaction) takes {append_ms:.1f} ms wall.",
+        f"sign, one `synchronous=FULL` SQLite transaction) takes {append_ms.wall:.1f} ms wall, "
+        f"{append_ms.cpu:.1f} ms CPU.",
         "",
         f"Verify summary: `{summary}`",
         "",

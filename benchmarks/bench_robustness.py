@@ -32,7 +32,7 @@ from fedsilo.simulations.runner import run_federation  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 AGGREGATORS = [
     "mean", "median", "trimmed_mean:beta=0.2", "krum:f=4", "multi_krum:f=4", "bulyan:f=4",
-    "geometric_median", "centered_clipping:tau=1,iterations=3", "norm_bounding:max_norm=1",
+    "geometric_median", "centered_clipping:tau=0.3,iterations=3", "norm_bounding:max_norm=0.5",
     "fltrust",
 ]
 ATTACKS = ["none", "sign_flip", "gaussian", "scaling", "label_flip", "alie", "ipm", "min_max"]

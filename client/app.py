@@ -12,7 +12,6 @@ The ClientApp answers three kinds of message:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,11 +109,18 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
     def fit_update(msg: Message, context: Context) -> LocalUpdate:
         site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
         config = _config(msg, codec.CONFIG_RECORD)
-        reason = site.policy.refusal(config)
+        reason = site.policy.refusal(config) or _privacy_refusal(site, config)
         if reason is not None:
             raise RuntimeError(f"site {site.site_id} refused: {reason}")
         delta, num_examples, metrics = local_delta(site, msg, config)
-        delta = _site_side_clip(delta, config)
+        _record_privacy_participation(site, config)
+        if str(config.get("dp_where", "")) == "site":
+            # DP under secure aggregation: the site clips (and caps its weight) itself and
+            # enters the sum with weight 1, so the server's noise covers the sum's sensitivity.
+            from fedsilo.privacy.dp import site_contribution
+
+            clipped, _unclipped = site_contribution(delta, _dp_round_config(config), weight=num_examples)
+            return LocalUpdate(delta=clipped, weight=1.0, metrics=metrics)
         return LocalUpdate(delta=delta, weight=float(num_examples), metrics=metrics)
 
     register_secagg(app, fit_update)

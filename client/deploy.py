@@ -32,9 +32,9 @@ def check_site(cfg: SiteConfig) -> None:
     build_site(cfg)
     sn = cfg.supernode
     try:
-        if not sn.insecure:
-            assert sn.ca_cert is not None and sn.auth_key is not None
+        if sn.ca_cert is not None and not sn.insecure:
             load_certificate(sn.ca_cert, "CA certificate")
+        if sn.auth_key is not None and not sn.insecure:
             load_auth_private_key(sn.auth_key)
     except CertsError as exc:
         raise DeployError(f"{cfg.path}: {exc}") from None

@@ -79,16 +79,17 @@ def _add_server(sub: Any) -> None:
 
 
 def _server_start(args: argparse.Namespace) -> int:
-    from fedsilo.server.deploy import read_server_settings, start_superlink
+    from fedsilo.server.deploy import check_server_files, read_server_settings, start_superlink
     from fedsilo.server.deploy_procs import DeployError, Supervisor
 
     try:
         settings = read_server_settings(Path(args.config))
+        check_server_files(settings)
     except DeployError as exc:
         return _fail("server start", str(exc))
     try:
         with Supervisor(settings.log_dir) as sup:
-            proc = start_superlink(settings, sup)
+            proc = start_superlink(settings, sup, check=False)
             mode = "insecure (no TLS, no site authentication)" if settings.insecure else (
                 f"TLS, {len(settings.sites)} registered sites")
             print(f"fedsilo server: SuperLink pid {proc.pid} on {settings.host}:{settings.port}, "
@@ -97,7 +98,7 @@ def _server_start(args: argparse.Namespace) -> int:
             return _fail("server start", f"{ended.name} exited with code "
                          f"{ended.popen.returncode}: {ended.log_tail()}", EXIT_FAILED)
     except DeployError as exc:
-        return _fail("server start", str(exc), EXIT_FAILED if "exited" in str(exc) else EXIT_USAGE)
+        return _fail("server start", str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         print("fedsilo server: stopped", file=sys.stderr)
         return 0
@@ -107,11 +108,12 @@ def _server_run(args: argparse.Namespace) -> int:
     from fedsilo.server.config import ConfigError, RunConfig
     from fedsilo.server.deploy import read_server_settings, submit_run, wait_run
     from fedsilo.server.deploy_procs import DeployError
-    from fedsilo.simulations.runner import check_feasible, new_run_id
 
     try:
         settings = read_server_settings(Path(args.server))
         config = RunConfig.load(args.config, {"run_id": args.run_id})
+        from fedsilo.simulations.runner import check_feasible, new_run_id
+
         check_feasible(config)
         config = RunConfig.from_dict({**config.to_dict(), "run_id": config.run_id or new_run_id(),
                                       "out": str(Path(config.out).resolve())})
@@ -149,7 +151,7 @@ def _server_status(args: argparse.Namespace) -> int:
         return 0
     print(f"SuperLink {settings.address}: {st.online} SuperNodes online, {len(st.nodes)} known")
     for n in st.nodes:
-        print(f"  node {n.get('node-id')}  {n.get('status')}  {n.get('owner-name', '')}")
+        print(f"  site {n.get('site') or '?'}  node {n.get('node-id')}  {n.get('status')}")
     for r in st.runs[-5:]:
         print(f"  run {r.get('run-id')}  {r.get('status')}  elapsed {r.get('elapsed')}")
     if st.run_dir is not None:

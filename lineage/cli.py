@@ -248,17 +248,14 @@ def _contributors(args: argparse.Namespace) -> int:
 
 
 def _ranges(rounds: list[int]) -> str:
-    """``[1,2,3,5]`` -> ``"1-3,5"``."""
-    out: list[str] = []
-    start = prev = None
-    for r in rounds + [None]:  # type: ignore[list-item]
-        if start is not None and (r is None or r != prev + 1):  # type: ignore[operator]
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-            start = None
-        if r is not None and start is None:
-            start = r
-        prev = r
-    return ",".join(out)
+    """``[1, 2, 3, 5]`` -> ``"1-3,5"`` (``rounds`` ascending)."""
+    runs: list[list[int]] = []
+    for r in rounds:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -15,7 +15,11 @@ prefix of the chain.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +208,19 @@ def _connect_rw(db_path: Path, durable: bool) -> sqlite3.Connection:
     return conn
 
 
-def connect_readonly(db_path: Path) -> sqlite3.Connection:
-    """Open a lineage store read-only (``mode=ro`` URI) after checking it is one.
+@contextmanager
+def connect_readonly(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """Open a lineage store for reading without ever writing to it or next to it.
+
+    A finished store (rollback-journal mode, no side files) is opened with a ``mode=ro``
+    URI. A store left in WAL mode by a crashed writer keeps its latest records in
+    ``lineage.sqlite-wal``; since even a read-only SQLite connection may create or update the
+    ``-shm``/``-wal`` side files, such a store (or one with a hot ``-journal``) is copied with
+    its side files into a temporary directory and read from there. A WAL-mode file without a
+    ``-wal`` file is opened ``immutable``.
+
+    Yields:
+        A connection to a checked lineage store (closed, and any copy removed, on exit).
 
     Raises:
         LineageError: if the file is missing, not SQLite, corrupted, or not a lineage store
@@ -217,12 +232,45 @@ def connect_readonly(db_path: Path) -> sqlite3.Connection:
     if not db_path.is_file():
         raise LineageError(f"{db_path}: not a file")
     try:
-        conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise LineageError(f"{db_path}: cannot open as SQLite ({exc})") from None
+        with db_path.open("rb") as handle:
+            header = handle.read(100)
+    except OSError as exc:
+        raise LineageError(f"{db_path}: cannot read ({exc.strerror})") from None
+    wal_mode = len(header) >= 20 and header.startswith(b"SQLite format 3\x00") and header[18] == 2
+    sides = [Path(f"{db_path}{suffix}") for suffix in ("-wal", "-shm", "-journal")]
+    has_wal = sides[0].exists() and sides[0].stat().st_size > 0
+    with tempfile.TemporaryDirectory(prefix="fedsilo-lineage-") as tmp:
+        if (wal_mode and has_wal) or sides[2].exists():
+            target = Path(tmp) / "lineage.sqlite"
+            shutil.copyfile(db_path, target)
+            for side in sides:
+                if side.exists():
+                    shutil.copyfile(
+                        side, Path(tmp) / ("lineage.sqlite" + side.name[len(db_path.name) :])
+                    )
+            uri = target.as_uri()
+        else:
+            uri = db_path.resolve().as_uri() + ("?mode=ro&immutable=1" if wal_mode else "?mode=ro")
+        try:
+            conn = sqlite3.connect(uri, uri=True)
+        except sqlite3.Error as exc:
+            raise LineageError(f"{db_path}: cannot open as SQLite ({exc})") from None
+        try:
+            _check_store(conn, db_path, wal_mode and not has_wal)
+            yield conn
+        finally:
+            conn.close()
+
+
+def _check_store(conn: sqlite3.Connection, db_path: Path, wal_missing: bool) -> None:
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         if not {"meta", "records"} <= tables:
+            if wal_missing:
+                raise LineageError(
+                    f"{db_path}: no chain in this file: it is in WAL mode (a run that did not "
+                    f"close) and its {db_path.name}-wal file is missing; copy it along"
+                )
             raise LineageError(f"{db_path}: not a fedsilo lineage store (no meta/records tables)")
         row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         if row is None or row[0] != SCHEMA_VERSION:
@@ -230,13 +278,8 @@ def connect_readonly(db_path: Path) -> sqlite3.Connection:
             raise LineageError(
                 f"{db_path}: unsupported lineage schema {found!r} (expected {SCHEMA_VERSION!r})"
             )
-    except LineageError:
-        conn.close()
-        raise
     except sqlite3.Error as exc:
-        conn.close()
         raise LineageError(f"{db_path}: {_describe(exc)}") from None
-    return conn
 
 
 def _describe(exc: sqlite3.Error) -> str:
@@ -254,16 +297,13 @@ def read_rows(db_path: Path) -> list[tuple[int, str, str, str, str]]:
     Raises:
         LineageError: see :func:`connect_readonly`, or if a row's columns have wrong types.
     """
-    conn = connect_readonly(db_path)
-    try:
-        rows = conn.execute(
-            "SELECT seq, type, digest, signature, signed FROM records ORDER BY seq"
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise LineageError(f"{db_path}: {_describe(exc)}") from None
-    finally:
-        conn.close()
-    return rows
+    with connect_readonly(db_path) as conn:
+        try:
+            return conn.execute(
+                "SELECT seq, type, digest, signature, signed FROM records ORDER BY seq"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise LineageError(f"{db_path}: {_describe(exc)}") from None
 
 
 def read_chain(db_path: Path) -> list[dict[str, Any]]:

@@ -24,7 +24,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class DPSettings:
-    """Client-level differential privacy (``[dp]`` table; off unless ``enabled``)."""
+    """Client-level differential privacy (``[dp]`` table; off unless ``enabled``).
+
+    Fields as in `fedsilo.privacy.dp.DPConfig` (``accountant`` is its ``method``);
+    ``secure_noise`` None means: seeded noise in ``fedsilo simulate`` (reproducible),
+    a cryptographically secure generator in deployments.
+    """
 
     enabled: bool = False
     epsilon: float | None = None
@@ -36,17 +41,27 @@ class DPSettings:
     where: str = "server"
     sampling: str = "poisson"
     accountant: str = "rdp"
-    secure_noise: bool = False
+    secure_noise: bool | None = None
+    weighting: str = "uniform"
+    weight_cap: float | None = None
 
 
 @dataclass
 class SecAggSettings:
-    """Secure aggregation (``[secagg]`` table; off unless ``enabled``)."""
+    """Secure aggregation (``[secagg]`` table; off unless ``enabled``).
+
+    degree : SecAgg+ graph degree (None: 2*ceil(log2 n)); threshold : shares needed to
+    reconstruct a secret (None: a strict majority of each site's neighbours);
+    clip_range : each coordinate of ``weight / max_weight * update`` is clipped to
+    ``[-clip_range, clip_range]`` before quantisation; max_weight : the largest example
+    count a site may weigh its update with.
+    """
 
     enabled: bool = False
     degree: int | None = None
     threshold: int | None = None
-    clip_range: float = 8.0
+    clip_range: float = 1.0
+    max_weight: float = 1000.0
 
 
 @dataclass
@@ -183,6 +198,36 @@ class RunConfig:
             raise ConfigError(f"--run-id: {self.run_id!r} is not a valid directory name")
         if self.min_sites > self.sites:
             raise ConfigError(f"--min-sites: {self.min_sites} exceeds --sites {self.sites}")
+        if self.dp.enabled:
+            self._validate_dp()
+
+    def dp_config(self, *, simulation: bool = True) -> Any:
+        """The `fedsilo.privacy.dp.DPConfig` of this run (requires ``dp.enabled``)."""
+        from fedsilo.privacy.dp import DPConfig
+
+        d = self.dp
+        return DPConfig(
+            epsilon=d.epsilon, delta=d.delta, noise_multiplier=d.noise_multiplier,
+            clip_norm=d.clip_norm, clipping=d.clipping, target_quantile=d.target_quantile,
+            where=d.where, sampling=d.sampling, method=d.accountant,
+            secure_noise=(not simulation) if d.secure_noise is None else d.secure_noise,
+            weighting=d.weighting, weight_cap=d.weight_cap,
+        )
+
+    def _validate_dp(self) -> None:
+        from fedsilo.privacy.dp import check_composition, check_secure_aggregation
+
+        try:
+            dpc = self.dp_config().validate()
+            check_composition(self.aggregator.split(":")[0])
+            if self.secagg.enabled:
+                check_secure_aggregation(dpc)
+        except ValueError as exc:
+            text = str(exc)
+            flag = "--" + text.split(":")[0].strip().replace("_", "-")
+            if not text.startswith(("aggregator", "where", "clipping")):
+                flag = "--dp-" + text.split(":")[0].strip().replace("_", "-")
+            raise ConfigError(f"{flag}: {text.split(':', 1)[1].strip()}") from None
 
     @property
     def sites_per_round(self) -> int:

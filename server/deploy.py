@@ -32,7 +32,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
@@ -46,6 +46,9 @@ from fedsilo.server.deploy_procs import (
     flower_bin,
     wait_for_port,
 )
+
+if TYPE_CHECKING:
+    from fedsilo.server.config import RunConfig
 
 CONNECTION = "fedsilo"
 """Name of the SuperLink connection written to the flwr CLI's config."""
@@ -138,8 +141,7 @@ def read_server_settings(path: Path) -> ServerSettings:
 def check_server_files(s: ServerSettings) -> None:
     """Certificates match and parse, site keys parse, the port is free (before any process starts)."""
     try:
-        if not s.insecure:
-            assert s.cert is not None and s.key is not None and s.ca_cert is not None
+        if s.cert is not None and s.key is not None and s.ca_cert is not None and not s.insecure:
             check_server_tls(s.cert, s.key, s.ca_cert)
         for key in s.sites.values():
             load_auth_public_key(key)
@@ -176,12 +178,21 @@ def superlink_argv(s: ServerSettings) -> list[str]:
     return argv
 
 
-def start_superlink(s: ServerSettings, sup: Supervisor, timeout: float = 60.0) -> ManagedProcess:
+def start_superlink(s: ServerSettings, sup: Supervisor, timeout: float = 60.0,
+                    check: bool = True) -> ManagedProcess:
     """Check the files, start the SuperLink under ``sup``, wait for it, register the sites.
+
+    Parameters
+    ----------
+    s : the validated settings.
+    sup : supervisor that owns (and finally stops) the SuperLink process.
+    timeout : seconds to wait for the SuperLink to listen, and for each registration.
+    check : run `check_server_files` first (False when the caller already did).
 
     On any failure the SuperLink (if started) is stopped before `DeployError` is raised.
     """
-    check_server_files(s)
+    if check:
+        check_server_files(s)
     s.state_dir.mkdir(parents=True, exist_ok=True)
     write_flwr_config(s)
     proc = sup.start("superlink", superlink_argv(s), child_env(s.flwr_home), cwd=s.state_dir)
@@ -197,20 +208,32 @@ def start_superlink(s: ServerSettings, sup: Supervisor, timeout: float = 60.0) -
 
 
 def register_sites(s: ServerSettings, timeout: float = 60.0) -> dict[str, str]:
-    """Register every allowed site's public key; returns site -> outcome (node id or 'already')."""
-    out: dict[str, str] = {}
+    """Register every allowed site's public key; return site -> SuperLink node id.
+
+    The mapping is kept in ``state_dir/sites.json`` (Flower's node listing has no
+    names), so ``status`` can say which site each node is; a key registered by an earlier
+    start keeps its recorded node id.
+    """
+    path = s.state_dir / "sites.json"
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     for site, key in s.sites.items():
         res = flwr(s, ["supernode", "register", str(key), CONNECTION, "--name", site,
-                    "--format", "json"],
-                   timeout=timeout, check=False)
+                       "--format", "json"], timeout=timeout, check=False)
         payload = _json_payload(res.stdout)
         if payload.get("success"):
-            out[site] = str(payload.get("node-id", ""))
-        elif "already" in (res.stdout + res.stderr).lower():
-            out[site] = "already"
-        else:
+            known[site] = str(payload.get("node-id", ""))
+        elif "already" not in (res.stdout + res.stderr).lower():
             raise DeployError(f"registering site {site!r} ({key}) failed: {_cli_error(res)}")
-    return out
+    path.write_text(json.dumps(known, indent=1, sort_keys=True))
+    return {site: known.get(site, "") for site in s.sites}
+
+
+def site_names(s: ServerSettings) -> dict[str, str]:
+    """node id -> site id, from the registrations recorded in ``state_dir/sites.json``."""
+    path = s.state_dir / "sites.json"
+    if not path.exists():
+        return {}
+    return {str(node): site for site, node in json.loads(path.read_text()).items() if node}
 
 
 # ------------------------------------------------------------------ runs
@@ -246,7 +269,7 @@ class SubmittedRun:
     run_dir: Path
 
 
-def submit_run(s: ServerSettings, config: Any, app_dir: Path | None = None,
+def submit_run(s: ServerSettings, config: RunConfig, app_dir: Path | None = None,
                timeout: float = 120.0) -> SubmittedRun:
     """``flwr run`` fedsilo's apps with ``config`` (a resolved `RunConfig`) on this SuperLink.
 
@@ -307,7 +330,9 @@ class Status:
 def status(s: ServerSettings, run_dir: Path | None = None) -> Status:
     """Connected SuperNodes and runs (Control API via ``flwr``) and the latest run's round."""
     res = flwr(s, ["supernode", "ls", CONNECTION, "--format", "json"], check=False)
-    nodes = list(_json_payload(res.stdout).get("nodes") or [])
+    names = site_names(s)
+    nodes = [{**n, "site": names.get(str(n.get("node-id")), "")}
+             for n in _json_payload(res.stdout).get("nodes") or []]
     runs = list(_json_payload(flwr(s, ["ls", CONNECTION, "--format", "json"]).stdout).get("runs") or [])
     if run_dir is None:
         run_dir = last_run_dir(s)
@@ -406,7 +431,7 @@ def _typed(path: Path, name: str, value: Any, kind: type) -> Any:
 
 __all__ = [
     "CONNECTION", "ServerSettings", "Status", "SubmittedRun", "check_server_files",
-    "read_server_settings", "register_sites", "run_progress", "run_status",
+    "read_server_settings", "register_sites", "run_progress", "run_status", "site_names",
     "start_superlink", "status", "submit_run", "superlink_argv", "wait_run", "write_app_dir",
     "write_flwr_config",
 ]

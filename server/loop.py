@@ -33,6 +33,31 @@ class FederationError(RuntimeError):
     """The federation cannot start or continue (not enough sites, refused policies...)."""
 
 
+class BudgetExhausted(Exception):
+    """The next round would exceed the privacy budget: end the run cleanly."""
+
+    def __init__(self, reason: str, epsilon_spent: float) -> None:
+        super().__init__(reason)
+        self.epsilon_spent = epsilon_spent
+
+
+@dataclass
+class _Exchange:
+    """What one round's exchange with the sites produced (plain or secure)."""
+
+    replied: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    accepted: list[str] = field(default_factory=list)
+    contributions: list[dict[str, Any]] = field(default_factory=list)
+    update: np.ndarray | None = None
+    reason: str | None = None
+    train_loss: float | None = None
+    privacy: dict[str, Any] | None = None
+    secagg: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class SiteInfo:
     """What the handshake told the server about one site."""
@@ -83,6 +108,7 @@ class ServerSpec:
     expected_sites : wait for this many nodes before the handshake.
     node_wait_timeout : seconds to wait for ``expected_sites`` nodes to connect.
     resume : continue the run in ``run_dir`` from its last checkpoint (after a crash).
+    simulation : a simulated federation (seeded DP noise unless configured otherwise).
     """
 
     config: RunConfig
@@ -98,6 +124,7 @@ class ServerSpec:
     expected_sites: int | None = None
     node_wait_timeout: float = 120.0
     resume: bool = False
+    simulation: bool = True
 
 
 @dataclass
@@ -124,6 +151,16 @@ class FederationServer:
         self.aggregator.validate(cfg.sites_per_round)
         self.screening = ScreeningPolicy(max_norm=cfg.max_update_norm)
         self.rng = np.random.default_rng([cfg.seed, 0x5A3B1E])
+        self.dp: Any = None
+        if cfg.dp.enabled:
+            from fedsilo.privacy.dp import ClientLevelDP
+
+            poisson = cfg.dp.sampling == "poisson"
+            q = cfg.fraction if poisson else cfg.sites_per_round / cfg.sites
+            self.dp = ClientLevelDP(
+                cfg.dp_config(simulation=spec.simulation), rounds=cfg.rounds, sample_rate=q,
+                population=cfg.sites, expected_clients=q * cfg.sites, seed=cfg.seed,
+            )
         self.sites: list[SiteInfo] = []
         self.writer: Any = None
         self.server_key: Any = None
@@ -154,6 +191,8 @@ class FederationServer:
                 summaries.append(summary)
                 if spec.on_round is not None:
                     spec.on_round(summary)
+        except BudgetExhausted as exc:
+            closing, detail = "budget_exhausted", str(exc)
         except KeyboardInterrupt:
             closing, detail = "interrupted", "interrupted by the operator"
             raise
@@ -212,8 +251,17 @@ class FederationServer:
 
     # --------------------------------------------------------------- round
     def _sample(self) -> list[SiteInfo]:
-        k = min(len(self.sites), self.spec.config.sites_per_round)
-        idx = np.sort(self.rng.choice(len(self.sites), size=k, replace=False))
+        """Seeded draw over the sorted site ids: the same sites every run, whatever the node order.
+
+        Fixed-size sampling without replacement, or Poisson sampling (each site
+        independently with probability ``fraction``) when DP accounts for it.
+        """
+        cfg = self.spec.config
+        if self.dp is not None and cfg.dp.sampling == "poisson" and cfg.fraction < 1.0:
+            idx = np.flatnonzero(self.rng.random(len(self.sites)) < cfg.fraction)
+        else:
+            k = min(len(self.sites), cfg.sites_per_round)
+            idx = np.sort(self.rng.choice(len(self.sites), size=k, replace=False))
         return [self.sites[i] for i in idx]
 
     def round_config(self, server_round: int) -> dict[str, Any]:
@@ -228,12 +276,18 @@ class FederationServer:
             "optimizer": cfg.optimizer,
             "layout": self.layout.to_json(),
             "server_key_fingerprint": self._server_key_fingerprint(),
-            "secagg": False,
+            "secagg": cfg.secagg.enabled,
+            **({f"dp_{k}": v for k, v in self.dp.round_config(server_round).items()}
+               if self.dp is not None else {}),
         }
 
     def _round(self, grid: Grid, server_round: int) -> RoundSummary:
         cfg = self.spec.config
         t0 = time.perf_counter()
+        if self.dp is not None:
+            decision = self.dp.check_budget()
+            if not decision.ok:
+                raise BudgetExhausted(decision.reason, decision.epsilon_spent)
         sampled = self._sample()
         model_in = self._digest(self.model)
         content = RecordDict(
@@ -243,8 +297,69 @@ class FederationServer:
                 codec.FEDERATION_RECORD: ConfigRecord(self._federation()),
             }
         )
+        if not sampled:
+            ex = _Exchange(reason="no site was sampled this round (Poisson sampling)")
+        elif cfg.secagg.enabled:
+            ex = self._secagg_exchange(grid, server_round, sampled, content)
+        else:
+            ex = self._plain_exchange(grid, server_round, sampled, content)
+
+        status, reason = "completed", ex.reason
+        if ex.update is None:
+            status = "skipped"
+            reason = f"{reason}; global model unchanged"
+        else:
+            self.model = self.optimizer.step(self.model, ex.update)
+        t_eval = time.perf_counter()
+        test_loss = test_acc = None
+        if self.spec.evaluate_fn is not None:
+            test_loss, test_acc = self.spec.evaluate_fn(self.layout.unflatten(self.model))
+        model_out = self._digest(self.model)
+        t_end = time.perf_counter()
+
+        epsilon = None
+        if ex.privacy is not None:
+            epsilon = ex.privacy.get("epsilon_cumulative")
+        elif self.dp is not None:
+            epsilon = self.dp.accountant.get_epsilon()
+        metrics = {k: v for k, v in (("train_loss", ex.train_loss), ("test_loss", test_loss),
+                                      ("test_accuracy", test_acc), ("epsilon", epsilon))
+                   if v is not None}
+        timings = {**ex.timings, "evaluate": t_end - t_eval, "total": t_end - t0}
+        record = self._round_record(
+            server_round=server_round, sampled=[s.site_id for s in sampled], replied=ex.replied,
+            accepted=ex.accepted if status == "completed" else [], rejected=ex.rejected,
+            dropped=ex.dropped, contributions=ex.contributions if status == "completed"
+            else [{**c, "fate": "rejected", "detail": {"aggregation": "round skipped"}}
+                  for c in ex.contributions],
+            model_in=model_in, model_out=model_out, metrics=metrics, timings=timings,
+            status=status, reason=reason, privacy=ex.privacy, secagg=ex.secagg,
+        )
+        summary = RoundSummary(
+            round=server_round, status=status, sampled=len(sampled), replied=len(ex.replied),
+            accepted=(len(ex.accepted) or len((ex.secagg or {}).get("participant_sites", [])))
+            if status == "completed" else 0, rejected=ex.rejected,
+            train_loss=ex.train_loss, test_loss=test_loss, test_accuracy=test_acc,
+            wall_time=time.perf_counter() - t0, model_digest=model_out, epsilon=epsilon,
+            reason=reason,
+        )
+        # Checkpoint first, carrying the round's record; then append the record. A crash
+        # before the checkpoint re-runs the round; a crash after it re-appends the record
+        # from the checkpoint on resume. Either way the chain has each round once.
+        fault_point("before_checkpoint", server_round)
+        self._checkpoint(server_round, pending=record, summary=summary)
+        fault_point("before_lineage", server_round)
+        self._append(record)
+        self.rounds_completed += status == "completed"
+        fault_point("after_round", server_round)
+        return summary
+
+    def _plain_exchange(self, grid: Grid, server_round: int, sampled: list[SiteInfo],
+                        content: RecordDict) -> _Exchange:
+        """Send the model, receive plain updates, screen, check signatures, aggregate."""
+        cfg = self.spec.config
+        t0 = time.perf_counter()
         msgs = [Message(content, dst_node_id=s.node_id, message_type=MessageType.TRAIN) for s in sampled]
-        t_send = time.perf_counter()
         replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
         t_recv = time.perf_counter()
         fault_point("mid_round", server_round)
@@ -253,80 +368,91 @@ class FederationServer:
         site_of = {s.node_id: s.site_id for s in sampled}
         # Replies arrive in completion order; aggregate in site-id order so that float
         # sums, and hence the model digest, do not depend on which site finished first.
-        replies.sort(key=lambda r: site_of.get(int(r.metadata.src_node_id), "~"))
+        replies = [r for r in replies if int(r.metadata.src_node_id) in site_of]
+        replies.sort(key=lambda r: site_of[int(r.metadata.src_node_id)])
         batch, rejected = batch_from_replies(
             replies, dim=self.layout.size, site_of=site_of, policy=self.screening
         )
-        replied = sorted(site_of[int(r.metadata.src_node_id)] for r in replies
-                         if int(r.metadata.src_node_id) in site_of)
-        dropped = sorted(set(site_of.values()) - set(replied))
-        contributions, keep = self._check_signatures(replies, batch, rejected, by_node, server_round)
+        ex = _Exchange(
+            replied=sorted(site_of[int(r.metadata.src_node_id)] for r in replies),
+            rejected=rejected,
+        )
+        ex.dropped = sorted(set(site_of.values()) - set(ex.replied))
+        ex.contributions, keep = self._check_signatures(replies, batch, rejected, by_node, server_round)
         batch = batch.subset(keep)
-        train_loss = self._mean_metric(replies, batch.site_ids, "train_loss")
-
+        ex.train_loss = self._mean_metric(replies, batch.site_ids, "train_loss")
         if self.spec.attack_fn is not None and batch.n:
             batch = self.spec.attack_fn(server_round, batch)
         if self.spec.root_update_fn is not None and batch.n:
             batch.root_update = self.spec.root_update_fn(self.layout.unflatten(self.model), server_round)
-
-        status, reason = "completed", None
+        t_agg = time.perf_counter()
         fates: dict[str, str] = {}
         scores: dict[str, float] = {}
-        t_agg = time.perf_counter()
         if batch.n < cfg.min_sites:
-            status = "skipped"
-            reason = f"{batch.n} usable updates; min_sites is {cfg.min_sites}; global model unchanged"
+            ex.reason = f"{batch.n} usable updates; min_sites is {cfg.min_sites}"
+        elif self.dp is not None:
+            result = self.dp.aggregate(batch.updates, batch.weights)
+            fates = {batch.site_ids[i]: fate for i, fate in result.fates.items()}
+            for i, why in result.reasons.items():
+                rejected[batch.site_ids[i]] = why
+            ex.update, ex.privacy = result.update, result.lineage
         else:
             result = self.aggregator.aggregate(batch)
             fates = dict(zip(batch.site_ids, result.fates, strict=True))
             if result.scores is not None:
                 scores = dict(zip(batch.site_ids, (float(s) for s in result.scores), strict=True))
-            self.model = self.optimizer.step(self.model, result.update)
-        t_eval = time.perf_counter()
-        weights = self.layout.unflatten(self.model)
-        test_loss = test_acc = None
-        if self.spec.evaluate_fn is not None:
-            test_loss, test_acc = self.spec.evaluate_fn(weights)
-        model_out = self._digest(self.model)
-        t_end = time.perf_counter()
-
-        for c in contributions:
+            ex.update = result.update
+        for c in ex.contributions:
             # lineage's fate says whether the update fed the model; the aggregator's own
             # verdict ("clipped", "trimmed", "rejected:krum"...) goes in the detail.
-            fate = fates.get(c["site_id"], "rejected:round skipped")
+            fate = fates.get(c["site_id"], "rejected:not aggregated")
             c["fate"] = "rejected" if fate.startswith("rejected") else "accepted"
             c["detail"] = {"aggregation": fate}
             if c["site_id"] in scores:
                 c["score"] = scores[c["site_id"]]
-        metrics = {k: v for k, v in (("train_loss", train_loss), ("test_loss", test_loss),
-                                      ("test_accuracy", test_acc)) if v is not None}
-        record = self._round_record(
-            server_round=server_round, sampled=[s.site_id for s in sampled], replied=replied,
-            accepted=[s for s in batch.site_ids if not fates.get(s, "").startswith("rejected")]
-            if status == "completed" else [],
-            rejected=rejected, dropped=dropped, contributions=contributions,
-            model_in=model_in, model_out=model_out, metrics=metrics,
-            timings={"configure": t_send - t0, "train": t_recv - t_send,
-                     "decode": t_agg - t_recv, "aggregate": t_eval - t_agg,
-                     "evaluate": t_end - t_eval, "total": t_end - t0},
-            status=status, reason=reason,
+        ex.accepted = [c["site_id"] for c in ex.contributions if c["fate"] == "accepted"]
+        ex.timings = {"train": t_recv - t0, "decode": t_agg - t_recv,
+                      "aggregate": time.perf_counter() - t_agg}
+        return ex
+
+    def _secagg_exchange(self, grid: Grid, server_round: int, sampled: list[SiteInfo],
+                         content: RecordDict) -> _Exchange:
+        """One SecAgg+ round: the server learns only the (weighted) sum of the updates."""
+        from fedsilo.privacy.secagg import SecAggConfig
+        from fedsilo.server.secagg_round import run_secagg_round
+
+        cfg = self.spec.config
+        t0 = time.perf_counter()
+        site_of = {s.node_id: s.site_id for s in sampled}
+        out = run_secagg_round(
+            grid, [s.node_id for s in sampled], train_content=content,
+            config=SecAggConfig(degree=cfg.secagg.degree, threshold=cfg.secagg.threshold,
+                                clip_range=cfg.secagg.clip_range, max_weight=cfg.secagg.max_weight),
+            run_id=self.spec.run_id, server_round=server_round, timeout=cfg.round_timeout,
+            vector_length=self.layout.size,
         )
-        # Checkpoint first, carrying the round's record; then append the record. A crash
-        # before the checkpoint re-runs the round; a crash after it re-appends the record
-        # from the checkpoint on resume. Either way the chain has each round once.
-        summary = RoundSummary(
-            round=server_round, status=status, sampled=len(sampled), replied=len(replied),
-            accepted=batch.n if status == "completed" else 0, rejected=rejected,
-            train_loss=train_loss, test_loss=test_loss, test_accuracy=test_acc,
-            wall_time=time.perf_counter() - t0, model_digest=model_out, reason=reason,
-        )
-        fault_point("before_checkpoint", server_round)
-        self._checkpoint(server_round, pending=record, summary=summary)
-        fault_point("before_lineage", server_round)
-        self._append(record)
-        self.rounds_completed += status == "completed"
-        fault_point("after_round", server_round)
-        return summary
+        participants = sorted(site_of[n] for n in out.participants if n in site_of)
+        dropped = sorted({site_of[n] for nodes in out.dropped.values() for n in nodes if n in site_of})
+        # Under SecAgg the server never sees an individual update, so the round record has
+        # no per-site contributions; the sites in the sum are listed in its secagg field.
+        ex = _Exchange(replied=sorted(set(site_of.values()) - set(dropped)), dropped=dropped,
+                       accepted=[], secagg={**out.lineage, "participant_sites": participants,
+                                                      "recovered_sites": sorted(site_of[n] for n in out.recovered if n in site_of)})
+        ex.train_loss = out.metrics.get("train_loss")
+        t_agg = time.perf_counter()
+        if not out.ok or out.sum_delta is None:
+            ex.reason = f"secure aggregation failed: {out.reason}"
+        elif len(participants) < cfg.min_sites:
+            ex.reason = f"{len(participants)} sites in the secure sum; min_sites is {cfg.min_sites}"
+        elif self.dp is not None:
+            result = self.dp.sum_noise(out.sum_delta, len(participants))
+            ex.update, ex.privacy = result.update, result.lineage
+        elif out.total_weight <= 0:
+            ex.reason = "secure sum of weights is zero"
+        else:
+            ex.update = (out.sum_delta / np.float32(out.total_weight)).astype(np.float32)
+        ex.timings = {"secagg": t_agg - t0, "aggregate": time.perf_counter() - t_agg}
+        return ex
 
     def _check_signatures(
         self,
@@ -445,6 +571,7 @@ class FederationServer:
                 lineage.ClosingRecord(
                     reason=reason, detail=detail, rounds_completed=rounds_completed,
                     final_model_digest=self._digest(self.model),
+                    epsilon_spent=self.dp.accountant.get_epsilon() if self.dp is not None else None,
                 )
             )
         finally:
@@ -470,10 +597,12 @@ class FederationServer:
 
     def _extra_state(self) -> dict[str, Any]:
         """State of optional components (privacy accountant...) saved with each checkpoint."""
-        return {}
+        return {"dp": self.dp.state_dict()} if self.dp is not None else {}
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         """Restore what `_extra_state` saved."""
+        if self.dp is not None and extra.get("dp") is not None:
+            self.dp.load_state_dict(extra["dp"])
 
     # --------------------------------------------------------------- resume
     def _restore(self) -> None:

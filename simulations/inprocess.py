@@ -16,8 +16,8 @@ from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.supercore.run import Run
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 _SERVER_NODE_ID = 0

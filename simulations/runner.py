@@ -78,6 +78,16 @@ def _strategy_check(config: RunConfig) -> None:
                 obj.validate(config.sites_per_round)
         except ValueError as exc:
             raise ConfigError(f"{flag}: {exc}") from None
+    if config.secagg.enabled:
+        agg = registry.make_aggregator(config.aggregator)
+        if agg.needs_individual_updates:
+            raise ConfigError(
+                f"--aggregator: {agg.name} needs each site's individual update, which secure "
+                "aggregation hides from the server (it learns only the sum); use mean with --secagg"
+            )
+        if config.attack and config.attack != "label_flip":
+            raise ConfigError("--attack: model-poisoning attacks need individual updates; "
+                              "with --secagg only label_flip can be simulated")
     if config.attack:
         from fedsilo.simulations.attacks import ATTACKS
 

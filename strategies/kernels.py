@@ -10,6 +10,7 @@ contiguous rows); the tile loop is over blocks of coordinates, never over client
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import numpy as np
 from scipy.linalg.blas import saxpy
@@ -20,7 +21,7 @@ _TILE_BYTES = 4 << 20  # ~4 MiB per transposed tile: stays in the last-level cac
 _POOLS = ThreadpoolController()  # inspected once; limiting it later costs microseconds
 
 
-def single_threaded_blas():  # noqa: ANN201 - a threadpoolctl context manager
+def single_threaded_blas() -> AbstractContextManager[object]:
     """Context in which BLAS runs on one thread (for memory-bound level-1 loops)."""
     return _POOLS.limit(limits=1, user_api="blas")
 

@@ -183,3 +183,14 @@ def test_cli_process_exit_code_and_single_line(tmp_path: Path, certs: CertsLayou
                          capture_output=True, text=True, timeout=120, env=env_for(tmp_path / "home"))
     assert res.returncode == 2
     assert res.stderr == f"fedsilo server start: error: superlink.port: 127.0.0.1:{listening} is already in use\n"
+
+
+@pytest.mark.network
+def test_superlink_that_fails_to_start_is_reported_and_gone(tmp_path: Path, capsys) -> None:
+    """A SuperLink that exits at start-up (its database path is a directory): exit 1, one line."""
+    path = tmp_path / "server.toml"
+    path.write_text(tomli_w.dumps({"superlink": {"port": free_port(), "state_dir": "state", "insecure": True}}))
+    (tmp_path / "state" / "superlink.db").mkdir(parents=True)
+    code, err = _run(["server", "start", "--config", str(path)], capsys)
+    assert code == 1
+    assert err.startswith("fedsilo server start: error: superlink exited with code ")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -208,7 +209,16 @@ def test_crash_leaves_valid_prefix(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(run_dir)], check=True, env=env)
     assert (run_dir / "lineage.sqlite-wal").exists()  # the process died with WAL mode on
     assert not (run_dir / "model.npz").exists()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     report = verify_run(run_dir)
     assert report.ok, report.summary
     assert report.records == 4 and not report.closed
     assert "open chain" in report.summary
+    # read from a private copy: the crashed run's -wal/-shm are neither created nor touched
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(run_dir / "lineage.sqlite", alone / "lineage.sqlite")
+    with pytest.raises(LineageError, match="in WAL mode .* lineage.sqlite-wal file is missing"):
+        verify_run(alone)
+    assert sorted(p.name for p in alone.iterdir()) == ["lineage.sqlite"]

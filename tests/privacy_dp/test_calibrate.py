@@ -34,11 +34,8 @@ def test_calibrated_noise_meets_budget_and_is_minimal(setting: dict[str, object]
     target = setting["epsilon"]
     assert _epsilon(z, setting) <= target
     assert _epsilon(z * 0.99, setting) > target
-
-
-def test_known_value_for_a_standard_setting() -> None:
-    z = calibrate_noise_multiplier(epsilon=3.0, delta=1e-5, rounds=100, sample_rate=0.1)
-    assert z == pytest.approx(1.79615, abs=1e-4)
+    if setting is SETTINGS[0]:  # a value anyone can check with dp-accounting or Opacus
+        assert z == pytest.approx(1.79615, abs=1e-4)
 
 
 @pytest.mark.parametrize(
