@@ -6,9 +6,11 @@ Ray). Results are cached in a JSON file so the grid can be built in several shor
 invocations (e.g. one partition each); every invocation re-renders the markdown table
 from everything cached.
 
-Run:
+Run (the two partitions may run in parallel with separate caches, then merged):
   python benchmarks/bench_robustness.py --partitions iid
-  python benchmarks/bench_robustness.py --partitions dirichlet:0.5
+  python benchmarks/bench_robustness.py --partitions dirichlet:0.5 \
+      --cache benchmarks/results/robustness_dirichlet.json --out /dev/null
+  python benchmarks/bench_robustness.py --partitions --merge benchmarks/results/robustness_dirichlet.json
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def render(cache: dict[str, float], args: argparse.Namespace, commands: list[str
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--partitions", nargs="+", default=["iid", "dirichlet:0.5"])
+    parser.add_argument("--partitions", nargs="*", default=["iid", "dirichlet:0.5"])
     parser.add_argument("--aggregators", nargs="+", default=AGGREGATORS)
     parser.add_argument("--attacks", nargs="+", default=ATTACKS)
     parser.add_argument("--dataset", default="digits")
@@ -109,11 +111,17 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=RESULTS / "robustness.json")
     parser.add_argument("--out", type=Path, default=RESULTS / "robustness.md")
     parser.add_argument("--rerun", action="store_true", help="ignore cached results")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="other cache files (e.g. from a parallel invocation) merged in")
     args = parser.parse_args()
     command = "python benchmarks/bench_robustness.py " + " ".join(sys.argv[1:])
     store = json.loads(args.cache.read_text()) if args.cache.exists() else {}
     cache: dict[str, float] = store.get("accuracy", {})
     commands: list[str] = store.get("commands", [])
+    for other in args.merge:
+        extra = json.loads(other.read_text())
+        cache.update(extra.get("accuracy", {}))
+        commands += [c for c in extra.get("commands", []) if c not in commands]
     with tempfile.TemporaryDirectory() as out:
         for part in args.partitions:
             for agg in args.aggregators:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -19,8 +18,6 @@ from .calibrate import calibrate_noise_multiplier
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    # dp-accounting logs non-converging fractional RDP orders (it drops them); not for users.
-    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         z = calibrate_noise_multiplier(
             epsilon=args.epsilon,

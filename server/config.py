@@ -86,6 +86,8 @@ class RunConfig:
     round_timeout : seconds to wait for replies in a round.
     max_update_norm : screening bound on a site's update norm (absurd-norm rejection).
     attack, malicious : simulated attack name and number of malicious sites.
+    site_max_epsilon : simulation: every site's own privacy ceiling (its policy refuses
+        DP rounds that would take it past this epsilon).
     lineage : write the signed lineage chain (on by default).
     out : parent directory of run directories.
     run_id : run directory name and lineage run id (default: generated).
@@ -109,6 +111,7 @@ class RunConfig:
     max_update_norm: float = 1e4
     attack: str | None = None
     malicious: int = 0
+    site_max_epsilon: float | None = None
     lineage: bool = True
     out: str = "runs"
     run_id: str | None = None

@@ -370,9 +370,18 @@ class FederationServer:
         # sums, and hence the model digest, do not depend on which site finished first.
         replies = [r for r in replies if int(r.metadata.src_node_id) in site_of]
         replies.sort(key=lambda r: site_of[int(r.metadata.src_node_id)])
+        refused: dict[str, str] = {}
+        updates = []
+        for r in replies:
+            refusal = None if r.has_error() else r.content.config_records.get(codec.REFUSAL_RECORD)
+            if refusal is not None:  # the site's policy said no; its reason goes to lineage
+                refused[site_of[int(r.metadata.src_node_id)]] = f"refused by site: {refusal.get('reason', '')}"
+            else:
+                updates.append(r)
         batch, rejected = batch_from_replies(
-            replies, dim=self.layout.size, site_of=site_of, policy=self.screening
+            updates, dim=self.layout.size, site_of=site_of, policy=self.screening
         )
+        rejected.update(refused)
         ex = _Exchange(
             replied=sorted(site_of[int(r.metadata.src_node_id)] for r in replies),
             rejected=rejected,

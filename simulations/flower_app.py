@@ -30,19 +30,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsilo.client.app import Site, make_client_app
-from fedsilo.server.loop import FederationServer, ServerSpec
+
+if TYPE_CHECKING:
+    from fedsilo.server.loop import ServerSpec
 
 SITE_CONFIG_KEY = "site-config"
 """Node-config key naming the absolute path of a site's ``site.toml``."""
-
-_DEPLOY_KEYS = ("server_key",)
-
 
 def spec_from_context(context: Context) -> ServerSpec:
     """Resolve the run config from Flower's run config and build the server spec."""
@@ -126,6 +125,7 @@ def bundled_trainer(
 
 def _serve(grid: Grid, context: Context) -> None:
     """The ServerApp's main: run the federation, then write the run directory's outputs."""
+    from fedsilo.server.loop import FederationServer
     from fedsilo.simulations.datasets import load_dataset
     from fedsilo.simulations.runner import _write_outputs
 

@@ -78,6 +78,17 @@ def _strategy_check(config: RunConfig) -> None:
                 obj.validate(config.sites_per_round)
         except ValueError as exc:
             raise ConfigError(f"{flag}: {exc}") from None
+    if config.dp.enabled:
+        from fedsilo.privacy.dp import ClientLevelDP
+
+        poisson = config.dp.sampling == "poisson"
+        q = config.fraction if poisson else config.sites_per_round / config.sites
+        try:  # calibrates or checks the noise multiplier against the budget
+            ClientLevelDP(config.dp_config(), rounds=config.rounds, sample_rate=q,
+                          population=config.sites, expected_clients=q * config.sites, seed=0)
+        except ValueError as exc:
+            field, _, message = str(exc).partition(": ")
+            raise ConfigError(f"--dp-{field.replace('_', '-')}: {message}") from None
     if config.secagg.enabled:
         agg = registry.make_aggregator(config.aggregator)
         if agg.needs_individual_updates:
@@ -214,6 +225,8 @@ def build_server_spec(
         "seed": config.seed, "batch_size": config.batch_size, "sim_run_dir": str(run_dir.resolve()),
         "label_flip_sites": ",".join(bad_sites) if config.attack == "label_flip" else "",
     }
+    if config.site_max_epsilon is not None:
+        federation["site_max_epsilon"] = config.site_max_epsilon
     return ServerSpec(
         config=config,
         run_id=config.run_id,

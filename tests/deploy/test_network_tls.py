@@ -112,7 +112,11 @@ def test_tls_federation_three_rounds(tmp_path: Path) -> None:
     assert "CERTIFICATE_VERIFY_FAILED" in w_log
 
     run_dir = tmp_path / "runs" / "tls3"
-    report = verify_run(run_dir, expected_server_key=public_key_hex(load_or_create_key(certs.lineage_key)))
+    server_pub = public_key_hex(load_or_create_key(certs.lineage_key))
+    cli = subprocess.run([fedsilo, "lineage", "verify", str(run_dir), "--server-key", server_pub],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    report = verify_run(run_dir, expected_server_key=server_pub)
     assert report.ok, report.summary
     assert (report.rounds, report.site_signatures, report.closed) == (3, 9, True)
     genesis = load_chain(run_dir).genesis

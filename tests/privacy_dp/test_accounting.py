@@ -138,3 +138,14 @@ def test_bad_arguments_name_the_option(kwargs: dict[str, object], message: str) 
     base: dict[str, object] = dict(noise_multiplier=1.0, sample_rate=0.1, delta=1e-5)
     with pytest.raises(ValueError, match=message):
         ClientLevelAccountant(**{**base, **kwargs})  # type: ignore[arg-type]
+
+
+def test_per_order_non_convergence_warnings_are_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # q=0.1, z=1.0: dp-accounting drops fractional orders 1.1-1.5 and warns for each.
+    acct = ClientLevelAccountant(noise_multiplier=1.0, sample_rate=0.1, delta=1e-5)
+    acct.step(100)
+    with caplog.at_level("WARNING"):
+        assert acct.get_epsilon() == pytest.approx(7.9039, abs=1e-4)
+    assert not [r for r in caplog.records if "failed to converge" in r.getMessage()]
