@@ -49,6 +49,9 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--dp-where", choices=["server", "site"], help="where updates are clipped")
     p.add_argument("--dp-accountant", choices=["rdp", "pld"], help="privacy accountant (default rdp)")
     p.add_argument("--dp-sampling", choices=["poisson", "fixed"], help="site sampling the accountant assumes")
+    p.add_argument("--record-dp-epsilon", type=float, help="record-level DP-SGD at each site: per-site epsilon")
+    p.add_argument("--record-dp-noise-multiplier", type=float, help="record-level DP-SGD noise multiplier")
+    p.add_argument("--record-dp-max-grad-norm", type=float, help="record-level DP-SGD per-sample clip norm")
     p.add_argument("--site-max-epsilon", type=float, help="simulation: each site's own epsilon ceiling")
     p.add_argument("--secagg", action="store_true", default=None, help="secure aggregation (SecAgg+)")
     p.add_argument("--secagg-degree", type=int, help="SecAgg+ graph degree (default O(log n))")
@@ -67,6 +70,8 @@ _FLAG_TO_KEY = {
     "dp_epsilon": "dp.epsilon", "dp_delta": "dp.delta", "dp_noise_multiplier": "dp.noise_multiplier",
     "dp_clip_norm": "dp.clip_norm", "dp_clipping": "dp.clipping", "dp_where": "dp.where",
     "dp_accountant": "dp.accountant", "dp_sampling": "dp.sampling",
+    "record_dp_epsilon": "record_dp.epsilon", "record_dp_noise_multiplier": "record_dp.noise_multiplier",
+    "record_dp_max_grad_norm": "record_dp.max_grad_norm",
     "secagg": "secagg.enabled", "secagg_degree": "secagg.degree", "secagg_threshold": "secagg.threshold",
 }
 _NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command", "resume"}
@@ -82,6 +87,8 @@ def _simulate(args: argparse.Namespace) -> int:
         overrides[_FLAG_TO_KEY.get(key, key)] = value
     if any(k.startswith("dp.") for k in overrides):
         overrides["dp.enabled"] = True
+    if any(k.startswith("record_dp.") for k in overrides):
+        overrides["record_dp.enabled"] = True
     if args.resume:
         return _resume(args, overrides)
     try:

@@ -10,6 +10,9 @@ from .chain import LoadedChain, load_chain
 from .errors import LineageError
 from .ledger import SiteLedger
 
+REFUSAL_PREFIX = "refused by site: "
+"""How a server may prefix a site's own refusal reason in ``rejected`` (both forms match)."""
+
 _COMPARED = ("update_digest", "data_fingerprint", "num_examples", "signature")
 
 
@@ -97,7 +100,8 @@ def reconcile(run_dir: Path, ledger_path: Path, site_id: str | None = None) -> l
     Checks: each ``sent`` entry of this run appears as a contribution of that site in that
     round with the same update digest, data fingerprint, example count and signature; each
     contribution of the site in the chain appears in the ledger; each ``refused`` entry
-    matches ``rejected[site] == reason`` in that round's record.
+    matches ``rejected[site]`` in that round's record, which is the site's reason, as is or
+    prefixed with :data:`REFUSAL_PREFIX` (``"refused by site: "``).
 
     Args:
         run_dir: the run directory (or its ``lineage.sqlite``).
@@ -174,8 +178,9 @@ def _check_refusal(
         return [
             f"{where}: refusal ({entry['reason']!r}) but round {entry['round']} is not in the chain"
         ]
+    accepted_forms = {entry["reason"], REFUSAL_PREFIX + entry["reason"]}
     for _seq, body in records:
-        if body["rejected"].get(site_id) == entry["reason"]:
+        if body["rejected"].get(site_id) in accepted_forms:
             return []
     seq, body = records[-1]
     recorded = body["rejected"].get(site_id)

@@ -47,6 +47,22 @@ class DPSettings:
 
 
 @dataclass
+class RecordDPSettings:
+    """Record-level DP-SGD at each site through Opacus (``[record_dp]`` table).
+
+    epsilon : each site's own target epsilon over the whole run (noise calibrated to it
+    when ``noise_multiplier`` is not given); delta : record-level delta; max_grad_norm :
+    per-sample gradient clipping norm.
+    """
+
+    enabled: bool = False
+    epsilon: float | None = None
+    noise_multiplier: float | None = None
+    delta: float = 1e-5
+    max_grad_norm: float = 1.0
+
+
+@dataclass
 class SecAggSettings:
     """Secure aggregation (``[secagg]`` table; off unless ``enabled``).
 
@@ -116,6 +132,7 @@ class RunConfig:
     out: str = "runs"
     run_id: str | None = None
     dp: DPSettings = field(default_factory=DPSettings)
+    record_dp: RecordDPSettings = field(default_factory=RecordDPSettings)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
 
     # ----------------------------------------------------------------- loading
@@ -149,8 +166,8 @@ class RunConfig:
                 raise ConfigError(
                     f"config: unknown option {key!r}; accepted: {', '.join(sorted(top))}"
                 )
-            if name in ("dp", "secagg"):
-                sub_cls = DPSettings if name == "dp" else SecAggSettings
+            if name in ("dp", "secagg", "record_dp"):
+                sub_cls = {"dp": DPSettings, "secagg": SecAggSettings, "record_dp": RecordDPSettings}[name]
                 if not isinstance(value, Mapping):
                     raise ConfigError(f"config: [{name}] must be a table")
                 kwargs[name] = _build(sub_cls, value, prefix=f"{name}.")
@@ -203,6 +220,17 @@ class RunConfig:
             raise ConfigError(f"--min-sites: {self.min_sites} exceeds --sites {self.sites}")
         if self.dp.enabled:
             self._validate_dp()
+        rd = self.record_dp
+        if rd.enabled:
+            if rd.epsilon is None and rd.noise_multiplier is None:
+                raise ConfigError("--record-dp-epsilon: set a per-site epsilon or --record-dp-noise-multiplier")
+            for flag, value in (("--record-dp-epsilon", rd.epsilon),
+                                ("--record-dp-noise-multiplier", rd.noise_multiplier),
+                                ("--record-dp-max-grad-norm", rd.max_grad_norm)):
+                if value is not None and not (value > 0 and math.isfinite(value)):
+                    raise ConfigError(f"{flag}: must be a positive number, got {value}")
+            if not 0 < rd.delta < 1:
+                raise ConfigError(f"--record-dp-delta: must be in (0, 1), got {rd.delta}")
 
     def dp_config(self, *, simulation: bool = True) -> Any:
         """The `fedsilo.privacy.dp.DPConfig` of this run (requires ``dp.enabled``)."""

@@ -271,6 +271,7 @@ class FederationServer:
             "server_round": server_round,
             "lr": cfg.lr,
             "local_epochs": cfg.local_epochs,
+            "rounds_total": cfg.rounds,
             "proximal_mu": cfg.proximal_mu,
             "aggregator": cfg.aggregator,
             "optimizer": cfg.optimizer,
@@ -279,6 +280,8 @@ class FederationServer:
             "secagg": cfg.secagg.enabled,
             **({f"dp_{k}": v for k, v in self.dp.round_config(server_round).items()}
                if self.dp is not None else {}),
+            **({f"record_dp_{k}": v for k, v in vars(cfg.record_dp).items()
+                if k != "enabled" and v is not None} if cfg.record_dp.enabled else {}),
         }
 
     def _round(self, grid: Grid, server_round: int) -> RoundSummary:
@@ -420,6 +423,15 @@ class FederationServer:
             if c["site_id"] in scores:
                 c["score"] = scores[c["site_id"]]
         ex.accepted = [c["site_id"] for c in ex.contributions if c["fate"] == "accepted"]
+        if cfg.record_dp.enabled:
+            site_eps = self._site_metric(replies, site_of, "record_epsilon")
+            for c in ex.contributions:
+                if c["site_id"] in site_eps:
+                    c["detail"]["record_epsilon"] = site_eps[c["site_id"]]
+            ex.privacy = {**(ex.privacy or {}), "record_level": {
+                "mechanism": "dp-sgd/opacus (per-sample clipping, Poisson batches, at each site)",
+                "accountant": "opacus.rdp (each site's own)", "delta": cfg.record_dp.delta,
+                "max_grad_norm": cfg.record_dp.max_grad_norm, "site_epsilon": site_eps}}
         ex.timings = {"train": t_recv - t0, "decode": t_agg - t_recv,
                       "aggregate": time.perf_counter() - t_agg}
         return ex
@@ -501,6 +513,17 @@ class FederationServer:
                 "signature": signature,
             })
         return contributions, keep
+
+    @staticmethod
+    def _site_metric(replies: list[Message], site_of: Mapping[int, str], key: str) -> dict[str, float]:
+        out = {}
+        for r in replies:
+            if r.has_error() or codec.METRICS_RECORD not in r.content.metric_records:
+                continue
+            m = r.content.metric_records[codec.METRICS_RECORD]
+            if key in m:
+                out[site_of[int(r.metadata.src_node_id)]] = float(m[key])
+        return out
 
     @staticmethod
     def _mean_metric(replies: list[Message], site_ids: list[str], key: str) -> float | None:

@@ -45,6 +45,7 @@ class TorchTrainer:
         self.batch_size = batch_size
         self._fingerprint = fingerprint
         self._model: nn.Module | None = None
+        self._dp_state: dict[str, Any] | None = None  # this site's own DP-SGD accountant
 
     def _model_for(self, weights: Weights) -> nn.Module:
         if self._model is None:
@@ -57,6 +58,8 @@ class TorchTrainer:
         torch.set_num_threads(1)
         server_round = int(config.get("server_round", 0))
         model = self._model_for(weights)
+        if "record_dp_max_grad_norm" in config:
+            return self._fit_dp_sgd(model, config, server_round)
         model.train()
         lr = float(config.get("lr", 0.1))
         epochs = int(config.get("local_epochs", 1))
@@ -83,6 +86,29 @@ class TorchTrainer:
             num_examples=len(self.y),
             metrics={"train_loss": float(np.mean(losses)) if losses else 0.0},
         )
+
+    def _fit_dp_sgd(self, model: nn.Module, config: Mapping[str, Any], server_round: int) -> FitResult:
+        """Record-level DP: DP-SGD through Opacus; the site accounts its own epsilon."""
+        from fedsilo.privacy.dpsgd import train_dp_sgd
+
+        rounds_total = int(config.get("rounds_total", 1))
+        target = config.get("record_dp_epsilon")
+        out = train_dp_sgd(
+            model, self.x, self.y,
+            epochs=int(config.get("local_epochs", 1)), lr=float(config.get("lr", 0.1)),
+            batch_size=min(self.batch_size, len(self.y)),
+            noise_multiplier=float(config["record_dp_noise_multiplier"])
+            if "record_dp_noise_multiplier" in config else None,
+            # the per-site budget is spread over the run's rounds when noise is calibrated
+            target_epsilon=float(target) * server_round / rounds_total if target is not None else None,
+            delta=float(config.get("record_dp_delta", 1e-5)),
+            max_grad_norm=float(config["record_dp_max_grad_norm"]),
+            accountant_state=self._dp_state, seed=self.seed * 1009 + server_round,
+        )
+        self._dp_state = out.accountant_state
+        return FitResult(weights=get_weights(model), num_examples=len(self.y),
+                         metrics={"train_loss": out.loss, "record_epsilon": out.epsilon,
+                                  "record_noise_multiplier": out.noise_multiplier})
 
     def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult:
         model = self._model_for(weights)

@@ -21,7 +21,7 @@ class CenteredClipping(Aggregator):
     name: ClassVar[str] = "centered_clipping"
     summary: ClassVar[str] = "iteratively clip updates around a moving centre (starts at 0)"
     params: ClassVar[dict[str, Param]] = {
-        "tau": Param(float, 10.0, "clipping radius around the centre, in L2 norm of a delta"),
+        "tau": Param(float, 10.0, "clipping radius around the centre (L2; scale it to typical update norms)"),
         "iterations": Param(int, 3, "number of clipping iterations"),
     }
     tau: float

@@ -78,7 +78,7 @@ class GeometricMedian(Aggregator):
     """
 
     name: ClassVar[str] = "geometric_median"
-    summary: ClassVar[str] = "weighted geometric median (RFA smoothed Weiszfeld)"
+    summary: ClassVar[str] = "weighted geometric median (RFA Weiszfeld from the coordinate-wise median)"
     params: ClassVar[dict[str, Param]] = {
         "nu": Param(float, 1e-6, "smoothing: rows closer than nu to the iterate coincide with it"),
         "tol": Param(float, 1e-6, "stop when the objective improves by less than this, relatively"),

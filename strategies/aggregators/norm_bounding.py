@@ -20,7 +20,7 @@ class NormBounding(Aggregator):
     name: ClassVar[str] = "norm_bounding"
     summary: ClassVar[str] = "clip each update to an L2 norm bound, then weighted mean"
     params: ClassVar[dict[str, Param]] = {
-        "max_norm": Param(float, 10.0, "L2 norm bound applied to every update"),
+        "max_norm": Param(float, 10.0, "L2 norm bound on every update (scale it to typical update norms)"),
     }
     max_norm: float
 

@@ -36,7 +36,7 @@ SITES = ("a", "b", "c")
 
 
 def _site_toml(path: Path, site: str, pid: int, *, ca: Path, key: Path, link: int, port: int,
-               fingerprint: str) -> Path:
+               fingerprint: str, max_rounds: int = 3) -> Path:
     doc = {
         "site_id": site,
         "trainer": "fedsilo.simulations.flower_app:bundled_trainer",
@@ -44,7 +44,7 @@ def _site_toml(path: Path, site: str, pid: int, *, ca: Path, key: Path, link: in
         "ledger": "ledger.jsonl",
         "trainer_options": {"dataset": "digits", "partition_id": pid, "sites": 3, "partition": "iid"},
         "policy": {"server_key_fingerprints": [fingerprint], "allowed_aggregators": ["mean"],
-                   "allowed_optimizers": ["fedavg"], "max_rounds": 3},
+                   "allowed_optimizers": ["fedavg"], "max_rounds": max_rounds},
         "supernode": {"superlink": f"127.0.0.1:{link}", "ca_cert": str(ca), "auth_key": str(key),
                       "runtime_port": port, "max_wait_time": 15.0},
     }
@@ -70,8 +70,10 @@ def test_tls_federation_three_rounds(tmp_path: Path) -> None:
     run_toml = tmp_path / "run.toml"
     run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 3, "rounds": 3, "partition": "iid",
                                        "round_timeout": 240.0, "out": str(tmp_path / "runs")}))
+    # c's policy allows 2 rounds: it refuses round 3, in its ledger and, by its reply, in lineage.
     tomls = {s: _site_toml(tmp_path / f"site-{s}" / "site.toml", s, i, ca=certs.ca_cert,
-                           key=certs.site_key(s), link=link, port=ports[i], fingerprint=fp)
+                           key=certs.site_key(s), link=link, port=ports[i], fingerprint=fp,
+                           max_rounds=2 if s == "c" else 3)
              for i, s in enumerate(SITES)}
     # d: a key the SuperLink never registered; w: a registered site's key but the wrong CA.
     tomls["d"] = _site_toml(tmp_path / "site-d" / "site.toml", "d", 0, ca=certs.ca_cert,
@@ -118,13 +120,17 @@ def test_tls_federation_three_rounds(tmp_path: Path) -> None:
     assert cli.returncode == 0, cli.stdout + cli.stderr
     report = verify_run(run_dir, expected_server_key=server_pub)
     assert report.ok, report.summary
-    assert (report.rounds, report.site_signatures, report.closed) == (3, 9, True)
+    assert (report.rounds, report.site_signatures, report.closed) == (3, 8, True)
     genesis = load_chain(run_dir).genesis
     assert sorted(s["site_id"] for s in genesis["sites"]) == list(SITES)
+    refusal = "round 3 exceeds the site's max_rounds 2"
     for s in SITES:
         ledger = tmp_path / f"site-{s}" / "ledger.jsonl"
-        assert reconcile(run_dir, ledger) == []
         entries = [json.loads(x) for x in ledger.read_text().splitlines()]
-        assert [(e["round"], e["status"]) for e in entries] == [(1, "sent"), (2, "sent"), (3, "sent")]
+        last = (3, "refused") if s == "c" else (3, "sent")
+        assert [(e["round"], e["status"]) for e in entries] == [(1, "sent"), (2, "sent"), last]
+        assert reconcile(run_dir, ledger) == []
+    assert entries[-1]["reason"] == refusal
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [r["accepted"] for r in metrics["rounds"]] == [3, 3, 3]
+    assert [r["accepted"] for r in metrics["rounds"]] == [3, 3, 2]
+    assert refusal in metrics["rounds"][-1]["rejected"]["c"]

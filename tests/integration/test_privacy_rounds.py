@@ -71,3 +71,17 @@ def test_secagg_round_matches_plain_aggregation_within_quantisation(tmp_path: Pa
     assert rec["secagg"]["protocol"].startswith("secagg")
     assert rec["contributions"] == []  # the server never saw an individual update
     assert lineage.verify_run(secure.run_dir).ok
+
+
+def test_record_level_dp_sgd_each_site_accounts_and_reports(tmp_path: Path) -> None:
+    run = _run(tmp_path, "rdp", sites=3, rounds=2, **{"record_dp.enabled": True, "record_dp.epsilon": 2.0})
+    chain = lineage.read_chain(run.run_dir / "lineage.sqlite")
+    rounds = [r["body"] for r in chain if r["type"] == "round"]
+    eps = [r["privacy"]["record_level"]["site_epsilon"] for r in rounds]
+    assert set(eps[0]) == {"site-000", "site-001", "site-002"}
+    for site in eps[0]:
+        # the budget is spread over the run: about 1.0 after round 1, at most 2.0 after 2
+        assert 0.9 <= eps[0][site] <= 1.0 + 1e-6 and 1.9 <= eps[1][site] <= 2.0 + 1e-6
+        contribution = next(c for c in rounds[1]["contributions"] if c["site_id"] == site)
+        assert contribution["detail"]["record_epsilon"] == eps[1][site]
+    assert lineage.verify_run(run.run_dir).ok

@@ -140,3 +140,31 @@ def test_npz_digest_bad_files(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 garbage")
     with pytest.raises(LineageError, match="junk.npz"):
         npz_digest(tmp_path / "junk.npz")
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=_json_values)
+def test_canonical_json_round_trips_and_is_stable(value: object) -> None:
+    import json
+
+    encoded = canonical_json(value)
+    decoded = json.loads(encoded)
+    assert decoded == value
+    assert canonical_json(decoded) == encoded  # re-encoding parsed data gives the same bytes
+    assert (
+        encoded
+        == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    )

@@ -167,6 +167,29 @@ def test_reconcile_names_each_mismatch(run: SyntheticRun) -> None:
     ]
 
 
+def test_reconcile_accepts_prefixed_refusal(run: SyntheticRun) -> None:
+    """Servers may record a refusal as "refused by site: <reason>"."""
+    from fedsilo.lineage.envelope import seal
+
+    db = run.run_dir / "lineage.sqlite"
+    key = load_or_create_key(run.run_dir / "keys" / "server.pem")
+    envs = read_chain(db)
+    envs[4]["body"]["rejected"]["site-001"] = "refused by site: policy: epsilon ceiling"
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        prev = envs[3]["digest"]
+        for i in range(4, len(envs)):
+            data, digest, sig = seal(key, i, envs[i]["type"], prev, envs[i]["body"])
+            conn.execute(
+                "UPDATE records SET digest=?, signature=?, signed=? WHERE seq=?",
+                (digest, sig, data.decode(), i),
+            )
+            prev = digest
+    assert verify_run(run.run_dir).ok
+    assert reconcile(run.run_dir, run.run_dir / "sites/site-001/ledger.jsonl") == []
+
+
 def test_reconcile_bad_ledgers(run: SyntheticRun, tmp_path: Path) -> None:
     with pytest.raises(LineageError, match="ledger file not found"):
         reconcile(run.run_dir, tmp_path / "missing.jsonl")

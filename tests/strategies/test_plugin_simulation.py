@@ -65,6 +65,7 @@ def test_plugin_is_listed(installed_plugin: str) -> None:
     assert make_aggregator("half_mean:factor=0.25").factor == 0.25
 
 
+@pytest.mark.slow  # a whole (small) federation: seconds when the machine is idle
 def test_plugin_runs_a_simulated_federation(installed_plugin: str, tmp_path: Path) -> None:
     runner = pytest.importorskip("fedsilo.simulations.runner")
     from fedsilo.server.config import RunConfig
