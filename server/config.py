@@ -253,6 +253,10 @@ class RunConfig:
             check_composition(self.aggregator.split(":")[0])
             if self.secagg.enabled:
                 check_secure_aggregation(dpc)
+                if dpc.clipping == "adaptive":
+                    raise ValueError("clipping: adaptive clipping needs the clipped count summed "
+                                     "securely, which fedsilo's SecAgg rounds do not carry yet; "
+                                     "use fixed clipping with --secagg")
         except ValueError as exc:
             text = str(exc)
             flag = "--" + text.split(":")[0].strip().replace("_", "-")

@@ -400,14 +400,17 @@ class FederationServer:
         t_agg = time.perf_counter()
         fates: dict[str, str] = {}
         scores: dict[str, float] = {}
-        if batch.n < cfg.min_sites:
-            ex.reason = f"{batch.n} usable updates; min_sites is {cfg.min_sites}"
-        elif self.dp is not None:
-            result = self.dp.aggregate(batch.updates, batch.weights)
+        if self.dp is not None:
+            # Under DP every sampled round is released and accounted, even with few or no
+            # updates: skipping it would reveal how many sampled sites answered.
+            rows = batch.updates if batch.n else np.zeros((0, self.layout.size), np.float32)
+            result = self.dp.aggregate(rows, batch.weights)
             fates = {batch.site_ids[i]: fate for i, fate in result.fates.items()}
             for i, why in result.reasons.items():
                 rejected[batch.site_ids[i]] = why
             ex.update, ex.privacy = result.update, result.lineage
+        elif batch.n < cfg.min_sites:
+            ex.reason = f"{batch.n} usable updates; min_sites is {cfg.min_sites}"
         else:
             result = self.aggregator.aggregate(batch)
             fates = dict(zip(batch.site_ids, result.fates, strict=True))

@@ -67,7 +67,9 @@ def _build_site(federation_json: str, pid: int) -> Site:
     if run_dir:
         site_dir = Path(run_dir) / "sites" / sid
         key = lineage.load_or_create_key(site_dir / "key.pem")
-        ledger = lineage.SiteLedger(site_dir / "ledger.jsonl")
+        # Simulated sites share this machine's disk: their ledgers are flushed per line
+        # but not fsynced (the server's chain still is). Real sites (`fedsilo site`) fsync.
+        ledger = lineage.SiteLedger(site_dir / "ledger.jsonl", fsync=False)
     max_eps = fed.get("site_max_epsilon")
     policy = SitePolicy(max_epsilon=float(max_eps) if max_eps not in (None, "") else None)
     return Site(site_id=sid, trainer=trainer, key=key, ledger=ledger, policy=policy)
