@@ -258,11 +258,10 @@ class RunConfig:
                                      "securely, which fedsilo's SecAgg rounds do not carry yet; "
                                      "use fixed clipping with --secagg")
         except ValueError as exc:
-            text = str(exc)
-            flag = "--" + text.split(":")[0].strip().replace("_", "-")
-            if not text.startswith(("aggregator", "where", "clipping")):
-                flag = "--dp-" + text.split(":")[0].strip().replace("_", "-")
-            raise ConfigError(f"{flag}: {text.split(':', 1)[1].strip()}") from None
+            field, _, message = str(exc).partition(":")
+            field = field.strip().replace("_", "-")
+            flag = "--aggregator" if field == "aggregator" else f"--dp-{field}"
+            raise ConfigError(f"{flag}: {message.strip()}") from None
 
     @property
     def sites_per_round(self) -> int:
