@@ -202,7 +202,9 @@ class LineageWriter:
 
 
 def _connect_rw(db_path: Path, durable: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(db_path, isolation_level="DEFERRED")
+    # check_same_thread=False: the server appends round records from one background
+    # persistence thread; appends are serialised by the caller, never concurrent.
+    conn = sqlite3.connect(db_path, isolation_level="DEFERRED", check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
     return conn

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,8 @@ class FederationServer:
         self.start_round = 1
         self.recovered: list[RoundSummary] = []  # rounds whose report a crash interrupted
         self.rounds_completed = 0  # round records with status "completed" in the chain
+        self._persist_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsilo-persist")
+        self._persisting: Future[None] | None = None
 
     # ------------------------------------------------------------------ run
     def run(self, grid: Grid) -> RunResult:
@@ -200,7 +203,11 @@ class FederationServer:
             closing, detail = "error", f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            self._close_lineage(closing, detail, self.rounds_completed)
+            try:
+                self._persist_wait()
+            finally:
+                self._persist_pool.shutdown(wait=True)
+                self._close_lineage(closing, detail, self.rounds_completed)
         weights = self.layout.unflatten(self.model.copy())
         return RunResult(summaries, weights, lineage.arrays_digest(weights), closing, self.sites)
 
@@ -349,13 +356,26 @@ class FederationServer:
         # Checkpoint first, carrying the round's record; then append the record. A crash
         # before the checkpoint re-runs the round; a crash after it re-appends the record
         # from the checkpoint on resume. Either way the chain has each round once.
+        # Persisting (fsyncs) runs on one background thread, overlapped with the next
+        # round's training; the next round's persistence waits for this one, and the run
+        # waits for the last one before closing, so the order on disk never changes.
+        self._persist_wait()
+        self._persisting = self._persist_pool.submit(self._persist, server_round, record, summary)
+        self.rounds_completed += status == "completed"
+        return summary
+
+    def _persist(self, server_round: int, record: Any, summary: RoundSummary) -> None:
         fault_point("before_checkpoint", server_round)
         self._checkpoint(server_round, pending=record, summary=summary)
         fault_point("before_lineage", server_round)
         self._append(record)
-        self.rounds_completed += status == "completed"
         fault_point("after_round", server_round)
-        return summary
+
+    def _persist_wait(self) -> None:
+        """Block until the previous round is on disk (re-raising its error, if any)."""
+        if self._persisting is not None:
+            pending, self._persisting = self._persisting, None
+            pending.result()
 
     def _plain_exchange(self, grid: Grid, server_round: int, sampled: list[SiteInfo],
                         content: RecordDict) -> _Exchange:
