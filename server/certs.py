@@ -93,7 +93,9 @@ def init_certs(root: Path, sans: list[str], sites: list[str]) -> CertsLayout:
     ----------
     root : the directory; created 0700 if missing.
     sans : subject alternative names of the SuperLink's TLS certificate (IP addresses
-        or DNS names the sites and the operator use to reach it); at least one.
+        or DNS names the sites and the operator use to reach it); at least one. They
+        apply when the server certificate is created; an existing one is kept (delete
+        ``server.pem`` and ``server.key`` to reissue).
     sites : site ids that get a SuperNode authentication key pair.
     """
     if not sans:

@@ -26,6 +26,7 @@ and names this SuperLink explicitly, so ``flwr`` never starts a SuperLink of its
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import tomllib
@@ -58,6 +59,7 @@ APP_COMPONENTS = {
     "clientapp": "fedsilo.simulations.flower_app:client_app",
 }
 FINISHED = "finished"
+_PROGRESS = re.compile(r"Using SuperLink|Listing |Flower configuration not found|Created default")
 
 
 @dataclass
@@ -329,7 +331,7 @@ class Status:
 
 def status(s: ServerSettings, run_dir: Path | None = None) -> Status:
     """Connected SuperNodes and runs (Control API via ``flwr``) and the latest run's round."""
-    res = flwr(s, ["supernode", "ls", CONNECTION, "--format", "json"], check=False)
+    res = flwr(s, ["supernode", "ls", CONNECTION, "--format", "json"])
     names = site_names(s)
     nodes = [{**n, "site": names.get(str(n.get("node-id")), "")}
              for n in _json_payload(res.stdout).get("nodes") or []]
@@ -376,14 +378,21 @@ def run_progress(run_dir: Path) -> tuple[int | None, int | None]:
 # ------------------------------------------------------------------ flwr CLI
 def flwr(s: ServerSettings, args: list[str], timeout: float = 60.0,
          check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the ``flwr`` CLI against this SuperLink (its own FLWR_HOME, telemetry off)."""
+    """Run the ``flwr`` CLI against this SuperLink (its own FLWR_HOME, telemetry off).
+
+    With ``check``, a non-zero exit or a JSON answer with ``"success": false`` raises
+    `DeployError` with Flower's message.
+    """
+    if not (s.flwr_home / "config.toml").exists():
+        write_flwr_config(s)
     try:
         res = subprocess.run([str(flower_bin("flwr")), *args], capture_output=True, text=True,
                              env=child_env(s.flwr_home, {"NO_COLOR": "1", "COLUMNS": "200"}),
                              timeout=timeout, start_new_session=True)
     except subprocess.TimeoutExpired:
         raise DeployError(f"flwr {args[0]} did not answer within {timeout:.0f} s") from None
-    if check and res.returncode != 0:
+    failed = res.returncode != 0 or _json_payload(res.stdout).get("success") is False
+    if check and failed:
         raise DeployError(f"flwr {' '.join(args[:2])} failed: {_cli_error(res)}")
     return res
 
@@ -402,7 +411,9 @@ def _json_payload(text: str) -> dict[str, Any]:
 def _cli_error(res: subprocess.CompletedProcess[str]) -> str:
     payload = _json_payload(res.stdout)
     if payload.get("error-message"):
-        return str(payload["error-message"]).strip().splitlines()[0]
+        lines = [ln.strip() for ln in str(payload["error-message"]).splitlines()
+                 if ln.strip() and not _PROGRESS.match(ln.strip())]
+        return " ".join(lines[:2])
     text = (res.stderr or res.stdout).strip()
     lines = [ln.strip(" │╭╮╰╯─") for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("Using SuperLink") and ln != "Error"]

@@ -194,3 +194,13 @@ def test_superlink_that_fails_to_start_is_reported_and_gone(tmp_path: Path, caps
     code, err = _run(["server", "start", "--config", str(path)], capsys)
     assert code == 1
     assert err.startswith("fedsilo server start: error: superlink exited with code ")
+
+
+def test_status_without_a_superlink(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(tomli_w.dumps({"superlink": {"port": free_port(), "insecure": True}}))
+    code, err = _run(["server", "status", "--server", str(path)], capsys)
+    assert code == 1
+    assert err == ("fedsilo server status: error: flwr supernode ls failed: Connection to the SuperLink "
+                   "is unavailable. Please check your network connection and 'address' in the "
+                   "SuperLink connection configuration.")

@@ -45,7 +45,8 @@ def test_site_ceiling_refusals_are_recorded_on_both_sides(tmp_path: Path) -> Non
     refused_rounds = [r for r in rounds if r["rejected"]]
     assert refused_rounds, "sites should refuse once their ceiling would be passed"
     first = refused_rounds[0]
-    assert first["status"] == "skipped"
+    # under DP a sampled round is always released and accounted (noise only here)
+    assert first["accepted"] == [] and first["privacy"]["epsilon_cumulative"] > 0
     assert all(v.startswith("refused by site: ") for v in first["rejected"].values())
     ledger = lineage.SiteLedger(run.run_dir / "sites" / "site-000" / "ledger.jsonl").entries()
     refusals = [e for e in ledger if e["status"] == "refused"]
