@@ -74,9 +74,11 @@ def render(cache: dict[str, float], args: argparse.Namespace, commands: list[str
     for part in partitions:
         ref = cache.get(key(part, "mean", "none"))
         lines += [f"### partition {part}" + (f" (FedAvg without attack: {ref:.3f})" if ref else ""), ""]
-        lines.append("| aggregator | " + " | ".join(ATTACKS) + " |")
-        lines.append("|---|" + "---:|" * len(ATTACKS))
+        lines.append("| aggregator | " + " | ".join(ATTACKS) + " | worst ratio |")
+        lines.append("|---|" + "---:|" * (len(ATTACKS) + 1))
         for agg in AGGREGATORS:
+            ratios = [cache[key(part, agg, a)] / ref for a in ATTACKS[1:]
+                      if ref and key(part, agg, a) in cache]
             cells = []
             for att in ATTACKS:
                 acc = cache.get(key(part, agg, att))
@@ -84,7 +86,8 @@ def render(cache: dict[str, float], args: argparse.Namespace, commands: list[str
                     cells.append("")
                 else:
                     cells.append(f"{acc:.3f} ({acc / ref:.2f})" if ref else f"{acc:.3f}")
-            lines.append(f"| {agg} | " + " | ".join(cells) + " |")
+            worst = f"{min(ratios):.2f}" if ratios else ""
+            lines.append(f"| {agg} | " + " | ".join(cells) + f" | {worst} |")
         if ref:
             best = []
             for att in ATTACKS[1:]:

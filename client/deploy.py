@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedsilo.client.site_config import SiteConfig, build_site, read_site_config
+from fedsilo.client.site_config import SITE_CONFIG_KEY, SiteConfig, build_site, read_site_config
 from fedsilo.server.certs import CertsError, load_auth_private_key, load_certificate
 from fedsilo.server.deploy_procs import (
     DeployError,
@@ -23,8 +23,6 @@ from fedsilo.server.deploy_procs import (
     child_env,
     flower_bin,
 )
-
-SITE_CONFIG_KEY = "site-config"
 
 
 def check_site(cfg: SiteConfig) -> None:

@@ -44,6 +44,9 @@ from fedsilo.client.app import Site
 from fedsilo.client.policy import SitePolicy
 from fedsilo.client.trainer import Trainer
 
+SITE_CONFIG_KEY = "site-config"
+"""SuperNode node-config key holding the absolute path of the site's ``site.toml``."""
+
 
 class SiteConfigError(ValueError):
     """``site.toml`` is missing, malformed or names something that does not work (one line)."""

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -266,10 +266,3 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def supervised(log_dir: Path) -> Iterator[Supervisor]:
-    """``with supervised(dir) as sup:`` -- a `Supervisor` that stops its processes on exit."""
-    with Supervisor(log_dir) as sup:
-        yield sup

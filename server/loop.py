@@ -226,20 +226,25 @@ class FederationServer:
             time.sleep(0.5)
 
     def _handshake(self, grid: Grid) -> list[SiteInfo]:
+        """Ask every connected node who it is; every expected site must answer."""
         nodes = self._wait_for_nodes(grid)
         content = RecordDict({codec.FEDERATION_RECORD: ConfigRecord(self._federation())})
         msgs = [Message(content, dst_node_id=n, message_type=f"{MessageType.QUERY}.handshake") for n in nodes]
         replies = list(grid.send_and_receive(msgs, timeout=self.spec.config.round_timeout))
         sites: dict[str, SiteInfo] = {}
+        problems: list[str] = []
         for reply in replies:
+            node = int(reply.metadata.src_node_id)
             if reply.has_error():
+                problems.append(f"node {node}: {reply.error.reason}")
                 continue
             rec = reply.content.config_records.get(codec.SITE_RECORD)
             if rec is None:
+                problems.append(f"node {node}: no site record in its handshake reply")
                 continue
             info = SiteInfo(
                 site_id=str(rec["site_id"]),
-                node_id=int(reply.metadata.src_node_id),
+                node_id=node,
                 public_key=str(rec.get("public_key", "")),
                 data_fingerprint=str(rec.get("data_fingerprint", "")),
                 policy=str(rec.get("policy", "{}")),
@@ -247,10 +252,12 @@ class FederationServer:
             if info.site_id in sites:
                 raise FederationError(f"two nodes claim site id {info.site_id!r}")
             sites[info.site_id] = info
-        if len(sites) < self.spec.config.min_sites:
-            raise FederationError(
-                f"handshake: {len(sites)} sites answered; min_sites is {self.spec.config.min_sites}"
-            )
+        want = self.spec.expected_sites or self.spec.config.sites
+        if len(sites) < want:
+            # A federation that silently runs with fewer sites than configured is worse
+            # than one that does not start: say which nodes failed and why.
+            detail = "; ".join(problems) or f"{len(nodes) - len(replies)} nodes did not answer"
+            raise FederationError(f"handshake: {len(sites)} of {want} sites answered ({detail})")
         return [sites[s] for s in sorted(sites)]
 
     def _federation(self) -> dict[str, Any]:

@@ -36,12 +36,10 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsilo.client.app import Site, make_client_app
+from fedsilo.client.site_config import SITE_CONFIG_KEY
 
 if TYPE_CHECKING:
     from fedsilo.server.loop import ServerSpec
-
-SITE_CONFIG_KEY = "site-config"
-"""Node-config key naming the absolute path of a site's ``site.toml``."""
 
 def spec_from_context(context: Context) -> ServerSpec:
     """Resolve the run config from Flower's run config and build the server spec."""
@@ -127,13 +125,13 @@ def _serve(grid: Grid, context: Context) -> None:
     """The ServerApp's main: run the federation, then write the run directory's outputs."""
     from fedsilo.server.loop import FederationServer
     from fedsilo.simulations.datasets import load_dataset
-    from fedsilo.simulations.runner import _write_outputs
+    from fedsilo.simulations.runner import write_outputs
 
     spec = spec_from_context(context)
     result = FederationServer(spec).run(grid)
     if spec.run_dir is not None:
         config = spec.config
-        _write_outputs(spec.run_dir, config, result, load_dataset(config.dataset, seed=config.seed))
+        write_outputs(spec.run_dir, config, result, load_dataset(config.dataset, seed=config.seed))
 
 
 server_app = ServerApp()

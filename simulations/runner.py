@@ -199,7 +199,7 @@ def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: b
     if outcome.result is None:
         raise RuntimeError("the simulation engine stopped before the ServerApp finished")
     result = outcome.result
-    _write_outputs(run_dir, resolved, result, data)
+    write_outputs(run_dir, resolved, result, data)
     return SimulationRun(str(resolved.run_id), run_dir, result, result.final_digest)
 
 
@@ -290,7 +290,7 @@ def _root_update_fn(data: Dataset, config: RunConfig) -> Callable[..., np.ndarra
     return root_update
 
 
-def _write_outputs(run_dir: Path, config: RunConfig, result: RunResult, data: Dataset) -> None:
+def write_outputs(run_dir: Path, config: RunConfig, result: RunResult, data: Dataset) -> None:
     by_round: dict[int, dict[str, Any]] = {}
     rounds_log = run_dir / "rounds.jsonl"
     if rounds_log.exists():

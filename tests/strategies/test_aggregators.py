@@ -150,3 +150,13 @@ def test_secure_aggregation_compatibility_flags() -> None:
 
     sum_only = {name for name, cls in aggregators().items() if not cls.needs_individual_updates}
     assert sum_only == {"mean"}
+
+
+def test_bulyan_window_ties_resolve_towards_lower_values() -> None:
+    from fedsilo.strategies.kernels import closest_to_median_mean
+
+    X = np.array([[0, 0], [1, 5], [2, 6], [3, 7], [4, 100]], np.float32)
+    # column 0: 1 and 3 are equally close to the median 2 -> window [1, 2]
+    # column 1: median 6, nearest two are 6 and {5, 7} (tie) -> [5, 6]
+    np.testing.assert_array_equal(closest_to_median_mean(X, 2), [1.5, 5.5])
+    np.testing.assert_array_equal(closest_to_median_mean(X, 3), [2.0, 6.0])

@@ -94,7 +94,7 @@ def test_multi_krum_matches_flower(n: int, f: int, m: int) -> None:
     assert result.fates.count("accepted") == m
 
 
-@pytest.mark.parametrize(("n", "f"), [(7, 1), (11, 2), (15, 3)])
+@pytest.mark.parametrize(("n", "f"), [(7, 1), (10, 1), (11, 2), (14, 2), (15, 3)])  # odd/even theta
 def test_bulyan_multikrum_selection_matches_flower_message_api(n: int, f: int) -> None:
     batch = random_batch(n, seed=50 + n)
     arrays, _ = FlBulyan(num_malicious_nodes=f).aggregate_train(1, flower_replies(batch))
@@ -102,7 +102,7 @@ def test_bulyan_multikrum_selection_matches_flower_message_api(n: int, f: int) -
     np.testing.assert_allclose(result.update, flat(arrays), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("n", "f"), [(7, 1), (11, 2), (15, 3)])
+@pytest.mark.parametrize(("n", "f"), [(7, 1), (10, 1), (11, 2), (14, 2), (15, 3)])
 def test_bulyan_iterative_selection_matches_flower_legacy(n: int, f: int) -> None:
     batch = random_batch(n, seed=60 + n)
     ref = legacy_flat(legacy.aggregate_bulyan(legacy_results(batch), f, legacy.aggregate_krum, to_keep=0))
