@@ -98,7 +98,38 @@ def render(cache: dict[str, float], args: argparse.Namespace, commands: list[str
                     best.append(f"{att}: {top} {accs[top] / ref:.2f}")
             lines += ["", "Best ratio per attack: " + "; ".join(best) + "."]
         lines.append("")
+    lines += _summary(cache, partitions)
     return "\n".join(lines)
+
+
+def _summary(cache: dict[str, float], partitions: list[str]) -> list[str]:
+    """Which aggregators keep >= 0.8 of FedAvg's no-attack accuracy under every attack on
+    every partition, and whether every attack has an aggregator keeping >= 0.9."""
+    worst: dict[str, float] = {}
+    covered: dict[str, bool] = {}
+    for part in partitions:
+        ref = cache.get(key(part, "mean", "none"))
+        if not ref:
+            continue
+        for agg in AGGREGATORS:
+            ratios = [cache[key(part, agg, a)] / ref for a in ATTACKS[1:] if key(part, agg, a) in cache]
+            if ratios:
+                worst[agg] = min(worst.get(agg, 1e9), min(ratios))
+        for att in ATTACKS[1:]:
+            best = max((cache[key(part, a, att)] / ref for a in AGGREGATORS
+                        if key(part, a, att) in cache), default=0.0)
+            covered[att] = covered.get(att, True) and best >= 0.9
+    keep = [f"{a} ({w:.2f})" for a, w in sorted(worst.items(), key=lambda x: -x[1]) if w >= 0.8]
+    missed = [a for a, ok in covered.items() if not ok]
+    return [
+        "### Summary",
+        "",
+        "Worst ratio over all attacks and partitions, aggregators at >= 0.8: "
+        + (", ".join(keep) if keep else "none") + ".",
+        "Attacks where no aggregator keeps >= 0.9 on some partition: "
+        + (", ".join(missed) if missed else "none") + ".",
+        "",
+    ]
 
 
 def main() -> int:
