@@ -335,10 +335,13 @@ class FederationServer:
         t_end = time.perf_counter()
 
         epsilon = None
-        if ex.privacy is not None:
-            epsilon = ex.privacy.get("epsilon_cumulative")
+        if ex.privacy is not None and "epsilon_cumulative" in ex.privacy:
+            epsilon = ex.privacy["epsilon_cumulative"]
         elif self.dp is not None:
             epsilon = self.dp.accountant.get_epsilon()
+        elif ex.privacy is not None and ex.privacy.get("record_level", {}).get("site_epsilon"):
+            # record-level DP only: the largest epsilon any site reports for its own records
+            epsilon = max(ex.privacy["record_level"]["site_epsilon"].values())
         metrics = {k: v for k, v in (("train_loss", ex.train_loss), ("test_loss", test_loss),
                                       ("test_accuracy", test_acc), ("epsilon", epsilon))
                    if v is not None}
