@@ -18,7 +18,7 @@ import json
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,9 @@ class LineageWriter:
         self._head = head
         self._closed_chain = closed_chain
         self._server_public_key = server_public_key
+        # Called inside each append's transaction, after the INSERT and before the commit
+        # (with the record type); tests use it to crash the process mid-write.
+        self.before_commit: Callable[[str], None] | None = None
 
     @classmethod
     def create(
@@ -180,6 +183,8 @@ class LineageWriter:
                 "INSERT INTO records (seq, type, digest, signature, signed) VALUES (?,?,?,?,?)",
                 (self._seq, record_type, digest, signature, data.decode("utf-8")),
             )
+            if self.before_commit is not None:  # crash-injection point for resume tests
+                self.before_commit(record_type)
         self._seq += 1
         self._head = digest
         self._closed_chain = record_type == "closing"

@@ -2,7 +2,8 @@
 
 Points: ``mid_round`` (replies received, nothing aggregated), ``before_checkpoint``
 (model aggregated, nothing saved), ``before_lineage`` (checkpoint saved, round record
-not yet appended), ``after_round``. Unset (the default) costs one dict lookup.
+not yet appended), ``lineage_write`` (inside the SQLite transaction of the round record,
+after its INSERT, before its COMMIT), ``after_round``. Unset (the default) costs one dict lookup.
 """
 
 from __future__ import annotations

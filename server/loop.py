@@ -378,6 +378,8 @@ class FederationServer:
         fault_point("before_checkpoint", server_round)
         self._checkpoint(server_round, pending=record, summary=summary)
         fault_point("before_lineage", server_round)
+        if self.writer is not None:
+            self.writer.before_commit = lambda _type: fault_point("lineage_write", server_round)
         self._append(record)
         fault_point("after_round", server_round)
 

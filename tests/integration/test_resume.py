@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,10 +32,9 @@ def _simulate(args: list[str], fault: str | None) -> subprocess.CompletedProcess
     try:
         out, err = proc.communicate(timeout=300)
     finally:
-        try:  # the killed server leaves Ray's processes in its session: stop them all
+        # the killed server leaves Ray's processes in its session: stop them all
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -44,7 +44,9 @@ def test_sigkill_at_several_points_then_resume_gives_the_same_model(tmp_path: Pa
     run_dir = tmp_path / "crashy"
     first = _simulate([*ARGV, "--out", str(tmp_path), "--run-id", "crashy"], "mid_round@2")
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
-    for fault in ("before_checkpoint@3", "before_lineage@4", None):
+    # mid-round (replies in, nothing aggregated), between aggregation and checkpoint, and
+    # inside the lineage write (after the INSERT, before the COMMIT of round 4's record)
+    for fault in ("before_checkpoint@3", "lineage_write@4", None):
         res = _simulate(["--resume", str(run_dir)], fault)
         if fault:
             assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
