@@ -220,7 +220,10 @@ def render(all_rows: dict[int, list], d: int, reps: int, command: str, load: str
         "stacking (~25 ms); the geometric median by its coordinate-wise-median start "
         "(~120 ms: cache-tiled transpose + vectorised sort) before ~10 ms per Weiszfeld "
         "iteration. The legacy Krum reference is timed on pre-decoded ndarrays, fedsilo's "
-        "side includes decoding, screening and encoding.",
+        "side includes decoding, screening and encoding. fedsilo runs its BLAS calls "
+        "single-threaded (OpenBLAS's threaded sgemm for 100 x 10^6 went from 0.19 s to 10-15 s "
+        "whenever other jobs shared the 2 cores); Flower's run with the default threads, so "
+        "its Krum/Bulyan times at n = 100 are inflated whenever the machine is busy.",
         "",
     ]
     for n, rows in all_rows.items():

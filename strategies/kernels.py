@@ -60,8 +60,14 @@ def weighted_mean(rows: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray
 
 
 def gram(X: np.ndarray) -> np.ndarray:
-    """The n x n matrix of inner products ``X @ X.T`` (one float32 matmul), as float64."""
-    return (X @ X.T).astype(np.float64)
+    """The n x n matrix of inner products ``X @ X.T`` (one float32 matmul), as float64.
+
+    Single-threaded: for this skinny shape (n << d) OpenBLAS's threaded sgemm gained
+    nothing on an idle 2-core machine and became ~50x slower (0.19 s -> 10 s for
+    100 x 10^6) as soon as other processes competed for the cores.
+    """
+    with single_threaded_blas():
+        return (X @ X.T).astype(np.float64)
 
 
 # |a|^2 - 2 a.b + |b|^2 loses relative precision ~1e-7 * sqrt(d) of |a|^2 + |b|^2 in float32;

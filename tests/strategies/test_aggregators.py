@@ -146,7 +146,7 @@ def test_impossible_parameters_are_refused_at_construction(spec: str, message: s
 
 
 def test_secure_aggregation_compatibility_flags() -> None:
-    from fedsilo.strategies import aggregators
+    from fedsilo.strategies.registry import aggregators
 
     sum_only = {name for name, cls in aggregators().items() if not cls.needs_individual_updates}
     assert sum_only == {"mean"}

@@ -59,7 +59,7 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_plugin_is_listed(installed_plugin: str) -> None:
-    from fedsilo.strategies import aggregators, make_aggregator
+    from fedsilo.strategies.registry import aggregators, make_aggregator
 
     assert installed_plugin in aggregators()
     assert make_aggregator("half_mean:factor=0.25").factor == 0.25

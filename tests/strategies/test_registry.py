@@ -12,13 +12,12 @@ from data import random_batch
 from fedsilo.strategies import (
     SettingError,
     add_strategies_parser,
-    aggregators,
     make_aggregator,
     make_optimizer,
-    optimizers,
     parse_spec,
     registry,
 )
+from fedsilo.strategies.registry import aggregators, optimizers
 
 
 def test_parse_spec() -> None:
