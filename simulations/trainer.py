@@ -46,6 +46,7 @@ class TorchTrainer:
         self._fingerprint = fingerprint
         self._model: nn.Module | None = None
         self._dp_state: dict[str, Any] | None = None  # this site's own DP-SGD accountant
+        self._dp_noise: float | None = None  # DP-SGD noise multiplier, calibrated once
 
     def _model_for(self, weights: Weights) -> nn.Module:
         if self._model is None:
@@ -89,20 +90,28 @@ class TorchTrainer:
 
     def _fit_dp_sgd(self, model: nn.Module, config: Mapping[str, Any], server_round: int) -> FitResult:
         """Record-level DP: DP-SGD through Opacus; the site accounts its own epsilon."""
-        from fedsilo.privacy.dpsgd import train_dp_sgd
+        from fedsilo.privacy.dpsgd import calibrate_dpsgd_noise, train_dp_sgd
 
         rounds_total = int(config.get("rounds_total", 1))
+        epochs = int(config.get("local_epochs", 1))
+        batch_size = min(self.batch_size, len(self.y))
+        delta = float(config.get("record_dp_delta", 1e-5))
         target = config.get("record_dp_epsilon")
+        z = config.get("record_dp_noise_multiplier")
+        if z is None and self._dp_noise is None and target is not None:
+            # One noise multiplier for the whole run, calibrated once so that the site's
+            # budget lasts every round it may take part in.
+            batches = -(-len(self.y) // batch_size)
+            self._dp_noise = calibrate_dpsgd_noise(
+                target_epsilon=float(target), delta=delta, sample_rate=1 / batches,
+                steps=epochs * batches * rounds_total,
+            )
         out = train_dp_sgd(
-            model, self.x, self.y,
-            epochs=int(config.get("local_epochs", 1)), lr=float(config.get("lr", 0.1)),
-            batch_size=min(self.batch_size, len(self.y)),
-            noise_multiplier=float(config["record_dp_noise_multiplier"])
-            if "record_dp_noise_multiplier" in config else None,
-            # the per-site budget is spread over the run's rounds when noise is calibrated
-            target_epsilon=float(target) * server_round / rounds_total if target is not None else None,
-            delta=float(config.get("record_dp_delta", 1e-5)),
-            max_grad_norm=float(config["record_dp_max_grad_norm"]),
+            model, self.x, self.y, epochs=epochs, lr=float(config.get("lr", 0.1)),
+            batch_size=batch_size,
+            noise_multiplier=float(z) if z is not None else self._dp_noise,
+            target_epsilon=float(target) if target is not None else None,
+            delta=delta, max_grad_norm=float(config["record_dp_max_grad_norm"]),
             accountant_state=self._dp_state, seed=self.seed * 1009 + server_round,
         )
         self._dp_state = out.accountant_state
