@@ -65,8 +65,9 @@ def main() -> int:
         "Command: `python benchmarks/bench_dp_simulate.py` (digits, the default MLP, seed 0; "
         "client-level: 100 sites, Poisson q = 0.1, 100 rounds, fixed clip norm "
         f"{args.clip_norm}, RDP accountant, noise calibrated so the budget lasts the rounds; "
-        "record-level: 5 sites, 20 rounds, DP-SGD through Opacus, each site's noise multiplier calibrated once so its budget lasts the 20 rounds"
-        "over the rounds). The clip norm was not tuned on this benchmark.",
+        "record-level: 5 sites, 20 rounds, DP-SGD through Opacus, each site's noise multiplier "
+        "calibrated once so that its budget lasts the 20 rounds). The clip norm was not tuned "
+        "on this benchmark.",
         "",
         "| DP | epsilon target | final test accuracy | epsilon spent | rounds run | run ended | command |",
         "|---|---|---|---|---|---|---|",
