@@ -413,8 +413,11 @@ class FederationServer:
                 refused[site_of[int(r.metadata.src_node_id)]] = f"refused by site: {refusal.get('reason', '')}"
             else:
                 updates.append(r)
+        # Sum-only aggregators get the weighted sum fused into screening (one pass over
+        # each reply); anything that replaces rows later (attacks, DP) falls back safely.
         batch, rejected = batch_from_replies(
-            updates, dim=self.layout.size, site_of=site_of, policy=self.screening
+            updates, dim=self.layout.size, site_of=site_of, policy=self.screening,
+            accumulate=self.dp is None and not self.aggregator.needs_individual_updates,
         )
         rejected.update(refused)
         ex = _Exchange(

@@ -84,3 +84,39 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(")") + 2] != "Z"
+
+
+def flwr_json(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
+    """Run the `flwr` CLI with ``--format json`` and return its JSON answer."""
+    import json
+    import subprocess
+
+    res = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], capture_output=True,
+                         text=True, env=env, timeout=timeout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout[res.stdout.find("{"):])
+
+
+def start_insecure_federation(tmp_path: Path, procs: Procs, home: Path, n_nodes: int,
+                              name: str = "test") -> list[ManagedProcess]:
+    """An insecure SuperLink on 127.0.0.1 and ``n_nodes`` SuperNodes (``partition-id`` i),
+    named ``name`` in the `flwr` config under ``home``; waits until all nodes are online."""
+    import tomli_w
+
+    link_port, *node_ports = free_ports(1 + n_nodes)
+    (home / "config.toml").write_text(tomli_w.dumps(
+        {"superlink": {"default": name, name: {"address": f"127.0.0.1:{link_port}", "insecure": True}}}
+    ))
+    link = procs.start("superlink", [
+        BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
+        "--database", tmp_path / "state.db", "--disable-runtime-dependency-installation",
+    ], cwd=tmp_path)
+    wait_for_port(link, "127.0.0.1", link_port, timeout=60)
+    nodes = [procs.start(f"supernode-{i}", [
+        BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
+        "--host", "127.0.0.1", "--port", str(port), "--node-config", f"partition-id={i}",
+    ], cwd=tmp_path) for i, port in enumerate(node_ports)]
+    wait_until(lambda: sum(n["status"] == "online" for n in
+                           flwr_json(procs.env, "supernode", "ls", name)["nodes"]) == n_nodes,
+               60, f"{n_nodes} SuperNodes online")
+    return nodes

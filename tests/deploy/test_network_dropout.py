@@ -3,27 +3,17 @@ round ends without changing the model. Real SuperLink and SuperNodes on 127.0.0.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 from fedsilo.lineage import read_chain, verify_run
 
-from .procs import BIN, REPO, Procs, env_for, free_ports, wait_for_port, wait_until
+from .procs import REPO, Procs, env_for, flwr_json, start_insecure_federation, wait_until
 
 pytestmark = pytest.mark.network
-
-
-def _flwr(env: dict[str, str], *args: str) -> dict:
-    res = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], capture_output=True,
-                         text=True, env=env, timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return json.loads(res.stdout[res.stdout.find("{"):])
 
 
 def _rounds_recorded(run_dir: Path) -> int:
@@ -39,28 +29,13 @@ def _rounds_recorded(run_dir: Path) -> int:
 def test_killed_supernodes_are_dropped_and_quorum_keeps_the_model(tmp_path: Path) -> None:
     home = tmp_path / "flwr-home"
     home.mkdir()
-    env = env_for(home)
-    procs = Procs(tmp_path / "logs", env)
-    link_port, *node_ports = free_ports(4)
-    (home / "config.toml").write_text(tomli_w.dumps(
-        {"superlink": {"default": "t", "t": {"address": f"127.0.0.1:{link_port}", "insecure": True}}}
-    ))
+    procs = Procs(tmp_path / "logs", env_for(home))
     out = tmp_path / "runs"
     run_dir = out / "drop"
     try:
-        link = procs.start("superlink", [
-            BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
-            "--database", tmp_path / "state.db", "--disable-runtime-dependency-installation",
-        ], cwd=tmp_path)
-        wait_for_port(link, "127.0.0.1", link_port, timeout=60)
-        nodes = [procs.start(f"supernode-{i}", [
-            BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-            "--host", "127.0.0.1", "--port", str(port), "--node-config", f"partition-id={i}",
-        ], cwd=tmp_path) for i, port in enumerate(node_ports)]
-        wait_until(lambda: sum(n["status"] == "online" for n in
-                               _flwr(env, "supernode", "ls", "t")["nodes"]) == 3, 60, "3 SuperNodes online")
-        _flwr(env, "run", str(REPO / "examples" / "flower-app"), "t", "--run-config",
-              f"rounds=3 min-sites=2 round-timeout=20.0 out='{out}' run-id='drop'")
+        nodes = start_insecure_federation(tmp_path, procs, home, 3, name="t")
+        flwr_json(procs.env, "run", str(REPO / "examples" / "flower-app"), "t", "--run-config",
+                  f"rounds=3 min-sites=2 round-timeout=20.0 out='{out}' run-id='drop'")
         # SIGKILL a SuperNode (and the ClientApp processes it started) as soon as a round is
         # recorded, so that it disappears while the next round is under way.
         for victim, after_round in ((nodes[2], 1), (nodes[1], 2)):

@@ -9,25 +9,16 @@ lineage are checked; every process is stopped by PID.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomli_w
 
 from fedsilo.lineage import arrays_digest, verify_run
 
-from .procs import BIN, REPO, Procs, env_for, free_ports, wait_for_port, wait_until
+from .procs import REPO, Procs, env_for, flwr_json, start_insecure_federation, wait_until
 
 pytestmark = pytest.mark.network
-
-
-def _flwr(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
-    res = subprocess.run([str(BIN / "flwr"), *args, "--format", "json"], capture_output=True,
-                         text=True, env=env, timeout=timeout)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return json.loads(res.stdout[res.stdout.find("{"):])
 
 
 def test_flwr_run_example_app_two_rounds(tmp_path: Path) -> None:
@@ -35,34 +26,19 @@ def test_flwr_run_example_app_two_rounds(tmp_path: Path) -> None:
     home.mkdir()
     env = env_for(home)
     procs = Procs(tmp_path / "logs", env)
-    link_port, *node_ports = free_ports(4)
-    (home / "config.toml").write_text(tomli_w.dumps(
-        {"superlink": {"default": "test", "test": {"address": f"127.0.0.1:{link_port}", "insecure": True}}}
-    ))
     out = tmp_path / "runs"
     try:
-        link = procs.start("superlink", [
-            BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
-            "--database", tmp_path / "state.db", "--disable-runtime-dependency-installation",
-        ], cwd=tmp_path)
-        wait_for_port(link, "127.0.0.1", link_port, timeout=60)
-        for i, port in enumerate(node_ports):
-            procs.start(f"supernode-{i}", [
-                BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                "--host", "127.0.0.1", "--port", str(port), "--node-config", f"partition-id={i}",
-            ], cwd=tmp_path)
-        wait_until(lambda: sum(n["status"] == "online" for n in
-                               _flwr(env, "supernode", "ls", "test")["nodes"]) == 3, 60, "3 SuperNodes online")
-        started = _flwr(env, "run", str(REPO / "examples" / "flower-app"), "test",
+        start_insecure_federation(tmp_path, procs, home, 3)
+        started = flwr_json(env, "run", str(REPO / "examples" / "flower-app"), "test",
                         "--run-config", f"rounds=2 out='{out}' run-id='net2'")
         run_id = started["run-id"]
 
         def finished() -> bool:
-            runs = _flwr(env, "ls", "test", "--run-id", run_id)["runs"]
+            runs = flwr_json(env, "ls", "test", "--run-id", run_id)["runs"]
             return runs[0]["status"].startswith("finished")
 
         wait_until(finished, 240, "the run to finish", poll=2.0)
-        assert _flwr(env, "ls", "test", "--run-id", run_id)["runs"][0]["status"] == "finished:completed"
+        assert flwr_json(env, "ls", "test", "--run-id", run_id)["runs"][0]["status"] == "finished:completed"
     finally:
         left = procs.stop_all()
     assert left == [], f"processes still alive: {left}"
