@@ -4,7 +4,9 @@ Runs `fedsilo simulate`'s default scenario (digits, 10 sites, dirichlet:0.5, MLP
 20 rounds) through fedsilo (with lineage, signatures, checkpoints) and through a bare
 Flower app (Flower's FedAvg, same model, data, partitions, local training and rounds),
 alternating REPEATS times. Wall time per round excludes engine start-up and the first
-round (actor warm-up): (t_last - t_first) / (rounds - 1). Also runs fedsilo without
+round (actor warm-up): (t_last - t_first) / (rounds - 1). Both ServerApps poll the
+engine for replies every 10 ms (`fedsilo.server.app.tune_grid`; Flower's default is
+100 ms, which quantises round times to 0.1 s ticks). Also runs fedsilo without
 lineage (``--no-lineage``) for the lineage-overhead figure.
 
     python benchmarks/bench_overhead.py [--repeats 2] [--out benchmarks/results/overhead.md]
@@ -59,7 +61,8 @@ def main() -> int:
         "",
         f"Command: `python benchmarks/bench_overhead.py --repeats {args.repeats} --rounds {args.rounds}` "
         "(digits, 10 sites, dirichlet:0.5, MLP, FedAvg, 1 local epoch, Ray simulation engine, "
-        "2 CPUs). Per-round wall time excludes engine start-up and round 1; median of the repeats.",
+        "2 CPUs, both ServerApps polling the engine every 10 ms). Per-round wall time excludes "
+        "engine start-up and round 1; median of the repeats.",
         "",
         "| system | s / round | ratio to Flower | target |",
         "|---|---|---|---|",

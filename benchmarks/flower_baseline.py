@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from fedsilo.server.app import tune_grid
 from fedsilo.server.config import RunConfig
 from fedsilo.simulations.datasets import load_dataset
 from fedsilo.simulations.models import evaluate_arrays, get_weights, make_mlp, set_weights
@@ -54,6 +55,7 @@ def make_apps(config: RunConfig, round_times: list[float]) -> tuple[ServerApp, C
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        tune_grid(grid)  # same engine settings as fedsilo's ServerApp: a fair comparison
         data = load_dataset(config.dataset, seed=config.seed)
         model = make_mlp(data.num_features, data.num_classes, hidden=config.hidden, seed=config.seed)
         initial = ArrayRecord({k: _array(v) for k, v in get_weights(model).items()})
