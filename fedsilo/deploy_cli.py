@@ -11,10 +11,14 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+
+
+if TYPE_CHECKING:
+    from fedsilo.server.config import RunConfig
 
 
 def add_deploy_parsers(sub: Any) -> None:
@@ -63,7 +67,9 @@ def _add_server(sub: Any) -> None:
     start.add_argument("--config", default="server.toml", metavar="server.toml")
     start.set_defaults(handler=_server_start)
     run = ssub.add_parser("run", help="submit a federation run to the SuperLink")
-    run.add_argument("--config", required=True, metavar="run.toml",
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue the crashed run in RUN_DIR from its last checkpoint")
+    run.add_argument("--config", metavar="run.toml",
                      help="run options (as for fedsilo simulate --config)")
     run.add_argument("--server", default="server.toml", metavar="server.toml")
     run.add_argument("--run-id", help="run id / run directory name (default: generated)")
@@ -111,16 +117,21 @@ def _server_run(args: argparse.Namespace) -> int:
 
     try:
         settings = read_server_settings(Path(args.server))
-        config = RunConfig.load(args.config, {"run_id": args.run_id})
-        from fedsilo.simulations.runner import check_feasible, new_run_id
+        if args.resume:
+            config = _resumable(Path(args.resume))
+        elif not args.config:
+            raise ConfigError("--config: required (a run.toml), unless --resume RUN_DIR is given")
+        else:
+            config = RunConfig.load(args.config, {"run_id": args.run_id})
+            from fedsilo.simulations.runner import check_feasible, new_run_id
 
-        check_feasible(config)
-        config = RunConfig.from_dict({**config.to_dict(), "run_id": config.run_id or new_run_id(),
-                                      "out": str(Path(config.out).resolve())})
+            check_feasible(config)
+            config = RunConfig.from_dict({**config.to_dict(), "run_id": config.run_id or new_run_id(),
+                                          "out": str(Path(config.out).resolve())})
     except (DeployError, ConfigError) as exc:
         return _fail("server run", str(exc))
     try:
-        run = submit_run(settings, config)
+        run = submit_run(settings, config, resume=bool(args.resume))
         print(f"fedsilo server: submitted run {run.run_id} (Flower run {run.flwr_run_id}) -> {run.run_dir}",
               flush=True)
         if args.wait:
@@ -130,6 +141,22 @@ def _server_run(args: argparse.Namespace) -> int:
     except DeployError as exc:
         return _fail("server run", str(exc), EXIT_FAILED)
     return 0
+
+
+def _resumable(run_dir: Path) -> RunConfig:
+    """The config of the crashed run in ``run_dir``; `ConfigError` if it cannot be resumed."""
+    from fedsilo.server.checkpoint import CHECKPOINT_NAME
+    from fedsilo.server.config import ConfigError, RunConfig
+
+    run_dir = run_dir.resolve()
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"--resume: {run_dir} has no config.toml; not a fedsilo run directory")
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint (did round 1 finish?)")
+    if (run_dir / "report.html").exists():
+        raise ConfigError(f"--resume: {run_dir} holds a finished run")
+    config = RunConfig.load(run_dir / "config.toml")
+    return RunConfig.from_dict({**config.to_dict(), "run_id": run_dir.name, "out": str(run_dir.parent)})
 
 
 def _server_status(args: argparse.Namespace) -> int:

@@ -272,14 +272,17 @@ class SubmittedRun:
 
 
 def submit_run(s: ServerSettings, config: RunConfig, app_dir: Path | None = None,
-               timeout: float = 120.0) -> SubmittedRun:
+               timeout: float = 120.0, *, resume: bool = False) -> SubmittedRun:
     """``flwr run`` fedsilo's apps with ``config`` (a resolved `RunConfig`) on this SuperLink.
 
     ``config.out`` should be absolute (the ServerApp runs in the SuperLink's process tree).
+    With ``resume`` the ServerApp continues the crashed run ``<out>/<run_id>`` from its
+    last checkpoint instead of starting a new one.
     """
     values: dict[str, Any] = dict(config.to_dict())
     values["run_id"] = str(config.run_id or "")
     values["server_key"] = str(s.lineage_key or "")
+    values["resume"] = resume  # the ServerApp continues the run in <out>/<run_id>
     app = write_app_dir(app_dir or s.state_dir / "app", {k.replace("_", "-"): v for k, v in values.items()})
     res = flwr(s, ["run", str(app), CONNECTION, "--format", "json"], timeout=timeout, check=False)
     payload = _json_payload(res.stdout)

@@ -45,19 +45,28 @@ def spec_from_context(context: Context) -> ServerSpec:
     """Resolve the run config from Flower's run config and build the server spec."""
     import tomli_w
 
-    from fedsilo.server.config import RunConfig
+    from fedsilo.server.config import ConfigError, RunConfig
     from fedsilo.simulations.runner import build_server_spec, check_feasible
 
     raw = run_config_dict(context.run_config)
     server_key = str(raw.pop("server_key", "") or "")
+    resume = bool(raw.pop("resume", False))
     if not raw.get("run_id"):
         raw["run_id"] = f"flwr-{context.run_id}"
     config = RunConfig.from_dict(raw)
-    check_feasible(config)
     run_dir = Path(config.out) / str(config.run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
+    if resume:
+        # Continue a crashed run: its own config.toml, checkpoint and chain decide.
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError(f"resume: {run_dir} has no config.toml; not a fedsilo run directory")
+        config = RunConfig.load(run_dir / "config.toml")
+    else:
+        check_feasible(config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
     spec = build_server_spec(config, run_dir)
+    spec.resume = resume
+    spec.simulation = False  # deployment: DP noise from a CSPRNG unless configured otherwise
     if server_key:
         spec.server_key_path = Path(server_key)
     return spec
