@@ -98,6 +98,7 @@ def test_example_app_is_valid_and_points_at_fedsilo() -> None:
     raw = run_config_dict(config["tool"]["flwr"]["app"]["config"])
     raw.pop("server_key")
     raw.pop("run_id")
+    assert raw.pop("resume") is False
     assert RunConfig.from_dict(raw).sites == 3
 
 
