@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 EXIT_USAGE = 2
@@ -145,11 +145,6 @@ def _fail(command: str, message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
-def _optional(register: Callable[[Any], None] | None, sub: Any) -> None:
-    if register is not None:
-        register(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedsilo", description="Cross-silo federated learning on Flower.")
     from fedsilo import __version__
@@ -157,17 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fedsilo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_simulate(sub)
-    for module, name in (
-        ("fedsilo.lineage.cli", "add_lineage_parser"),
-        ("fedsilo.strategies.registry", "add_strategies_parser"),
-        ("fedsilo.privacy.cli", "add_privacy_parser"),
-        ("fedsilo.deploy_cli", "add_deploy_parsers"),
-    ):
-        try:
-            mod = __import__(module, fromlist=[name])
-        except ImportError:
-            continue
-        _optional(getattr(mod, name, None), sub)
+    from fedsilo.deploy_cli import add_deploy_parsers
+    from fedsilo.lineage.cli import add_lineage_parser
+    from fedsilo.privacy.cli import add_privacy_parser
+    from fedsilo.strategies.registry import add_strategies_parser
+
+    for register in (add_lineage_parser, add_strategies_parser, add_privacy_parser, add_deploy_parsers):
+        register(sub)
     return parser
 
 
