@@ -63,7 +63,8 @@ def write_report(path: Path, config: Any, result: Any, label_counts: dict[str, l
     ax.set_ylabel("examples")
     ax.set_title("examples per site, by label")
     ax.tick_params(axis="x", rotation=60)
-    ax.legend(ncol=min(10, counts.shape[1]), fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)  # outside the axes, clear of the bars
     sites_png = _png(fig)
 
     rows = "".join(
