@@ -167,6 +167,7 @@ class FederationServer:
         self.server_key: Any = None
         self.start_round = 1
         self.recovered: list[RoundSummary] = []  # rounds whose report a crash interrupted
+        self._model_digest: str | None = None  # digest of self.model, set after each round
         self.rounds_completed = 0  # round records with status "completed" in the chain
         self._persist_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsilo-persist")
         self._persisting: Future[None] | None = None
@@ -306,7 +307,8 @@ class FederationServer:
             if not decision.ok:
                 raise BudgetExhausted(decision.reason, decision.epsilon_spent)
         sampled = self._sample()
-        model_in = self._digest(self.model)
+        # the previous round's model_out is this round's model_in: digest the model once
+        model_in = self._model_digest or self._digest(self.model)
         content = RecordDict(
             {
                 codec.GLOBAL_RECORD: ArrayRecord({codec.MODEL_KEY: codec.encode_flat(self.model)}),
@@ -331,7 +333,7 @@ class FederationServer:
         test_loss = test_acc = None
         if self.spec.evaluate_fn is not None:
             test_loss, test_acc = self.spec.evaluate_fn(self.layout.unflatten(self.model))
-        model_out = self._digest(self.model)
+        model_out = self._model_digest = self._digest(self.model)
         t_end = time.perf_counter()
 
         epsilon = None
