@@ -10,6 +10,10 @@ from .chain import LoadedChain, load_chain
 from .errors import LineageError
 from .ledger import SiteLedger
 
+SECURE_SUM = "secagg:not-reported"
+"""Stands for the data fingerprint of a site that contributed through secure aggregation:
+the server sees only the sum, so no per-site update or fingerprint is on its record."""
+
 REFUSAL_PREFIX = "refused by site: "
 """How a server may prefix a site's own refusal reason in ``rejected`` (both forms match)."""
 
@@ -22,7 +26,8 @@ class Contributor:
 
     Attributes:
         site_id: the site.
-        data_fingerprint: the data version the updates were computed on.
+        data_fingerprint: the data version the updates were computed on (`SECURE_SUM`
+            for rounds where the site's update entered only a secure sum).
         rounds: rounds (ascending) in which an accepted update of this site/data went in.
         public_key: the site's public key (64 hex) from the genesis or join record.
     """
@@ -42,6 +47,8 @@ def contributors(run_dir: Path, model_digest: str | None = None) -> list[Contrib
 
     Walks back from the round that produced ``model_digest`` through each round's
     ``model_in`` to the initial model (following resumes, so superseded rounds do not count).
+    Sites whose updates entered a secure sum (SecAgg rounds list them as
+    ``secagg.participant_sites``) count too, with the fingerprint `SECURE_SUM`.
 
     Args:
         run_dir: the run directory (or its ``lineage.sqlite``).
@@ -75,10 +82,11 @@ def contributors(run_dir: Path, model_digest: str | None = None) -> list[Contrib
                 raise LineageError(f"model {target} was not produced by any round of this run")
             break  # broken back-link; `verify` reports it
         body = rounds[position][1]
-        for c in body["contributions"]:
-            if c["fate"] != "accepted":
-                continue
-            key = (c["site_id"], c["data_fingerprint"])
+        keys_in = [(c["site_id"], c["data_fingerprint"])
+                   for c in body["contributions"] if c["fate"] == "accepted"]
+        secure = body.get("secagg") or {}
+        keys_in += [(site, SECURE_SUM) for site in secure.get("participant_sites", [])]
+        for key in keys_in:
             entry = found.setdefault(key, Contributor(*key, public_key=keys.get(key[0], "")))
             entry.rounds.append(body["round"])
         wanted = body["model_in"]

@@ -78,6 +78,20 @@ def screen_reply(content: RecordDict, *, dim: int, policy: ScreeningPolicy) -> n
     dim : the number of values every delta must have (the flat model size).
     policy : norm and example-count bounds.
     """
+    delta, _ = decode_reply(content, dim=dim, policy=policy)
+    check_norm(delta, float(np.dot(delta, delta)), policy)
+    return delta
+
+
+def decode_reply(
+    content: RecordDict, *, dim: int, policy: ScreeningPolicy
+) -> tuple[np.ndarray, float]:
+    """The structural half of `screen_reply`: ``(delta, num_examples)`` without the norm check.
+
+    Checks keys, record types, the example count and the delta's layout, and returns
+    the delta as a zero-copy view. The caller must still pass the delta's squared norm
+    to `check_norm` (the server computes all norms in the same pass as the sum).
+    """
     problem = _keys_problem("reply", set(content.keys()), REPLY_KEYS)
     if problem:
         raise ScreeningError(problem)
@@ -112,7 +126,17 @@ def screen_reply(content: RecordDict, *, dim: int, policy: ScreeningPolicy) -> n
         delta = decode_flat(update["delta"], expected_size=dim)
     except LayoutError as exc:
         raise ScreeningError(f"update: {exc}") from None
-    sq = float(np.dot(delta, delta))
+    return delta, float(n_examples)
+
+
+def check_norm(delta: np.ndarray, sq_norm: float, policy: ScreeningPolicy) -> float:
+    """The delta's L2 norm, or `ScreeningError` for non-finite values or a norm above the bound.
+
+    ``sq_norm`` is the float32-accumulated squared norm; when it is not finite the
+    delta is inspected: NaN/Inf values are rejected, and a norm that only overflowed
+    float32 is recomputed in float64.
+    """
+    sq = float(sq_norm)
     if not math.isfinite(sq):
         if not np.isfinite(delta).all():
             bad = int(np.size(delta) - np.count_nonzero(np.isfinite(delta)))
@@ -121,4 +145,4 @@ def screen_reply(content: RecordDict, *, dim: int, policy: ScreeningPolicy) -> n
     norm = math.sqrt(sq)
     if policy.max_norm is not None and norm > policy.max_norm:
         raise ScreeningError(f"update: L2 norm {norm:.6g} exceeds the bound {policy.max_norm:.6g}")
-    return delta
+    return norm

@@ -25,6 +25,7 @@ from fedsilo.privacy.screening import ScreeningPolicy
 from fedsilo.server.checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoint, write_checkpoint
 from fedsilo.server.config import RunConfig
 from fedsilo.server.faults import fault_point
+from fedsilo.server.memory import keep_freed_memory
 from fedsilo.strategies import codec, registry
 from fedsilo.strategies.batch import UpdateBatch
 from fedsilo.strategies.pipeline import batch_from_replies
@@ -143,6 +144,7 @@ class FederationServer:
     """Runs the rounds of one federation on a Flower `Grid`."""
 
     def __init__(self, spec: ServerSpec) -> None:
+        keep_freed_memory()  # reuse last round's model-sized buffers (no page faults)
         self.spec = spec
         cfg = spec.config
         self.layout = codec.ModelLayout.from_arrays(spec.initial_weights)

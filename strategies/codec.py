@@ -17,6 +17,7 @@ import ast
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from flwr.app import Array
@@ -130,13 +131,7 @@ def decode_flat(array: Array, *, expected_size: int | None = None) -> np.ndarray
         hlen, start = int.from_bytes(data[8:12], "little"), 12
     else:
         raise LayoutError(f"unsupported .npy format version {major}")
-    try:
-        header = ast.literal_eval(bytes(data[start : start + hlen]).decode("latin1"))
-        dtype = np.dtype(header["descr"])
-        shape = tuple(header["shape"])
-        fortran = bool(header["fortran_order"])
-    except (ValueError, SyntaxError, KeyError, TypeError) as exc:
-        raise LayoutError(f"corrupt .npy header: {exc}") from None
+    dtype, shape, fortran = _parse_header(bytes(data[start : start + hlen]))
     if dtype != FLAT_DTYPE:
         raise LayoutError(f"update has dtype {dtype}; expected float32")
     if len(shape) != 1 or fortran:
@@ -150,6 +145,17 @@ def decode_flat(array: Array, *, expected_size: int | None = None) -> np.ndarray
             f"{shape[0] * FLAT_DTYPE.itemsize}"
         )
     return np.frombuffer(data, dtype=FLAT_DTYPE, count=shape[0], offset=offset)
+
+
+@lru_cache(maxsize=64)
+def _parse_header(text: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """``(dtype, shape, fortran_order)`` of a .npy header dict; cached, because every
+    reply of a round carries the same header and parsing it costs more than the checks."""
+    try:
+        header = ast.literal_eval(text.decode("latin1"))
+        return np.dtype(header["descr"]), tuple(header["shape"]), bool(header["fortran_order"])
+    except (ValueError, SyntaxError, KeyError, TypeError, AttributeError) as exc:
+        raise LayoutError(f"corrupt .npy header: {exc}") from None
 
 
 def _npy_header(vec: np.ndarray) -> bytes:

@@ -19,6 +19,10 @@ from threadpoolctl import ThreadpoolController
 F32 = np.float32
 _TILE_BYTES = 4 << 20  # ~4 MiB per transposed tile: stays in the last-level cache
 _POOLS = ThreadpoolController()  # inspected once; limiting it later costs microseconds
+# Rounds of at least this many values (n x d) use the compiled single-pass kernels of
+# `fused`; below it, compiling them (about a second, once per process) costs more than
+# the second pass over the rows that they save.
+FUSED_MIN_VALUES = 1 << 22
 
 
 def single_threaded_blas() -> AbstractContextManager[object]:
@@ -34,11 +38,16 @@ def axpy(row: np.ndarray, acc: np.ndarray, a: float) -> np.ndarray:
 def weighted_sum(rows: Sequence[np.ndarray], coeffs: np.ndarray) -> np.ndarray:
     """``sum_i coeffs[i] * rows[i]`` as float32, streaming over rows without stacking.
 
-    One fused BLAS ``saxpy`` per row (read the row once, update the accumulator in
-    place): this is the streaming accumulation the design allows over clients. BLAS
+    Large inputs go through the compiled one-pass kernel (`fused.screen_and_sum`);
+    small ones take one BLAS ``saxpy`` per row (read the row once, update the
+    accumulator in place): the streaming accumulation the design allows over clients. BLAS
     runs single-threaded here: a level-1 op is memory-bound, and on a shared machine
     OpenBLAS's spinning worker threads made it several times slower.
     """
+    if rows and len(rows) * rows[0].size >= FUSED_MIN_VALUES:
+        from .fused import screen_and_sum  # one pass, compiled (numba)
+
+        return screen_and_sum(rows, np.asarray(coeffs, dtype=np.float64))[0]
     acc = np.zeros(rows[0].size if rows else 0, dtype=F32)
     with single_threaded_blas():
         for row, c in zip(rows, np.asarray(coeffs, dtype=np.float64), strict=True):
@@ -70,12 +79,25 @@ def gram(X: np.ndarray) -> np.ndarray:
         return (X @ X.T).astype(np.float64)
 
 
+def gram_of_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """`gram` of the rows, without stacking them when the round is large.
+
+    Large inputs use the compiled kernel (`fused.gram`: no n x d copy, and faster than
+    OpenBLAS's sgemm for this skinny shape); small ones stack and call `gram`.
+    """
+    if rows and len(rows) * rows[0].size >= FUSED_MIN_VALUES:
+        from .fused import gram as rows_gram
+
+        return rows_gram(rows)
+    return gram(np.stack(rows)) if rows else np.zeros((0, 0))
+
+
 # |a|^2 - 2 a.b + |b|^2 loses relative precision ~1e-7 * sqrt(d) of |a|^2 + |b|^2 in float32;
 # distances below this fraction of |a|^2 + |b|^2 are recomputed exactly from the rows.
 _CANCEL = 1e-3
 
 
-def sq_distances(G: np.ndarray, X: np.ndarray | None = None) -> np.ndarray:
+def sq_distances(G: np.ndarray, X: np.ndarray | Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Pairwise squared Euclidean distances from a Gram matrix (clipped at 0, zero diagonal).
 
     When the rows ``X`` are given, pairs close enough for the Gram formula to lose

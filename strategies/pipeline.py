@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from flwr.app import ArrayRecord, Message
 
-from ..privacy.screening import ScreeningError, ScreeningPolicy, screen_reply
+from ..privacy.screening import ScreeningError, ScreeningPolicy, check_norm, decode_reply
 from .batch import UpdateBatch
 from .codec import encode_flat
-from .kernels import axpy, single_threaded_blas
+from .kernels import FUSED_MIN_VALUES, axpy, single_threaded_blas
 
 
 def batch_from_replies(
@@ -30,46 +30,81 @@ def batch_from_replies(
     site_of : Flower node id -> stable site id (from the handshake); unknown nodes
         are named ``"node:<id>"``.
     policy : screening bounds.
-    accumulate : also add ``num-examples * delta`` of each accepted reply into
-        ``batch.weighted_sum`` right after screening it, while the row is in cache
-        (for sum-only aggregators such as the weighted mean: one pass over the bytes).
+    accumulate : also compute ``batch.weighted_sum`` (``sum num-examples * delta`` over
+        the accepted replies) in the same pass over the bytes as the norms screening
+        needs (for sum-only aggregators such as the weighted mean). The pass adds every
+        structurally valid reply; in the rare round where one then fails its norm check,
+        the sum is recomputed without it.
 
     Returns the accepted batch (zero-copy rows, weights = ``num-examples``) and the
-    rejected sites with their reasons. Error replies are rejected with their error reason.
+    rejected sites with their reasons, in reply order. Error replies are rejected with
+    their error reason.
     """
+    reasons: dict[int, tuple[str, str]] = {}  # reply index -> (site, reason)
+    index: list[int] = []
     updates: list[np.ndarray] = []
     weights: list[float] = []
-    site_ids: list[str] = []
-    node_ids: list[int] = []
-    rejected: dict[str, str] = {}
-    total = np.zeros(dim, dtype=np.float32) if accumulate else None
-    with single_threaded_blas():  # memory-bound dot/axpy per row
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            site = site_of.get(node, f"node:{node}")
-            if msg.has_error():
-                rejected[site] = f"error reply: {msg.error.reason}"
-                continue
-            try:
-                delta = screen_reply(msg.content, dim=dim, policy=policy)
-            except ScreeningError as exc:
-                rejected[site] = exc.reason
-                continue
-            weight = float(msg.content["metrics"]["num-examples"])
-            if total is not None:
-                axpy(delta, total, weight)
-            updates.append(delta)
-            weights.append(weight)
-            site_ids.append(site)
-            node_ids.append(node)
-    batch = UpdateBatch(
-        updates=updates,
-        weights=np.array(weights),
-        site_ids=site_ids,
-        node_ids=node_ids,
-        weighted_sum=total,
-    )
+    sites: list[str] = []
+    nodes: list[int] = []
+    for i, msg in enumerate(replies):
+        node = int(msg.metadata.src_node_id)
+        site = site_of.get(node, f"node:{node}")
+        if msg.has_error():
+            reasons[i] = (site, f"error reply: {msg.error.reason}")
+            continue
+        try:
+            delta, weight = decode_reply(msg.content, dim=dim, policy=policy)
+        except ScreeningError as exc:
+            reasons[i] = (site, exc.reason)
+            continue
+        index.append(i)
+        updates.append(delta)
+        weights.append(weight)
+        sites.append(site)
+        nodes.append(node)
+
+    w = np.array(weights, dtype=np.float64)
+    total, sq = _norms_and_sum(updates, w if accumulate else None, dim)
+    keep = []
+    for k, (i, delta, site) in enumerate(zip(index, updates, sites, strict=True)):
+        try:
+            check_norm(delta, sq[k], policy)
+            keep.append(k)
+        except ScreeningError as exc:
+            reasons[i] = (site, exc.reason)
+    if len(keep) < len(updates):
+        updates = [updates[k] for k in keep]
+        sites = [sites[k] for k in keep]
+        nodes = [nodes[k] for k in keep]
+        w = w[keep]
+        if accumulate:  # the pass added a row that failed its norm check: sum again
+            total, _ = _norms_and_sum(updates, w, dim)
+    batch = UpdateBatch(updates=updates, weights=w, site_ids=sites, node_ids=nodes,
+                        weighted_sum=total)
+    rejected = {site: reason for _, (site, reason) in sorted(reasons.items())}
     return batch, rejected
+
+
+def _norms_and_sum(
+    rows: list[np.ndarray], coeffs: np.ndarray | None, dim: int
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Squared norms of the rows and (with ``coeffs``) their weighted sum.
+
+    Large rounds use the compiled single-pass kernel; small ones (where compiling it
+    would cost more than it saves) a BLAS dot and axpy per row.
+    """
+    if len(rows) * dim >= FUSED_MIN_VALUES:
+        from .fused import screen_and_sum  # numba: imported only when a round is large
+
+        return screen_and_sum(rows, coeffs, dim=dim)
+    with single_threaded_blas():  # memory-bound level-1 calls
+        sq = np.array([np.dot(r, r) for r in rows], dtype=np.float64)
+        if coeffs is None:
+            return None, sq
+        total = np.zeros(dim, dtype=np.float32)
+        for row, c in zip(rows, coeffs, strict=True):
+            axpy(row, total, float(c))
+    return total, sq
 
 
 def encode_model(flat: np.ndarray) -> ArrayRecord:

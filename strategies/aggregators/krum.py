@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import gram, krum_scores, sq_distances, weighted_sum
+from ..kernels import gram, gram_of_rows, krum_scores, sq_distances, weighted_sum
 
 
-def krum_select(X: np.ndarray, f: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+def krum_select(
+    rows: np.ndarray | Sequence[np.ndarray], f: int, m: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``m`` rows with the lowest Krum scores (stable order), and all scores.
 
-    Pairwise distances come from one Gram matmul.
+    Pairwise distances come from the Gram matrix of the rows (a matrix or a list of
+    rows; lists are never stacked for large rounds).
     """
-    scores = krum_scores(sq_distances(gram(X), X), f)
+    G = gram(rows) if isinstance(rows, np.ndarray) else gram_of_rows(rows)
+    scores = krum_scores(sq_distances(G, rows), f)
     return np.argsort(scores, kind="stable")[:m], scores
 
 
@@ -57,7 +62,7 @@ class MultiKrum(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         m = self.selected_count(batch.n)
-        chosen, scores = krum_select(batch.stacked, self.f, m)
+        chosen, scores = krum_select(batch.updates, self.f, m)
         coeffs = np.zeros(batch.n)
         w = batch.weights[chosen]
         coeffs[chosen] = w / w.sum() if w.sum() > 0 else 1.0 / m
@@ -87,7 +92,7 @@ class Krum(MultiKrum):
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
-        chosen, scores = krum_select(batch.stacked, self.f, 1)
+        chosen, scores = krum_select(batch.updates, self.f, 1)
         i = int(chosen[0])
         return AggregateResult(
             update=np.array(batch.updates[i], dtype=np.float32, copy=True),

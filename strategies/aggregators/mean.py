@@ -31,7 +31,7 @@ class Mean(Aggregator):
         w = normalized(batch.weights if self.weighted else np.ones(batch.n))
         total = batch.precomputed_sum() if self.weighted else None
         if total is not None and batch.weights.sum() > 0:  # summed while screening
-            update = (total * np.float32(1.0 / batch.weights.sum())).astype(np.float32)
+            update = total * np.float32(1.0 / batch.weights.sum())  # float32 * float32
         else:
             update = weighted_sum(batch.updates, w)
         return AggregateResult(

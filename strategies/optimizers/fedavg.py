@@ -24,6 +24,7 @@ class FedAvg(ServerOptimizer):
         require(self.lr > 0, f"fedavg: lr must be > 0, got {self.lr}")
 
     def step(self, model: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        out = np.array(model, dtype=F32, copy=True)
-        out += F32(self.lr) * np.asarray(delta, dtype=F32)
+        # one new array, no temporaries: the step is a pass over two model-sized vectors
+        out = np.multiply(np.asarray(delta, dtype=F32), F32(self.lr), dtype=F32)
+        out += np.asarray(model, dtype=F32)
         return out

@@ -72,6 +72,13 @@ def test_secagg_round_matches_plain_aggregation_within_quantisation(tmp_path: Pa
     assert rec["secagg"]["protocol"].startswith("secagg")
     assert rec["contributions"] == []  # the server never saw an individual update
     assert lineage.verify_run(secure.run_dir).ok
+    # ...but every site in the secure sums contributed to the final model
+    from fedsilo.lineage.query import SECURE_SUM, contributors
+
+    found = contributors(secure.run_dir)
+    assert [(c.site_id, c.data_fingerprint, c.rounds) for c in found] == [
+        (f"site-{i:03d}", SECURE_SUM, [1, 2]) for i in range(5)
+    ]
 
 
 def test_record_level_dp_sgd_each_site_accounts_and_reports(tmp_path: Path) -> None:
