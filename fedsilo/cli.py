@@ -25,7 +25,7 @@ def _add_simulate(sub: Any) -> None:
         description="Run a federation on Flower's simulation engine. Flags override --config.",
     )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with run options")
-    p.add_argument("--dataset", help="digits | breast_cancer | wine (default digits)")
+    p.add_argument("--dataset", help="digits | breast_cancer | wine | mnist1d (default digits)")
     p.add_argument("--sites", type=int, help="number of sites (default 10)")
     p.add_argument("--rounds", type=int, help="number of rounds (default 20)")
     p.add_argument("--partition", help="iid | dirichlet:ALPHA | shards:K (default dirichlet:0.5)")

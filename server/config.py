@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("digits", "breast_cancer", "wine")
+DATASETS = ("digits", "breast_cancer", "wine", "mnist1d")
 
 
 class ConfigError(ValueError):
@@ -86,7 +86,7 @@ class RunConfig:
 
     Parameters
     ----------
-    dataset : bundled dataset: digits, breast_cancer or wine.
+    dataset : bundled dataset: digits, breast_cancer, wine or mnist1d.
     sites : number of simulated sites.
     rounds : number of federated rounds.
     partition : iid, dirichlet:ALPHA or shards:K.

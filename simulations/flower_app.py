@@ -113,7 +113,8 @@ def bundled_trainer(
 
     Parameters
     ----------
-    dataset : digits, breast_cancer or wine (scikit-learn's bundled data).
+    dataset : digits, breast_cancer, wine (scikit-learn's bundled data) or mnist1d
+        (generated offline by the `mnist1d` package).
     partition_id : which share of the training split this site holds, in [0, sites).
     sites : how many shares the training split is cut into.
     partition : iid, dirichlet:ALPHA or shards:K.
