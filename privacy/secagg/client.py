@@ -30,7 +30,7 @@ from .messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from .quantize import check_no_overflow, quantize
+from .quantize import check_no_overflow, quantize, scratch
 
 _BYTES_FIELDS = ("c_sk", "s_sk", "c_pk", "s_pk", "seed")
 
@@ -39,9 +39,14 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def share_x(node_id: int) -> int:
-    """Shamir evaluation point of the holder ``node_id`` (non-zero)."""
-    return node_id + 1
+def share_points(participants: list[int]) -> dict[int, int]:
+    """Shamir evaluation point of each holder: its rank among the round's participants + 1.
+
+    Points only need to be distinct and non-zero; small ones (<= n rather than 64-bit
+    node ids) let the server compute Lagrange coefficients in numpy
+    (`shamir.combine_batch`). Both sides derive them from the same participant list U1.
+    """
+    return {int(n): i + 1 for i, n in enumerate(sorted(participants))}
 
 
 class SecAggClient:
@@ -132,7 +137,8 @@ class SecAggClient:
             raise SecAggClientError(f"secagg: node {me}: neighbour public keys malformed or reused")
         seed = os.urandom(shamir.SECRET_BYTES)
         holders = sorted([*nbrs, me])
-        xs = [share_x(h) for h in holders]
+        points = share_points(parts)
+        xs = [points[h] for h in holders]
         b_sh = dict(zip(holders, shamir.split(seed, xs, t), strict=True))
         s_sh = dict(zip(holders, shamir.split(self.st["s_sk"], xs, t), strict=True))
         run, rnd = self.st["run_id"], self.st["round"]
@@ -150,8 +156,11 @@ class SecAggClient:
                     from None
             chan[str(j)] = _b64(key)
             cts.append(crypto.encrypt(key, b_sh[j] + s_sh[j], crypto.share_aad(run, rnd, me, j)))
-        self.st.update(stage="share", seed=seed, k=k, t=t, participants=parts, chan=chan,
-                       mseed=mseed)
+        self.st.update(stage="share", seed=seed, k=k, t=t, chan=chan, mseed=mseed)
+        # the private keys have done their work (agreements made, mask key shared): keep
+        # no more secrets between messages than the next stage needs
+        for key in ("c_sk", "s_sk"):
+            del self.st[key]
         self.st["held"][str(me)] = [b_sh[me], s_sh[me]]
         return ShareReply(receivers=[int(j) for j in req.neighbours], ciphertexts=cts,
                           commitment=crypto.commit(seed, run, rnd, me))
@@ -204,12 +213,11 @@ class SecAggClient:
 
         rng = np.random.default_rng(secrets.randbits(128))
         frac = weight / cfg.max_weight
-        vec = np.empty(d + 1, dtype=np.float64)
+        vec = scratch(d + 1)
         np.multiply(delta, frac, out=vec[:d])
         vec[d] = frac * cfg.clip_range  # weight coordinate, in [0, c]
-        q, clipped = quantize(vec, cfg.clip_range, cfg.bits, rng)
         y = np.empty(d + 2, dtype=np.uint32)
-        y[: d + 1] = q
+        _, clipped = quantize(vec, cfg.clip_range, cfg.bits, rng, out=y[: d + 1], inplace=True)
         y[d + 1] = 1  # check coordinate: must sum to the number of survivors
         gen = crypto.MaskGenerator(d + 2)
         y += gen.mask(self.st["seed"])
@@ -219,7 +227,9 @@ class SecAggClient:
                 y += gen.mask(base64.b64decode(mseed[str(s)]))
             else:
                 y -= gen.mask(base64.b64decode(mseed[str(s)]))
-        self.st.update(stage="masked", senders=senders, clipped=clipped)
+        self.st.update(stage="masked", clipped=clipped)
+        for key in ("chan", "mseed", "seed"):  # used up: only the held shares remain
+            del self.st[key]
         return MaskedReply(masked=y)
 
     # ---------------------------------------------------------------- stage 4
@@ -246,8 +256,11 @@ class SecAggClient:
                                     "neighbourhood survived; refusing to unmask")
         b_owners = sorted(o for o in held if o in surv)
         sk_owners = sorted(o for o in held if o in drop)
-        self.st["stage"] = "done"
-        return UnmaskReply(
+        reply = UnmaskReply(
             b_owners=b_owners, b_shares=[self.st["held"][str(o)][0] for o in b_owners],
             sk_owners=sk_owners, sk_shares=[self.st["held"][str(o)][1] for o in sk_owners],
         )
+        # the round is over for this site: keep only what refuses a replayed request
+        self.st = {"stage": "done", "run_id": self.st["run_id"], "round": self.st["round"],
+                   "held": {}}
+        return reply

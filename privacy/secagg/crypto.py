@@ -3,27 +3,29 @@
 - X25519 key agreement between two sites;
 - HKDF-SHA256 whose ``info`` binds purpose, run id, round and both node ids;
 - AES-256-GCM for the encrypted Shamir shares (associated data binds sender/receiver);
-- AES-256-CTR keystream as the mask generator, read as little-endian uint32.
+- AES-256-CTR keystream as the mask generator, read as little-endian uint32 (taken from
+  OpenSSL's GCM encryption of zeros, see `MaskGenerator`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import threading
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 DOMAIN = b"fedsilo/secagg/v1"
 KEY_BYTES = 32
 NONCE_BYTES = 12
-_ZERO_NONCE16 = bytes(16)
 _PROBE = X25519PrivateKey.generate()  # throw-away key used only to test peer keys
+_SHA256 = hashes.SHA256()  # stateless algorithm descriptor, shared by every HKDF call
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -65,16 +67,21 @@ def _info(purpose: bytes, run_id: str, server_round: int, a: int, b: int) -> byt
     )
 
 
+def public_key(pk: bytes) -> X25519PublicKey:
+    """Parse a raw 32-byte X25519 public key once (for repeated agreements)."""
+    return X25519PublicKey.from_public_bytes(pk)
+
+
 def agree(
-    sk: bytes | X25519PrivateKey, peer_pk: bytes, *, purpose: bytes, run_id: str, server_round: int,
-    node_a: int, node_b: int,
+    sk: bytes | X25519PrivateKey, peer_pk: bytes | X25519PublicKey, *, purpose: bytes,
+    run_id: str, server_round: int, node_a: int, node_b: int,
 ) -> bytes:
     """Symmetric 32-byte key shared by ``node_a`` and ``node_b``.
 
     Parameters
     ----------
     sk, peer_pk:
-        Own X25519 private key (raw bytes or parsed) and the peer's raw public key.
+        Own X25519 private key and the peer's public key (raw bytes or parsed).
     purpose:
         Label separating key uses (``b"mask"`` for pairwise masks, ``b"channel"`` for shares).
     run_id, server_round:
@@ -84,9 +91,11 @@ def agree(
     Raises ValueError for a malformed or low-order public key.
     """
     key = sk if isinstance(sk, X25519PrivateKey) else X25519PrivateKey.from_private_bytes(sk)
-    shared = key.exchange(X25519PublicKey.from_public_bytes(peer_pk))
+    peer = peer_pk if isinstance(peer_pk, X25519PublicKey) \
+        else X25519PublicKey.from_public_bytes(peer_pk)
+    shared = key.exchange(peer)
     return HKDF(
-        algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+        algorithm=_SHA256, length=KEY_BYTES, salt=None,
         info=_info(purpose, run_id, server_round, node_a, node_b),
     ).derive(shared)
 
@@ -121,31 +130,63 @@ def commit(seed: bytes, run_id: str, server_round: int, node_id: int) -> bytes:
     ).digest()
 
 
+_tls = threading.local()  # per-thread keystream output buffer
+
+
+@functools.lru_cache(maxsize=4)
+def _zeros(nbytes: int) -> bytes:
+    """Immutable all-zero input of the keystream (CTR encryption of zeros), shared."""
+    return bytes(nbytes)
+
+
+# AES-GCM with a 96-bit IV encrypts with AES-CTR from counter block IV || 0^31 || 1 + 1
+# (GCTR, NIST SP 800-38D, 6.5): with IV = 0 the keystream starts at block 0^96 || 2.
+_MASK_NONCE = bytes(12)
+MASK_COUNTER_BLOCK = bytes(12) + (2).to_bytes(4, "big")
+"""First AES-CTR counter block of every mask (the counter's low 32 bits increment)."""
+MAX_MASK_WORDS = ((1 << 32) - 2) * 4
+"""Longest mask: the 32-bit block counter must not wrap (2^32 - 2 blocks of 4 words)."""
+
+
 class MaskGenerator:
     """Expands 32-byte seeds into uint32 masks with an AES-256-CTR keystream.
 
-    Each seed is used as an AES key exactly once per round (pairwise seeds are
-    HKDF outputs bound to the round, self-mask seeds are fresh random), so a fixed
+    The keystream is AES-256 in counter mode from counter block `MASK_COUNTER_BLOCK`
+    (GCM's GCTR). It is produced by `AESGCM.encrypt_into` on an all-zero input, whose
+    ciphertext is exactly that keystream (the 16-byte tag is ignored), because
+    OpenSSL's GCM code path is faster than its plain CTR one on this hardware (VAES);
+    a test checks the output against `modes.CTR` from the same counter block.
+
+    Each seed is used as an AES key exactly once per round (pairwise seeds are HKDF
+    outputs bound to run, round and pair; self-mask seeds are fresh random), so a fixed
     counter block is safe. Buffers are reused across calls to avoid allocation.
 
     Parameters
     ----------
     length:
-        Number of uint32 words per mask.
+        Number of uint32 words per mask (at most `MAX_MASK_WORDS`).
     """
 
     def __init__(self, length: int) -> None:
+        if not 1 <= length <= MAX_MASK_WORDS:
+            raise ValueError(f"secagg mask length: expected 1..{MAX_MASK_WORDS} words, "
+                             f"got {length}")
         self.length = length
-        self._zeros = bytes(4 * length)
-        self._buf = bytearray(4 * length + 15)  # update_into needs len(in) + 15 bytes
+        # Both buffers are reused across generators: a fresh half-megabyte buffer costs a
+        # page fault per 4 KiB page on first touch, more than the AES work at d = 10^5.
+        self._zeros = _zeros(4 * length)
+        buf = getattr(_tls, "buf", None)
+        if buf is None or len(buf) != 4 * length + 16:
+            buf = _tls.buf = bytearray(4 * length + 16)  # ciphertext + 16-byte tag
+        self._buf = buf
 
     def mask(self, seed: bytes) -> np.ndarray:
         """Keystream of ``seed`` as a read-only uint32 view into an internal buffer.
 
-        The view is overwritten by the next call: consume it (add/subtract) first.
+        The view is overwritten by the next call of any `MaskGenerator` of the same length
+        in this thread: consume it (add/subtract) first.
         """
-        enc = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_NONCE16)).encryptor()
-        enc.update_into(self._zeros, self._buf)
+        AESGCM(seed).encrypt_into(_MASK_NONCE, self._zeros, None, self._buf)
         return np.frombuffer(self._buf, dtype="<u4", count=self.length)
 
 

@@ -58,6 +58,7 @@ def run_round(
     tamper_reply: Tamper | None = None,
     clients: Mapping[int, SecAggClient] | None = None,
     record: bool = True,
+    unmask_workers: int | None = None,
 ) -> RoundReport:
     """Run the four stages between one server and ``len(inputs)`` in-memory sites.
 
@@ -78,10 +79,13 @@ def run_round(
         Optional pre-built site objects (e.g. a misbehaving subclass), by node id.
     record:
         Keep every reply in ``RoundReport.received`` (turn off for large benchmarks).
+    unmask_workers:
+        Passed to `SecAggServer` (processes for the unmask step; None = one per CPU).
     """
     drop = drop or {}
     d = len(next(iter(inputs.values()))[0])
-    server = SecAggServer(config, run_id, server_round, list(inputs), d)
+    server = SecAggServer(config, run_id, server_round, list(inputs), d,
+                          unmask_workers=unmask_workers)
     clients = {n: SecAggClient(n) for n in inputs} | dict(clients or {})
     received: list[tuple[str, int, object]] = []
     gone: set[int] = set()

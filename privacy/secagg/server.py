@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import crypto, shamir
-from .client import share_x
+from .client import share_points
 from .config import SecAggConfig
 from .errors import SecAggAbort
 from .graph import harary
@@ -34,6 +34,14 @@ from .messages import (
     UnmaskRequest,
 )
 from .quantize import check_no_overflow, dequantize_sum, error_bound
+from .unmask import (
+    PairJob,
+    PairMaskPool,
+    min_words_per_process,
+    pair_mask_sum,
+    self_mask_sum,
+    usable_cpus,
+)
 
 CIPHERTEXT_BYTES = crypto.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16
 MAX_RECONSTRUCTION_TRIES = 256
@@ -79,10 +87,17 @@ class SecAggServer:
         The sampled sites (distinct unsigned 64-bit ints).
     vector_length:
         d, length of each site's flat update.
+    unmask_workers:
+        Processes (this one included) that regenerate dropped sites' pairwise masks in
+        the unmask step: None = one per usable CPU, 1 = this process only. Fewer are
+        used when there are not enough mask words per process to pay for their
+        start-up (`fedsilo.privacy.secagg.unmask.PARALLEL_MIN_WORDS`). The sum is
+        bit-identical either way.
     """
 
     def __init__(self, config: SecAggConfig, run_id: str, server_round: int,
-                 node_ids: Sequence[int], vector_length: int) -> None:
+                 node_ids: Sequence[int], vector_length: int,
+                 unmask_workers: int | None = None) -> None:
         config.validate()
         ids = [int(n) for n in node_ids]
         if len(set(ids)) != len(ids) or any(not 0 <= n < 1 << 64 for n in ids) or len(ids) < 2:
@@ -95,6 +110,12 @@ class SecAggServer:
         self.config, self.run_id, self.round = config, run_id, server_round
         self.nodes = sorted(ids)
         self.d = vector_length
+        if unmask_workers is not None and (not isinstance(unmask_workers, int)
+                                           or unmask_workers < 1):
+            raise ValueError(f"secagg.unmask_workers: expected an int >= 1 or None, got "
+                             f"{unmask_workers!r}")
+        self.unmask_workers = unmask_workers
+        self.unmask_parallel = False  # whether the last unmask used worker processes
         self.sets = _Sets()
         self.dropped: dict[str, list[int]] = {s: [] for s in ("setup", "share", "masked",
                                                               "unmask")}
@@ -106,6 +127,7 @@ class SecAggServer:
         self._cts: dict[int, ShareReply] = {}
         self._acc: np.ndarray | None = None
         self._u2: set[int] = set()
+        self._x: dict[int, int] = {}  # Shamir evaluation point of each U1 site
 
     # ------------------------------------------------------------- helpers
     def _split(self, stage: str, expected: Sequence[int], replies: Mapping[int, object],
@@ -172,6 +194,7 @@ class SecAggServer:
         except ValueError as e:
             raise SecAggAbort(f"secagg setup: {e}") from None
         self.sets.u1 = u1
+        self._x = share_points(u1)
         self.keys = {n: replies[n] for n in u1}  # type: ignore[misc]
         self.graph = harary(u1, self.k, self.run_id, self.round)
         out = {}
@@ -260,59 +283,35 @@ class SecAggServer:
         """Reconstruct seeds / keys, verify them, remove all masks, check and dequantise."""
         u3 = set(self.sets.u3)
         dropped = [n for n in self.sets.u2 if n not in u3]
-        dset = set(dropped)
-
-        def check(j: int, r: object) -> str | None:
-            assert isinstance(r, UnmaskReply)
-            held = self.holders(j)
-            want_b = sorted(o for o in held if o in u3)
-            want_sk = sorted(o for o in held if o in dset)
-            if [int(o) for o in r.b_owners] != want_b or [int(o) for o in r.sk_owners] != want_sk:
-                return "share owners do not match its neighbourhood's survivors / dropouts"
-            if len(r.b_shares) != len(want_b) or len(r.sk_shares) != len(want_sk):
-                return "one share per owner expected"
-            for s in [*r.b_shares, *r.sk_shares]:
-                try:
-                    shamir.decode_share(s)
-                except (ValueError, TypeError):
-                    return "malformed share (not a field element)"
-            return None
-
-        u4 = self._split("unmask", self.sets.u3, replies, UnmaskReply, check)
-        self._need("unmask", u4)
-        pts_b: dict[int, list[tuple[int, bytes]]] = {n: [] for n in u3}
-        pts_sk: dict[int, list[tuple[int, bytes]]] = {n: [] for n in dropped}
-        for j in u4:
-            r = replies[j]
-            assert isinstance(r, UnmaskReply)
-            for o, s in zip(r.b_owners, r.b_shares, strict=True):
-                pts_b[int(o)].append((j, s))
-            for o, s in zip(r.sk_owners, r.sk_shares, strict=True):
-                pts_sk[int(o)].append((j, s))
-
+        pts_b, pts_sk = self.unmask_shares(replies)
         run, rnd = self.run_id, self.round
-        seeds = {i: self._reconstruct(i, "mask seed", pts_b[i],
-                                      lambda s, i=i: crypto.commit(s, run, rnd, i)
-                                      == self.commitments[i]) for i in sorted(u3)}
-        sks = {i: self._reconstruct(i, "mask key", pts_sk[i],
-                                    lambda s, i=i: crypto.public_from_private(s)
-                                    == self.keys[i].s_pk) for i in dropped}
-        assert self._acc is not None
-        acc = self._acc
-        gen = crypto.MaskGenerator(self.d + 2)
-        for i in sorted(u3):
-            acc -= gen.mask(seeds[i])
-        for i in dropped:
-            sk_i = crypto.private_key(sks[i])
-            for j in self.graph[i]:
-                if j not in u3:
-                    continue
-                seed = crypto.agree(sk_i, self.keys[j].s_pk, purpose=b"mask", run_id=run,
-                                    server_round=rnd, node_a=i, node_b=j)
-                if j < i:  # j added +mask
-                    acc -= gen.mask(seed)
-                else:
-                    acc += gen.mask(seed)
+        length = self.d + 2
+        # Dropped sites' keys first: their pairwise masks are the bulk of the work, so
+        # workers start on them while this process reconstructs the seeds.
+        sks = self._reconstruct_all(
+            "mask key", dropped, pts_sk,
+            lambda i, s: crypto.public_from_private(s) == self.keys[i].s_pk)
+        jobs = [PairJob(sks[i], i, tuple((j, self.keys[j].s_pk) for j in self.graph[i]
+                                         if j in u3)) for i in dropped]
+        workers = usable_cpus() if self.unmask_workers is None else self.unmask_workers
+        # enough masks per process to repay its start-up (see PARALLEL_MIN_WORDS)
+        words = sum(job.size for job in jobs) * length
+        workers = min(workers, words // min_words_per_process())
+        pool = PairMaskPool(workers) if workers > 1 else None
+        self.unmask_parallel = pool is not None
+        try:
+            if pool is not None:
+                pool.submit(jobs, run, rnd, length)
+            seeds = self._reconstruct_all(
+                "mask seed", sorted(u3), pts_b,
+                lambda i, s: crypto.commit(s, run, rnd, i) == self.commitments[i])
+            assert self._acc is not None
+            acc = self._acc
+            acc -= self_mask_sum([seeds[i] for i in sorted(u3)], length)
+            acc -= pool.result() if pool is not None else pair_mask_sum(jobs, run, rnd, length)
+        finally:
+            if pool is not None:
+                pool.close()
         m = len(u3)
         cfg = self.config
         if int(acc[-1]) != m:
@@ -332,7 +331,75 @@ class SecAggServer:
             bound=bound * cfg.max_weight, weight_bound=bound * cfg.max_weight / cfg.clip_range,
         )
 
-    def _reconstruct(self, owner: int, what: str, pts: list[tuple[int, bytes]],
+    def unmask_shares(self, replies: Mapping[int, object]
+                      ) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]]:
+        """Check the unmask replies (excluding offenders) and decode their shares once.
+
+        Returns, per survivor, its seed shares and, per dropped site, its key shares, as
+        (holder, field element) pairs sorted by holder. Raises `SecAggAbort` below the
+        threshold.
+        """
+        u3 = set(self.sets.u3)
+        dropped = [n for n in self.sets.u2 if n not in u3]
+        dset = set(dropped)
+        decoded: dict[int, tuple[list[int], list[int]]] = {}
+
+        def check(j: int, r: object) -> str | None:
+            assert isinstance(r, UnmaskReply)
+            held = self.holders(j)
+            want_b = sorted(o for o in held if o in u3)
+            want_sk = sorted(o for o in held if o in dset)
+            if [int(o) for o in r.b_owners] != want_b or [int(o) for o in r.sk_owners] != want_sk:
+                return "share owners do not match its neighbourhood's survivors / dropouts"
+            if len(r.b_shares) != len(want_b) or len(r.sk_shares) != len(want_sk):
+                return "one share per owner expected"
+            try:  # decoded once here, used by the reconstruction
+                decoded[j] = (shamir.decode_shares(r.b_shares), shamir.decode_shares(r.sk_shares))
+            except (ValueError, TypeError):
+                return "malformed share (not a field element)"
+            return None
+
+        u4 = self._split("unmask", self.sets.u3, replies, UnmaskReply, check)
+        self._need("unmask", u4)
+        pts_b: dict[int, list[tuple[int, int]]] = {n: [] for n in u3}
+        pts_sk: dict[int, list[tuple[int, int]]] = {n: [] for n in dropped}
+        for j in u4:  # u4 is sorted, so each owner's list is sorted by holder
+            r = replies[j]
+            assert isinstance(r, UnmaskReply)
+            b_vals, sk_vals = decoded[j]
+            for o, y in zip(r.b_owners, b_vals, strict=True):
+                pts_b[int(o)].append((j, y))
+            for o, y in zip(r.sk_owners, sk_vals, strict=True):
+                pts_sk[int(o)].append((j, y))
+        return pts_b, pts_sk
+
+    def _reconstruct_all(self, what: str, owners: Sequence[int],
+                         pts: Mapping[int, list[tuple[int, int]]],
+                         verify: Callable[[int, bytes], bool]) -> dict[int, bytes]:
+        """Recover and verify each owner's secret; batched, with a per-owner fallback.
+
+        Every owner's first t shares (by holder id) are interpolated in one batch; an owner
+        whose result does not verify goes through `_reconstruct`, which searches for a
+        consistent subset and names the forgers.
+        """
+        t = self.t
+        for o in owners:
+            if len(pts[o]) < t:
+                raise SecAggAbort(f"secagg unmask: {what} of node {o}: {len(pts[o])} shares, "
+                                  f"need {t}")
+        rows = [pts[o][:t] for o in owners]  # the first t holders (lists sorted by holder)
+        xs = np.array([[self._x[j] for j, _ in row] for row in rows], dtype=np.int64)
+        got = shamir.combine_batch(xs.reshape(len(rows), t), [[y for _, y in row]
+                                                                for row in rows])
+        out = {}
+        for o, secret in zip(owners, got, strict=True):
+            if secret is not None and verify(o, secret):
+                out[o] = secret
+            else:
+                out[o] = self._reconstruct(o, what, pts[o], lambda s, o=o: verify(o, s))
+        return out
+
+    def _reconstruct(self, owner: int, what: str, pts: list[tuple[int, int]],
                      verify: Callable[[bytes], bool]) -> bytes:
         """Recover a secret from >= t shares and verify it; find and record forged shares."""
         t = self.t
@@ -343,16 +410,16 @@ class SecAggServer:
         for n_try, subset in enumerate(itertools.combinations(pts, t)):
             if n_try >= MAX_RECONSTRUCTION_TRIES:
                 break
-            try:
-                secret = shamir.combine([share_x(j) for j, _ in subset], [s for _, s in subset])
-            except ValueError:
-                continue
+            poly = [(self._x[j], y) for j, y in subset]
+            value = shamir.interpolate(poly)
+            if value >> (8 * shamir.SECRET_BYTES):
+                continue  # inconsistent shares (not a 32-byte secret)
+            secret = value.to_bytes(shamir.SECRET_BYTES, "big")
             if not verify(secret):
                 continue
             if n_try:  # some share is forged: name the holders off the polynomial
-                poly = [(share_x(j), shamir.decode_share(s)) for j, s in subset]
-                for j, s in pts:
-                    if shamir.decode_share(s) != shamir.interpolate(poly, share_x(j)):
+                for j, y in pts:
+                    if y != shamir.interpolate(poly, self._x[j]):
                         self.reasons[j] = f"unmask: forged share of node {owner}'s {what}"
             return secret
         raise SecAggAbort(f"secagg unmask: {what} of node {owner} could not be reconstructed "

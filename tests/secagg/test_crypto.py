@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedsilo.privacy.secagg import crypto
 
@@ -57,10 +58,17 @@ def test_aead_detects_tampering_and_misdirection() -> None:
 
 
 def test_mask_keystream_is_aes256_ctr_known_answer() -> None:
-    # AES-256 of the all-zero block under the all-zero key (FIPS-197 style known answer)
+    # First keystream block = AES-256(0^256, 0^96 || 2): the ciphertext of GCM spec test
+    # case 14 (McGrew & Viega: K = 0^256, IV = 0^96, P = 0^128)
     words = crypto.prg(bytes(32), 4)
     assert words.dtype == np.uint32
-    assert words.tobytes().hex() == "dc95c078a2408989ad48a21492842087"
+    assert words.tobytes().hex() == "cea7403d4d606b6e074ec5d3baf39d18"
+    # ... and the whole mask is the AES-256-CTR keystream from that counter block
+    key = bytes(range(32))
+    ctr = Cipher(algorithms.AES(key), modes.CTR(crypto.MASK_COUNTER_BLOCK)).encryptor()
+    assert crypto.prg(key, 10_001).tobytes() == ctr.update(bytes(4 * 10_001))
+    with pytest.raises(ValueError, match="mask length"):
+        crypto.MaskGenerator(0)
     gen = crypto.MaskGenerator(1000)
     a = gen.mask(b"\x01" * 32).copy()
     assert np.array_equal(a, crypto.prg(b"\x01" * 32, 1000))

@@ -114,3 +114,17 @@ def test_degree_planning() -> None:
     assert suggest_degree(10, 0.3) == 9  # only the complete graph
     with pytest.raises(ValueError, match=r"dropout: expected a rate in \[0, 1\), got 1.0"):
         failure_bound(10, 4, 3, 1.0)
+
+
+def test_quantize_into_out_and_inplace_match_the_plain_call() -> None:
+    x = np.random.default_rng(3).uniform(-1.5, 1.5, 20_001)  # > one random block, some clipped
+    q, clipped = quantize(x, 1.0, 12, np.random.default_rng(9))
+    out = np.full(x.size + 3, 7, dtype=np.uint32)
+    q2, c2 = quantize(x, 1.0, 12, np.random.default_rng(9), out=out[1:-2])
+    work = x.copy()
+    q3, c3 = quantize(work, 1.0, 12, np.random.default_rng(9), inplace=True)
+    assert clipped == c2 == c3 == int(np.count_nonzero(np.abs(x) > 1.0))
+    assert np.array_equal(q, q2) and np.array_equal(q, q3)
+    assert out[0] == 7 and out[-2] == 7 and out[-1] == 7  # wrote exactly the slice
+    assert np.array_equal(quantize(x, 1.0, 12, np.random.default_rng(9))[0], q)  # no stale state
+    assert q.max() <= 2**12 - 1

@@ -3,6 +3,7 @@
 import itertools
 import os
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -68,3 +69,49 @@ def test_input_validation_messages() -> None:
     with pytest.raises(ValueError, match="duplicate"):
         s = shamir.split(bytes(32), [1, 2], 2)
         shamir.combine([1, 1], s)
+
+
+def _shares_for(secrets_: list[bytes], t: int, pool: list[int], seed: int
+                ) -> tuple[np.ndarray, list[list[int]]]:
+    """For each secret, t shares at a random t-subset of ``pool`` (as combine_batch takes them)."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for secret in secrets_:
+        pts = sorted(rng.choice(pool, size=t, replace=False).tolist())
+        xs.append(pts)
+        ys.append([shamir.decode_share(s) for s in shamir.split(secret, pts, t)])
+    return np.array(xs, dtype=np.int64), ys
+
+
+@pytest.mark.parametrize(("t", "pool"), [(1, 5), (2, 3), (7, 13), (51, 1000), (60, 2**30)])
+def test_combine_batch_recovers_every_secret(t: int, pool: int) -> None:
+    secrets_ = [os.urandom(32) for _ in range(25)]
+    xs, ys = _shares_for(secrets_, t, list(range(1, pool + 1)) if pool < 5000
+                         else list(range(pool - 200, pool + 1)), seed=t)
+    assert shamir.combine_batch(xs, ys) == secrets_
+    # same answers as the one-secret path
+    assert [shamir.combine(x, [y.to_bytes(shamir.SHARE_BYTES, "big") for y in row])
+            for x, row in zip(xs.tolist(), ys, strict=True)] == secrets_
+
+
+def test_combine_batch_flags_inconsistent_rows_only() -> None:
+    secrets_ = [os.urandom(32) for _ in range(6)]
+    xs, ys = _shares_for(secrets_, 5, list(range(1, 40)), seed=3)
+    ys[2][1] = (ys[2][1] + 1) % shamir.PRIME  # one forged share
+    got = shamir.combine_batch(xs, ys)
+    assert got[2] is None  # lands outside the 32-byte range (probability 1 - 2^-265)
+    assert [g for i, g in enumerate(got) if i != 2] == [s for i, s in enumerate(secrets_) if i != 2]
+
+
+def test_combine_batch_large_points_fall_back_and_bad_points_raise() -> None:
+    secrets_ = [os.urandom(32) for _ in range(3)]
+    big = [2**40 + 17 * i for i in range(1, 12)]
+    xs, ys = _shares_for(secrets_, 4, big, seed=4)
+    assert shamir.combine_batch(xs, ys) == secrets_
+    with pytest.raises(ValueError, match="duplicate"):
+        shamir.combine_batch(np.array([[1, 1]]), [[5, 6]])
+    with pytest.raises(ValueError, match="evaluation points"):
+        shamir.combine_batch(np.array([[0, 1]]), [[5, 6]])
+    with pytest.raises(ValueError, match="shape"):
+        shamir.combine_batch(np.array([[1, 2]]), [[5]])
+    assert shamir.combine_batch(np.zeros((0, 3), np.int64), []) == []
