@@ -422,6 +422,7 @@ class FederationServer:
         batch, rejected = batch_from_replies(
             updates, dim=self.layout.size, site_of=site_of, policy=self.screening,
             accumulate=self.dp is None and not self.aggregator.needs_individual_updates,
+            gram=self.dp is None and self.aggregator.uses_gram,
         )
         rejected.update(refused)
         ex = _Exchange(

@@ -23,6 +23,9 @@ class UpdateBatch:
     weighted_sum : ``sum_i weights[i] * updates[i]`` (float32) when the decoder computed it
         in its screening pass (`batch_from_replies(..., accumulate=True)`); read it through
         `precomputed_sum`, which ignores it once rows or weights were replaced.
+    gram : the n x n float64 inner products of the updates when the decoder computed them
+        in its screening pass (`batch_from_replies(..., gram=True)`: the diagonal gave the
+        norms); read it through `precomputed_gram`, which ignores it once rows changed.
     """
 
     updates: list[np.ndarray]
@@ -31,6 +34,7 @@ class UpdateBatch:
     node_ids: list[int] = field(default_factory=list)
     root_update: np.ndarray | None = None
     weighted_sum: np.ndarray | None = None
+    gram: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
@@ -45,17 +49,25 @@ class UpdateBatch:
         # the rows (held, so their identity cannot be reused) and weights the sum is of
         self._sum_of = (tuple(self.updates), self.weights.copy())
 
+    def _rows_unchanged(self) -> bool:
+        rows, _ = self._sum_of
+        return len(rows) == len(self.updates) and all(
+            a is b for a, b in zip(rows, self.updates, strict=True)
+        )
+
     def precomputed_sum(self) -> np.ndarray | None:
         """`weighted_sum` if it still matches the current rows and weights, else None."""
-        rows, weights = self._sum_of
         if (
             self.weighted_sum is None
-            or len(rows) != len(self.updates)
-            or any(a is not b for a, b in zip(rows, self.updates, strict=True))
-            or not np.array_equal(weights, self.weights)
+            or not self._rows_unchanged()
+            or not np.array_equal(self._sum_of[1], self.weights)
         ):
             return None
         return self.weighted_sum
+
+    def precomputed_gram(self) -> np.ndarray | None:
+        """`gram` if it still matches the current rows, else None."""
+        return self.gram if self.gram is not None and self._rows_unchanged() else None
 
     @property
     def n(self) -> int:
@@ -86,4 +98,5 @@ class UpdateBatch:
             root_update=self.root_update,
             # keeping every row in order keeps a still-valid precomputed sum
             weighted_sum=self.precomputed_sum() if idx == list(range(self.n)) else None,
+            gram=None if (g := self.precomputed_gram()) is None else g[np.ix_(idx, idx)],
         )

@@ -111,8 +111,9 @@ def encode_flat(flat: np.ndarray) -> Array:
     """Wrap a 1-D float32 vector as a Flower `Array` (npy bytes) with a single copy."""
     vec = np.ascontiguousarray(flat, dtype=FLAT_DTYPE).reshape(-1)
     header = _npy_header(vec)
+    # one allocation and one copy: join reads the vector's buffer in place
     return Array(dtype=str(vec.dtype), shape=(vec.size,), stype="numpy.ndarray",
-                 data=header + vec.tobytes())
+                 data=b"".join((header, memoryview(vec))))
 
 
 def decode_flat(array: Array, *, expected_size: int | None = None) -> np.ndarray:

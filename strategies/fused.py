@@ -19,10 +19,12 @@ coefficient per row (`screen_and_sum` checks the shapes once at the boundary).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numba import njit
+from numba import njit, uint64
 from numba.typed import List
 
 _BLOCK = 1 << 18  # accumulator block: 1 MiB of float32, stays in L2/L3 while all rows pass
@@ -146,14 +148,15 @@ def screen_and_sum(
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _dot_4x4_chunk(a0, a1, a2, a3, b0, b1, b2, b3, out):  # pragma: no cover - compiled
-    # 16 inner products over one chunk, in 16 independent SIMD accumulators: eight
-    # vector loads feed sixteen FMAs, so the loop runs at the FMA units' speed
+def _dot_4x4(a0, a1, a2, a3, b0, b1, b2, b3, start, stop, g, ia, ib):  # pragma: no cover
+    # 16 inner products over values [start, stop), in 16 independent SIMD accumulators:
+    # eight vector loads feed sixteen FMAs. Unsigned indices: numba then emits no
+    # negative-index wraparound, and LLVM vectorises the loop.
     s00 = s01 = s02 = s03 = np.float32(0.0)
     s10 = s11 = s12 = s13 = np.float32(0.0)
     s20 = s21 = s22 = s23 = np.float32(0.0)
     s30 = s31 = s32 = s33 = np.float32(0.0)
-    for j in range(a0.size):
+    for j in range(uint64(start), uint64(stop)):
         x0, x1, x2, x3 = a0[j], a1[j], a2[j], a3[j]
         y0, y1, y2, y3 = b0[j], b1[j], b2[j], b3[j]
         s00 += x0 * y0
@@ -172,52 +175,59 @@ def _dot_4x4_chunk(a0, a1, a2, a3, b0, b1, b2, b3, out):  # pragma: no cover - c
         s31 += x3 * y1
         s32 += x3 * y2
         s33 += x3 * y3
-    out[0, 0] += s00
-    out[0, 1] += s01
-    out[0, 2] += s02
-    out[0, 3] += s03
-    out[1, 0] += s10
-    out[1, 1] += s11
-    out[1, 2] += s12
-    out[1, 3] += s13
-    out[2, 0] += s20
-    out[2, 1] += s21
-    out[2, 2] += s22
-    out[2, 3] += s23
-    out[3, 0] += s30
-    out[3, 1] += s31
-    out[3, 2] += s32
-    out[3, 3] += s33
+    g[ia, ib] += s00
+    g[ia, ib + 1] += s01
+    g[ia, ib + 2] += s02
+    g[ia, ib + 3] += s03
+    g[ia + 1, ib] += s10
+    g[ia + 1, ib + 1] += s11
+    g[ia + 1, ib + 2] += s12
+    g[ia + 1, ib + 3] += s13
+    g[ia + 2, ib] += s20
+    g[ia + 2, ib + 1] += s21
+    g[ia + 2, ib + 2] += s22
+    g[ia + 2, ib + 3] += s23
+    g[ia + 3, ib] += s30
+    g[ia + 3, ib + 1] += s31
+    g[ia + 3, ib + 2] += s32
+    g[ia + 3, ib + 3] += s33
 
 
-_GRAM_CHUNK = 2048  # 8 rows x 8 KiB per tile pass: the rows' chunks stay in L2
+_GRAM_CHUNK = 4096  # 8 rows x 16 KiB per sweep: the chunks stay in L2 while tiles pass
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _gram(rows, d):  # pragma: no cover - compiled
-    groups = len(rows) // 4  # the caller pads the list to a multiple of four
-    g = np.zeros((4 * groups, 4 * groups))
-    for s in range(0, d, _GRAM_CHUNK):
-        e = min(s + _GRAM_CHUNK, d)
-        for gi in range(groups):
-            a = 4 * gi
-            for gj in range(gi, groups):
-                b = 4 * gj
-                _dot_4x4_chunk(rows[a][s:e], rows[a + 1][s:e], rows[a + 2][s:e],
-                               rows[a + 3][s:e], rows[b][s:e], rows[b + 1][s:e],
-                               rows[b + 2][s:e], rows[b + 3][s:e], g[a : a + 4, b : b + 4])
-    for gi in range(groups):  # mirror the upper block triangle
-        for gj in range(gi + 1, groups):
-            g[4 * gj : 4 * gj + 4, 4 * gi : 4 * gi + 4] = g[4 * gi : 4 * gi + 4, 4 * gj : 4 * gj + 4].T
+def _gram(rows, start, stop):  # pragma: no cover - compiled
+    # upper block triangle of the inner products over values [start, stop)
+    m = len(rows)  # the caller pads the list to a multiple of four
+    g = np.zeros((m, m))
+    for s in range(start, stop, _GRAM_CHUNK):
+        e = min(s + _GRAM_CHUNK, stop)
+        for a in range(0, m, 4):
+            a0, a1, a2, a3 = rows[a], rows[a + 1], rows[a + 2], rows[a + 3]
+            for b in range(a, m, 4):
+                _dot_4x4(a0, a1, a2, a3, rows[b], rows[b + 1], rows[b + 2], rows[b + 3],
+                         s, e, g, a, b)
     return g
 
 
-def gram(rows: Sequence[np.ndarray]) -> np.ndarray:
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def gram(rows: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
     """The n x n float64 matrix of inner products of the rows, without stacking them.
 
     Each product is summed in float32 over chunks of ``_GRAM_CHUNK`` values and in
     float64 across chunks (as accurate as a float32 BLAS ``X @ X.T``). Four rows meet
     four rows per sweep, so every value read from cache feeds four multiply-adds.
+
+    The work is compute-bound (n^2 d / 2 multiply-adds), so it is split over
+    ``threads`` column ranges (default: the usable CPUs, at most 8), each a compiled
+    loop that runs without the GIL; the partial matrices are summed.
     """
     n = len(rows)
     if n == 0:
@@ -229,4 +239,13 @@ def gram(rows: Sequence[np.ndarray]) -> np.ndarray:
                              f"{row.dtype} {row.shape}")
     zero = np.zeros(d, dtype=np.float32)  # padding rows: products with them are 0
     padded = _as_list([*rows, *([zero] * (-n % 4))])
-    return _gram(padded, d)[:n, :n]
+    chunks = -(-d // _GRAM_CHUNK)
+    parts = max(1, min(threads or min(_usable_cpus(), 8), chunks))
+    bounds = [min(d, (chunks * k // parts) * _GRAM_CHUNK) for k in range(parts + 1)]
+    if parts == 1:
+        g = _gram(padded, 0, d)
+    else:
+        with ThreadPoolExecutor(max_workers=parts) as pool:
+            g = sum(pool.map(lambda k: _gram(padded, bounds[k], bounds[k + 1]), range(parts)))
+    upper = np.triu(g)  # every 4x4 block at or above the diagonal, mirrored below
+    return (upper + np.triu(g, 1).T)[:n, :n]

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Message
 from ..privacy.screening import ScreeningError, ScreeningPolicy, check_norm, decode_reply
 from .batch import UpdateBatch
 from .codec import encode_flat
-from .kernels import FUSED_MIN_VALUES, axpy, single_threaded_blas
+from .kernels import FUSED_MIN_VALUES, axpy, gram_of_rows, single_threaded_blas
 
 
 def batch_from_replies(
@@ -20,6 +20,7 @@ def batch_from_replies(
     site_of: Mapping[int, str],
     policy: ScreeningPolicy,
     accumulate: bool = False,
+    gram: bool = False,
 ) -> tuple[UpdateBatch, dict[str, str]]:
     """Screen and decode one round's training replies, once.
 
@@ -35,6 +36,10 @@ def batch_from_replies(
         needs (for sum-only aggregators such as the weighted mean). The pass adds every
         structurally valid reply; in the rare round where one then fails its norm check,
         the sum is recomputed without it.
+    gram : compute ``batch.gram``, the inner products of the updates (for distance-based
+        aggregators such as Krum), and take the screening norms from its diagonal
+        instead of a separate pass. A row with NaN/Inf spoils only its own row and
+        column of the matrix, which are dropped with it.
 
     Returns the accepted batch (zero-copy rows, weights = ``num-examples``) and the
     rejected sites with their reasons, in reply order. Error replies are rejected with
@@ -64,7 +69,11 @@ def batch_from_replies(
         nodes.append(node)
 
     w = np.array(weights, dtype=np.float64)
-    total, sq = _norms_and_sum(updates, w if accumulate else None, dim)
+    G = gram_of_rows(updates) if gram else None
+    if G is not None and not accumulate:
+        total, sq = None, np.diag(G).copy()
+    else:
+        total, sq = _norms_and_sum(updates, w if accumulate else None, dim)
     keep = []
     for k, (i, delta, site) in enumerate(zip(index, updates, sites, strict=True)):
         try:
@@ -77,10 +86,12 @@ def batch_from_replies(
         sites = [sites[k] for k in keep]
         nodes = [nodes[k] for k in keep]
         w = w[keep]
+        if G is not None:
+            G = G[np.ix_(keep, keep)]
         if accumulate:  # the pass added a row that failed its norm check: sum again
             total, _ = _norms_and_sum(updates, w, dim)
     batch = UpdateBatch(updates=updates, weights=w, site_ids=sites, node_ids=nodes,
-                        weighted_sum=total)
+                        weighted_sum=total, gram=G)
     rejected = {site: reason for _, (site, reason) in sorted(reasons.items())}
     return batch, rejected
 

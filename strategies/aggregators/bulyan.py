@@ -46,6 +46,7 @@ class Bulyan(Aggregator):
     }
     f: int
     selection: str
+    uses_gram: ClassVar[bool] = True
 
     def check_params(self) -> None:
         require(self.f >= 0, f"bulyan: f must be >= 0, got {self.f}")
@@ -63,7 +64,8 @@ class Bulyan(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         X = batch.stacked
-        D = sq_distances(gram(X), X)
+        G = batch.precomputed_gram()
+        D = sq_distances(gram(X) if G is None else G, X)
         theta = batch.n - 2 * self.f
         beta = theta - 2 * self.f
         chosen = bulyan_select(D, self.f, theta, self.selection)

@@ -13,14 +13,16 @@ from ..kernels import gram, gram_of_rows, krum_scores, sq_distances, weighted_su
 
 
 def krum_select(
-    rows: np.ndarray | Sequence[np.ndarray], f: int, m: int
+    rows: np.ndarray | Sequence[np.ndarray], f: int, m: int, G: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``m`` rows with the lowest Krum scores (stable order), and all scores.
 
-    Pairwise distances come from the Gram matrix of the rows (a matrix or a list of
-    rows; lists are never stacked for large rounds).
+    Pairwise distances come from the Gram matrix ``G`` of the rows when given, else it
+    is computed (from a matrix, or from a list of rows that is never stacked for large
+    rounds).
     """
-    G = gram(rows) if isinstance(rows, np.ndarray) else gram_of_rows(rows)
+    if G is None:
+        G = gram(rows) if isinstance(rows, np.ndarray) else gram_of_rows(rows)
     scores = krum_scores(sq_distances(G, rows), f)
     return np.argsort(scores, kind="stable")[:m], scores
 
@@ -38,6 +40,7 @@ class MultiKrum(Aggregator):
         "f": Param(int, 1, "number of Byzantine sites tolerated (needs n >= 2f + 3)"),
         "m": Param(int, 0, "number of updates averaged; 0 means n - f"),
     }
+    uses_gram: ClassVar[bool] = True
     f: int
     m: int
 
@@ -62,7 +65,7 @@ class MultiKrum(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         m = self.selected_count(batch.n)
-        chosen, scores = krum_select(batch.updates, self.f, m)
+        chosen, scores = krum_select(batch.updates, self.f, m, batch.precomputed_gram())
         coeffs = np.zeros(batch.n)
         w = batch.weights[chosen]
         coeffs[chosen] = w / w.sum() if w.sum() > 0 else 1.0 / m
@@ -92,7 +95,7 @@ class Krum(MultiKrum):
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
-        chosen, scores = krum_select(batch.updates, self.f, 1)
+        chosen, scores = krum_select(batch.updates, self.f, 1, batch.precomputed_gram())
         i = int(chosen[0])
         return AggregateResult(
             update=np.array(batch.updates[i], dtype=np.float32, copy=True),

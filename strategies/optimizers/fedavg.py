@@ -24,7 +24,11 @@ class FedAvg(ServerOptimizer):
         require(self.lr > 0, f"fedavg: lr must be > 0, got {self.lr}")
 
     def step(self, model: np.ndarray, delta: np.ndarray) -> np.ndarray:
-        # one new array, no temporaries: the step is a pass over two model-sized vectors
-        out = np.multiply(np.asarray(delta, dtype=F32), F32(self.lr), dtype=F32)
-        out += np.asarray(model, dtype=F32)
+        # one new array, no temporaries: a pass over two model-sized vectors
+        delta = np.asarray(delta, dtype=F32)
+        model = np.asarray(model, dtype=F32)
+        if self.lr == 1.0:
+            return np.add(model, delta)
+        out = np.multiply(delta, F32(self.lr))
+        out += model
         return out

@@ -92,6 +92,8 @@ def test_gram_of_rows_matches_a_float64_matmul(n: int) -> None:
     assert G.shape == (n, n) and G.dtype == np.float64
     np.testing.assert_allclose(G, x @ x.T, rtol=1e-5, atol=1e-2)
     np.testing.assert_array_equal(G, G.T)
+    for threads in (1, 3):  # column ranges on threads: the same sums up to rounding
+        np.testing.assert_allclose(gram(rows, threads=threads), G, rtol=1e-12)
 
 
 def test_krum_selects_the_same_rows_on_both_paths(monkeypatch) -> None:
@@ -108,3 +110,35 @@ def test_krum_selects_the_same_rows_on_both_paths(monkeypatch) -> None:
     np.testing.assert_array_equal(fused_choice, blas_choice)
     assert not set(fused_choice.tolist()) & {9, 10}
     np.testing.assert_allclose(fused_scores, blas_scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fused_min", [0, 1 << 62])
+def test_screening_takes_norms_from_the_gram_and_drops_rejected_rows(monkeypatch, fused_min) -> None:
+    from fedsilo.strategies import make_aggregator
+
+    monkeypatch.setattr(kernels, "FUSED_MIN_VALUES", fused_min)
+    rng = np.random.default_rng(11)
+    x = 0.01 * rng.standard_normal((9, D)).astype(np.float32)
+    x[1, 3] = np.inf  # rejected: non-finite (its Gram row and column are inf/NaN)
+    x[6] *= 1e4  # rejected: norm above the bound
+    replies = [message(reply_content(x[i], 5 + i), i + 1) for i in range(9)]
+    policy = ScreeningPolicy(max_norm=0.1 * np.sqrt(D))
+    batch, rejected = batch_from_replies(replies, dim=D, site_of={}, policy=policy, gram=True)
+    assert list(rejected) == ["node:2", "node:7"]
+    assert rejected["node:2"] == "update: 1 non-finite values (NaN or Inf)"
+    keep = [0, 2, 3, 4, 5, 7, 8]
+    G = batch.precomputed_gram()
+    assert G is not None and G.shape == (7, 7)
+    xk = x[keep].astype(np.float64)
+    np.testing.assert_allclose(G, xk @ xk.T, rtol=1e-5, atol=1e-9)
+    sub = batch.subset([4, 0, 2])
+    np.testing.assert_array_equal(sub.precomputed_gram(), G[np.ix_([4, 0, 2], [4, 0, 2])])
+    krum = make_aggregator("multi_krum:f=1,m=4")
+    with_gram = krum.aggregate(batch)
+    batch.gram = None  # recomputed from the rows: the same selection and scores
+    without = krum.aggregate(batch)
+    assert with_gram.info == without.info
+    np.testing.assert_allclose(with_gram.scores, without.scores, rtol=1e-6)
+    batch.gram = G
+    batch.updates[0] = batch.updates[0].copy()  # a replaced row invalidates the Gram
+    assert batch.precomputed_gram() is None
