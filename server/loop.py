@@ -25,7 +25,7 @@ from fedsilo.privacy.screening import ScreeningPolicy
 from fedsilo.server.checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoint, write_checkpoint
 from fedsilo.server.config import RunConfig
 from fedsilo.server.faults import fault_point
-from fedsilo.server.memory import keep_freed_memory
+from fedsilo.server.memory import LARGE_MODEL_VALUES, keep_freed_memory
 from fedsilo.strategies import codec, registry
 from fedsilo.strategies.batch import UpdateBatch
 from fedsilo.strategies.pipeline import batch_from_replies
@@ -144,10 +144,13 @@ class FederationServer:
     """Runs the rounds of one federation on a Flower `Grid`."""
 
     def __init__(self, spec: ServerSpec) -> None:
-        keep_freed_memory()  # reuse last round's model-sized buffers (no page faults)
         self.spec = spec
         cfg = spec.config
         self.layout = codec.ModelLayout.from_arrays(spec.initial_weights)
+        if self.layout.size >= LARGE_MODEL_VALUES:
+            # reuse last round's model-sized buffers instead of page-faulting fresh ones;
+            # small models gain nothing, and the fixed thresholds made Ray rounds jitter
+            keep_freed_memory()
         self.model = self.layout.flatten(spec.initial_weights)
         self.aggregator = registry.make_aggregator(cfg.aggregator)
         self.optimizer = registry.make_optimizer(cfg.optimizer)

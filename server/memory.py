@@ -8,6 +8,10 @@ and the server then spends more time in page faults (the kernel zeroing fresh pa
 about 1,000 faults per 4 MB) than in the aggregation itself. Raising both thresholds
 lets freed blocks be reused: the process keeps what it used at its peak, which a
 server holding n updates per round needs anyway.
+
+The server applies it only for models of at least `LARGE_MODEL_VALUES` values: for
+small models there is nothing to gain, and with the thresholds fixed the per-round time
+of Ray simulations became more variable (measured with `benchmarks/bench_overhead.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _TRIM = 1 << 30  # bytes of free heap top kept before returning memory to the kernel
 _MMAP = 32 << 20  # blocks above this still get their own mapping (glibc's maximum on 64-bit)
+
+LARGE_MODEL_VALUES = 1 << 20
+"""Servers of models with at least this many values (4 MiB of float32) tune malloc."""
 
 _done: bool | None = None
 
