@@ -25,8 +25,8 @@ _M_MMAP_THRESHOLD = -3
 _TRIM = 1 << 30  # bytes of free heap top kept before returning memory to the kernel
 _MMAP = 32 << 20  # blocks above this still get their own mapping (glibc's maximum on 64-bit)
 
-LARGE_MODEL_VALUES = 1 << 20
-"""Servers of models with at least this many values (4 MiB of float32) tune malloc."""
+LARGE_MODEL_VALUES = 1_000_000
+"""Servers of models with at least this many values (about 4 MB of float32) tune malloc."""
 
 _done: bool | None = None
 
