@@ -145,17 +145,11 @@ def _server_run(args: argparse.Namespace) -> int:
 
 def _resumable(run_dir: Path) -> RunConfig:
     """The config of the crashed run in ``run_dir``; `ConfigError` if it cannot be resumed."""
-    from fedsilo.server.checkpoint import CHECKPOINT_NAME
-    from fedsilo.server.config import ConfigError, RunConfig
+    from fedsilo.server.checkpoint import resumable_config
+    from fedsilo.server.config import RunConfig
 
     run_dir = run_dir.resolve()
-    if not (run_dir / "config.toml").is_file():
-        raise ConfigError(f"--resume: {run_dir} has no config.toml; not a fedsilo run directory")
-    if not (run_dir / CHECKPOINT_NAME).is_file():
-        raise ConfigError(f"--resume: {run_dir} has no checkpoint (did round 1 finish?)")
-    if (run_dir / "report.html").exists():
-        raise ConfigError(f"--resume: {run_dir} holds a finished run")
-    config = RunConfig.load(run_dir / "config.toml")
+    config = resumable_config(run_dir)
     return RunConfig.from_dict({**config.to_dict(), "run_id": run_dir.name, "out": str(run_dir.parent)})
 
 

@@ -12,9 +12,12 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fedsilo.server.config import RunConfig
 
 CHECKPOINT_NAME = "checkpoint.npz"
 
@@ -96,3 +99,21 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def resumable_config(run_dir: Path) -> RunConfig:
+    """The saved config of the crashed run in ``run_dir``; `ConfigError` if it cannot resume.
+
+    A run can resume when its directory has the resolved ``config.toml``, a checkpoint
+    (round 1 finished) and no ``report.html`` (the run did not finish).
+    """
+    from fedsilo.server.config import ConfigError, RunConfig
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"--resume: {run_dir} has no config.toml; not a fedsilo run directory")
+    if not (run_dir / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"--resume: {run_dir} has no checkpoint (did round 1 finish?)")
+    if (run_dir / "report.html").exists():
+        raise ConfigError(f"--resume: {run_dir} holds a finished run")
+    return RunConfig.load(run_dir / "config.toml")

@@ -153,16 +153,10 @@ def resume_federation(
     state from ``checkpoint.npz``; the lineage chain is reopened (its head checked) and
     gets a resume record. With the same seed the final model equals an uninterrupted run's.
     """
-    from fedsilo.server.checkpoint import CHECKPOINT_NAME
+    from fedsilo.server.checkpoint import resumable_config
 
     run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
-        raise ConfigError(f"--resume: {run_dir} has no config.toml; not a fedsilo run directory")
-    if not (run_dir / CHECKPOINT_NAME).is_file():
-        raise ConfigError(f"--resume: {run_dir} has no checkpoint (did round 1 finish?)")
-    if (run_dir / "report.html").exists():
-        raise ConfigError(f"--resume: {run_dir} holds a finished run")
-    config = RunConfig.load(run_dir / "config.toml")
+    config = resumable_config(run_dir)
     spec = build_server_spec(config, run_dir, on_round=on_round)
     spec.resume = True
     return _execute(spec, config, run_dir, verbose=verbose)
