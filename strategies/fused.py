@@ -101,6 +101,16 @@ def _screen_and_sum(rows, coeffs, acc, sq, d, accumulate):  # pragma: no cover -
             i += 1
 
 
+def _length(rows: Sequence[np.ndarray], caller: str) -> int:
+    """The common length of the rows; ValueError unless all are 1-D float32 of that length."""
+    d = int(rows[0].size)
+    for row in rows:
+        if row.dtype != np.float32 or row.ndim != 1 or row.size != d:
+            raise ValueError(f"{caller}: rows must be 1-D float32 vectors of {d} values, got "
+                             f"{row.dtype} {row.shape}")
+    return d
+
+
 def _as_list(rows: Sequence[np.ndarray]) -> List:
     # numba types a list by its element type: read-only views (message bytes) and
     # writable arrays are different types, so present them all as read-only views
@@ -129,13 +139,7 @@ def screen_and_sum(
     overflows float32 when squared).
     """
     n = len(rows)
-    d = int(rows[0].size) if n else int(dim or 0)
-    for row in rows:
-        if row.dtype != np.float32 or row.ndim != 1 or row.size != d:
-            raise ValueError(
-                f"screen_and_sum: rows must be 1-D float32 vectors of {d} values, got "
-                f"{row.dtype} {row.shape}"
-            )
+    d = _length(rows, "screen_and_sum") if n else int(dim or 0)
     accumulate = coeffs is not None
     c = np.zeros(n) if coeffs is None else np.ascontiguousarray(coeffs, dtype=np.float64)
     if c.shape != (n,):
@@ -232,11 +236,7 @@ def gram(rows: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
     n = len(rows)
     if n == 0:
         return np.zeros((0, 0))
-    d = int(rows[0].size)
-    for row in rows:
-        if row.dtype != np.float32 or row.ndim != 1 or row.size != d:
-            raise ValueError(f"gram: rows must be 1-D float32 vectors of {d} values, got "
-                             f"{row.dtype} {row.shape}")
+    d = _length(rows, "gram")
     zero = np.zeros(d, dtype=np.float32)  # padding rows: products with them are 0
     padded = _as_list([*rows, *([zero] * (-n % 4))])
     chunks = -(-d // _GRAM_CHUNK)

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Message
 from ..privacy.screening import ScreeningError, ScreeningPolicy, check_norm, decode_reply
 from .batch import UpdateBatch
 from .codec import encode_flat
-from .kernels import FUSED_MIN_VALUES, axpy, gram_of_rows, single_threaded_blas
+from .kernels import FUSED_MIN_VALUES, gram_of_rows, row_dots, weighted_sum
 
 
 def batch_from_replies(
@@ -89,7 +89,7 @@ def batch_from_replies(
         if G is not None:
             G = G[np.ix_(keep, keep)]
         if accumulate:  # the pass added a row that failed its norm check: sum again
-            total, _ = _norms_and_sum(updates, w, dim)
+            total = weighted_sum(updates, w) if updates else np.zeros(dim, dtype=np.float32)
     batch = UpdateBatch(updates=updates, weights=w, site_ids=sites, node_ids=nodes,
                         weighted_sum=total, gram=G)
     rejected = {site: reason for _, (site, reason) in sorted(reasons.items())}
@@ -102,20 +102,16 @@ def _norms_and_sum(
     """Squared norms of the rows and (with ``coeffs``) their weighted sum.
 
     Large rounds use the compiled single-pass kernel; small ones (where compiling it
-    would cost more than it saves) a BLAS dot and axpy per row.
+    would cost more than it saves) a BLAS dot and a weighted sum per row.
     """
     if len(rows) * dim >= FUSED_MIN_VALUES:
         from .fused import screen_and_sum  # numba: imported only when a round is large
 
         return screen_and_sum(rows, coeffs, dim=dim)
-    with single_threaded_blas():  # memory-bound level-1 calls
-        sq = np.array([np.dot(r, r) for r in rows], dtype=np.float64)
-        if coeffs is None:
-            return None, sq
-        total = np.zeros(dim, dtype=np.float32)
-        for row, c in zip(rows, coeffs, strict=True):
-            axpy(row, total, float(c))
-    return total, sq
+    if coeffs is None:
+        return None, row_dots(rows)
+    total = weighted_sum(rows, coeffs) if rows else np.zeros(dim, dtype=np.float32)
+    return total, row_dots(rows)
 
 
 def encode_model(flat: np.ndarray) -> ArrayRecord:
