@@ -404,6 +404,10 @@ class FederationServer:
         msgs = [Message(content, dst_node_id=s.node_id, message_type=MessageType.TRAIN) for s in sampled]
         replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
         t_recv = time.perf_counter()
+        # The previous round's checkpoint was written while the sites trained; make sure it
+        # is on disk before this round goes further, so a crash from here on can resume
+        # from it (waiting only after the submit below would leave a window with none).
+        self._persist_wait()
         fault_point("mid_round", server_round)
 
         by_node = {s.node_id: s for s in sampled}
