@@ -430,6 +430,7 @@ class FederationServer:
             updates, dim=self.layout.size, site_of=site_of, policy=self.screening,
             accumulate=self.dp is None and not self.aggregator.needs_individual_updates,
             gram=self.dp is None and self.aggregator.uses_gram,
+            median=self.dp is None and self.aggregator.uses_median,
         )
         rejected.update(refused)
         ex = _Exchange(

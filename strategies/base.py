@@ -120,11 +120,14 @@ class Aggregator(_Configurable, ABC):
     ``needs_individual_updates`` (False only when a weighted sum suffices, so the
     rule can run under secure aggregation). Rules that work on pairwise distances set
     ``uses_gram``: the server then computes the updates' Gram matrix in its screening
-    pass (`UpdateBatch.precomputed_gram`) instead of a separate norm pass.
+    pass (`UpdateBatch.precomputed_gram`) instead of a separate norm pass. Rules that
+    start from the coordinate-wise median set ``uses_median``: large rounds then get
+    it from the screening pass (`UpdateBatch.precomputed_median`).
     """
 
     needs_individual_updates: ClassVar[bool] = True
     uses_gram: ClassVar[bool] = False
+    uses_median: ClassVar[bool] = False
 
     def validate(self, n_updates: int) -> None:
         """Raise `SettingError` naming the parameter if `n_updates` rows cannot be aggregated."""

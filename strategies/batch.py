@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # numba-free import for type checkers only
+    from .median_kernels import MedianPass
 
 
 @dataclass
@@ -26,6 +30,10 @@ class UpdateBatch:
     gram : the n x n float64 inner products of the updates when the decoder computed them
         in its screening pass (`batch_from_replies(..., gram=True)`: the diagonal gave the
         norms); read it through `precomputed_gram`, which ignores it once rows changed.
+    median : the coordinate-wise median and each row's squared distance to it when the
+        decoder computed them in its screening pass (`batch_from_replies(...,
+        median=True)`, a `median_kernels.MedianPass`); read it through
+        `precomputed_median`, which ignores it once rows changed.
     """
 
     updates: list[np.ndarray]
@@ -35,6 +43,7 @@ class UpdateBatch:
     root_update: np.ndarray | None = None
     weighted_sum: np.ndarray | None = None
     gram: np.ndarray | None = None
+    median: MedianPass | None = None
 
     def __post_init__(self) -> None:
         self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
@@ -69,6 +78,10 @@ class UpdateBatch:
         """`gram` if it still matches the current rows, else None."""
         return self.gram if self.gram is not None and self._rows_unchanged() else None
 
+    def precomputed_median(self) -> MedianPass | None:
+        """`median` if it still matches the current rows, else None."""
+        return self.median if self.median is not None and self._rows_unchanged() else None
+
     @property
     def n(self) -> int:
         """Number of updates."""
@@ -99,4 +112,6 @@ class UpdateBatch:
             # keeping every row in order keeps a still-valid precomputed sum
             weighted_sum=self.precomputed_sum() if idx == list(range(self.n)) else None,
             gram=None if (g := self.precomputed_gram()) is None else g[np.ix_(idx, idx)],
+            # a median is of all rows: it survives only a subset that keeps all of them
+            median=self.precomputed_median() if sorted(idx) == list(range(self.n)) else None,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
@@ -11,6 +12,9 @@ from ..privacy.screening import ScreeningError, ScreeningPolicy, check_norm, dec
 from .batch import UpdateBatch
 from .codec import encode_flat
 from .kernels import FUSED_MIN_VALUES, gram_of_rows, row_dots, weighted_sum
+
+if TYPE_CHECKING:
+    from .median_kernels import MedianPass
 
 
 def batch_from_replies(
@@ -21,6 +25,7 @@ def batch_from_replies(
     policy: ScreeningPolicy,
     accumulate: bool = False,
     gram: bool = False,
+    median: bool = False,
 ) -> tuple[UpdateBatch, dict[str, str]]:
     """Screen and decode one round's training replies, once.
 
@@ -40,6 +45,10 @@ def batch_from_replies(
         aggregators such as Krum), and take the screening norms from its diagonal
         instead of a separate pass. A row with NaN/Inf spoils only its own row and
         column of the matrix, which are dropped with it.
+    median : in large rounds (the compiled path), compute ``batch.median`` (the
+        coordinate-wise median and the distances to it) and take the screening norms
+        from the same pass; if a row then fails its check, the median is recomputed
+        without it. Small rounds ignore it (the aggregator computes its own).
 
     Returns the accepted batch (zero-copy rows, weights = ``num-examples``) and the
     rejected sites with their reasons, in reply order. Error replies are rejected with
@@ -70,8 +79,11 @@ def batch_from_replies(
 
     w = np.array(weights, dtype=np.float64)
     G = gram_of_rows(updates) if gram else None
+    med = _median_pass(updates) if median and not (gram or accumulate) else None
     if G is not None and not accumulate:
         total, sq = None, np.diag(G).copy()
+    elif med is not None:
+        total, sq = None, med.sq_norms
     else:
         total, sq = _norms_and_sum(updates, w if accumulate else None, dim)
     keep = []
@@ -90,10 +102,21 @@ def batch_from_replies(
             G = G[np.ix_(keep, keep)]
         if accumulate:  # the pass added a row that failed its norm check: sum again
             total = weighted_sum(updates, w) if updates else np.zeros(dim, dtype=np.float32)
+        if med is not None:  # likewise the median
+            med = _median_pass(updates)
     batch = UpdateBatch(updates=updates, weights=w, site_ids=sites, node_ids=nodes,
-                        weighted_sum=total, gram=G)
+                        weighted_sum=total, gram=G, median=med)
     rejected = {site: reason for _, (site, reason) in sorted(reasons.items())}
     return batch, rejected
+
+
+def _median_pass(rows: list[np.ndarray]) -> MedianPass | None:
+    """`median_kernels.median_pass` of a large round; None when small or empty."""
+    if not rows or len(rows) * rows[0].size < FUSED_MIN_VALUES:
+        return None
+    from .median_kernels import median_pass  # numba: imported only when a round is large
+
+    return median_pass(rows)
 
 
 def _norms_and_sum(

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import F32, coordinate_median, distances_to, normalized, single_threaded_blas
+from ..kernels import (
+    F32,
+    FUSED_MIN_VALUES,
+    coordinate_median,
+    distances_to,
+    normalized,
+    single_threaded_blas,
+)
 
 
 def smoothed_weiszfeld(
@@ -20,7 +28,42 @@ def smoothed_weiszfeld(
     tol: float,
     max_iter: int,
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Minimise ``sum_i w_i |z - x_i|`` by Weiszfeld iterations from ``start``.
+    """Minimise ``sum_i w_i |z - x_i|`` by Weiszfeld iterations from ``start`` (stacked rows).
+
+    Parameters
+    ----------
+    X : n x d float32 matrix of updates.
+    weights : n normalised non-negative weights.
+    start : initial point (length d).
+    nu, tol, max_iter : as in `weiszfeld`.
+
+    Each iteration is one matrix-vector and one vector-matrix product; see `weiszfeld`
+    for the iteration and what is returned.
+    """
+    sq_norms = np.einsum("ij,ij->i", X, X, dtype=np.float64)
+
+    def step(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        target = beta.astype(F32) @ X
+        return target, distances_to(X, sq_norms, target)
+
+    z = np.asarray(start, dtype=F32)
+    return weiszfeld(weights, z, distances_to(X, sq_norms, z), step,
+                     lambda point: distances_to(X, sq_norms, point),
+                     nu=nu, tol=tol, max_iter=max_iter)
+
+
+def weiszfeld(
+    weights: np.ndarray,
+    start: np.ndarray,
+    start_distances: np.ndarray,
+    step: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    distances: Callable[[np.ndarray], np.ndarray],
+    *,
+    nu: float,
+    tol: float,
+    max_iter: int,
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Smoothed Weiszfeld iterations for ``min_z sum_i w_i |z - x_i|``, rows behind callables.
 
     Rows closer than ``nu`` to the iterate count as coinciding with it; for them the
     Vardi & Zhang (2000) step is used instead of dividing by a vanishing distance, so
@@ -29,19 +72,22 @@ def smoothed_weiszfeld(
 
     Parameters
     ----------
-    X : n x d float32 matrix of updates.
     weights : n normalised non-negative weights.
-    start : initial point (length d).
+    start : initial point (float32, length d).
+    start_distances : the n distances from the rows to ``start``.
+    step : ``beta -> (sum_i beta_i x_i, distances of the rows to it)``; the rows are
+        only ever touched through ``step`` and ``distances``, so a caller can do both
+        in one pass over them.
+    distances : ``z -> distances of the rows to z`` (only for the Vardi-Zhang step).
     nu : distance under which a row coincides with the iterate.
     tol : stop when the objective improves by less than ``tol`` relatively.
     max_iter : iteration cap.
 
     Returns ``(z, beta, iterations, objective)`` with ``beta`` the final normalised
-    Weiszfeld weights. Each iteration is one matrix-vector and one vector-matrix product.
+    Weiszfeld weights.
     """
-    sq_norms = np.einsum("ij,ij->i", X, X, dtype=np.float64)
-    z = np.asarray(start, dtype=F32)
-    dist = distances_to(X, sq_norms, z)
+    z = start
+    dist = start_distances
     objective = float(weights @ dist)
     beta = weights
     it = 0
@@ -54,19 +100,22 @@ def smoothed_weiszfeld(
             beta = weights
             break
         beta = beta / total
-        target = beta.astype(F32) @ X
+        target, target_dist = step(beta)
+        keep = 0.0
         if eta > 0:  # Vardi-Zhang: move only as far as the pull of the other rows allows
             r = float(np.linalg.norm((target - z).astype(np.float64))) * total
             keep = min(1.0, eta / r) if r > 0 else 1.0
-            target = (F32(1.0 - keep) * target + F32(keep) * z).astype(F32)
-        z = target
-        dist = distances_to(X, sq_norms, z)
+        if keep > 0:
+            z = (F32(1.0 - keep) * target + F32(keep) * z).astype(F32)
+            dist = distances(z)
+        else:
+            z, dist = target, target_dist
         new_objective = float(weights @ dist)
         done = abs(objective - new_objective) <= tol * max(new_objective, 1e-30)
         objective = new_objective
         if done:
             break
-    return z.astype(F32), beta, it, objective
+    return np.asarray(z, dtype=F32), beta, it, objective
 
 
 class GeometricMedian(Aggregator):
@@ -78,6 +127,7 @@ class GeometricMedian(Aggregator):
     """
 
     name: ClassVar[str] = "geometric_median"
+    uses_median: ClassVar[bool] = True
     summary: ClassVar[str] = "weighted geometric median (RFA Weiszfeld from the coordinate-wise median)"
     params: ClassVar[dict[str, Param]] = {
         "nu": Param(float, 1e-6, "smoothing: rows closer than nu to the iterate coincide with it"),
@@ -95,13 +145,16 @@ class GeometricMedian(Aggregator):
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
-        X = batch.stacked
         w = normalized(batch.weights)
-        with single_threaded_blas():  # memory-bound matrix-vector products
-            z, beta, iterations, objective = smoothed_weiszfeld(
-                X, w, coordinate_median(X), nu=self.nu, tol=self.tol, max_iter=self.max_iter
-            )
-        ratio = beta / np.maximum(w, 1e-300)
+        if batch.n * batch.dim >= FUSED_MIN_VALUES:  # compiled passes over the unstacked rows
+            z, beta, iterations, objective = self._weiszfeld_on_rows(batch, w)
+        else:
+            X = batch.stacked
+            with single_threaded_blas():  # memory-bound matrix-vector products
+                z, beta, iterations, objective = smoothed_weiszfeld(
+                    X, w, coordinate_median(X), nu=self.nu, tol=self.tol, max_iter=self.max_iter
+                )
+        ratio = np.asarray(beta) / np.maximum(w, 1e-300)
         cut = 0.5 * float(np.median(ratio))
         return AggregateResult(
             update=z,
@@ -109,3 +162,29 @@ class GeometricMedian(Aggregator):
             scores=beta.tolist(),
             info={"iterations": iterations, "objective": objective},
         )
+
+    def _weiszfeld_on_rows(
+        self, batch: UpdateBatch, w: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """`weiszfeld` with one pass over the rows per iteration (large rounds).
+
+        The start (coordinate-wise median) and its distances come from one compiled
+        pass (`median_kernels`, usually done by the server's screening pass already);
+        each iteration's weighted sum and the distances to it from another
+        (`fused.sum_and_distances`), so an iteration reads the rows once.
+        """
+        from ..fused import sum_and_distances
+        from ..median_kernels import median_pass
+
+        rows = batch.updates
+        start, sq, _ = batch.precomputed_median() or median_pass(rows)
+
+        def step(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            target, sq_to = sum_and_distances(rows, beta)
+            return target, np.sqrt(sq_to)
+
+        def distances(z: np.ndarray) -> np.ndarray:
+            return np.sqrt(sum_and_distances(rows, z=z)[1])
+
+        return weiszfeld(w, start, np.sqrt(sq), step, distances,
+                         nu=self.nu, tol=self.tol, max_iter=self.max_iter)

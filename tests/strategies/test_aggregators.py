@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 from fedsilo.strategies import SettingError, make_aggregator
 
 
-def test_geometric_median_matches_scipy_minimiser() -> None:
+def test_geometric_median_matches_scipy_minimiser(kernel_path: str) -> None:
     batch = random_batch(9, d=5, seed=3)
     X, w = batch.stacked.astype(np.float64), batch.weights / batch.weights.sum()
     objective = lambda z: float(w @ np.linalg.norm(X - z, axis=1))  # noqa: E731
@@ -24,7 +24,8 @@ def test_geometric_median_matches_scipy_minimiser() -> None:
     assert sum(result.scores) == pytest.approx(1.0)
 
 
-def test_geometric_median_downweights_a_far_outlier() -> None:
+def test_geometric_median_downweights_a_far_outlier(kernel_path: str) -> None:
+    # the median start (1, 1) is a data point: the Vardi-Zhang step runs on both paths
     X = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [1000, 1000]], np.float32)
     result = make_aggregator("geometric_median:tol=1e-12,max_iter=2000").aggregate(batch_of(X))
     assert result.fates == ["accepted"] * 4 + ["downweighted"]
