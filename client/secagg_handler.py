@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from fedsilo.privacy.secagg import SecAggClient, SecAggClientError
+from fedsilo.privacy.secagg.client import forget_keys
 from fedsilo.privacy.secagg.records import (
     MESSAGE_TYPES,
     decode_request,
@@ -49,12 +50,23 @@ class LocalUpdate:
 FitUpdate = Callable[[Message, Context], LocalUpdate]
 
 
+# node id -> (the state blob last saved, the client object it was dumped from). The
+# context's blob stays the source of truth: the object is reused only while the context
+# still holds that very blob (same object, so unchanged), and the entry is taken out when
+# used, so a stage that fails half-way never leaves a modified object behind.
+_LIVE: dict[int, tuple[bytes, SecAggClient]] = {}
+
+
 def _load(context: Context, server_round: int) -> SecAggClient:
     rec = context.state.get(STATE_KEY)
+    live = _LIVE.pop(int(context.node_id), None)
     if not isinstance(rec, ConfigRecord) or "blob" not in rec:
         raise SecAggClientError(f"secagg: node {context.node_id} has no protocol state "
                                 f"for round {server_round} (setup message missed?)")
-    client = SecAggClient.load(rec["blob"])  # type: ignore[arg-type]
+    blob = rec["blob"]
+    # reuse the object only if the state was saved from it and not replaced since
+    reuse = live is not None and live[0] is blob
+    client = live[1] if reuse else SecAggClient.load(blob)  # type: ignore[index,arg-type]
     if client.st.get("round") != server_round:
         raise SecAggClientError(f"secagg: node {context.node_id} state is for round "
                                 f"{client.st.get('round')}, message is for round {server_round}")
@@ -76,7 +88,9 @@ def _claim_round(context: Context, run_id: str, server_round: int) -> None:
 
 
 def _save(context: Context, client: SecAggClient) -> None:
-    context.state[STATE_KEY] = ConfigRecord({"blob": client.dump()})
+    blob = client.dump()
+    context.state[STATE_KEY] = ConfigRecord({"blob": blob})
+    _LIVE[int(context.node_id)] = (blob, client)
 
 
 def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdate) -> Message:
@@ -104,6 +118,8 @@ def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdat
                 reply = client.unmask(req)  # type: ignore[arg-type]
     except (SecAggClientError, ValueError) as e:
         context.state.pop(STATE_KEY, None)  # a refused round is over for this site
+        _LIVE.pop(int(context.node_id), None)
+        forget_keys(int(context.node_id))
         return Message(Error(SECAGG_ERROR_CODE, str(e)), reply_to=message)
     _save(context, client)
     content = encode(reply, rnd)

@@ -67,8 +67,15 @@ def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_rou
               timeout: float, extra: RecordDict | None) -> tuple[dict[int, object],
                                                                 dict[int, dict[str, float]]]:
     msgs = []
+    # A request object sent to many sites (setup, unmask) is encoded once; each message
+    # gets its own RecordDict holding the shared (read-only) records, as the training
+    # records in ``extra`` already are.
+    encoded: dict[int, RecordDict] = {}
     for node, req in requests.items():
-        content = encode(req, server_round)
+        base = encoded.get(id(req))
+        if base is None:
+            base = encoded[id(req)] = encode(req, server_round)
+        content = RecordDict(dict(base.items()))
         if extra is not None:
             for key, rec in extra.items():
                 content[key] = rec
@@ -134,7 +141,8 @@ def run_secagg_round(
     result = None
     reason = None
     try:
-        reqs: Mapping[int, object] = {n: server.setup_request() for n in server.nodes}
+        setup = server.setup_request()  # the same for every site: encoded once
+        reqs: Mapping[int, object] = dict.fromkeys(server.nodes, setup)
         for stage, step in (("setup", server.on_keys), ("share", server.on_shares),
                             ("masked", server.on_masked)):
             t0 = time.perf_counter()

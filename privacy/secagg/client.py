@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import secrets
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from . import crypto, shamir
 from .config import SecAggConfig
 from .errors import SecAggClientError
-from .graph import harary
+from .graph import neighbours
 from .messages import (
     KeyAdvert,
     MaskedReply,
@@ -33,6 +32,20 @@ from .messages import (
 from .quantize import check_no_overflow, quantize, scratch
 
 _BYTES_FIELDS = ("c_sk", "s_sk", "c_pk", "s_pk", "seed")
+
+# Parsed private keys of each node's current round, from its setup to its share stage.
+# Parsing a raw X25519 private key recomputes its public key (~30 us, twice per site and
+# round); the raw keys stay in the state, which remains the source of truth: an entry is
+# used only if it matches the state's run, round and public keys (else the keys are parsed),
+# and is removed at the share stage or replaced by the node's next setup (at most one per
+# node in this process). Whoever drops a node's state calls `forget_keys` as well.
+_PARSED: dict[int, tuple[str, int, bytes, bytes, crypto.X25519PrivateKey,
+                         crypto.X25519PrivateKey]] = {}
+
+
+def forget_keys(node_id: int) -> None:
+    """Drop the parsed private keys kept for ``node_id`` (when its round state is dropped)."""
+    _PARSED.pop(node_id, None)
 
 
 def _b64(raw: bytes) -> str:
@@ -100,8 +113,10 @@ class SecAggClient:
             raise SecAggClientError(f"secagg: node {self.node_id}: bad round parameters "
                                     f"(vector_length={req.vector_length}, "
                                     f"num_sampled={req.num_sampled})")
-        c_sk, c_pk = crypto.generate_keypair()
-        s_sk, s_pk = crypto.generate_keypair()
+        c_key, s_key = crypto.X25519PrivateKey.generate(), crypto.X25519PrivateKey.generate()
+        c_sk, c_pk = c_key.private_bytes_raw(), c_key.public_key().public_bytes_raw()
+        s_sk, s_pk = s_key.private_bytes_raw(), s_key.public_key().public_bytes_raw()
+        _PARSED[self.node_id] = (req.run_id, req.server_round, c_pk, s_pk, c_key, s_key)
         self.st.update(
             stage="setup", run_id=req.run_id, round=req.server_round,
             config=req.config.to_dict(), d=req.vector_length, n_sampled=req.num_sampled,
@@ -109,11 +124,22 @@ class SecAggClient:
         )
         return KeyAdvert(c_pk=c_pk, s_pk=s_pk)
 
+    def _private_keys(self, hit: tuple | None) -> tuple[crypto.X25519PrivateKey,
+                                                         crypto.X25519PrivateKey]:
+        """This round's (channel, mask) private keys: ``hit`` (the parsed pair kept since
+        setup) if it belongs to this state, else parsed from the state's raw keys."""
+        st = self.st
+        if hit is not None and hit[:4] == (st["run_id"], st["round"], st["c_pk"], st["s_pk"]):
+            return hit[4], hit[5]
+        return crypto.private_key(st["c_sk"]), crypto.private_key(st["s_sk"])
+
     # ---------------------------------------------------------------- stage 2
     def share(self, req: ShareRequest) -> ShareReply:
         """Check the graph and keys, then Shamir-share the mask seed and mask key."""
         self._expect("setup")
         me = self.node_id
+        # taken out whatever happens next: after this stage no private key is kept
+        parsed = _PARSED.pop(me, None)
         cfg = SecAggConfig.from_dict(self.st["config"])
         if req.own_c_pk != self.st["c_pk"] or req.own_s_pk != self.st["s_pk"]:
             raise SecAggClientError(f"secagg: node {me}: server echoed keys it did not advertise")
@@ -126,7 +152,7 @@ class SecAggClient:
             k, t = cfg.resolve_round(self.st["n_sampled"], len(parts))
         except ValueError as e:
             raise SecAggClientError(f"secagg: node {me}: {e}") from None
-        nbrs = harary(parts, k, self.st["run_id"], self.st["round"])[me]
+        nbrs = neighbours(parts, k, self.st["run_id"], self.st["round"], me)
         if sorted(int(n) for n in req.neighbours) != nbrs:
             raise SecAggClientError(f"secagg: node {me}: neighbour list does not match the "
                                     f"{k}-regular graph over the {len(parts)} participants")
@@ -142,7 +168,7 @@ class SecAggClient:
         b_sh = dict(zip(holders, shamir.split(seed, xs, t), strict=True))
         s_sh = dict(zip(holders, shamir.split(self.st["s_sk"], xs, t), strict=True))
         run, rnd = self.st["run_id"], self.st["round"]
-        c_sk, s_sk = crypto.private_key(self.st["c_sk"]), crypto.private_key(self.st["s_sk"])
+        c_sk, s_sk = self._private_keys(parsed)
         cts, chan, mseed = [], {}, {}
         for j, c_pk, s_pk in zip(req.neighbours, req.c_pks, req.s_pks, strict=True):
             j = int(j)
@@ -211,15 +237,17 @@ class SecAggClient:
                 raise SecAggClientError(f"secagg: node {me}: share from node {s} malformed")
             self.st["held"][str(s)] = [pt[: shamir.SHARE_BYTES], pt[shamir.SHARE_BYTES:]]
 
-        rng = np.random.default_rng(secrets.randbits(128))
         frac = weight / cfg.max_weight
         vec = scratch(d + 1)
         np.multiply(delta, frac, out=vec[:d])
         vec[d] = frac * cfg.clip_range  # weight coordinate, in [0, c]
         y = np.empty(d + 2, dtype=np.uint32)
-        _, clipped = quantize(vec, cfg.clip_range, cfg.bits, rng, out=y[: d + 1], inplace=True)
-        y[d + 1] = 1  # check coordinate: must sum to the number of survivors
         gen = crypto.MaskGenerator(d + 2)
+        # rounding noise: a keystream under a fresh random key (consumed before any mask,
+        # which reuses the generator's buffer)
+        _, clipped = quantize(vec, cfg.clip_range, cfg.bits, gen.random_words()[: d + 1],
+                              out=y[: d + 1], inplace=True)
+        y[d + 1] = 1  # check coordinate: must sum to the number of survivors
         y += gen.mask(self.st["seed"])
         mseed = self.st["mseed"]
         for s in senders:

@@ -189,6 +189,15 @@ class MaskGenerator:
         AESGCM(seed).encrypt_into(_MASK_NONCE, self._zeros, None, self._buf)
         return np.frombuffer(self._buf, dtype="<u4", count=self.length)
 
+    def random_words(self) -> np.ndarray:
+        """Uniformly random uint32 words (the keystream of a fresh random key), as a view.
+
+        Used as the stochastic-rounding noise of quantisation: AES-CTR under a one-time
+        key from the OS CSPRNG, several times faster than numpy's generator or
+        ``os.urandom`` at d = 10^5. Same buffer as `mask`: consume it before the next call.
+        """
+        return self.mask(os.urandom(KEY_BYTES))
+
 
 def prg(seed: bytes, length: int) -> np.ndarray:
     """A fresh uint32 array of ``length`` keystream words (convenience, allocates)."""

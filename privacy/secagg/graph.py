@@ -17,12 +17,39 @@ import numpy as np
 
 def ring_order(node_ids: Sequence[int], run_id: str, server_round: int) -> list[int]:
     """Participants in ring order (deterministic from run id, round and node ids)."""
+    # hash the common prefix once; each node id only extends a copy of that state
+    base = hashlib.sha256(f"fedsilo/secagg/v1|ring|{run_id}|{server_round}|".encode())
+
     def key(nid: int) -> bytes:
-        return hashlib.sha256(
-            f"fedsilo/secagg/v1|ring|{run_id}|{server_round}|{nid}".encode()
-        ).digest()
+        h = base.copy()
+        h.update(str(nid).encode())
+        return h.digest()
 
     return sorted(node_ids, key=key)
+
+
+def _offsets(n: int, degree: int) -> np.ndarray:
+    """Ring offsets of a node's neighbours in the k-regular graph on n nodes."""
+    if not 1 <= degree <= n - 1 or (degree % 2 == 1 and n % 2 == 1):
+        raise ValueError(f"secagg.degree: no {degree}-regular graph on {n} nodes")
+    half = degree // 2
+    offsets = np.concatenate([np.arange(1, half + 1), -np.arange(1, half + 1)])
+    if degree % 2 == 1:
+        offsets = np.append(offsets, n // 2)
+    return offsets
+
+
+def neighbours(node_ids: Sequence[int], degree: int, run_id: str, server_round: int,
+               node: int) -> list[int]:
+    """Sorted neighbour list of ``node`` in `harary` (``node_ids``, ...), without the rest.
+
+    A site needs only its own row; building the whole graph costs it O(n) more work.
+    Raises ValueError if ``node`` is not among ``node_ids``.
+    """
+    offsets = _offsets(len(node_ids), degree)
+    order = ring_order(node_ids, run_id, server_round)
+    pos = order.index(node)
+    return sorted(order[i] for i in ((pos + offsets) % len(order)).tolist())
 
 
 def harary(
@@ -40,13 +67,8 @@ def harary(
         Seed the ring order.
     """
     n = len(node_ids)
-    if not 1 <= degree <= n - 1 or (degree % 2 == 1 and n % 2 == 1):
-        raise ValueError(f"secagg.degree: no {degree}-regular graph on {n} nodes")
+    offsets = _offsets(n, degree)
     order = np.array(ring_order(node_ids, run_id, server_round), dtype=np.uint64)
-    half = degree // 2
-    offsets = np.concatenate([np.arange(1, half + 1), -np.arange(1, half + 1)])
-    if degree % 2 == 1:
-        offsets = np.append(offsets, n // 2)
     idx = (np.arange(n)[:, None] + offsets[None, :]) % n  # n x k neighbour positions
     nbrs = np.sort(order[idx], axis=1)
     return {int(a): nbrs[i].tolist() for i, a in enumerate(order.tolist())}

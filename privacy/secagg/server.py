@@ -39,7 +39,7 @@ from .unmask import (
     PairMaskPool,
     min_words_per_process,
     pair_mask_sum,
-    self_mask_sum,
+    remove_self_masks,
     usable_cpus,
 )
 
@@ -270,13 +270,15 @@ class SecAggServer:
             if have < self.t:
                 raise SecAggAbort(f"secagg masked: node {i} cannot be unmasked, only {have} of "
                                   f"its share holders remain (threshold {self.t})")
-        acc = np.zeros(length, dtype=np.uint32)
-        for n in u3:
+        # the first input is copied (replies may be read-only views of message bytes)
+        acc = np.array(replies[u3[0]].masked, dtype=np.uint32)  # type: ignore[attr-defined]
+        for n in u3[1:]:
             acc += replies[n].masked  # type: ignore[attr-defined]
         self._acc = acc
         self.sets.u3 = u3
         dropped = [n for n in self.sets.u2 if n not in alive]
-        return {n: UnmaskRequest(survivors=u3, dropped=dropped) for n in u3}
+        req = UnmaskRequest(survivors=u3, dropped=dropped)  # one object: the same for all
+        return dict.fromkeys(u3, req)
 
     # ------------------------------------------------------------- stage 4
     def on_unmask(self, replies: Mapping[int, object]) -> AggregateResult:
@@ -307,8 +309,11 @@ class SecAggServer:
                 lambda i, s: crypto.commit(s, run, rnd, i) == self.commitments[i])
             assert self._acc is not None
             acc = self._acc
-            acc -= self_mask_sum([seeds[i] for i in sorted(u3)], length)
-            acc -= pool.result() if pool is not None else pair_mask_sum(jobs, run, rnd, length)
+            remove_self_masks(acc, [seeds[i] for i in sorted(u3)])
+            if pool is not None:
+                acc -= pool.result()
+            elif jobs:  # no dropouts, no pairwise masks left to remove
+                acc -= pair_mask_sum(jobs, run, rnd, length)
         finally:
             if pool is not None:
                 pool.close()

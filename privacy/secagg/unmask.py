@@ -110,6 +110,18 @@ def self_mask_sum(seeds: Sequence[bytes], length: int) -> np.ndarray:
     return acc
 
 
+def remove_self_masks(acc: np.ndarray, seeds: Sequence[bytes]) -> np.ndarray:
+    """Subtract the self masks expanded from ``seeds`` from ``acc`` in place (uint32 ring).
+
+    The same result as ``acc -= self_mask_sum(seeds, acc.size)`` without the second
+    d-length accumulator and its extra pass.
+    """
+    gen = crypto.MaskGenerator(acc.size)
+    for seed in seeds:
+        acc -= gen.mask(seed)
+    return acc
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (affinity-aware where the OS reports it)."""
     try:
