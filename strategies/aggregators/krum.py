@@ -69,7 +69,8 @@ class MultiKrum(Aggregator):
         coeffs = np.zeros(batch.n)
         w = batch.weights[chosen]
         coeffs[chosen] = w / w.sum() if w.sum() > 0 else 1.0 / m
-        update = weighted_sum(batch.updates, coeffs)
+        keep = np.sort(chosen)  # the pass reads only the chosen rows, in index order
+        update = weighted_sum([batch.updates[i] for i in keep], coeffs[keep])
         mask = np.zeros(batch.n, dtype=bool)
         mask[chosen] = True
         return AggregateResult(
