@@ -41,6 +41,7 @@ from flwr.supercore.primitives.asymmetric import (  # noqa: E402
     private_key_to_bytes,
 )
 
+from fedsilo.cpus import usable_cpus  # noqa: E402
 from fedsilo.privacy.secagg import (  # noqa: E402
     SecAggAbort,
     SecAggClient,
@@ -51,7 +52,7 @@ from fedsilo.privacy.secagg import (  # noqa: E402
     shamir,
 )
 from fedsilo.privacy.secagg.graph import ring_order  # noqa: E402
-from fedsilo.privacy.secagg.unmask import _context, usable_cpus  # noqa: E402
+from fedsilo.privacy.secagg.unmask import _context  # noqa: E402
 
 D = 100_000
 RUN_ID = "bench"

@@ -19,7 +19,6 @@ coefficient per row (`screen_and_sum` checks the shapes once at the boundary).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit, uint64
 from numba.typed import List
+
+from ..cpus import usable_cpus
 
 _BLOCK = 1 << 18  # accumulator block: 1 MiB of float32, stays in L2/L3 while all rows pass
 _CHUNK = 1 << 14  # float32 partial sums of squares over this many values, then float64
@@ -230,13 +231,6 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def gram(rows: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
     """The n x n float64 matrix of inner products of the rows, without stacking them.
 
@@ -255,7 +249,7 @@ def gram(rows: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
     zero = np.zeros(d, dtype=np.float32)  # padding rows: products with them are 0
     padded = as_numba_list([*rows, *([zero] * (-n % 4))])
     chunks = -(-d // _GRAM_CHUNK)
-    parts = max(1, min(threads or min(_usable_cpus(), 8), chunks))
+    parts = max(1, min(threads or min(usable_cpus(), 8), chunks))
     bounds = [min(d, (chunks * k // parts) * _GRAM_CHUNK) for k in range(parts + 1)]
     if parts == 1:
         g = _gram(padded, 0, d)
@@ -271,7 +265,7 @@ def gram(rows: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
 def column_ranges(d: int, align: int, threads: int | None) -> list[tuple[int, int]]:
     """``[start, stop)`` column ranges, one per thread, on multiples of ``align``."""
     units = -(-d // align)
-    parts = max(1, min(threads or min(_usable_cpus(), 8), units))
+    parts = max(1, min(threads or min(usable_cpus(), 8), units))
     edges = [min(d, (units * k // parts) * align) for k in range(parts + 1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...cpus import usable_cpus
 from . import crypto, shamir
 from .client import share_points
 from .config import SecAggConfig
@@ -40,7 +41,6 @@ from .unmask import (
     min_words_per_process,
     pair_mask_sum,
     remove_self_masks,
-    usable_cpus,
 )
 
 CIPHERTEXT_BYTES = crypto.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16

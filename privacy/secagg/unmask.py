@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -120,14 +119,6 @@ def remove_self_masks(acc: np.ndarray, seeds: Sequence[bytes]) -> np.ndarray:
     for seed in seeds:
         acc -= gen.mask(seed)
     return acc
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (affinity-aware where the OS reports it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _context() -> mp.context.BaseContext:
