@@ -30,6 +30,9 @@ class UpdateBatch:
     gram : the n x n float64 inner products of the updates when the decoder computed them
         in its screening pass (`batch_from_replies(..., gram=True)`: the diagonal gave the
         norms); read it through `precomputed_gram`, which ignores it once rows changed.
+    gram_sum : ``sum_i weights[i] * updates[i]`` in float64, when the decoder computed it
+        with the Gram matrix (`batch_from_replies(..., gram=True)`); read it through
+        `precomputed_gram_sum`, which ignores it once rows or weights were replaced.
     median : the coordinate-wise median and each row's squared distance to it when the
         decoder computed them in its screening pass (`batch_from_replies(...,
         median=True)`, a `median_kernels.MedianPass`); read it through
@@ -43,6 +46,7 @@ class UpdateBatch:
     root_update: np.ndarray | None = None
     weighted_sum: np.ndarray | None = None
     gram: np.ndarray | None = None
+    gram_sum: np.ndarray | None = None
     median: MedianPass | None = None
 
     def __post_init__(self) -> None:
@@ -64,19 +68,21 @@ class UpdateBatch:
             a is b for a, b in zip(rows, self.updates, strict=True)
         )
 
+    def _sums_valid(self) -> bool:
+        """Rows and weights are still those the screening pass summed."""
+        return self._rows_unchanged() and np.array_equal(self._sum_of[1], self.weights)
+
     def precomputed_sum(self) -> np.ndarray | None:
         """`weighted_sum` if it still matches the current rows and weights, else None."""
-        if (
-            self.weighted_sum is None
-            or not self._rows_unchanged()
-            or not np.array_equal(self._sum_of[1], self.weights)
-        ):
-            return None
-        return self.weighted_sum
+        return self.weighted_sum if self.weighted_sum is not None and self._sums_valid() else None
 
     def precomputed_gram(self) -> np.ndarray | None:
         """`gram` if it still matches the current rows, else None."""
         return self.gram if self.gram is not None and self._rows_unchanged() else None
+
+    def precomputed_gram_sum(self) -> np.ndarray | None:
+        """`gram_sum` if it still matches the current rows and weights, else None."""
+        return self.gram_sum if self.gram_sum is not None and self._sums_valid() else None
 
     def precomputed_median(self) -> MedianPass | None:
         """`median` if it still matches the current rows, else None."""
@@ -111,6 +117,7 @@ class UpdateBatch:
             root_update=self.root_update,
             # keeping every row in order keeps a still-valid precomputed sum
             weighted_sum=self.precomputed_sum() if idx == list(range(self.n)) else None,
+            gram_sum=self.precomputed_gram_sum() if idx == list(range(self.n)) else None,
             gram=None if (g := self.precomputed_gram()) is None else g[np.ix_(idx, idx)],
             # a median is of all rows: it survives only a subset that keeps all of them
             median=self.precomputed_median() if sorted(idx) == list(range(self.n)) else None,

@@ -203,14 +203,26 @@ _GRAM_CHUNK = 4096  # 8 rows x 16 KiB per sweep: the chunks stay in L2 while til
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _gram(rows, start, stop):  # pragma: no cover - compiled
-    # upper block triangle of the inner products over values [start, stop)
+def _axpy4_f64(x0, x1, x2, x3, acc, c0, c1, c2, c3, s, e):  # pragma: no cover - compiled
+    # float64 accumulator: sums that will have rows subtracted again must not cancel
+    for j in range(s, e):
+        acc[j] += c0 * x0[j] + c1 * x1[j] + c2 * x2[j] + c3 * x3[j]
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH)
+def _gram(rows, c, acc, start, stop, accumulate):  # pragma: no cover - compiled
+    # upper block triangle of the inner products over values [start, stop); with
+    # accumulate, also acc += sum_i c[i] * rows[i] there (float64), while the rows of
+    # each diagonal tile are in cache
     m = len(rows)  # the caller pads the list to a multiple of four
     g = np.zeros((m, m))
     for s in range(start, stop, _GRAM_CHUNK):
         e = min(s + _GRAM_CHUNK, stop)
         for a in range(0, m, 4):
             a0, a1, a2, a3 = rows[a], rows[a + 1], rows[a + 2], rows[a + 3]
+            if accumulate:
+                _axpy4_f64(a0, a1, a2, a3, acc, c[a], c[a + 1], c[a + 2], c[a + 3],
+                           uint64(s), uint64(e))
             for b in range(a, m, 4):
                 _dot_4x4(a0, a1, a2, a3, rows[b], rows[b + 1], rows[b + 2], rows[b + 3],
                          s, e, g, a, b)
@@ -242,21 +254,81 @@ def gram(rows: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
     ``threads`` column ranges (default: the usable CPUs, at most 8), each a compiled
     loop that runs without the GIL; the partial matrices are summed.
     """
+    return _gram_pass(rows, None, threads)[0]
+
+
+def gram_and_sum(
+    rows: Sequence[np.ndarray], coeffs: np.ndarray, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`gram` and, in the same pass, ``sum_i coeffs[i] * rows[i]`` in float64.
+
+    The sum costs a few percent of the Gram matrix's time. It is float64 so that
+    rows can be subtracted from it again without cancellation (Multi-Krum's mean of
+    all but the rejected rows), even when those rows are orders of magnitude larger.
+    """
+    c = np.ascontiguousarray(coeffs, dtype=np.float64)
+    if c.shape != (len(rows),):
+        raise ValueError(f"gram_and_sum: {c.size} coefficients for {len(rows)} rows")
+    G, total = _gram_pass(rows, c, threads)
+    assert total is not None
+    return G, total
+
+
+@njit(nogil=True, cache=True, fastmath=_FASTMATH)
+def _scaled_difference(total, rows, c, scale, out):  # pragma: no cover - compiled
+    # out = scale * (total - sum_i c[i] * rows[i]), float64 within a block of _CHUNK
+    tmp = np.empty(_CHUNK)
+    for s in range(uint64(0), uint64(out.size), uint64(_CHUNK)):
+        e = min(s + uint64(_CHUNK), uint64(out.size))
+        for j in range(s, e):
+            tmp[j - s] = total[j]
+        for i in range(len(rows)):
+            row = rows[i]
+            ci = c[i]
+            for j in range(s, e):
+                tmp[j - s] -= ci * row[j]
+        for j in range(s, e):
+            out[j] = np.float32(scale * tmp[j - s])
+
+
+def scaled_difference(
+    total: np.ndarray, rows: Sequence[np.ndarray], coeffs: np.ndarray, scale: float
+) -> np.ndarray:
+    """``scale * (total - sum_i coeffs[i] * rows[i])`` as float32, one pass, float64 inside.
+
+    ``total`` is a float64 sum of many rows (`gram_and_sum`); taking a few rows out of
+    it in float64 cannot cancel, however large those rows are.
+    """
+    out = np.empty(total.size, dtype=np.float32)
+    c = np.ascontiguousarray(coeffs, dtype=np.float64)
+    _scaled_difference(np.ascontiguousarray(total, dtype=np.float64), as_numba_list(rows),
+                       c, float(scale), out)
+    return out
+
+
+def _gram_pass(
+    rows: Sequence[np.ndarray], coeffs: np.ndarray | None, threads: int | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     n = len(rows)
     if n == 0:
-        return np.zeros((0, 0))
+        return np.zeros((0, 0)), None if coeffs is None else np.zeros(0)
     d = common_length(rows, "gram")
+    pad = -n % 4
     zero = np.zeros(d, dtype=np.float32)  # padding rows: products with them are 0
-    padded = as_numba_list([*rows, *([zero] * (-n % 4))])
+    padded = as_numba_list([*rows, *([zero] * pad)])
+    accumulate = coeffs is not None
+    c = np.concatenate([coeffs, np.zeros(pad)]) if accumulate else np.zeros(n + pad)
+    acc = np.zeros(d if accumulate else 0)
     chunks = -(-d // _GRAM_CHUNK)
     parts = max(1, min(threads or min(usable_cpus(), 8), chunks))
     bounds = [min(d, (chunks * k // parts) * _GRAM_CHUNK) for k in range(parts + 1)]
-    if parts == 1:
-        g = _gram(padded, 0, d)
-    else:
-        g = sum(_pool().map(lambda k: _gram(padded, bounds[k], bounds[k + 1]), range(parts)))
+
+    def part(k: int) -> np.ndarray:  # each part adds to its own columns of acc
+        return _gram(padded, c, acc, bounds[k], bounds[k + 1], accumulate)
+
+    g = part(0) if parts == 1 else sum(_pool().map(part, range(parts)))
     upper = np.triu(g)  # every 4x4 block at or above the diagonal, mirrored below
-    return (upper + np.triu(g, 1).T)[:n, :n]
+    return (upper + np.triu(g, 1).T)[:n, :n], (acc if accumulate else None)
 
 
 # --- helpers for kernels split over column ranges -----------------------------------

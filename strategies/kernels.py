@@ -92,6 +92,39 @@ def gram_of_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
     return gram(np.stack(rows)) if rows else np.zeros((0, 0))
 
 
+def gram_and_sum_of_rows(
+    rows: Sequence[np.ndarray], coeffs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`gram_of_rows` and ``sum_i coeffs[i] * rows[i]`` in float64, in one pass when large."""
+    c = np.asarray(coeffs, dtype=np.float64)
+    if rows and len(rows) * rows[0].size >= FUSED_MIN_VALUES:
+        from .fused import gram_and_sum
+
+        return gram_and_sum(rows, c)
+    if not rows:
+        return np.zeros((0, 0)), np.zeros(0)
+    X = np.stack(rows)
+    return gram(X), c @ X.astype(np.float64)
+
+
+def scaled_difference(
+    total: np.ndarray, rows: Sequence[np.ndarray], coeffs: np.ndarray, scale: float
+) -> np.ndarray:
+    """``scale * (total - sum_i coeffs[i] * rows[i])`` as float32, computed in float64.
+
+    ``total`` is a float64 sum of many rows; taking a few rows out again in float64
+    cannot cancel, however large those rows are. One compiled pass when large.
+    """
+    if rows and total.size * len(rows) >= FUSED_MIN_VALUES:
+        from .fused import scaled_difference as compiled
+
+        return compiled(total, rows, coeffs, scale)
+    out = np.array(total, dtype=np.float64, copy=True)
+    for row, c in zip(rows, np.asarray(coeffs, dtype=np.float64), strict=True):
+        out -= c * row.astype(np.float64)  # few rows: the streaming loop over clients
+    return (out * scale).astype(F32)
+
+
 # |a|^2 - 2 a.b + |b|^2 loses relative precision ~1e-7 * sqrt(d) of |a|^2 + |b|^2 in float32;
 # distances below this fraction of |a|^2 + |b|^2 are recomputed exactly from the rows.
 _CANCEL = 1e-3

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, Message
 from ..privacy.screening import ScreeningError, ScreeningPolicy, check_norm, decode_reply
 from .batch import UpdateBatch
 from .codec import encode_flat
-from .kernels import FUSED_MIN_VALUES, gram_of_rows, row_dots, weighted_sum
+from .kernels import FUSED_MIN_VALUES, gram_and_sum_of_rows, row_dots, weighted_sum
 
 if TYPE_CHECKING:
     from .median_kernels import MedianPass
@@ -44,7 +44,9 @@ def batch_from_replies(
     gram : compute ``batch.gram``, the inner products of the updates (for distance-based
         aggregators such as Krum), and take the screening norms from its diagonal
         instead of a separate pass. A row with NaN/Inf spoils only its own row and
-        column of the matrix, which are dropped with it.
+        column of the matrix, which are dropped with it. The same pass gives
+        ``batch.gram_sum`` (the weighted sum in float64, for Multi-Krum's mean of all
+        but the rejected rows); it is dropped if a row fails its check.
     median : in large rounds (the compiled path), compute ``batch.median`` (the
         coordinate-wise median and the distances to it) and take the screening norms
         from the same pass; if a row then fails its check, the median is recomputed
@@ -78,7 +80,7 @@ def batch_from_replies(
         nodes.append(node)
 
     w = np.array(weights, dtype=np.float64)
-    G = gram_of_rows(updates) if gram else None
+    G, gram_total = gram_and_sum_of_rows(updates, w) if gram else (None, None)
     med = _median_pass(updates) if median and not (gram or accumulate) else None
     if G is not None and not accumulate:
         total, sq = None, np.diag(G).copy()
@@ -100,12 +102,13 @@ def batch_from_replies(
         w = w[keep]
         if G is not None:
             G = G[np.ix_(keep, keep)]
+            gram_total = None  # it holds the rejected row (maybe NaN): not worth fixing
         if accumulate:  # the pass added a row that failed its norm check: sum again
             total = weighted_sum(updates, w) if updates else np.zeros(dim, dtype=np.float32)
         if med is not None:  # likewise the median
             med = _median_pass(updates)
     batch = UpdateBatch(updates=updates, weights=w, site_ids=sites, node_ids=nodes,
-                        weighted_sum=total, gram=G, median=med)
+                        weighted_sum=total, gram=G, gram_sum=gram_total, median=med)
     rejected = {site: reason for _, (site, reason) in sorted(reasons.items())}
     return batch, rejected
 

@@ -9,7 +9,14 @@ import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import gram, gram_of_rows, krum_scores, sq_distances, weighted_sum
+from ..kernels import (
+    gram,
+    gram_of_rows,
+    krum_scores,
+    scaled_difference,
+    sq_distances,
+    weighted_sum,
+)
 
 
 def krum_select(
@@ -66,11 +73,19 @@ class MultiKrum(Aggregator):
         self.validate(batch.n)
         m = self.selected_count(batch.n)
         chosen, scores = krum_select(batch.updates, self.f, m, batch.precomputed_gram())
-        coeffs = np.zeros(batch.n)
         w = batch.weights[chosen]
-        coeffs[chosen] = w / w.sum() if w.sum() > 0 else 1.0 / m
-        keep = np.sort(chosen)  # the pass reads only the chosen rows, in index order
-        update = weighted_sum([batch.updates[i] for i in keep], coeffs[keep])
+        rejected = np.setdiff1d(np.arange(batch.n), chosen)
+        total = batch.precomputed_gram_sum()
+        if total is not None and w.sum() > 0 and len(rejected) < m:
+            # the screening pass summed all rows (float64): take the few rejected ones
+            # out again instead of reading the many chosen ones
+            update = scaled_difference(total, [batch.updates[i] for i in rejected],
+                                       batch.weights[rejected], 1.0 / w.sum())
+        else:
+            coeffs = np.zeros(batch.n)
+            coeffs[chosen] = w / w.sum() if w.sum() > 0 else 1.0 / m
+            keep = np.sort(chosen)  # the pass reads only the chosen rows, in index order
+            update = weighted_sum([batch.updates[i] for i in keep], coeffs[keep])
         mask = np.zeros(batch.n, dtype=bool)
         mask[chosen] = True
         return AggregateResult(

@@ -129,6 +129,7 @@ def test_screening_takes_norms_from_the_gram_and_drops_rejected_rows(monkeypatch
     keep = [0, 2, 3, 4, 5, 7, 8]
     G = batch.precomputed_gram()
     assert G is not None and G.shape == (7, 7)
+    assert batch.precomputed_gram_sum() is None  # it held a rejected (non-finite) row
     xk = x[keep].astype(np.float64)
     np.testing.assert_allclose(G, xk @ xk.T, rtol=1e-5, atol=1e-9)
     sub = batch.subset([4, 0, 2])
@@ -142,3 +143,43 @@ def test_screening_takes_norms_from_the_gram_and_drops_rejected_rows(monkeypatch
     batch.gram = G
     batch.updates[0] = batch.updates[0].copy()  # a replaced row invalidates the Gram
     assert batch.precomputed_gram() is None
+
+
+def test_gram_and_sum_adds_the_float64_weighted_sum_in_the_same_pass() -> None:
+    from fedsilo.strategies.fused import gram, gram_and_sum
+
+    rows = _rows(7, seed=3)
+    x = np.stack(rows).astype(np.float64)
+    c = np.array([1.0, 50.0, 3.0, 0.0, 7.0, 2.5, 1e3])
+    for threads in (1, 3):
+        G, total = gram_and_sum(rows, c, threads=threads)
+        assert total.dtype == np.float64 and total.shape == (D,)
+        np.testing.assert_allclose(total, c @ x, rtol=1e-12, atol=1e-9)  # float64 throughout
+        np.testing.assert_allclose(G, gram(rows, threads=threads), rtol=1e-12)
+    with pytest.raises(ValueError, match="gram_and_sum: 2 coefficients for 7 rows"):
+        gram_and_sum(rows, np.ones(2))
+
+
+@pytest.mark.parametrize("fused_min", [0, 1 << 62])
+def test_multi_krum_mean_from_the_screening_sum_matches_the_direct_mean(monkeypatch, fused_min) -> None:
+    from fedsilo.strategies import make_aggregator
+
+    monkeypatch.setattr(kernels, "FUSED_MIN_VALUES", fused_min)
+    rng = np.random.default_rng(21)
+    x = 0.01 * rng.standard_normal((11, D)).astype(np.float32)
+    x[3] = 1e4  # an attacker 10^6 times larger: the sum minus it must not cancel
+    x[8] += 0.5  # another outlier
+    counts = rng.integers(10, 100, size=11)
+    replies = [message(reply_content(x[i], int(counts[i])), i + 1) for i in range(11)]
+    policy = ScreeningPolicy(max_norm=1e9)
+    batch, rejected = batch_from_replies(replies, dim=D, site_of={}, policy=policy, gram=True)
+    assert not rejected and batch.precomputed_gram_sum() is not None
+    krum = make_aggregator("multi_krum:f=2,m=9")
+    result = krum.aggregate(batch)
+    chosen = result.info["selected"]
+    assert sorted(chosen) == [0, 1, 2, 4, 5, 6, 7, 9, 10]
+    w = counts[chosen].astype(np.float64)
+    expected = (w / w.sum()) @ x[chosen].astype(np.float64)
+    np.testing.assert_allclose(result.update, expected, rtol=1e-5, atol=1e-8)
+    batch.gram_sum = None  # the direct path: the same mean
+    np.testing.assert_allclose(krum.aggregate(batch).update, result.update, rtol=1e-5, atol=1e-8)
