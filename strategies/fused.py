@@ -319,14 +319,11 @@ def _gram_pass(
     accumulate = coeffs is not None
     c = np.concatenate([coeffs, np.zeros(pad)]) if accumulate else np.zeros(n + pad)
     acc = np.zeros(d if accumulate else 0)
-    chunks = -(-d // _GRAM_CHUNK)
-    parts = max(1, min(threads or min(usable_cpus(), 8), chunks))
-    bounds = [min(d, (chunks * k // parts) * _GRAM_CHUNK) for k in range(parts + 1)]
 
-    def part(k: int) -> np.ndarray:  # each part adds to its own columns of acc
-        return _gram(padded, c, acc, bounds[k], bounds[k + 1], accumulate)
+    def part(start: int, stop: int) -> np.ndarray:  # each part adds to its own columns of acc
+        return _gram(padded, c, acc, start, stop, accumulate)
 
-    g = part(0) if parts == 1 else sum(_pool().map(part, range(parts)))
+    g = run_over_ranges(part, *column_ranges(d, _GRAM_CHUNK, threads))
     upper = np.triu(g)  # every 4x4 block at or above the diagonal, mirrored below
     return (upper + np.triu(g, 1).T)[:n, :n], (acc if accumulate else None)
 
@@ -334,22 +331,49 @@ def _gram_pass(
 # --- helpers for kernels split over column ranges -----------------------------------
 
 
-def column_ranges(d: int, align: int, threads: int | None) -> list[tuple[int, int]]:
-    """``[start, stop)`` column ranges, one per thread, on multiples of ``align``."""
+_PIECES_PER_WORKER = 4  # finer pieces, taken as workers free up: a busy core costs a piece
+
+
+def column_ranges(d: int, align: int, threads: int | None) -> tuple[list[tuple[int, int]], int]:
+    """``[start, stop)`` column ranges on multiples of ``align``, and how many workers.
+
+    ``threads`` workers (None: the usable CPUs, at most 8) take the ranges one by one
+    (`run_over_ranges`); there are a few ranges per worker, so that on a shared machine
+    a worker whose core is busy elsewhere holds up a small piece, not half the work.
+    """
     units = -(-d // align)
-    parts = max(1, min(threads or min(usable_cpus(), 8), units))
-    edges = [min(d, (units * k // parts) * align) for k in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    workers = max(1, min(threads or min(usable_cpus(), 8), units))
+    pieces = 1 if workers == 1 else min(units, workers * _PIECES_PER_WORKER)
+    edges = [min(d, (units * k // pieces) * align) for k in range(pieces + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True)), workers
 
 
-def run_over_ranges(kernel: Callable[[int, int], np.ndarray], ranges: list[tuple[int, int]]) -> np.ndarray:
-    # each part writes its own columns of the outputs and returns its partial sums
-    if len(ranges) == 1:
-        return kernel(*ranges[0])
-    # the calling thread takes the first range itself
-    rest = [_pool().submit(kernel, *r) for r in ranges[1:]]
-    total = kernel(*ranges[0])
-    return sum((f.result() for f in rest), total)
+def run_over_ranges(
+    kernel: Callable[[int, int], np.ndarray], ranges: list[tuple[int, int]], workers: int
+) -> np.ndarray:
+    """Sum of ``kernel(start, stop)`` over the ranges, run by ``workers`` threads.
+
+    Each call writes its own columns of the outputs and returns its partial sums; the
+    calling thread is one of the workers, the others come from the module's pool.
+    """
+    if workers == 1 or len(ranges) == 1:
+        return sum((kernel(*r) for r in ranges[1:]), kernel(*ranges[0]))
+    pending = iter(ranges)
+    lock = threading.Lock()
+
+    def drain() -> np.ndarray | None:
+        total = None
+        while True:
+            with lock:
+                piece = next(pending, None)
+            if piece is None:
+                return total
+            part = kernel(*piece)
+            total = part if total is None else total + part
+
+    helpers = [_pool().submit(drain) for _ in range(workers - 1)]
+    parts = [drain(), *(f.result() for f in helpers)]
+    return sum(p for p in parts if p is not None)
 
 
 # --- one Weiszfeld step: weighted sum and the distances to it, one pass ----------------
@@ -441,4 +465,4 @@ def sum_and_distances(
     def part(start: int, stop: int) -> np.ndarray:
         return _sum_and_distances(padded, c, point, start, stop, block, coeffs is not None)
 
-    return point, run_over_ranges(part, column_ranges(d, block, threads))[:n]
+    return point, run_over_ranges(part, *column_ranges(d, block, threads))[:n]

@@ -189,5 +189,5 @@ def median_pass(rows: Sequence[np.ndarray], threads: int | None = None) -> Media
         kernel(listed, out, sums[0], sums[1], uint64(start), uint64(stop))
         return sums
 
-    sums = run_over_ranges(part, column_ranges(d, _SPAN, threads))
+    sums = run_over_ranges(part, *column_ranges(d, _SPAN, threads))
     return MedianPass(out, sums[0], sums[1])
