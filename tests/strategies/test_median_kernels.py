@@ -27,13 +27,14 @@ def _rows(n: int, d: int = D, seed: int = 0) -> list[np.ndarray]:
     return [np.frombuffer(x[i].tobytes(), np.float32) if i % 2 else x[i] for i in range(n)]
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 8])
-def test_median_pass_is_exact_and_its_sums_match_float64(n: int) -> None:
+@pytest.mark.parametrize(("n", "staged"), [(1, None), (2, None), (3, None), (4, None),
+                                           (7, None), (8, None), (6, True)])
+def test_median_pass_is_exact_and_its_sums_match_float64(n: int, staged: bool | None) -> None:
     rows = _rows(n, seed=n)
     x = np.stack(rows)
     ref = np.median(x, axis=0)
-    for threads in (1, 2, 3):
-        result = mk.median_pass(rows, threads=threads)
+    for threads in (1, 2, 3):  # staged: the next span is prefetched (large n's kernel)
+        result = mk.median_pass(rows, threads=threads, staged=staged)
         np.testing.assert_array_equal(result.median, ref)  # bit-identical to numpy
         x64 = x.astype(np.float64)
         np.testing.assert_allclose(result.sq_norms, (x64**2).sum(axis=1), rtol=1e-6)
