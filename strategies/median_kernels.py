@@ -22,7 +22,7 @@ never stacked.
 Every value is chosen by min/max, so the median is exact (bit-identical to
 ``np.median`` on float32 input) for finite rows; rows must be finite (screened).
 
-Compiling a kernel takes seconds (about 4 s for n = 50, 18 s for n = 100), so each is
+Compiling a kernel takes seconds (about 5 s for n = 50, 25 s for n = 100), so each is
 generated once per n as a source file in a cache directory and compiled with numba's
 on-disk cache next to it; later processes load it in milliseconds. Only rounds big enough for the compiled
 path (`kernels.FUSED_MIN_VALUES`) use these kernels.
@@ -153,7 +153,7 @@ def median_kernel(n: int, staged: bool | None = None) -> Callable[..., None]:
         os.replace(tmp, path)
     if not any((folder / "__pycache__").glob(f"{name}.*.nbi")):
         logger.info("compiling the median kernel for %d rows (once, ~%d s; cached in %s)",
-                    n, max(1, len(median_network(n)) // 50), folder)
+                    n, max(1, len(median_network(n)) // 35), folder)
     spec = importlib.util.spec_from_file_location(f"fedsilo_generated_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
