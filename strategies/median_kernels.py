@@ -24,8 +24,8 @@ Every value is chosen by min/max, so the median is exact (bit-identical to
 
 Compiling a kernel takes seconds (about 5 s for n = 50, 25 s for n = 100), so each is
 generated once per n as a source file in a cache directory and compiled with numba's
-on-disk cache next to it; later processes load it in milliseconds. Only rounds big enough for the compiled
-path (`kernels.FUSED_MIN_VALUES`) use these kernels.
+on-disk cache next to it; later processes load it in milliseconds. Only rounds big
+enough for the compiled path (`kernels.FUSED_MIN_VALUES`) use these kernels.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from .networks import median_network, median_wires
 logger = logging.getLogger(__name__)
 
 _SPAN = 1024  # coordinates per sweep: n rows of it (400 KiB at n = 100) stay in L2
-_STAGE_ABOVE = 64  # rows beyond which spans are staged through a buffer (`kernel_source`)
+_STAGE_ABOVE = 64  # rows beyond which the next span is prefetched (`kernel_source`)
 _GENERATOR_VERSION = 3  # bump when the generated source changes
 _MODULE_SOURCE = Path(__file__).read_bytes()
 
@@ -165,7 +165,7 @@ def median_kernel(n: int, staged: bool | None = None) -> Callable[..., None]:
 
 @intrinsic
 def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
-    """``prefetcht0`` of ``array[index]``'s cache line: a hint, it never faults."""
+    """``prefetcht1`` of ``array[index]``'s cache line (into L2): a hint, it never faults."""
     signature = types.void(array, index)
 
     def codegen(context, builder, sig, args):
@@ -178,9 +178,9 @@ def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [bytes_ptr, i32, i32, i32]),
             "llvm.prefetch.p0i8")
-        # read access, high temporal locality, data cache
+        # read access, locality 2 (L2: a span of all rows does not fit L1), data cache
         builder.call(fn, [builder.bitcast(ptr, bytes_ptr), ir.Constant(i32, 0),
-                          ir.Constant(i32, 1), ir.Constant(i32, 1)])
+                          ir.Constant(i32, 2), ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
     return signature, codegen
