@@ -13,17 +13,16 @@ through `np.load` (a copy); `decode_flat` parses the same header and returns an
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from flwr.app import Array
 
+from .. import npy
+
 FLAT_DTYPE = np.dtype("<f4")
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 class LayoutError(ValueError):
@@ -110,10 +109,8 @@ class ModelLayout:
 def encode_flat(flat: np.ndarray) -> Array:
     """Wrap a 1-D float32 vector as a Flower `Array` (npy bytes) with a single copy."""
     vec = np.ascontiguousarray(flat, dtype=FLAT_DTYPE).reshape(-1)
-    header = _npy_header(vec)
-    # one allocation and one copy: join reads the vector's buffer in place
     return Array(dtype=str(vec.dtype), shape=(vec.size,), stype="numpy.ndarray",
-                 data=b"".join((header, memoryview(vec))))
+                 data=npy.vector_bytes(vec))
 
 
 def decode_flat(array: Array, *, expected_size: int | None = None) -> np.ndarray:
@@ -123,23 +120,16 @@ def decode_flat(array: Array, *, expected_size: int | None = None) -> np.ndarray
     little-endian float32 vector (of ``expected_size`` values when given).
     """
     data = array.data
-    if not isinstance(data, bytes | bytearray | memoryview) or data[:6] != _NPY_MAGIC:
-        raise LayoutError("array is not numpy .npy bytes")
-    major = data[6]
-    if major == 1:
-        hlen, start = int.from_bytes(data[8:10], "little"), 10
-    elif major in (2, 3):
-        hlen, start = int.from_bytes(data[8:12], "little"), 12
-    else:
-        raise LayoutError(f"unsupported .npy format version {major}")
-    dtype, shape, fortran = _parse_header(bytes(data[start : start + hlen]))
+    try:
+        dtype, shape, fortran, offset = npy.layout(data)
+    except npy.NpyError as exc:
+        raise LayoutError(str(exc)) from None
     if dtype != FLAT_DTYPE:
         raise LayoutError(f"update has dtype {dtype}; expected float32")
     if len(shape) != 1 or fortran:
         raise LayoutError(f"update has shape {shape}; expected a 1-D vector")
     if expected_size is not None and shape[0] != expected_size:
         raise LayoutError(f"update has {shape[0]} values; expected {expected_size}")
-    offset = start + hlen
     if len(data) - offset != shape[0] * FLAT_DTYPE.itemsize:
         raise LayoutError(
             f"update carries {len(data) - offset} bytes; header promises "
@@ -148,36 +138,7 @@ def decode_flat(array: Array, *, expected_size: int | None = None) -> np.ndarray
     return np.frombuffer(data, dtype=FLAT_DTYPE, count=shape[0], offset=offset)
 
 
-@lru_cache(maxsize=64)
-def _parse_header(text: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """``(dtype, shape, fortran_order)`` of a .npy header dict; cached, because every
-    reply of a round carries the same header and parsing it costs more than the checks."""
-    try:
-        header = ast.literal_eval(text.decode("latin1"))
-        return np.dtype(header["descr"]), tuple(header["shape"]), bool(header["fortran_order"])
-    except (ValueError, SyntaxError, KeyError, TypeError, AttributeError) as exc:
-        raise LayoutError(f"corrupt .npy header: {exc}") from None
 
-
-def _npy_header(vec: np.ndarray) -> bytes:
-    """The .npy v1.0 header (magic included) numpy itself writes for `vec` (1-D, C order)."""
-    header = _HEADER_CACHE.get(vec.size)
-    if header is None:
-        header = _HEADER_CACHE[vec.size] = _build_header(vec)
-    return header
-
-
-def _build_header(vec: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, np.lib.format.header_data_from_array_1_0(vec)
-    )
-    return buf.getvalue()
-
-
-_HEADER_CACHE: dict[int, bytes] = {}
 
 
 # Wire format of fedsilo's messages (record names inside a Flower RecordDict).

@@ -14,14 +14,12 @@ copy and `masked_view` reads them back as a read-only view without copying.
 
 from __future__ import annotations
 
-import ast
-import io
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
+from ... import npy
 from .config import SecAggConfig
 from .messages import (
     KeyAdvert,
@@ -53,36 +51,11 @@ def ids_from_bytes(raw: Any) -> list[int]:
 
 
 MASKED_DTYPE = np.dtype("<u4")
-_NPY_MAGIC = b"\x93NUMPY"
-
-
-@lru_cache(maxsize=8)
-def _npy_header(length: int) -> bytes:
-    """The ``.npy`` v1.0 header (magic included) numpy writes for a uint32 vector."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": np.lib.format.dtype_to_descr(MASKED_DTYPE), "fortran_order": False,
-              "shape": (length,)})
-    return buf.getvalue()
-
-
-@lru_cache(maxsize=8)
-def _parse_header(text: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """(dtype, shape, fortran_order) of a .npy header dict (every reply of a round has the
-    same header, so it is parsed once)."""
-    try:
-        hdr = ast.literal_eval(text.decode("latin1"))
-        return np.dtype(hdr["descr"]), tuple(int(x) for x in hdr["shape"]), \
-            bool(hdr["fortran_order"])
-    except (ValueError, SyntaxError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"corrupt .npy header: {e}") from None
-
-
 def masked_array(vec: np.ndarray) -> Array:
     """A 1-D uint32 vector as a Flower `Array` (standard ``.npy`` bytes), one copy."""
     v = np.ascontiguousarray(vec, dtype=MASKED_DTYPE).reshape(-1)
     return Array(dtype=str(v.dtype), shape=(v.size,), stype="numpy.ndarray",
-                 data=b"".join((_npy_header(v.size), memoryview(v))))
+                 data=npy.vector_bytes(v))
 
 
 def masked_view(arr: Array) -> np.ndarray:
@@ -94,20 +67,13 @@ def masked_view(arr: Array) -> np.ndarray:
         The ``masked`` entry of a site's reply (untrusted: every header field is checked).
     """
     data = arr.data
-    if not isinstance(data, bytes) or data[:6] != _NPY_MAGIC or len(data) < 10:
-        raise ValueError("masked vector is not .npy bytes")
-    major = data[6]
-    if major == 1:
-        hlen, start = int.from_bytes(data[8:10], "little"), 10
-    elif major in (2, 3):
-        hlen, start = int.from_bytes(data[8:12], "little"), 12
-    else:
-        raise ValueError(f"unsupported .npy format version {major}")
-    dtype, shape, fortran = _parse_header(bytes(data[start:start + hlen]))
+    try:
+        dtype, shape, fortran, offset = npy.layout(data)
+    except npy.NpyError as exc:
+        raise ValueError(f"masked vector: {exc}") from None
     if dtype != MASKED_DTYPE or len(shape) != 1 or fortran:
         raise ValueError(f"masked vector must be a 1-D little-endian uint32 array, got "
                          f"{dtype} {shape}")
-    offset = start + hlen
     if len(data) - offset != shape[0] * MASKED_DTYPE.itemsize:
         raise ValueError(f"masked vector carries {len(data) - offset} bytes, header promises "
                          f"{shape[0] * MASKED_DTYPE.itemsize}")
