@@ -9,6 +9,7 @@ evaluation, one lineage record and a checkpoint. See DESIGN.md, "One round".
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -376,14 +377,18 @@ class FederationServer:
         # Persisting (fsyncs) runs on one background thread, overlapped with the next
         # round's training; the next round's persistence waits for this one, and the run
         # waits for the last one before closing, so the order on disk never changes.
+        # The checkpoint's state is captured here, on the round's thread: the next round
+        # draws its sample (and, under SecAgg, may step the model) before the write runs.
         self._persist_wait()
-        self._persisting = self._persist_pool.submit(self._persist, server_round, record, summary)
+        ckpt = self._snapshot(server_round, pending=record, summary=summary)
+        self._persisting = self._persist_pool.submit(self._persist, server_round, record, ckpt)
         self.rounds_completed += status == "completed"
         return summary
 
-    def _persist(self, server_round: int, record: Any, summary: RoundSummary) -> None:
+    def _persist(self, server_round: int, record: Any, ckpt: Checkpoint | None) -> None:
         fault_point("before_checkpoint", server_round)
-        self._checkpoint(server_round, pending=record, summary=summary)
+        if ckpt is not None:
+            write_checkpoint(self.spec.run_dir, ckpt)
         fault_point("before_lineage", server_round)
         if self.writer is not None:
             self.writer.before_commit = lambda _type: fault_point("lineage_write", server_round)
@@ -660,22 +665,24 @@ class FederationServer:
         finally:
             self.writer.close()
 
-    def _checkpoint(self, server_round: int, pending: Any = None,
-                    summary: RoundSummary | None = None) -> None:
+    def _snapshot(self, server_round: int, pending: Any = None,
+                  summary: RoundSummary | None = None) -> Checkpoint | None:
+        """The server state after ``server_round`` as an independent copy (None: no run dir).
+
+        Deep copies, so that nothing the next round mutates can reach the checkpoint
+        while it waits for the persist thread.
+        """
         if self.spec.run_dir is None:
-            return
-        write_checkpoint(
-            self.spec.run_dir,
-            Checkpoint(
-                round=server_round,
-                model=self.model,
-                optimizer_state=self.optimizer.state_dict(),
-                rng_state=self.rng.bit_generator.state,
-                lineage_head=self.writer.head if self.writer is not None else None,
-                extra={"pending_record": pending.to_dict() if pending is not None else None,
-                       "summary": asdict(summary) if summary is not None else None,
-                       **self._extra_state()},
-            ),
+            return None
+        return Checkpoint(
+            round=server_round,
+            model=self.model.copy(),
+            optimizer_state=copy.deepcopy(self.optimizer.state_dict()),
+            rng_state=copy.deepcopy(self.rng.bit_generator.state),
+            lineage_head=self.writer.head if self.writer is not None else None,
+            extra=copy.deepcopy({"pending_record": pending.to_dict() if pending is not None else None,
+                                 "summary": asdict(summary) if summary is not None else None,
+                                 **self._extra_state()}),
         )
 
     def _extra_state(self) -> dict[str, Any]:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedsilo import lineage
+from fedsilo.server.checkpoint import Checkpoint, write_checkpoint
 from fedsilo.server.config import RunConfig
 from fedsilo.simulations.runner import run_federation
 
@@ -66,3 +70,46 @@ def test_sigkill_at_several_points_then_resume_gives_the_same_model(tmp_path: Pa
     ref_chain = lineage.read_chain(reference.run_dir / "lineage.sqlite")
     outs = [r["body"]["model_out"] for r in chain if r["type"] == "round"]
     assert outs == [r["body"]["model_out"] for r in ref_chain if r["type"] == "round"]
+
+
+def test_checkpoint_holds_the_state_of_its_own_round_when_the_write_lags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The persist thread writes round r's checkpoint while round r+1 already runs.
+
+    A slow disk (here: a 0.4 s pause before each write) must not let round r+1's
+    sampling draw leak into round r's checkpoint: a resume from it would sample
+    different sites and end with a different model (seen once on a loaded CI machine).
+    """
+    from fedsilo.server import loop
+
+    after_sample: list[dict] = []
+    model_before: list[np.ndarray] = []  # the model each round starts from
+    written: list[tuple[int, dict, np.ndarray]] = []
+    sample = loop.FederationServer._sample
+
+    def recording_sample(self: loop.FederationServer) -> list:
+        sites = sample(self)
+        after_sample.append(copy.deepcopy(self.rng.bit_generator.state))
+        model_before.append(self.model.copy())
+        return sites
+
+    def slow_fault_point(name: str, server_round: int) -> None:
+        if name == "before_checkpoint":
+            time.sleep(0.4)
+
+    def recording_write(run_dir: Path, ckpt: Checkpoint) -> Path:
+        written.append((ckpt.round, copy.deepcopy(ckpt.rng_state), ckpt.model.copy()))
+        return write_checkpoint(run_dir, ckpt)
+
+    monkeypatch.setattr(loop.FederationServer, "_sample", recording_sample)
+    monkeypatch.setattr(loop, "fault_point", slow_fault_point)
+    monkeypatch.setattr(loop, "write_checkpoint", recording_write)
+    run = run_federation(RunConfig.load(None, {**OPTS, "rounds": 3, "out": str(tmp_path), "run_id": "lag"}),
+                         engine="inprocess")
+    assert [r for r, _, _ in written] == [1, 2, 3]
+    for r, rng_state, _ in written:
+        assert rng_state == after_sample[r - 1], f"round {r}'s checkpoint holds another round's sampler state"
+    for (r, _, model), start_of_next in zip(written, model_before[1:], strict=False):
+        assert np.array_equal(model, start_of_next), f"round {r}'s checkpoint holds another model"
+    assert np.array_equal(written[-1][2], np.concatenate([w.ravel() for w in run.result.final_weights.values()]))
