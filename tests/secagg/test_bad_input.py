@@ -235,3 +235,17 @@ def test_low_order_or_short_public_keys_exclude_the_site() -> None:
     assert rep.reasons[A] == rep.reasons[B] == reason
     assert rep.dropped["setup"] == sorted([A, B])
     assert_exact_sum(rep, INPUTS)
+
+
+def test_update_with_nan_or_inf_is_refused_by_its_own_site_and_recovered() -> None:
+    for bad in (np.nan, np.inf, -np.inf):
+        inputs = dict(INPUTS)
+        delta, weight = inputs[A]
+        poisoned = delta.copy()
+        poisoned[len(poisoned) // 2] = bad
+        inputs[A] = (poisoned, weight)
+        rep = run_round(inputs, CFG)
+        assert rep.reasons[A].endswith("update has non-finite values"), (bad, rep.reasons[A])
+        assert rep.dropped["masked"] == [A]
+        assert rep.result is not None and rep.result.recovered == [A]
+        assert_exact_sum(rep, inputs)
