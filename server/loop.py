@@ -667,22 +667,26 @@ class FederationServer:
 
     def _snapshot(self, server_round: int, pending: Any = None,
                   summary: RoundSummary | None = None) -> Checkpoint | None:
-        """The server state after ``server_round`` as an independent copy (None: no run dir).
+        """The server state after ``server_round``, independent of the live objects
+        (None: no run dir), so that nothing the next round changes can reach the
+        checkpoint while it waits for the persist thread.
 
-        Deep copies, so that nothing the next round mutates can reach the checkpoint
-        while it waits for the persist thread.
+        Copies are made once: optimiser ``state_dict`` returns copies (its contract),
+        ``bit_generator.state`` is a fresh dict per access, ``to_dict``/``asdict`` copy deeply;
+        the model (replaced each round, cheap next to the updates held) and the optional
+        components' small state are copied here.
         """
         if self.spec.run_dir is None:
             return None
         return Checkpoint(
             round=server_round,
             model=self.model.copy(),
-            optimizer_state=copy.deepcopy(self.optimizer.state_dict()),
-            rng_state=copy.deepcopy(self.rng.bit_generator.state),
+            optimizer_state=self.optimizer.state_dict(),
+            rng_state=self.rng.bit_generator.state,
             lineage_head=self.writer.head if self.writer is not None else None,
-            extra=copy.deepcopy({"pending_record": pending.to_dict() if pending is not None else None,
-                                 "summary": asdict(summary) if summary is not None else None,
-                                 **self._extra_state()}),
+            extra={"pending_record": pending.to_dict() if pending is not None else None,
+                   "summary": asdict(summary) if summary is not None else None,
+                   **copy.deepcopy(self._extra_state())},
         )
 
     def _extra_state(self) -> dict[str, Any]:

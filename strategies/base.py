@@ -146,7 +146,8 @@ class ServerOptimizer(_Configurable, ABC):
         """The new flat float32 model from the current one and the aggregated delta."""
 
     def state_dict(self) -> dict[str, np.ndarray | float | int]:
-        """Optimiser state to checkpoint (empty when stateless)."""
+        """Optimiser state to checkpoint (empty when stateless), as copies: the server
+        writes it on another thread while the next round steps the optimiser."""
         return {}
 
     def load_state_dict(self, state: dict[str, np.ndarray | float | int]) -> None:

@@ -107,3 +107,16 @@ def test_stateless_fedavg_has_empty_state_and_refuses_foreign_state() -> None:
 def test_bad_optimizer_parameters(spec: str, message: str) -> None:
     with pytest.raises(SettingError, match=message):
         make_optimizer(spec)
+
+
+@pytest.mark.parametrize("spec", ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+def test_state_dict_is_a_copy_the_next_step_cannot_change(spec: str) -> None:
+    # the server checkpoints this state on another thread while the next round steps
+    opt = make_optimizer(spec)
+    rng = np.random.default_rng(3)
+    model = opt.step(np.zeros(D, np.float32), rng.standard_normal(D).astype(np.float32))
+    state = opt.state_dict()
+    saved = {k: np.array(v, copy=True) for k, v in state.items()}
+    opt.step(model, rng.standard_normal(D).astype(np.float32))
+    for key, value in state.items():
+        assert np.array_equal(value, saved[key]), f"{spec}: state_dict()[{key!r}] changed"
