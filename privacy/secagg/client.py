@@ -9,6 +9,7 @@ site refuses the round (the server then treats it as dropped).
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import os
 from typing import Any
@@ -29,9 +30,12 @@ from .messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from .quantize import check_no_overflow, quantize, scratch
+from .quantize import check_no_overflow, quantize, scale_into, scratch
 
 _BYTES_FIELDS = ("c_sk", "s_sk", "c_pk", "s_pk", "seed")
+# owner -> value tables of the state: name -> (bytes per value, values per owner)
+_TABLES = {"chan": (crypto.KEY_BYTES, 1), "mseed": (crypto.KEY_BYTES, 1),
+           "held": (shamir.SHARE_BYTES, 2)}
 
 # Parsed private keys of each node's current round, from its setup to its share stage.
 # Parsing a raw X25519 private key recomputes its public key (~30 us, twice per site and
@@ -50,6 +54,12 @@ def forget_keys(node_id: int) -> None:
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+def holder_points(participants: list[int], holders: list[int]) -> list[int]:
+    """`share_points` of ``holders`` only (a site needs k + 1 points, not all n)."""
+    ranked = sorted(participants)
+    return [bisect.bisect_left(ranked, h) + 1 for h in holders]
 
 
 def share_points(participants: list[int]) -> dict[int, int]:
@@ -77,23 +87,44 @@ class SecAggClient:
 
     # ---------------------------------------------------------------- state
     def dump(self) -> bytes:
-        """Serialise the state (JSON, bytes as base64)."""
-        out = {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v)
-               for k, v in self.st.items()}
-        out["held"] = {o: [base64.b64encode(b).decode() for b in pair]
-                       for o, pair in self.st.get("held", {}).items()}
+        """Serialise the state: JSON, bytes as base64.
+
+        The per-neighbour tables (``chan``, ``mseed``: 32-byte keys; ``held``: pairs of
+        shares) are stored as their owner list plus one base64 string of the values
+        joined, not one string per value: the state is saved after every stage, and
+        encoding k + 1 short strings one by one cost more than the rest of the dump.
+        """
+        out: dict[str, Any] = {}
+        for k, v in self.st.items():
+            if isinstance(v, bytes):
+                out[k] = _b64(v)
+            elif k in _TABLES:
+                values = [b for x in v.values() for b in ((x,) if isinstance(x, bytes) else x)]
+                out[k] = [list(v), _b64(b"".join(values))]
+            else:
+                out[k] = v
         return json.dumps({"node_id": self.node_id, "st": out}).encode()
 
     @classmethod
     def load(cls, blob: bytes) -> SecAggClient:
-        """Inverse of `dump`."""
+        """Inverse of `dump`; raises ValueError if the blob is not a state it wrote."""
         raw = json.loads(blob)
         c = cls(int(raw["node_id"]))
         st = raw["st"]
         for k in _BYTES_FIELDS:
             if k in st:
                 st[k] = base64.b64decode(st[k])
-        st["held"] = {o: [base64.b64decode(b) for b in pair] for o, pair in st["held"].items()}
+        for k, (width, per_owner) in _TABLES.items():
+            if k not in st:
+                continue
+            owners, packed = st[k]
+            data = base64.b64decode(packed)
+            if len(data) != len(owners) * width * per_owner:
+                raise ValueError(f"secagg state: table {k!r} has {len(data)} bytes for "
+                                 f"{len(owners)} owners")
+            cells = [data[i:i + width] for i in range(0, len(data), width)]
+            st[k] = {o: (cells[i] if per_owner == 1 else cells[i * 2:i * 2 + 2])
+                     for i, o in enumerate(owners)}
         c.st = st
         return c
 
@@ -143,7 +174,7 @@ class SecAggClient:
         cfg = SecAggConfig.from_dict(self.st["config"])
         if req.own_c_pk != self.st["c_pk"] or req.own_s_pk != self.st["s_pk"]:
             raise SecAggClientError(f"secagg: node {me}: server echoed keys it did not advertise")
-        parts = [int(p) for p in req.participants]
+        parts = list(req.participants)  # Python ints (`ids_from_bytes` / the driver)
         if len(set(parts)) != len(parts) or me not in parts or len(parts) > self.st["n_sampled"]:
             raise SecAggClientError(f"secagg: node {me}: participant list has duplicates, "
                                     "omits this node or exceeds the sampled count")
@@ -163,8 +194,7 @@ class SecAggClient:
             raise SecAggClientError(f"secagg: node {me}: neighbour public keys malformed or reused")
         seed = os.urandom(shamir.SECRET_BYTES)
         holders = sorted([*nbrs, me])
-        points = share_points(parts)
-        xs = [points[h] for h in holders]
+        xs = holder_points(parts, holders)
         b_sh = dict(zip(holders, shamir.split(seed, xs, t), strict=True))
         s_sh = dict(zip(holders, shamir.split(self.st["s_sk"], xs, t), strict=True))
         run, rnd = self.st["run_id"], self.st["round"]
@@ -175,12 +205,12 @@ class SecAggClient:
             try:
                 key = crypto.agree(c_sk, c_pk, purpose=b"channel", run_id=run,
                                    server_round=rnd, node_a=me, node_b=j)
-                mseed[str(j)] = _b64(crypto.agree(s_sk, s_pk, purpose=b"mask", run_id=run,
-                                                  server_round=rnd, node_a=me, node_b=j))
+                mseed[str(j)] = crypto.agree(s_sk, s_pk, purpose=b"mask", run_id=run,
+                                             server_round=rnd, node_a=me, node_b=j)
             except ValueError:
                 raise SecAggClientError(f"secagg: node {me}: invalid public key of node {j}") \
                     from None
-            chan[str(j)] = _b64(key)
+            chan[str(j)] = key
             cts.append(crypto.encrypt(key, b_sh[j] + s_sh[j], crypto.share_aad(run, rnd, me, j)))
         self.st.update(stage="share", seed=seed, k=k, t=t, chan=chan, mseed=mseed)
         # the private keys have done their work (agreements made, mask key shared): keep
@@ -212,11 +242,14 @@ class SecAggClient:
         if delta.shape != (d,) or not np.issubdtype(delta.dtype, np.floating):
             raise SecAggClientError(f"secagg: node {me}: update must be a flat float vector of "
                                     f"length {d}, got {delta.dtype} {delta.shape}")
-        if not np.all(np.isfinite(delta)):
-            raise SecAggClientError(f"secagg: node {me}: update has non-finite values")
         if not 0.0 <= weight <= cfg.max_weight:
             raise SecAggClientError(f"secagg: node {me}: weight {weight} outside "
                                     f"[0, max_weight={cfg.max_weight}]")
+        frac = weight / cfg.max_weight
+        vec = scratch(d + 1)
+        bounds = scale_into(delta, frac, vec[:d])  # also the finiteness check
+        if bounds is None:
+            raise SecAggClientError(f"secagg: node {me}: update has non-finite values")
         senders = [int(s) for s in req.senders]
         chan = self.st["chan"]
         if len(set(senders)) != len(senders) or any(str(s) not in chan for s in senders) \
@@ -228,7 +261,7 @@ class SecAggClient:
         run, rnd = self.st["run_id"], self.st["round"]
         for s, ct in zip(senders, req.ciphertexts, strict=True):
             try:
-                pt = crypto.decrypt(base64.b64decode(chan[str(s)]), ct,
+                pt = crypto.decrypt(chan[str(s)], ct,
                                     crypto.share_aad(run, rnd, s, me))
             except ValueError:
                 raise SecAggClientError(f"secagg: node {me}: share from node {s} failed "
@@ -237,24 +270,22 @@ class SecAggClient:
                 raise SecAggClientError(f"secagg: node {me}: share from node {s} malformed")
             self.st["held"][str(s)] = [pt[: shamir.SHARE_BYTES], pt[shamir.SHARE_BYTES:]]
 
-        frac = weight / cfg.max_weight
-        vec = scratch(d + 1)
-        np.multiply(delta, frac, out=vec[:d])
         vec[d] = frac * cfg.clip_range  # weight coordinate, in [0, c]
+        bounds = (min(bounds[0], vec[d]), max(bounds[1], vec[d]))
         y = np.empty(d + 2, dtype=np.uint32)
         gen = crypto.MaskGenerator(d + 2)
         # rounding noise: a keystream under a fresh random key (consumed before any mask,
         # which reuses the generator's buffer)
         _, clipped = quantize(vec, cfg.clip_range, cfg.bits, gen.random_words()[: d + 1],
-                              out=y[: d + 1], inplace=True)
+                              out=y[: d + 1], inplace=True, bounds=bounds)
         y[d + 1] = 1  # check coordinate: must sum to the number of survivors
         y += gen.mask(self.st["seed"])
         mseed = self.st["mseed"]
         for s in senders:
             if me < s:
-                y += gen.mask(base64.b64decode(mseed[str(s)]))
+                y += gen.mask(mseed[str(s)])
             else:
-                y -= gen.mask(base64.b64decode(mseed[str(s)]))
+                y -= gen.mask(mseed[str(s)])
         self.st.update(stage="masked", clipped=clipped)
         for key in ("chan", "mseed", "seed"):  # used up: only the held shares remain
             del self.st[key]

@@ -31,6 +31,32 @@ def scratch(n: int) -> np.ndarray:
     return buf[:n]
 
 
+def scale_into(x: np.ndarray, factor: float, out: np.ndarray) -> tuple[float, float] | None:
+    """Write ``x * factor`` into ``out``; return its exact (min, max), or None if x has a
+    NaN or an infinity.
+
+    Two reductions over ``x`` replace a finiteness pass and, later, the min/max pass of
+    `quantize` over ``out`` (pass them as its ``bounds``): min and max propagate NaN and
+    show +-inf, and because rounding is monotonic and ``factor >= 0``, the same ufunc
+    applied to x's two extremes gives exactly out's extremes.
+
+    Parameters
+    ----------
+    x:
+        Float vector (a site's update).
+    factor:
+        Non-negative scale (the site's weight fraction).
+    out:
+        float64 array of x's shape.
+    """
+    lo, hi = x.min(), x.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return None
+    np.multiply(x, factor, out=out)
+    ends = np.multiply(np.array([lo, hi], dtype=x.dtype), factor, out=np.empty(2))
+    return float(ends[0]), float(ends[1])
+
+
 def scale(clip_range: float, bits: int) -> float:
     """Quantisation levels per unit: (2**bits - 1) / (2 * clip_range)."""
     return ((1 << bits) - 1) / (2.0 * clip_range)
@@ -69,6 +95,7 @@ def noise_bits(bits: int) -> int:
 def quantize(
     x: np.ndarray, clip_range: float, bits: int, rng: np.random.Generator | np.ndarray,
     out: np.ndarray | None = None, inplace: bool = False,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Quantise a float vector to uint32 levels in [0, 2**bits - 1].
 
@@ -90,6 +117,9 @@ def quantize(
         the caller assembles a longer vector).
     inplace:
         ``x`` is a float64 work array the caller no longer needs: use it as scratch.
+    bounds:
+        ``(x.min(), x.max())`` exactly, if the caller already has them (saves two passes;
+        wrong bounds break the clipping and overflow guards).
     Returns (levels as uint32, number of clipped coordinates).
 
     Rounding is fixed-point: with v = (clip(x) + c) * s and F = `noise_bits` (bits),
@@ -116,7 +146,7 @@ def quantize(
     clipped = 0
     hi = np.float64(clip_range)
     if n:
-        lo, hi = xf.min(), xf.max()
+        lo, hi = bounds if bounds is not None else (xf.min(), xf.max())
     if n and (lo < -clip_range or hi > clip_range):
         clipped = int(np.count_nonzero(xf > clip_range)) + \
             int(np.count_nonzero(xf < -clip_range))

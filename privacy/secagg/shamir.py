@@ -5,7 +5,7 @@ private key, mask seed) is one field element: no chunking, no padding, no
 share-per-chunk overhead. Arithmetic uses Python's arbitrary-precision integers
 (implemented in C). The protocol shares each secret to only k + 1 = O(log n)
 holders with threshold t, so a site does O(k * t) multiplications. Coefficients come
-from `secrets` (OS CSPRNG).
+from the OS CSPRNG (`os.urandom`, `secrets`).
 
 The server reconstructs up to n secrets per round. Lagrange interpolation is O(t^2)
 per secret, and done with 521-bit Python integers that is ~1.3 ms at t = 51 (1.3 s
@@ -18,6 +18,7 @@ chunks, so only O(t) big-integer operations per secret remain.
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from collections.abc import Sequence
 
@@ -48,16 +49,30 @@ def split(secret: bytes, xs: Sequence[int], threshold: int) -> list[bytes]:
         raise ValueError(f"shamir.threshold: expected 1..{len(xs)}, got {threshold}")
     if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
         raise ValueError("shamir.xs: expected distinct evaluation points in [1, p)")
-    coeffs = [int.from_bytes(secret, "big")] + [
-        secrets.randbelow(PRIME) for _ in range(threshold - 1)
-    ]
+    coeffs = [int.from_bytes(secret, "big"), *_random_elements(threshold - 1)]
+    # Horner without a reduction per step while the points are small (the protocol's are
+    # ranks <= n): each step then adds only log2(x) bits to a 521-bit number, so one
+    # reduction at the end replaces t - 1 big-integer divisions per share.
+    lazy = max(xs).bit_length() <= 64
     out = []
     for x in xs:
         acc = 0
-        for c in reversed(coeffs):  # Horner
-            acc = (acc * x + c) % PRIME
-        out.append(acc.to_bytes(SHARE_BYTES, "big"))
+        for c in reversed(coeffs):
+            acc = acc * x + c if lazy else (acc * x + c) % PRIME
+        out.append((acc % PRIME).to_bytes(SHARE_BYTES, "big"))
     return out
+
+
+def _random_elements(count: int) -> list[int]:
+    """``count`` uniform field elements from the OS CSPRNG (one read for all of them).
+
+    Each element is 521 random bits, i.e. uniform in [0, 2^521 - 1] = [0, p]; the single
+    value p is rejected and redrawn (probability 2^-521), as `secrets.randbelow` does.
+    """
+    raw = os.urandom(SHARE_BYTES * count)
+    out = [int.from_bytes(raw[i:i + SHARE_BYTES], "big") & PRIME
+           for i in range(0, len(raw), SHARE_BYTES)]
+    return [v if v != PRIME else secrets.randbelow(PRIME) for v in out]
 
 
 def decode_share(share: bytes) -> int:

@@ -20,6 +20,7 @@ from fedsilo.privacy.secagg.quantize import (
     noise_bits,
     quantize,
     scale,
+    scale_into,
 )
 from fedsilo.privacy.secagg.records import (
     MASKED_KEY,
@@ -158,6 +159,83 @@ def test_state_object_is_reused_only_while_the_context_holds_its_blob() -> None:
     ctx.state.pop(secagg_handler.STATE_KEY)
     with pytest.raises(client.SecAggClientError, match="no protocol state"):
         secagg_handler._load(ctx, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("frac", [0.0, 1.0, 0.3, 1 / 3, 0.999999])
+def test_scaled_bounds_are_exactly_the_extremes_of_the_scaled_vector(dtype: type,
+                                                                    frac: float) -> None:
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(10_001) * 10.0 ** rng.integers(-8, 3, 10_001)).astype(dtype)
+    x[17] = -0.0
+    out = np.empty(x.size)
+    assert scale_into(x, frac, out) == (out.min(), out.max())
+    assert np.array_equal(out, np.multiply(x, frac, out=np.empty(x.size)))
+    words = rng.integers(0, 1 << 32, x.size, dtype=np.uint32)
+    # quantisation given the bounds is bit-identical to quantisation that scans for them
+    for c in (1.0, float(np.abs(out).max()) * 0.5 or 1.0):
+        got = quantize(out, c, 20, words, bounds=scale_into(x, frac, np.empty(x.size)))
+        want = quantize(out, c, 20, words)
+        assert np.array_equal(got[0], want[0]) and got[1] == want[1]
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_scaled_bounds_refuse_non_finite_input(bad: float) -> None:
+    x = np.zeros(1000, dtype=np.float32)
+    x[500] = bad
+    assert scale_into(x, 0.5, np.empty(1000)) is None
+
+
+def test_state_round_trips_through_dump_and_load_at_every_stage() -> None:
+    from fedsilo.privacy.secagg import driver
+
+    seen: list[tuple[str, dict]] = []
+
+    class Recording(SecAggClient):
+        def _snap(self, stage: str) -> None:
+            copy = SecAggClient.load(self.dump())
+            assert copy.node_id == self.node_id
+            seen.append((stage, copy.st))
+            assert copy.st == self.st, stage
+
+        def setup(self, req):  # type: ignore[no-untyped-def]
+            out = super().setup(req)
+            self._snap("setup")
+            return out
+
+        def share(self, req):  # type: ignore[no-untyped-def]
+            out = super().share(req)
+            self._snap("share")
+            return out
+
+        def masked_input(self, req, delta, weight):  # type: ignore[no-untyped-def]
+            out = super().masked_input(req, delta, weight)
+            self._snap("masked")
+            return out
+
+    inputs = {i: (np.full(50, 0.01 * i, dtype=np.float32), 1.0) for i in range(1, 9)}
+    rep = driver.run_round(inputs, SecAggConfig(degree=4), clients={1: Recording(1)})
+    assert rep.ok
+    stages = dict(seen)
+    assert [s for s, _ in seen] == ["setup", "share", "masked"]
+    assert len(stages["share"]["chan"]) == len(stages["share"]["mseed"]) == 4
+    assert all(len(v) == 32 for v in stages["share"]["chan"].values())
+    assert len(stages["masked"]["held"]) == 5  # four neighbours' shares and its own
+
+
+def test_a_corrupted_state_table_is_refused() -> None:
+    a = _setup(5, 1)
+    a.st["chan"] = {"9": b"k" * 32}
+    blob = a.dump().replace(b'"chan": [["9"], "', b'"chan": [["9", "10"], "')
+    with pytest.raises(ValueError, match="table 'chan' has 32 bytes for 2 owners"):
+        SecAggClient.load(blob)
+
+
+def test_holder_points_are_the_holders_ranks() -> None:
+    parts = [900, 5, 77, 2**63 + 1, 40]
+    holders = [40, 900, 2**63 + 1]
+    assert client.holder_points(parts, holders) == \
+        [client.share_points(parts)[h] for h in holders] == [2, 4, 5]
 
 
 # ------------------------------------------------------------------ server

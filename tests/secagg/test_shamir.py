@@ -115,3 +115,28 @@ def test_combine_batch_large_points_fall_back_and_bad_points_raise() -> None:
     with pytest.raises(ValueError, match="shape"):
         shamir.combine_batch(np.array([[1, 2]]), [[5]])
     assert shamir.combine_batch(np.zeros((0, 3), np.int64), []) == []
+
+
+@pytest.mark.parametrize("xs", [[1, 2, 9, 40], [2**70 + 1, 3, 2**64 + 9, 5]])
+def test_split_evaluates_the_polynomial_with_or_without_lazy_reduction(
+    xs: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small points reduce once at the end, large ones at every Horner step: both must
+    # equal the polynomial evaluated directly
+    coeffs = [shamir.PRIME - 1 - i for i in range(4)]
+    monkeypatch.setattr(shamir, "_random_elements", lambda count: coeffs[1:count + 1])
+    secret = bytes(range(32))
+    shares = shamir.split(secret, xs, 4)
+    c = [int.from_bytes(secret, "big"), *coeffs[1:]]
+    want = [sum(ci * pow(x, i, shamir.PRIME) for i, ci in enumerate(c)) % shamir.PRIME
+            for x in xs]
+    assert [shamir.decode_share(s) for s in shares] == want
+
+
+def test_random_elements_redraw_the_one_value_outside_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 521 one-bits is p itself, not a field element: it must be redrawn, not kept
+    monkeypatch.setattr(shamir.os, "urandom", lambda n: b"\xff" * n)
+    monkeypatch.setattr(shamir.secrets, "randbelow", lambda p: 12345)
+    assert shamir._random_elements(3) == [12345] * 3
