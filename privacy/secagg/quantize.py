@@ -166,7 +166,10 @@ def quantize(
     y *= 1.0 / float(1 << f)
     if out is None:
         out = np.empty(y.shape, dtype=np.uint32)
-    np.copyto(out, y, casting="unsafe")  # truncation = floor for values >= 0
+    # truncation = floor for values >= 0. Every level is in [0, 2**bits] (see below), so
+    # for bits <= 30 it fits an int32 with the same bits, and numpy's float64 -> int32
+    # cast is vectorised where its float64 -> uint32 one is not (about 2x faster here).
+    np.copyto(out.view(np.int32) if bits <= 30 else out, y, casting="unsafe")
     # (c + c) * s can exceed 2**bits - 1 by an ulp, and adding the noise then reach 2**bits.
     # The largest V is the same float operations on the largest input (they are monotonic);
     # if it is at most (2**bits - 1) * 2^F, V + r < 2**bits * 2^F and no level can overflow.
