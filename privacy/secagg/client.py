@@ -91,8 +91,8 @@ class SecAggClient:
 
         The per-neighbour tables (``chan``, ``mseed``: 32-byte keys; ``held``: pairs of
         shares) are stored as their owner list plus one base64 string of the values
-        joined, not one string per value: the state is saved after every stage, and
-        encoding k + 1 short strings one by one cost more than the rest of the dump.
+        joined. In memory they stay raw bytes, so the protocol steps never encode or
+        decode them; only this dump (after every stage) does, once per table.
         """
         out: dict[str, Any] = {}
         for k, v in self.st.items():
@@ -123,7 +123,8 @@ class SecAggClient:
                 raise ValueError(f"secagg state: table {k!r} has {len(data)} bytes for "
                                  f"{len(owners)} owners")
             cells = [data[i:i + width] for i in range(0, len(data), width)]
-            st[k] = {o: (cells[i] if per_owner == 1 else cells[i * 2:i * 2 + 2])
+            st[k] = {o: (cells[i] if per_owner == 1
+                         else cells[i * per_owner:(i + 1) * per_owner])
                      for i, o in enumerate(owners)}
         c.st = st
         return c
