@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import itertools
 import json
 import os
 from typing import Any
@@ -99,8 +100,8 @@ class SecAggClient:
             if isinstance(v, bytes):
                 out[k] = _b64(v)
             elif k in _TABLES:
-                values = [b for x in v.values() for b in ((x,) if isinstance(x, bytes) else x)]
-                out[k] = [list(v), _b64(b"".join(values))]
+                cells = v.values() if _TABLES[k][1] == 1 else itertools.chain.from_iterable(v.values())
+                out[k] = [list(v), _b64(b"".join(cells))]
             else:
                 out[k] = v
         return json.dumps({"node_id": self.node_id, "st": out}).encode()
