@@ -10,11 +10,15 @@ training code) through
 * bare Flower: ``benchmarks/deploy_bare_app`` (Flower's own ``FedAvg``, plain
   ClientApp, central evaluation).
 
+With ``--secagg`` a third app runs in the same alternation: fedsilo with SecAgg+
+(``secagg.enabled=true``; four message exchanges per round instead of one), to read the
+secure round's cost on the deployment runtime against fedsilo's plain round (issue 6).
+
 Per-round wall time: fedsilo's ``metrics.json`` ``wall_time`` (sampling to checkpoint);
 bare Flower: time between consecutive central evaluations. The run's total (submit to
 finished, polled every 0.5 s) includes start-up and, for fedsilo, the handshake query.
 
-    python benchmarks/bench_deploy_latency.py --repeats 2 --out benchmarks/results/deploy.md
+    python benchmarks/bench_deploy_latency.py --repeats 2 [--secagg] --out benchmarks/results/deploy.md
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="runs of each app, alternating")
     ap.add_argument("--out", type=Path, help="markdown file for the results section")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    ap.add_argument("--secagg", action="store_true",
+                    help="also run fedsilo with SecAgg+ in the alternation (issue 6)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fedsilo-bench-deploy-"))
@@ -92,7 +98,8 @@ def main() -> int:
     procs: list[ManagedProcess] = []
     fedsilo_rounds: list[float] = []
     bare_rounds: list[float] = []
-    totals: dict[str, list[float]] = {"fedsilo": [], "bare": []}
+    secagg_rounds: list[float] = []
+    totals: dict[str, list[float]] = {"fedsilo": [], "bare": [], "secagg": []}
     accuracy: dict[str, float] = {}
     try:
         procs.append(ManagedProcess("superlink", [
@@ -127,6 +134,13 @@ def main() -> int:
             metrics = json.loads((out / f"bench-{rep}" / "metrics.json").read_text())
             fedsilo_rounds += [r["wall_time"] for r in metrics["rounds"]]
             accuracy["fedsilo"] = metrics["rounds"][-1]["test_accuracy"]
+            if args.secagg:
+                totals["secagg"].append(_run_app(
+                    env, FEDSILO_APP, f"rounds={ROUNDS} sites={SITES} partition='iid' "
+                    f"out='{out}' run-id='secagg-{rep}' secagg.enabled=true", args.timeout))
+                metrics = json.loads((out / f"secagg-{rep}" / "metrics.json").read_text())
+                secagg_rounds += [r["wall_time"] for r in metrics["rounds"]]
+                accuracy["secagg"] = metrics["rounds"][-1]["test_accuracy"]
             print(f"repeat {rep + 1}/{args.repeats}: bare total {totals['bare'][-1]:.1f} s, "
                   f"fedsilo total {totals['fedsilo'][-1]:.1f} s", flush=True)
     finally:
@@ -141,7 +155,7 @@ def main() -> int:
         "## Round latency on Flower's deployment runtime (issue 7, point 7)",
         "",
         f"Command: `python benchmarks/bench_deploy_latency.py --repeats {args.repeats}"
-        f"{' --out ' + str(args.out) if args.out else ''}`",
+        f"{' --secagg' if args.secagg else ''}{' --out ' + str(args.out) if args.out else ''}`",
         "",
         f"One insecure SuperLink + {SITES} SuperNodes on 127.0.0.1 (Flower "
         f"{_flwr_version()}), started once; {args.repeats} run(s) of each app alternating on "
@@ -164,6 +178,21 @@ def main() -> int:
         f"bare {[round(x, 2) for x in bare_rounds]}.",
         "",
     ]
+    if secagg_rounds:
+        s_mean, s_med = statistics.mean(secagg_rounds), statistics.median(secagg_rounds)
+        lines += [
+            "SecAgg+ on the same set-up (`--secagg`: fedsilo with `secagg.enabled=true`, in the "
+            "same alternation; four message exchanges per round where plain FedAvg needs one):",
+            "",
+            "| | fedsilo + SecAgg+ | fedsilo plain | ratio SecAgg+ / plain |",
+            "|---|---:|---:|---:|",
+            f"| per-round wall time, mean (s) | {s_mean:.2f} | {f_mean:.2f} | {s_mean / f_mean:.2f} |",
+            f"| per-round wall time, median (s) | {s_med:.2f} | {f_med:.2f} | {s_med / f_med:.2f} |",
+            f"| final test accuracy (last run) | {accuracy['secagg']:.4f} | {accuracy['fedsilo']:.4f} | |",
+            "",
+            f"Per-round samples (s): SecAgg+ {[round(x, 2) for x in secagg_rounds]}.",
+            "",
+        ]
     text = "\n".join(lines)
     print(text)
     if args.out:
