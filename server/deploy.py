@@ -262,6 +262,17 @@ def write_app_dir(app_dir: Path, run_config: Mapping[str, Any]) -> Path:
     return app_dir
 
 
+def app_run_config(config: RunConfig, *, server_key: str = "", resume: bool = False) -> dict[str, Any]:
+    """The Flower App's run config for ``config``: its options (hyphenated) plus the two
+    deployment-only keys, ``server-key`` (lineage key path; empty: a new key per run) and
+    ``resume`` (continue the crashed run ``<out>/<run_id>``)."""
+    values: dict[str, Any] = dict(config.to_dict())
+    values["run_id"] = str(config.run_id or "")
+    values["server_key"] = server_key
+    values["resume"] = resume
+    return {k.replace("_", "-"): v for k, v in values.items()}
+
+
 @dataclass
 class SubmittedRun:
     """A run handed to the SuperLink."""
@@ -279,11 +290,8 @@ def submit_run(s: ServerSettings, config: RunConfig, app_dir: Path | None = None
     With ``resume`` the ServerApp continues the crashed run ``<out>/<run_id>`` from its
     last checkpoint instead of starting a new one.
     """
-    values: dict[str, Any] = dict(config.to_dict())
-    values["run_id"] = str(config.run_id or "")
-    values["server_key"] = str(s.lineage_key or "")
-    values["resume"] = resume  # the ServerApp continues the run in <out>/<run_id>
-    app = write_app_dir(app_dir or s.state_dir / "app", {k.replace("_", "-"): v for k, v in values.items()})
+    values = app_run_config(config, server_key=str(s.lineage_key or ""), resume=resume)
+    app = write_app_dir(app_dir or s.state_dir / "app", values)
     res = flwr(s, ["run", str(app), CONNECTION, "--format", "json"], timeout=timeout, check=False)
     payload = _json_payload(res.stdout)
     if not payload.get("success"):
@@ -446,6 +454,6 @@ def _typed(path: Path, name: str, value: Any, kind: type) -> Any:
 __all__ = [
     "CONNECTION", "ServerSettings", "Status", "SubmittedRun", "check_server_files",
     "read_server_settings", "register_sites", "run_progress", "run_status", "site_names",
-    "start_superlink", "status", "submit_run", "superlink_argv", "wait_run", "write_app_dir",
+    "app_run_config", "start_superlink", "status", "submit_run", "superlink_argv", "wait_run", "write_app_dir",
     "write_flwr_config",
 ]

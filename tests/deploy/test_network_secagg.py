@@ -19,7 +19,7 @@ import pytest
 from fedsilo import lineage
 from fedsilo.lineage import arrays_digest, verify_run
 from fedsilo.server.config import RunConfig
-from fedsilo.server.deploy import write_app_dir
+from fedsilo.server.deploy import app_run_config, write_app_dir
 
 from .procs import Procs, env_for, flwr_json, start_insecure_federation, wait_until
 
@@ -34,8 +34,7 @@ def test_secagg_round_through_superlink_and_supernodes(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     config = RunConfig.load(None, {"rounds": 1, "sites": 3, "partition": "iid", "out": str(out),
                                    "run_id": "sa1", "secagg.enabled": True})
-    values = {**config.to_dict(), "run_id": "sa1", "server_key": "", "resume": False}
-    app = write_app_dir(tmp_path / "app", {k.replace("_", "-"): v for k, v in values.items()})
+    app = write_app_dir(tmp_path / "app", app_run_config(config))
     try:
         start_insecure_federation(tmp_path, procs, home, 3)
         run_id = flwr_json(env, "run", str(app), "test")["run-id"]
