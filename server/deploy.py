@@ -297,7 +297,7 @@ def submit_run(s: ServerSettings, config: RunConfig, app_dir: Path | None = None
     if not payload.get("success"):
         raise DeployError(f"flwr run failed: {_cli_error(res)}")
     flwr_run_id = str(payload["run-id"])
-    run_id = values["run_id"] or f"flwr-{flwr_run_id}"
+    run_id = str(config.run_id or "") or f"flwr-{flwr_run_id}"
     run = SubmittedRun(flwr_run_id, run_id, Path(config.out) / run_id)
     record = {"flwr_run_id": flwr_run_id, "run_id": run_id, "run_dir": str(run.run_dir),
               "submitted_at": time.time()}
