@@ -194,7 +194,8 @@ def message_floor(n: int, reps: int = 7) -> float:
     """Process CPU seconds of one empty request/reply per site on the in-process grid.
 
     Flower's own cost of one message exchange (Message objects, ClientApp dispatch, no
-    content); SecAgg+ needs four exchanges per round where plain FedAvg needs one.
+    content); SecAgg+ needs three exchanges per round after the first (the next round's
+    keys ride on the unmask exchange) where plain FedAvg needs one.
     """
     app = ClientApp()
 
@@ -340,7 +341,9 @@ def main() -> int:
         f"Load average {load0:.1f} at start, {load1:.1f} at end (2 cores shared with other jobs).",
         "",
         "The in-process grid calls the ClientApp directly in `send_and_receive` (no polling), "
-        "so SecAgg+'s four message exchanges per round pay no poll tick here.",
+        "so SecAgg+'s message exchanges pay no poll tick here. Rounds 2..R take three "
+        "exchanges each (the sites advertise the next round's keys in their unmask replies; "
+        "only round 1 has a setup exchange).",
         "",
         "| n sites | plain FedAvg s/round [min-max] | SecAgg+ FedAvg s/round [min-max] "
         "| ratio, paired [min-max] | target |",
@@ -377,21 +380,21 @@ def main() -> int:
         "n masked vectors and removing n self masks. Lower bound = n x (training + site "
         "floor) + server floor: a SecAgg+ round on this grid with no messages, records, "
         "state, checks or evaluation at all. Glue = the rest of the measured SecAgg+ round "
-        "per site (four message exchanges, records, state, quantisation, checks, the "
+        "per site (three message exchanges, records, state, quantisation, checks, the "
         "server's evaluation, lineage and checkpoint); 'allowed' = what 2x the plain round "
-        "leaves for it. Flower message floor: Flower's own cost of the three extra empty "
+        "leaves for it. Flower message floor: Flower's own cost of the two extra empty "
         "request/reply exchanges per site on the same grid (`message_floor`).",
         "",
         "| n | k | site crypto floor (ms) | server crypto floor (ms) | lower bound / plain "
         "| measured / plain | glue per site, measured (ms) | glue per site allowed by 2x (ms) "
-        "| Flower message floor, 3 exchanges (ms) |",
+        "| Flower message floor, 2 exchanges (ms) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, k, p, s, train, site_floor, server_floor, msg in floor_rows:
         bound = n * (train + site_floor) + server_floor
         lines.append(f"| {n} | {k} | {site_floor * 1e3:.2f} | {server_floor * 1e3:.1f} "
                      f"| {bound / p:.2f} | {s / p:.2f} | {(s - bound) / n * 1e3:.2f} "
-                     f"| {(2 * p - bound) / n * 1e3:.2f} | {3 * msg * 1e3:.3f} |")
+                     f"| {(2 * p - bound) / n * 1e3:.2f} | {2 * msg * 1e3:.3f} |")
     lines += split
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -5,6 +5,13 @@
 ``train.secagg_unmask``). The protocol state of the node lives in ``context.state``
 between messages. At the masked stage the message also carries the server's normal
 training content; the site's ``fit_update`` trains and returns the update to mask.
+
+An unmask request may carry the next round's setup request as well: the site then
+answers both, its unmask reply and its fresh public keys for the next round, and keeps
+that round's setup state. The next round starts at the share stage for it (one message
+exchange fewer). If the server asks again for that round's keys (it lost them, or its
+sample changed), the site advertises fresh ones as long as it has not used the first
+pair; once it has shared, the round is claimed and a new setup is refused.
 """
 
 from __future__ import annotations
@@ -19,8 +26,12 @@ from flwr.clientapp import ClientApp
 
 from fedsilo.privacy.secagg import SecAggClient, SecAggClientError
 from fedsilo.privacy.secagg.client import forget_keys
+from fedsilo.privacy.secagg.messages import KeyAdvert
 from fedsilo.privacy.secagg.records import (
     MESSAGE_TYPES,
+    NEXT_KEY,
+    RECORD_KEY,
+    decode_next_setup,
     decode_request,
     encode,
     request_round,
@@ -73,14 +84,33 @@ def _load(context: Context, server_round: int) -> SecAggClient:
     return client
 
 
+def _only_advertised(context: Context, run_id: str, server_round: int) -> bool:
+    """True if the node's state is the setup of this very round: keys advertised, nothing
+    derived from them sent yet."""
+    rec = context.state.get(STATE_KEY)
+    if not isinstance(rec, ConfigRecord) or "blob" not in rec:
+        return False
+    try:
+        st = SecAggClient.load(rec["blob"]).st  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return (st.get("stage"), st.get("run_id"), st.get("round")) == ("setup", run_id, server_round)
+
+
 def _claim_round(context: Context, run_id: str, server_round: int) -> None:
     """Refuse to set up a round twice: a replayed round would mask the same update twice
     with fresh secrets, letting a server collect seed shares in one run and key shares in
-    the other."""
+    the other.
+
+    The one exception is a round whose keys were advertised and never used (the state is
+    still that round's setup): new keys replace them, since nothing derived from the old
+    ones (shares, masks) ever left the site.
+    """
     rec = context.state.get(ROUNDS_KEY)
     seen = dict(rec) if isinstance(rec, ConfigRecord) else {}
     last = seen.get(run_id)
-    if isinstance(last, int) and server_round <= last:
+    if isinstance(last, int) and (server_round < last or server_round == last and not
+                                  _only_advertised(context, run_id, server_round)):
         raise SecAggClientError(f"secagg: node {context.node_id} already took part in round "
                                 f"{last} of run {run_id!r}; refusing round {server_round}")
     seen[run_id] = server_round
@@ -93,7 +123,33 @@ def _save(context: Context, client: SecAggClient) -> None:
     _LIVE[int(context.node_id)] = (blob, client)
 
 
+def _setup_next(message: Message, context: Context, done: SecAggClient
+                ) -> tuple[SecAggClient, KeyAdvert] | None:
+    """Answer the next round's setup request riding on an unmask request, if there is one.
+
+    ``done`` is the client that just unmasked. Any problem only costs the shortcut: it is
+    logged, no keys are advertised, and the server falls back to a setup message.
+    """
+    node = int(context.node_id)
+    try:
+        req = decode_next_setup(message.content)
+        if req is None:
+            return None
+        run_id, rnd = done.st["run_id"], done.st["round"]
+        if req.run_id != run_id or req.server_round != rnd + 1:
+            raise SecAggClientError(f"secagg: node {node}: next-round setup is for round "
+                                    f"{req.server_round} of run {req.run_id!r}, expected "
+                                    f"round {rnd + 1} of run {run_id!r}")
+        _claim_round(context, req.run_id, req.server_round)
+        client = SecAggClient(node)
+        return client, client.setup(req)
+    except (SecAggClientError, ValueError) as e:
+        log.warning("secagg: not advertising keys for the next round: %s", e)
+        return None
+
+
 def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdate) -> Message:
+    nxt = None
     try:
         rnd = request_round(message.content)
         req = decode_request(stage, message.content)
@@ -116,13 +172,18 @@ def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdat
                                 client.st["clipped"], client.st["config"]["clip_range"])
             else:
                 reply = client.unmask(req)  # type: ignore[arg-type]
+                nxt = _setup_next(message, context, client)
     except (SecAggClientError, ValueError) as e:
         context.state.pop(STATE_KEY, None)  # a refused round is over for this site
         _LIVE.pop(int(context.node_id), None)
         forget_keys(int(context.node_id))
         return Message(Error(SECAGG_ERROR_CODE, str(e)), reply_to=message)
-    _save(context, client)
+    # after a next-round setup, its state replaces the finished round's (whose only
+    # remaining job, refusing a replayed request, the round check in `_load` takes over)
+    _save(context, client if nxt is None else nxt[0])
     content = encode(reply, rnd)
+    if nxt is not None:
+        content[NEXT_KEY] = encode(nxt[1], rnd + 1)[RECORD_KEY]
     if metrics:
         content[METRICS_KEY] = MetricRecord(metrics)  # type: ignore[arg-type]
     return Message(content, reply_to=message)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
@@ -27,9 +27,13 @@ from fedsilo.server.checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoi
 from fedsilo.server.config import RunConfig
 from fedsilo.server.faults import fault_point
 from fedsilo.server.memory import LARGE_MODEL_VALUES, keep_freed_memory
+from fedsilo.server.messaging import send_and_receive
 from fedsilo.strategies import codec, registry
 from fedsilo.strategies.batch import UpdateBatch
 from fedsilo.strategies.pipeline import batch_from_replies
+
+if TYPE_CHECKING:  # the SecAgg+ modules load only when a run uses them
+    from fedsilo.server.secagg_round import PreAdvertised
 
 
 class FederationError(RuntimeError):
@@ -174,6 +178,9 @@ class FederationServer:
         self.start_round = 1
         self.recovered: list[RoundSummary] = []  # rounds whose report a crash interrupted
         self._model_digest: str | None = None  # digest of self.model, set after each round
+        # SecAgg+ keys the sites advertised for the next round during this one (not
+        # checkpointed: after a resume the first round asks for keys again)
+        self._secagg_keys: PreAdvertised | None = None
         self.rounds_completed = 0  # round records with status "completed" in the chain
         self._persist_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsilo-persist")
         self._persisting: Future[None] | None = None
@@ -237,7 +244,7 @@ class FederationServer:
         nodes = self._wait_for_nodes(grid)
         content = RecordDict({codec.FEDERATION_RECORD: ConfigRecord(self._federation())})
         msgs = [Message(content, dst_node_id=n, message_type=f"{MessageType.QUERY}.handshake") for n in nodes]
-        replies = list(grid.send_and_receive(msgs, timeout=self.spec.config.round_timeout))
+        replies = send_and_receive(grid, msgs, timeout=self.spec.config.round_timeout)
         sites: dict[str, SiteInfo] = {}
         problems: list[str] = []
         for reply in replies:
@@ -407,7 +414,7 @@ class FederationServer:
         cfg = self.spec.config
         t0 = time.perf_counter()
         msgs = [Message(content, dst_node_id=s.node_id, message_type=MessageType.TRAIN) for s in sampled]
-        replies = list(grid.send_and_receive(msgs, timeout=cfg.round_timeout))
+        replies = send_and_receive(grid, msgs, timeout=cfg.round_timeout)
         t_recv = time.perf_counter()
         # The previous round's checkpoint was written while the sites trained; make sure it
         # is on disk before this round goes further, so a crash from here on can resume
@@ -506,8 +513,10 @@ class FederationServer:
             config=SecAggConfig(degree=cfg.secagg.degree, threshold=cfg.secagg.threshold,
                                 clip_range=cfg.secagg.clip_range, max_weight=cfg.secagg.max_weight),
             run_id=self.spec.run_id, server_round=server_round, timeout=cfg.round_timeout,
-            vector_length=self.layout.size,
+            vector_length=self.layout.size, preadvertised=self._secagg_keys,
+            announce_next=server_round < cfg.rounds,
         )
+        self._secagg_keys = out.next_keys
         participants = sorted(site_of[n] for n in out.participants if n in site_of)
         dropped = sorted({site_of[n] for nodes in out.dropped.values() for n in nodes if n in site_of})
         # Under SecAgg the server never sees an individual update, so the round record has

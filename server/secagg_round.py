@@ -1,9 +1,20 @@
 """Server side of SecAgg+ on Flower's Message API: one secure-aggregation round.
 
-`run_secagg_round` drives the four stages with ``grid.send_and_receive``. The server
-only ever holds public keys, ciphertexts, seed commitments, masked vectors (summed as
-they arrive) and Shamir shares; it outputs the weighted sum, or fails cleanly with a
-reason (the caller then leaves the global model unchanged).
+`run_secagg_round` drives the four stages with `fedsilo.server.messaging.send_and_receive`.
+The server only ever holds public keys, ciphertexts, seed commitments, masked vectors
+(summed as they arrive) and Shamir shares; it outputs the weighted sum, or fails cleanly
+with a reason (the caller then leaves the global model unchanged).
+
+Keys one round ahead: with ``announce_next``, the unmask request also carries the next
+round's setup request, and each site answers with fresh public keys for that round
+(`SecAggOutcome.next_keys`). Passed back as ``preadvertised`` to the next round, they
+replace its setup exchange for every site that gave them, so a run's rounds after the
+first take three message exchanges instead of four. On Flower's deployment runtime each
+exchange costs seconds (polling, a fresh ClientApp process), so this is about a quarter
+of a secure round there. The keys are generated fresh for, and bound to, that next round
+(HKDF info, graph, commitments), exactly as if a setup message had asked for them; only
+their delivery moves. Sites without usable keys (they dropped at the unmask stage, or
+the round's parameters or sample size changed) get a setup message as before.
 """
 
 from __future__ import annotations
@@ -17,17 +28,40 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsilo.privacy.secagg import SecAggAbort, SecAggConfig, SecAggServer, SiteError
+from fedsilo.privacy.secagg import (
+    KeyAdvert,
+    SecAggAbort,
+    SecAggConfig,
+    SecAggServer,
+    SetupRequest,
+    SiteError,
+)
 from fedsilo.privacy.secagg.records import (
     MASKED_KEY,
     MESSAGE_TYPES,
+    NEXT_KEY,
     RECORD_KEY,
+    decode_next_keys,
     decode_reply,
     encode,
 )
+from fedsilo.server.messaging import send_and_receive
 
 PROTOCOL = "secagg+"
 METRICS_KEY = "metrics"
+
+
+@dataclass(frozen=True)
+class PreAdvertised:
+    """Public keys sites advertised ahead of a round, and the setup request they answered.
+
+    setup: the round's parameters as the sites received them; the keys are used only if
+        the round's own setup request is equal (same run, round, config, d, sample size).
+    keys: node id -> the site's key advertisement for that round.
+    """
+
+    setup: SetupRequest
+    keys: Mapping[int, KeyAdvert]
 
 
 @dataclass
@@ -42,6 +76,8 @@ class SecAggOutcome:
     recovered: dropouts whose masks were removed through their key shares.
     metrics: protocol timings and counts, plus the plain mean of site-reported metrics.
     lineage: what the round record stores about the protocol.
+    next_keys: keys the unmask stage's survivors advertised for the next round (only
+        with ``announce_next``); pass them as the next round's ``preadvertised``.
     """
 
     ok: bool
@@ -53,6 +89,7 @@ class SecAggOutcome:
     recovered: list[int]
     metrics: dict[str, float] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
+    next_keys: PreAdvertised | None = None
 
 
 def _vector_length(train_content: RecordDict) -> int:
@@ -64,8 +101,15 @@ def _vector_length(train_content: RecordDict) -> int:
 
 
 def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_round: int,
-              timeout: float, extra: RecordDict | None) -> tuple[dict[int, object],
-                                                                dict[int, dict[str, float]]]:
+              timeout: float, extra: RecordDict | None,
+              next_keys: dict[int, KeyAdvert] | None = None,
+              ) -> tuple[dict[int, object], dict[int, dict[str, float]]]:
+    """Send each site its request (plus the records in ``extra``); decode the replies.
+
+    With ``next_keys``, the valid key advertisements for round ``server_round + 1`` found
+    in the replies are added to it (anything else there is ignored: the site then gets a
+    setup message next round).
+    """
     msgs = []
     # A request object sent to many sites (setup, unmask) is encoded once; each message
     # gets its own RecordDict holding the shared (read-only) records, as the training
@@ -83,7 +127,7 @@ def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_rou
                             message_type=MESSAGE_TYPES[stage], group_id=str(server_round)))
     replies: dict[int, object] = {}
     metrics: dict[int, dict[str, float]] = {}
-    for rep in grid.send_and_receive(msgs, timeout=timeout):
+    for rep in send_and_receive(grid, msgs, timeout=timeout):
         src = int(rep.metadata.src_node_id)
         if src not in requests or src in replies:
             continue
@@ -91,6 +135,10 @@ def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_rou
             replies[src] = SiteError(rep.error.reason or f"error code {rep.error.code}")
             continue
         replies[src] = decode_reply(stage, rep.content, server_round)
+        if next_keys is not None:
+            nk = decode_next_keys(rep.content, server_round + 1)
+            if isinstance(nk, KeyAdvert):
+                next_keys[src] = nk
         m = rep.content.get(METRICS_KEY)
         if isinstance(m, MetricRecord):
             metrics[src] = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
@@ -107,6 +155,8 @@ def run_secagg_round(
     server_round: int,
     timeout: float,
     vector_length: int | None = None,
+    preadvertised: PreAdvertised | None = None,
+    announce_next: bool = False,
 ) -> SecAggOutcome:
     """Run one SecAgg+ round over ``node_ids``.
 
@@ -127,11 +177,18 @@ def run_secagg_round(
         Seconds to wait for replies at each stage; late sites count as dropped.
     vector_length:
         Length of the flat update; defaults to the total size of ``train_content["arrays"]``.
+    preadvertised:
+        Keys advertised for this round during the previous one (its ``next_keys``). Used
+        for the sites that gave them if this round's setup request equals theirs; the
+        other sites get a setup message.
+    announce_next:
+        Ask the unmask stage's survivors for their keys for round ``server_round + 1``
+        (same parameters and sample size as this round); they come back in ``next_keys``.
 
     Invalid arguments raise ValueError before any message is sent; protocol failures
     (too few sites, unrecoverable masks, failed consistency check) return ``ok=False``.
     """
-    reserved = {RECORD_KEY, MASKED_KEY} & set(train_content)
+    reserved = {RECORD_KEY, MASKED_KEY, NEXT_KEY} & set(train_content)
     if reserved:
         raise ValueError(f"train_content: record names {sorted(reserved)} are reserved for SecAgg")
     d = vector_length if vector_length is not None else _vector_length(train_content)
@@ -140,11 +197,28 @@ def run_secagg_round(
     site_metrics: dict[int, dict[str, float]] = {}
     result = None
     reason = None
+    next_keys: dict[int, KeyAdvert] | None = {} if announce_next else None
+    next_setup = (SetupRequest(run_id, server_round + 1, config, d, len(server.nodes))
+                  if announce_next else None)
+    n_pre = 0
     try:
         setup = server.setup_request()  # the same for every site: encoded once
-        reqs: Mapping[int, object] = dict.fromkeys(server.nodes, setup)
-        for stage, step in (("setup", server.on_keys), ("share", server.on_shares),
-                            ("masked", server.on_masked)):
+        keys: dict[int, object] = {}
+        if preadvertised is not None and preadvertised.setup == setup:
+            keys = {n: preadvertised.keys[n] for n in server.nodes if n in preadvertised.keys}
+            n_pre = len(keys)
+        missing = [n for n in server.nodes if n not in keys]
+        t0 = time.perf_counter()
+        if missing:
+            replies, m = _exchange(grid, "setup", dict.fromkeys(missing, setup), server_round,
+                                   timeout, None)
+            site_metrics.update(m)
+            keys.update(replies)
+        t1 = time.perf_counter()
+        reqs: Mapping[int, object] = server.on_keys(keys)
+        timings["secagg_setup_server_s"] = time.perf_counter() - t1
+        timings["secagg_setup_wall_s"] = time.perf_counter() - t0
+        for stage, step in (("share", server.on_shares), ("masked", server.on_masked)):
             t0 = time.perf_counter()
             replies, m = _exchange(grid, stage, reqs, server_round, timeout,
                                    train_content if stage == "masked" else None)
@@ -153,8 +227,11 @@ def run_secagg_round(
             reqs = step(replies)
             timings[f"secagg_{stage}_server_s"] = time.perf_counter() - t1
             timings[f"secagg_{stage}_wall_s"] = time.perf_counter() - t0
+        nxt = None
+        if next_setup is not None:
+            nxt = RecordDict({NEXT_KEY: encode(next_setup, server_round + 1)[RECORD_KEY]})
         t0 = time.perf_counter()
-        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, None)
+        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, nxt, next_keys)
         t1 = time.perf_counter()
         result = server.on_unmask(replies)
         timings["secagg_unmask_server_s"] = time.perf_counter() - t1
@@ -165,6 +242,7 @@ def run_secagg_round(
     participants = result.participants if result else []
     metrics = dict(timings)
     metrics["secagg_participants"] = float(len(participants))
+    metrics["secagg_keys_preadvertised"] = float(n_pre)
     keys = sorted({k for p in participants for k in site_metrics.get(p, {})})
     for k in keys:  # plain (unweighted) mean: per-site weights stay secret
         vals = [site_metrics[p][k] for p in participants if k in site_metrics.get(p, {})]
@@ -178,6 +256,7 @@ def run_secagg_round(
         "dropped": {s: sorted(v) for s, v in server.dropped.items()},
         "excluded": {str(n): r for n, r in sorted(server.reasons.items())},
         "recovered_dropouts": result.recovered if result else [],
+        "keys_preadvertised": n_pre,
         "quantisation": {"clip_range": config.clip_range, "bits": config.bits,
                          "ring_bits": 32, "max_weight": config.max_weight,
                          "bound": result.bound if result else None},
@@ -194,6 +273,8 @@ def run_secagg_round(
         recovered=result.recovered if result else [],
         metrics=metrics,
         lineage=lineage,
+        next_keys=PreAdvertised(next_setup, next_keys)
+        if next_setup is not None and next_keys else None,
     )
 
 

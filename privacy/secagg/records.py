@@ -2,7 +2,10 @@
 
 Each stage's payload is one ConfigRecord under ``RECORD_KEY``; node-id lists travel as
 little-endian uint64 bytes (Flower's int fields are signed 64-bit); the masked vector
-travels as a uint32 Array in an ArrayRecord under ``MASKED_KEY``. Decoding a site's
+travels as a uint32 Array in an ArrayRecord under ``MASKED_KEY``. An unmask request may
+also carry the next round's setup request, and its reply the site's key advertisement
+for that round, as a second ConfigRecord under ``NEXT_KEY`` (one message exchange fewer
+per round: see `fedsilo.server.secagg_round`). Decoding a site's
 reply never raises: anything unexpected becomes `Malformed(reason)`, which the server
 records against that site.
 
@@ -35,6 +38,9 @@ from .messages import (
 
 RECORD_KEY = "secagg"
 MASKED_KEY = "secagg_masked"
+NEXT_KEY = "secagg_next"
+"""Record of the next round's setup request (in an unmask request) or of the site's key
+advertisement for it (in the unmask reply)."""
 MESSAGE_TYPES = {s: f"train.secagg_{s}" for s in ("setup", "share", "masked", "unmask")}
 
 
@@ -136,14 +142,46 @@ def request_round(content: RecordDict) -> int:
     return int(cr["round"])
 
 
+def _setup_request(cr: ConfigRecord) -> SetupRequest:
+    cfg = SecAggConfig.from_dict(dict(cr))
+    return SetupRequest(str(cr["run_id"]), int(cr["round"]), cfg,  # type: ignore[arg-type]
+                        int(cr["vector_length"]), int(cr["num_sampled"]))  # type: ignore[arg-type]
+
+
+def decode_next_setup(content: RecordDict) -> SetupRequest | None:
+    """The next round's setup request riding on an unmask request, if any (raises
+    ValueError if present but malformed)."""
+    cr = content.get(NEXT_KEY)
+    if cr is None:
+        return None
+    if not isinstance(cr, ConfigRecord):
+        raise ValueError(f"'{NEXT_KEY}' must be a ConfigRecord")
+    try:
+        return _setup_request(cr)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"malformed secagg next-round setup request: {e}") from None
+
+
+def decode_next_keys(content: RecordDict, next_round: int) -> KeyAdvert | Malformed | None:
+    """A site's key advertisement for ``next_round`` riding on its unmask reply: None if
+    absent, `Malformed` if unreadable or for another round (never raises)."""
+    cr = content.get(NEXT_KEY)
+    if cr is None:
+        return None
+    if not isinstance(cr, ConfigRecord) or cr.get("round") != next_round:
+        return Malformed(f"'{NEXT_KEY}' record is not a key advertisement for round {next_round}")
+    try:
+        return KeyAdvert(_bytes(cr["c_pk"]), _bytes(cr["s_pk"]))
+    except (KeyError, ValueError) as e:
+        return Malformed(f"{type(e).__name__}: {e}")
+
+
 def decode_request(stage: str, content: RecordDict) -> object:
     """Decode a server request at a site (raises ValueError if malformed)."""
     cr = content[RECORD_KEY]
     try:
         if stage == "setup":
-            cfg = SecAggConfig.from_dict(dict(cr))
-            return SetupRequest(str(cr["run_id"]), int(cr["round"]), cfg,  # type: ignore[arg-type]
-                                int(cr["vector_length"]), int(cr["num_sampled"]))  # type: ignore[arg-type]
+            return _setup_request(cr)
         if stage == "share":
             return ShareRequest(ids_from_bytes(cr["participants"]),
                                 ids_from_bytes(cr["neighbours"]), _blist(cr["c_pks"]),

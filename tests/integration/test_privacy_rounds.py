@@ -67,7 +67,10 @@ def test_secagg_round_matches_plain_aggregation_within_quantisation(tmp_path: Pa
         for name in a.files:
             assert np.max(np.abs(a[name] - b[name])) < 1e-3, name
     chain = lineage.read_chain(secure.run_dir / "lineage.sqlite")
-    rec = [r["body"] for r in chain if r["type"] == "round"][0]
+    rounds = [r["body"] for r in chain if r["type"] == "round"]
+    rec = rounds[0]
+    # round 2 used the keys the sites advertised for it during round 1 (no setup exchange)
+    assert [r["secagg"]["keys_preadvertised"] for r in rounds] == [0, 5]
     assert rec["secagg"]["participant_sites"] == [f"site-{i:03d}" for i in range(5)]
     assert rec["secagg"]["protocol"].startswith("secagg")
     assert rec["contributions"] == []  # the server never saw an individual update

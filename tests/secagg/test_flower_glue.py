@@ -146,3 +146,112 @@ def test_replayed_round_is_refused() -> None:
     nxt = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
                            run_id="r", server_round=6, timeout=1.0)
     assert nxt.ok
+
+
+# ------------------------------------------------- keys advertised one round ahead
+def _types(grid: FakeGrid, start: int = 0) -> list[str]:
+    return [m.metadata.message_type.removeprefix("train.secagg_") for m in grid.sent[start:]]
+
+
+def test_next_round_keys_replace_its_setup_exchange() -> None:
+    grid = FakeGrid(make_client_app(), NODES)
+    first = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                             run_id="run-n", server_round=1, timeout=1.0, announce_next=True)
+    assert first.ok and first.lineage["keys_preadvertised"] == 0
+    assert first.next_keys is not None
+    assert first.next_keys.setup.server_round == 2 and sorted(first.next_keys.keys) == NODES
+    # the round-1 unmask requests carried the round-2 setup; the replies, fresh keys
+    unmask_replies = [m for m in grid.received if "secagg_next" in m.content]
+    assert len(unmask_replies) == 8 and all(m.content["secagg_next"]["round"] == 2
+                                            for m in unmask_replies)
+    sent = len(grid.sent)
+    second = run_secagg_round(grid, NODES, train_content=train_content(2), config=CFG,  # type: ignore[arg-type]
+                              run_id="run-n", server_round=2, timeout=1.0,
+                              preadvertised=first.next_keys)
+    assert second.ok, second.reason
+    assert _types(grid, sent) == [s for s in ("share", "masked", "unmask") for _ in NODES]
+    assert second.lineage["keys_preadvertised"] == 8 and second.next_keys is None
+    assert second.metrics["secagg_keys_preadvertised"] == 8.0
+    total, weight = _plain(list(range(8)))
+    assert second.sum_delta is not None
+    assert np.max(np.abs(second.sum_delta - total)) < second.lineage["quantisation"]["bound"] + 1e-5
+    assert abs(second.total_weight - weight) < 1e-3
+    # the keys used in round 2 are the ones advertised for it, and a used round is claimed
+    again = run_secagg_round(grid, NODES, train_content=train_content(2), config=CFG,  # type: ignore[arg-type]
+                             run_id="run-n", server_round=2, timeout=1.0)
+    assert not again.ok and again.lineage["excluded"][str(NODES[0])] == (
+        f"setup: site error: secagg: node {NODES[0]} already took part in round 2 of run "
+        "'run-n'; refusing round 2")
+
+
+def test_site_without_next_keys_gets_a_setup_message() -> None:
+    grid = FakeGrid(make_client_app(fail_pid=2, fail_round=1), NODES)
+    first = run_secagg_round(grid, NODES, train_content=train_content(1), config=CFG,  # type: ignore[arg-type]
+                             run_id="run-f", server_round=1, timeout=1.0, announce_next=True)
+    assert first.ok and first.dropped["masked"] == [NODES[2]]
+    assert first.next_keys is not None and NODES[2] not in first.next_keys.keys
+    sent = len(grid.sent)
+    second = run_secagg_round(grid, NODES, train_content=train_content(2), config=CFG,  # type: ignore[arg-type]
+                              run_id="run-f", server_round=2, timeout=1.0,
+                              preadvertised=first.next_keys)
+    assert second.ok and second.participants == NODES
+    assert [m.metadata.dst_node_id for m in grid.sent[sent:] if
+            m.metadata.message_type.endswith("setup")] == [NODES[2]]
+    assert second.lineage["keys_preadvertised"] == 7
+
+
+def test_unused_keys_are_replaced_when_the_round_changes() -> None:
+    """A different sample size or config makes the advertised keys unusable: every site
+    gets a setup message, and sites replace keys they advertised but never used."""
+    grid = FakeGrid(make_client_app(), NODES)
+    first = run_secagg_round(grid, NODES, train_content=train_content(1), config=CFG,  # type: ignore[arg-type]
+                             run_id="run-c", server_round=1, timeout=1.0, announce_next=True)
+    sent = len(grid.sent)
+    second = run_secagg_round(grid, NODES[:7], train_content=train_content(2), config=CFG,  # type: ignore[arg-type]
+                              run_id="run-c", server_round=2, timeout=1.0,
+                              preadvertised=first.next_keys)
+    assert second.ok, second.reason
+    assert _types(grid, sent) == [s for s in ("setup", "share", "masked", "unmask")
+                                  for _ in NODES[:7]]
+    assert second.lineage["keys_preadvertised"] == 0
+    total, _ = _plain(list(range(7)))
+    assert second.sum_delta is not None
+    assert np.max(np.abs(second.sum_delta - total)) < second.lineage["quantisation"]["bound"] + 1e-5
+
+
+def test_bad_next_round_records_only_cost_the_shortcut() -> None:
+    """A next-round setup for the wrong round is refused by the site (its unmask reply
+    still counts), and a key advertisement for the wrong round is ignored by the server."""
+    app = make_client_app()
+    bad_site, bad_reply = NODES[1], NODES[3]
+
+    def mangle(rep: Message) -> Message | None:
+        if rep.metadata.src_node_id == bad_reply and "secagg_next" in rep.content:
+            rep.content["secagg_next"] = ConfigRecord({**rep.content["secagg_next"], "round": 9})
+        return rep
+
+    grid = FakeGrid(app, NODES, mangle=mangle)
+    orig = grid.send_and_receive
+
+    def send(messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        for m in messages:
+            if m.metadata.dst_node_id == bad_site and "secagg_next" in m.content:
+                m.content["secagg_next"] = ConfigRecord({**m.content["secagg_next"], "round": 5})
+        return orig(messages, timeout=timeout)
+
+    grid.send_and_receive = send  # type: ignore[method-assign]
+    first = run_secagg_round(grid, NODES, train_content=train_content(1), config=CFG,  # type: ignore[arg-type]
+                             run_id="run-b", server_round=1, timeout=1.0, announce_next=True)
+    assert first.ok and first.participants == NODES
+    assert first.next_keys is not None
+    assert sorted(first.next_keys.keys) == sorted(set(NODES) - {bad_site, bad_reply})
+    replies = {m.metadata.src_node_id: m for m in grid.received if "secagg_next" in m.content}
+    assert bad_site not in replies and len(replies) == 7
+    sent = len(grid.sent)
+    second = run_secagg_round(grid, NODES, train_content=train_content(2), config=CFG,  # type: ignore[arg-type]
+                              run_id="run-b", server_round=2, timeout=1.0,
+                              preadvertised=first.next_keys)
+    assert second.ok, second.reason
+    assert second.participants == NODES  # bad_reply's site replaced its unused keys
+    assert sorted(m.metadata.dst_node_id for m in grid.sent[sent:]
+                  if m.metadata.message_type.endswith("setup")) == sorted([bad_site, bad_reply])

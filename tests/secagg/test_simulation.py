@@ -2,7 +2,9 @@
 
 One simulation, two SecAgg rounds: round 1 with every site, round 2 with a site whose
 training raises (it drops at the masked stage and its masks are removed through its
-key shares). The ServerApp runs in this process and keeps its outcomes in OUTCOMES.
+key shares). Round 2 starts from the keys the sites advertised for it during round 1's
+unmask stage (no setup exchange). The ServerApp runs in this process and keeps its
+outcomes in OUTCOMES.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def _server_app() -> ServerApp:
         for rnd in (1, 2):
             OUTCOMES.append(run_secagg_round(
                 grid, nodes, train_content=train_content(rnd), config=CFG,
-                run_id="sim-run", server_round=rnd, timeout=60.0))
+                run_id="sim-run", server_round=rnd, timeout=60.0, announce_next=rnd == 1,
+                preadvertised=OUTCOMES[-1].next_keys if OUTCOMES else None))
 
     return app
 
@@ -75,6 +78,9 @@ def test_secagg_rounds_on_the_ray_simulation_engine() -> None:
         assert abs(out.total_weight - sum(w for _, w in ups)) < 1e-3
         assert len(out.participants) == len(pids)
     first, second = OUTCOMES
+    assert first.next_keys is not None and sorted(first.next_keys.keys) == sorted(first.participants)
+    assert (first.lineage["keys_preadvertised"], second.lineage["keys_preadvertised"]) == (0, N)
+    assert second.next_keys is None
     assert first.recovered == [] and all(v == [] for v in first.dropped.values())
     assert len(second.recovered) == 1 and second.dropped["masked"] == second.recovered
     assert "crashed while training" in second.lineage["excluded"][str(second.recovered[0])]
