@@ -97,3 +97,18 @@ def test_record_level_dp_sgd_each_site_accounts_and_reports(tmp_path: Path) -> N
         contribution = next(c for c in rounds[1]["contributions"] if c["site_id"] == site)
         assert contribution["detail"]["record_epsilon"] == eps[1][site]
     assert lineage.verify_run(run.run_dir).ok
+
+
+def test_secagg_with_sampling_reuses_keys_of_sites_sampled_twice_in_a_row(tmp_path: Path) -> None:
+    """Keys advertised for round r are used for the sites sampled in both r - 1 and r; the
+    others get a setup message (and sites sampled again later replace or renew theirs)."""
+    run = _run(tmp_path, "sampled", sites=6, rounds=5, fraction=0.6, seed=0,
+               **{"secagg.enabled": True})
+    rounds = [r["body"] for r in lineage.read_chain(run.run_dir / "lineage.sqlite")
+              if r["type"] == "round"]
+    assert [r["status"] for r in rounds] == ["completed"] * 5
+    assert all(r["secagg"]["participant_sites"] == sorted(r["sampled"]) for r in rounds)
+    both = [0] + [len(set(a["sampled"]) & set(b["sampled"])) for a, b in zip(rounds[:-1], rounds[1:], strict=True)]
+    assert [r["secagg"]["keys_preadvertised"] for r in rounds] == both
+    assert 0 < sum(both) < 4 * 4  # some keys reused, some sites set up afresh
+    assert lineage.verify_run(run.run_dir).ok
