@@ -194,8 +194,8 @@ def message_floor(n: int, reps: int = 7) -> float:
     """Process CPU seconds of one empty request/reply per site on the in-process grid.
 
     Flower's own cost of one message exchange (Message objects, ClientApp dispatch, no
-    content); SecAgg+ needs three exchanges per round after the first (the next round's
-    keys ride on the unmask exchange) where plain FedAvg needs one.
+    content); SecAgg+ needs three exchanges per round (each round's keys ride on the
+    message before it) where plain FedAvg needs one.
     """
     app = ClientApp()
 
@@ -341,9 +341,9 @@ def main() -> int:
         f"Load average {load0:.1f} at start, {load1:.1f} at end (2 cores shared with other jobs).",
         "",
         "The in-process grid calls the ClientApp directly in `send_and_receive` (no polling), "
-        "so SecAgg+'s message exchanges pay no poll tick here. Rounds 2..R take three "
-        "exchanges each (the sites advertise the next round's keys in their unmask replies; "
-        "only round 1 has a setup exchange).",
+        "so SecAgg+'s message exchanges pay no poll tick here. Every round takes three "
+        "exchanges (the sites advertise each round's keys with the message before it: the "
+        "handshake reply or the previous round's unmask reply; no setup exchange).",
         "",
         "| n sites | plain FedAvg s/round [min-max] | SecAgg+ FedAvg s/round [min-max] "
         "| ratio, paired [min-max] | target |",

@@ -69,6 +69,21 @@ def _config(msg: Message, name: str) -> dict[str, Any]:
     return dict(rec) if rec is not None else {}
 
 
+def _first_secagg_keys(msg: Message, context: Context) -> tuple[str, ConfigRecord] | None:
+    """(record name, key advertisement) for the run's first SecAgg+ round, when the
+    handshake carries that round's setup request (see `advertise_first_keys`)."""
+    try:
+        from fedsilo.client.secagg_handler import advertise_first_keys
+        from fedsilo.privacy.secagg.records import NEXT_KEY
+    except ImportError:  # pragma: no cover - only while secagg is being built
+        return None
+    if NEXT_KEY not in msg.content:
+        return None
+    run_id = str(_config(msg, codec.FEDERATION_RECORD).get("run_id", ""))
+    rec = advertise_first_keys(msg, context, run_id)
+    return None if rec is None else (NEXT_KEY, rec)
+
+
 def make_client_app(site_factory: SiteFactory) -> ClientApp:
     """A Flower ClientApp serving the site that ``site_factory`` builds."""
     app = ClientApp()
@@ -84,7 +99,11 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
                 "policy": site.policy.to_json(),
             }
         )
-        return Message(RecordDict({codec.SITE_RECORD: record}), reply_to=msg)
+        content = RecordDict({codec.SITE_RECORD: record})
+        keys = _first_secagg_keys(msg, context)
+        if keys is not None:
+            content[keys[0]] = keys[1]
+        return Message(content, reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

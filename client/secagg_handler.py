@@ -9,7 +9,8 @@ training content; the site's ``fit_update`` trains and returns the update to mas
 An unmask request may carry the next round's setup request as well: the site then
 answers both, its unmask reply and its fresh public keys for the next round, and keeps
 that round's setup state. The next round starts at the share stage for it (one message
-exchange fewer). If the server asks again for that round's keys (it lost them, or its
+exchange fewer). The run's handshake query may carry the first round's setup request in
+the same way (`advertise_first_keys`). If the server asks again for that round's keys (it lost them, or its
 sample changed), the site advertises fresh ones as long as it has not used the first
 pair; once it has shared, the round is claimed and a new setup is refused.
 """
@@ -123,29 +124,46 @@ def _save(context: Context, client: SecAggClient) -> None:
     _LIVE[int(context.node_id)] = (blob, client)
 
 
-def _setup_next(message: Message, context: Context, done: SecAggClient
+def _setup_next(message: Message, context: Context, run_id: str, server_round: int | None
                 ) -> tuple[SecAggClient, KeyAdvert] | None:
-    """Answer the next round's setup request riding on an unmask request, if there is one.
+    """Answer a setup request riding on another message (``NEXT_KEY``), if there is one.
 
-    ``done`` is the client that just unmasked. Any problem only costs the shortcut: it is
-    logged, no keys are advertised, and the server falls back to a setup message.
+    The request must be for run ``run_id`` and, unless None, round ``server_round``. Any
+    problem only costs the shortcut: it is logged, no keys are advertised, and the
+    server falls back to a setup message.
     """
     node = int(context.node_id)
     try:
         req = decode_next_setup(message.content)
         if req is None:
             return None
-        run_id, rnd = done.st["run_id"], done.st["round"]
-        if req.run_id != run_id or req.server_round != rnd + 1:
-            raise SecAggClientError(f"secagg: node {node}: next-round setup is for round "
+        if req.run_id != run_id or server_round not in (None, req.server_round):
+            raise SecAggClientError(f"secagg: node {node}: setup is for round "
                                     f"{req.server_round} of run {req.run_id!r}, expected "
-                                    f"round {rnd + 1} of run {run_id!r}")
+                                    f"round {server_round} of run {run_id!r}")
         _claim_round(context, req.run_id, req.server_round)
         client = SecAggClient(node)
         return client, client.setup(req)
     except (SecAggClientError, ValueError) as e:
-        log.warning("secagg: not advertising keys for the next round: %s", e)
+        log.warning("secagg: not advertising keys ahead of the round: %s", e)
         return None
+
+
+def advertise_first_keys(message: Message, context: Context, run_id: str) -> ConfigRecord | None:
+    """Keys for the run's first secure round, if the handshake ``message`` asks for them.
+
+    The server may attach that round's setup request to its handshake query (under
+    ``NEXT_KEY``); the site then generates the round's key pairs, keeps the setup state
+    and returns the record of its key advertisement for the handshake reply, so the first
+    round needs no setup message either. None if not asked, or if the request is refused
+    (wrong run, a round already claimed: logged).
+    """
+    nxt = _setup_next(message, context, run_id, None)
+    if nxt is None:
+        return None
+    client, advert = nxt
+    _save(context, client)
+    return encode(advert, client.st["round"])[RECORD_KEY]  # type: ignore[return-value]
 
 
 def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdate) -> Message:
@@ -172,7 +190,7 @@ def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdat
                                 client.st["clipped"], client.st["config"]["clip_range"])
             else:
                 reply = client.unmask(req)  # type: ignore[arg-type]
-                nxt = _setup_next(message, context, client)
+                nxt = _setup_next(message, context, client.st["run_id"], rnd + 1)
     except (SecAggClientError, ValueError) as e:
         context.state.pop(STATE_KEY, None)  # a refused round is over for this site
         _LIVE.pop(int(context.node_id), None)

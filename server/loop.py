@@ -33,6 +33,7 @@ from fedsilo.strategies.batch import UpdateBatch
 from fedsilo.strategies.pipeline import batch_from_replies
 
 if TYPE_CHECKING:  # the SecAgg+ modules load only when a run uses them
+    from fedsilo.privacy.secagg import SecAggConfig, SetupRequest
     from fedsilo.server.secagg_round import PreAdvertised
 
 
@@ -243,8 +244,18 @@ class FederationServer:
         """Ask every connected node who it is; every expected site must answer."""
         nodes = self._wait_for_nodes(grid)
         content = RecordDict({codec.FEDERATION_RECORD: ConfigRecord(self._federation())})
+        first = self._first_secagg_setup(len(nodes))
+        if first is not None:  # the first secure round's keys come with the handshake
+            from fedsilo.privacy.secagg.records import NEXT_KEY
+            from fedsilo.server.secagg_round import setup_record
+
+            content[NEXT_KEY] = setup_record(first)
         msgs = [Message(content, dst_node_id=n, message_type=f"{MessageType.QUERY}.handshake") for n in nodes]
         replies = send_and_receive(grid, msgs, timeout=self.spec.config.round_timeout)
+        if first is not None:
+            from fedsilo.server.secagg_round import keys_from_replies
+
+            self._secagg_keys = keys_from_replies(first, replies)
         sites: dict[str, SiteInfo] = {}
         problems: list[str] = []
         for reply in replies:
@@ -273,6 +284,25 @@ class FederationServer:
             detail = "; ".join(problems) or f"{len(nodes) - len(replies)} nodes did not answer"
             raise FederationError(f"handshake: {len(sites)} of {want} sites answered ({detail})")
         return [sites[s] for s in sorted(sites)]
+
+    def _secagg_config(self) -> SecAggConfig:
+        from fedsilo.privacy.secagg import SecAggConfig
+
+        sa = self.spec.config.secagg
+        return SecAggConfig(degree=sa.degree, threshold=sa.threshold, clip_range=sa.clip_range,
+                            max_weight=sa.max_weight)
+
+    def _first_secagg_setup(self, n_nodes: int) -> SetupRequest | None:
+        """The setup request of the run's first SecAgg+ round (None without SecAgg), sent
+        with the handshake. It assumes the round samples min(nodes, sites per round)
+        sites; if it samples another number, its sites get a setup message instead."""
+        cfg = self.spec.config
+        if not cfg.secagg.enabled or self.start_round > cfg.rounds:
+            return None
+        from fedsilo.privacy.secagg import SetupRequest
+
+        return SetupRequest(self.spec.run_id, self.start_round, self._secagg_config(),
+                            self.layout.size, min(n_nodes, cfg.sites_per_round))
 
     def _federation(self) -> dict[str, Any]:
         return {"run_id": self.spec.run_id, **self.spec.federation}
@@ -502,7 +532,6 @@ class FederationServer:
     def _secagg_exchange(self, grid: Grid, server_round: int, sampled: list[SiteInfo],
                          content: RecordDict) -> _Exchange:
         """One SecAgg+ round: the server learns only the (weighted) sum of the updates."""
-        from fedsilo.privacy.secagg import SecAggConfig
         from fedsilo.server.secagg_round import run_secagg_round
 
         cfg = self.spec.config
@@ -510,8 +539,7 @@ class FederationServer:
         site_of = {s.node_id: s.site_id for s in sampled}
         out = run_secagg_round(
             grid, [s.node_id for s in sampled], train_content=content,
-            config=SecAggConfig(degree=cfg.secagg.degree, threshold=cfg.secagg.threshold,
-                                clip_range=cfg.secagg.clip_range, max_weight=cfg.secagg.max_weight),
+            config=self._secagg_config(),
             run_id=self.spec.run_id, server_round=server_round, timeout=cfg.round_timeout,
             vector_length=self.layout.size, preadvertised=self._secagg_keys,
             announce_next=server_round < cfg.rounds,

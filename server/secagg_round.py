@@ -5,22 +5,23 @@ The server only ever holds public keys, ciphertexts, seed commitments, masked ve
 (summed as they arrive) and Shamir shares; it outputs the weighted sum, or fails cleanly
 with a reason (the caller then leaves the global model unchanged).
 
-Keys one round ahead: with ``announce_next``, the unmask request also carries the next
+Keys one message ahead: with ``announce_next``, the unmask request also carries the next
 round's setup request, and each site answers with fresh public keys for that round
-(`SecAggOutcome.next_keys`). Passed back as ``preadvertised`` to the next round, they
-replace its setup exchange for every site that gave them, so a run's rounds after the
-first take three message exchanges instead of four. On Flower's deployment runtime each
-exchange costs seconds (polling, a fresh ClientApp process), so this is about a quarter
-of a secure round there. The keys are generated fresh for, and bound to, that next round
-(HKDF info, graph, commitments), exactly as if a setup message had asked for them; only
-their delivery moves. Sites without usable keys (they dropped at the unmask stage, or
-the round's parameters or sample size changed) get a setup message as before.
+(`SecAggOutcome.next_keys`); the server's round loop does the same for the first round
+with its handshake query (`setup_record`, `keys_from_replies`). Passed as
+``preadvertised``, they replace the round's setup exchange for every site that gave
+them, so a round takes three message exchanges instead of four. On Flower's deployment
+runtime each exchange costs seconds (polling, a fresh ClientApp process), so this is
+about a quarter of a secure round there. The keys are generated fresh for, and bound to,
+their round (HKDF info, graph, commitments), exactly as if a setup message had asked for
+them; only their delivery moves. Sites without usable keys (they dropped at the unmask
+stage, or the round's parameters or sample size changed) get a setup message as before.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,25 @@ class SecAggOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
     next_keys: PreAdvertised | None = None
+
+
+def setup_record(setup: SetupRequest) -> ConfigRecord:
+    """The record that carries ``setup`` on another message, under `NEXT_KEY` (the unmask
+    request of the round before, or the run's handshake query for its first round)."""
+    return encode(setup, setup.server_round)[RECORD_KEY]  # type: ignore[return-value]
+
+
+def keys_from_replies(setup: SetupRequest, replies: Iterable[Message]) -> PreAdvertised | None:
+    """The key advertisements for ``setup``'s round found in ``replies`` (under `NEXT_KEY`);
+    None if there are none. Error replies and unreadable records are skipped."""
+    keys: dict[int, KeyAdvert] = {}
+    for rep in replies:
+        if rep.has_error():
+            continue
+        nk = decode_next_keys(rep.content, setup.server_round)
+        if isinstance(nk, KeyAdvert):
+            keys[int(rep.metadata.src_node_id)] = nk
+    return PreAdvertised(setup, keys) if keys else None
 
 
 def _vector_length(train_content: RecordDict) -> int:
@@ -229,7 +249,7 @@ def run_secagg_round(
             timings[f"secagg_{stage}_wall_s"] = time.perf_counter() - t0
         nxt = None
         if next_setup is not None:
-            nxt = RecordDict({NEXT_KEY: encode(next_setup, server_round + 1)[RECORD_KEY]})
+            nxt = RecordDict({NEXT_KEY: setup_record(next_setup)})
         t0 = time.perf_counter()
         replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, nxt, next_keys)
         t1 = time.perf_counter()

@@ -2,10 +2,10 @@
 
 Each stage's payload is one ConfigRecord under ``RECORD_KEY``; node-id lists travel as
 little-endian uint64 bytes (Flower's int fields are signed 64-bit); the masked vector
-travels as a uint32 Array in an ArrayRecord under ``MASKED_KEY``. An unmask request may
-also carry the next round's setup request, and its reply the site's key advertisement
-for that round, as a second ConfigRecord under ``NEXT_KEY`` (one message exchange fewer
-per round: see `fedsilo.server.secagg_round`). Decoding a site's
+travels as a uint32 Array in an ArrayRecord under ``MASKED_KEY``. An unmask request (or
+the run's handshake query) may also carry the next secure round's setup request, and its
+reply the site's key advertisement for that round, as a ConfigRecord under ``NEXT_KEY``
+(one message exchange fewer per round: see `fedsilo.server.secagg_round`). Decoding a site's
 reply never raises: anything unexpected becomes `Malformed(reason)`, which the server
 records against that site.
 

@@ -4,9 +4,10 @@ A real ``flower-superlink`` (insecure, loopback) and three ``flower-supernode`` 
 (``partition-id`` node configs); ``flwr run`` of the Flower App that ``fedsilo server run``
 writes, with ``secagg.enabled``. The deployment runtime starts a fresh ClientApp process
 for every message, so this checks what the simulation engine cannot: the protocol state
-survives between the four stages only through Flower's ``context.state``, and across
-rounds: round 2 starts from the keys the sites advertised for it in round 1's unmask
-replies, kept in their state in between. The run's lineage must show the secure sums
+survives between the stages only through Flower's ``context.state``, and across
+messages of other kinds: round 1 starts from the keys the sites advertised with their
+handshake replies, round 2 from those they advertised with round 1's unmask replies,
+kept in their state in between (no setup message at all). The run's lineage must show the secure sums
 over all three sites; every process is stopped by PID.
 """
 
@@ -61,7 +62,7 @@ def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path) -> None:
         assert arrays_digest(dict(saved)) == metrics["final_model_digest"]
     records = [r["body"] for r in lineage.read_chain(run_dir / "lineage.sqlite")
                if r["type"] == "round"]
-    assert [r["secagg"]["keys_preadvertised"] for r in records] == [0, 3]
+    assert [r["secagg"]["keys_preadvertised"] for r in records] == [3, 3]
     for record in records:
         sa = record["secagg"]
         assert sa["protocol"] == "secagg+" and sa["ok"] is True

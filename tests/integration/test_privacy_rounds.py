@@ -69,8 +69,8 @@ def test_secagg_round_matches_plain_aggregation_within_quantisation(tmp_path: Pa
     chain = lineage.read_chain(secure.run_dir / "lineage.sqlite")
     rounds = [r["body"] for r in chain if r["type"] == "round"]
     rec = rounds[0]
-    # round 2 used the keys the sites advertised for it during round 1 (no setup exchange)
-    assert [r["secagg"]["keys_preadvertised"] for r in rounds] == [0, 5]
+    # no setup exchange: round 1's keys came with the handshake, round 2's with round 1
+    assert [r["secagg"]["keys_preadvertised"] for r in rounds] == [5, 5]
     assert rec["secagg"]["participant_sites"] == [f"site-{i:03d}" for i in range(5)]
     assert rec["secagg"]["protocol"].startswith("secagg")
     assert rec["contributions"] == []  # the server never saw an individual update
@@ -100,15 +100,16 @@ def test_record_level_dp_sgd_each_site_accounts_and_reports(tmp_path: Path) -> N
 
 
 def test_secagg_with_sampling_reuses_keys_of_sites_sampled_twice_in_a_row(tmp_path: Path) -> None:
-    """Keys advertised for round r are used for the sites sampled in both r - 1 and r; the
-    others get a setup message (and sites sampled again later replace or renew theirs)."""
+    """Keys advertised for round r are used for the sites sampled in both r - 1 and r (for
+    round 1: every sampled site, from the handshake); the others get a setup message (and
+    sites sampled again later replace or renew theirs)."""
     run = _run(tmp_path, "sampled", sites=6, rounds=5, fraction=0.6, seed=0,
                **{"secagg.enabled": True})
     rounds = [r["body"] for r in lineage.read_chain(run.run_dir / "lineage.sqlite")
               if r["type"] == "round"]
     assert [r["status"] for r in rounds] == ["completed"] * 5
     assert all(r["secagg"]["participant_sites"] == sorted(r["sampled"]) for r in rounds)
-    both = [0] + [len(set(a["sampled"]) & set(b["sampled"])) for a, b in zip(rounds[:-1], rounds[1:], strict=True)]
+    both = [4] + [len(set(a["sampled"]) & set(b["sampled"])) for a, b in zip(rounds[:-1], rounds[1:], strict=True)]
     assert [r["secagg"]["keys_preadvertised"] for r in rounds] == both
-    assert 0 < sum(both) < 4 * 4  # some keys reused, some sites set up afresh
+    assert 4 < sum(both) < 5 * 4  # some keys reused, some sites set up afresh
     assert lineage.verify_run(run.run_dir).ok

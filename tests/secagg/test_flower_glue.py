@@ -255,3 +255,33 @@ def test_bad_next_round_records_only_cost_the_shortcut() -> None:
     assert second.participants == NODES  # bad_reply's site replaced its unused keys
     assert sorted(m.metadata.dst_node_id for m in grid.sent[sent:]
                   if m.metadata.message_type.endswith("setup")) == sorted([bad_site, bad_reply])
+
+
+def test_first_round_keys_come_with_the_handshake() -> None:
+    """`advertise_first_keys` (what a site's handshake handler calls) sets up the round the
+    handshake names; the round then runs without a setup message."""
+    from flwr.app import Context, RecordDict
+
+    from fedsilo.client.secagg_handler import advertise_first_keys
+    from fedsilo.privacy.secagg import KeyAdvert, SetupRequest
+    from fedsilo.server.secagg_round import PreAdvertised, setup_record
+
+    grid = FakeGrid(make_client_app(), NODES)
+    setup = SetupRequest("run-h", 1, CFG, D, len(NODES))
+    hello = Message(RecordDict({"secagg_next": setup_record(setup)}), dst_node_id=NODES[0],
+                    message_type="query.handshake", group_id="0")
+    keys = {}
+    for node in NODES:
+        rec = advertise_first_keys(hello, grid.contexts[node], "run-h")
+        assert rec is not None and rec["round"] == 1
+        keys[node] = KeyAdvert(rec["c_pk"], rec["s_pk"])  # type: ignore[arg-type]
+    out = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                           run_id="run-h", server_round=1, timeout=1.0,
+                           preadvertised=PreAdvertised(setup, keys))
+    assert out.ok and out.lineage["keys_preadvertised"] == 8
+    assert _types(grid) == [s for s in ("share", "masked", "unmask") for _ in NODES]
+    # another run's setup, or a round this site has already taken part in: no keys
+    other = Context(run_id=1, node_id=NODES[0], node_config={}, state=RecordDict(), run_config={})
+    assert advertise_first_keys(hello, other, "run-x") is None
+    assert advertise_first_keys(hello, grid.contexts[NODES[0]], "run-h") is None
+    assert "secagg_state" not in other.state
