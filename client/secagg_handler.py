@@ -10,9 +10,10 @@ An unmask request may carry the next round's setup request as well: the site the
 answers both, its unmask reply and its fresh public keys for the next round, and keeps
 that round's setup state. The next round starts at the share stage for it (one message
 exchange fewer). The run's handshake query may carry the first round's setup request in
-the same way (`advertise_first_keys`). If the server asks again for that round's keys (it lost them, or its
-sample changed), the site advertises fresh ones as long as it has not used the first
-pair; once it has shared, the round is claimed and a new setup is refused.
+the same way (`advertise_first_keys`). If the server asks again for a round's keys (it
+lost them, or its sample changed), the site advertises fresh ones as long as it has not
+used the first pair; once it has shared, the round is claimed and a new setup is
+refused.
 """
 
 from __future__ import annotations

@@ -179,8 +179,9 @@ class FederationServer:
         self.start_round = 1
         self.recovered: list[RoundSummary] = []  # rounds whose report a crash interrupted
         self._model_digest: str | None = None  # digest of self.model, set after each round
-        # SecAgg+ keys the sites advertised for the next round during this one (not
-        # checkpointed: after a resume the first round asks for keys again)
+        # SecAgg+ keys the sites advertised for the next secure round, with their handshake
+        # or the previous round's unmask replies (not checkpointed: a resumed run asks
+        # for them again with its handshake)
         self._secagg_keys: PreAdvertised | None = None
         self.rounds_completed = 0  # round records with status "completed" in the chain
         self._persist_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsilo-persist")

@@ -2,8 +2,8 @@
 
 Flower's deployment grid (`HttpGrid.send_and_receive`, Flower 1.42) sleeps a fixed 3 s
 between polls for replies, so every message exchange there waits up to 3 s after the
-last reply has arrived at the SuperLink (1.5 s on average). A SecAgg+ round has three or
-four exchanges, a plain round one. `send_and_receive` does the same push-then-pull
+last reply has arrived at the SuperLink (1.5 s on average). A SecAgg+ round has three
+exchanges, a plain round one. `send_and_receive` does the same push-then-pull
 through the Grid's own `push_messages` / `pull_messages`, but polls after 50 ms, then
 backs off to at most `MAX_POLL_S`: replies are collected within a fraction of a second,
 and a long training round costs the SuperLink two pull requests a second.

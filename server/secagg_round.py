@@ -198,9 +198,9 @@ def run_secagg_round(
     vector_length:
         Length of the flat update; defaults to the total size of ``train_content["arrays"]``.
     preadvertised:
-        Keys advertised for this round during the previous one (its ``next_keys``). Used
-        for the sites that gave them if this round's setup request equals theirs; the
-        other sites get a setup message.
+        Keys advertised for this round ahead of it: the previous round's ``next_keys``,
+        or `keys_from_replies` of the run's handshake. Used for the sites that gave them
+        if this round's setup request equals theirs; the other sites get a setup message.
     announce_next:
         Ask the unmask stage's survivors for their keys for round ``server_round + 1``
         (same parameters and sample size as this round); they come back in ``next_keys``.

@@ -5,9 +5,9 @@ little-endian uint64 bytes (Flower's int fields are signed 64-bit); the masked v
 travels as a uint32 Array in an ArrayRecord under ``MASKED_KEY``. An unmask request (or
 the run's handshake query) may also carry the next secure round's setup request, and its
 reply the site's key advertisement for that round, as a ConfigRecord under ``NEXT_KEY``
-(one message exchange fewer per round: see `fedsilo.server.secagg_round`). Decoding a site's
-reply never raises: anything unexpected becomes `Malformed(reason)`, which the server
-records against that site.
+(one message exchange fewer per round: see `fedsilo.server.secagg_round`). Decoding a
+site's reply never raises: anything unexpected becomes `Malformed(reason)`, which the
+server records against that site.
 
 The masked vector is the one large field (d + 2 words). Flower's ``Array(ndarray)`` /
 ``Array.numpy()`` go through ``np.save`` / ``np.load`` (~0.4 ms per site and round at
@@ -39,8 +39,8 @@ from .messages import (
 RECORD_KEY = "secagg"
 MASKED_KEY = "secagg_masked"
 NEXT_KEY = "secagg_next"
-"""Record of the next round's setup request (in an unmask request) or of the site's key
-advertisement for it (in the unmask reply)."""
+"""Record of the next secure round's setup request (in an unmask request or the run's
+handshake query) or of the site's key advertisement for it (in the reply)."""
 MESSAGE_TYPES = {s: f"train.secagg_{s}" for s in ("setup", "share", "masked", "unmask")}
 
 
@@ -149,7 +149,7 @@ def _setup_request(cr: ConfigRecord) -> SetupRequest:
 
 
 def decode_next_setup(content: RecordDict) -> SetupRequest | None:
-    """The next round's setup request riding on an unmask request, if any (raises
+    """The setup request riding on an unmask request or a handshake query, if any (raises
     ValueError if present but malformed)."""
     cr = content.get(NEXT_KEY)
     if cr is None:
@@ -163,8 +163,8 @@ def decode_next_setup(content: RecordDict) -> SetupRequest | None:
 
 
 def decode_next_keys(content: RecordDict, next_round: int) -> KeyAdvert | Malformed | None:
-    """A site's key advertisement for ``next_round`` riding on its unmask reply: None if
-    absent, `Malformed` if unreadable or for another round (never raises)."""
+    """A site's key advertisement for ``next_round`` riding on its unmask or handshake
+    reply: None if absent, `Malformed` if unreadable or for another round (never raises)."""
     cr = content.get(NEXT_KEY)
     if cr is None:
         return None
