@@ -8,8 +8,10 @@ through the Grid's own `push_messages` / `pull_messages`, but polls after 50 ms,
 backs off to at most `MAX_POLL_S`: replies are collected within a fraction of a second,
 and a long training round costs the SuperLink two pull requests a second.
 
-Grids that are not Flower `Grid` subclasses (test doubles) keep their own
-``send_and_receive``.
+Grids that poll in-memory state (Flower's simulation engine: a ``pull_interval``
+attribute, tuned to 10 ms by `fedsilo.server.app.tune_grid`) and objects that are not
+Flower `Grid` subclasses (test doubles) keep their own ``send_and_receive``: polling
+memory every 10 ms beats any back-off.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *,
     Same contract as Flower's ``Grid.send_and_receive``: replies come back in arrival
     order, late ones are left behind, ``timeout=None`` waits for all of them.
     """
-    if not isinstance(grid, Grid):
+    if not isinstance(grid, Grid) or hasattr(grid, "pull_interval"):
         return list(grid.send_and_receive(messages, timeout=timeout))
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout

@@ -114,6 +114,21 @@ def test_all_replies_at_once_need_no_sleep(clock: Clock) -> None:
     assert clock.sleeps == [] and grid.pulls == 1
 
 
+def test_in_memory_grids_keep_their_own_tuned_polling(clock: Clock) -> None:
+    """Flower's simulation grid polls memory every `pull_interval` (10 ms once tuned):
+    the helper leaves it to that rather than backing off to 500 ms."""
+
+    class InMemory(TimedGrid):
+        pull_interval = 0.01
+
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+            return [("own", timeout)]
+
+    grid = InMemory(clock, {1: 0.0})
+    assert messaging.send_and_receive(grid, _msgs([1]), timeout=5.0) == [("own", 5.0)]
+    assert grid.pulls == 0 and clock.sleeps == []
+
+
 def test_non_grid_doubles_keep_their_own_send_and_receive() -> None:
     class Double:
         def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None):
