@@ -70,6 +70,12 @@ FitUpdate = Callable[[Message, Context], LocalUpdate]
 _LIVE: dict[int, tuple[bytes, SecAggClient]] = {}
 
 
+class _OtherRound(SecAggClientError):
+    """A request for another round than the node's state is in. It is refused, but the
+    state is kept: it belongs to a round still under way (e.g. the next round's keys,
+    set up with the unmask reply, when the unmask request arrives a second time)."""
+
+
 def _load(context: Context, server_round: int) -> SecAggClient:
     rec = context.state.get(STATE_KEY)
     live = _LIVE.pop(int(context.node_id), None)
@@ -81,8 +87,8 @@ def _load(context: Context, server_round: int) -> SecAggClient:
     reuse = live is not None and live[0] is blob
     client = live[1] if reuse else SecAggClient.load(blob)  # type: ignore[index,arg-type]
     if client.st.get("round") != server_round:
-        raise SecAggClientError(f"secagg: node {context.node_id} state is for round "
-                                f"{client.st.get('round')}, message is for round {server_round}")
+        raise _OtherRound(f"secagg: node {context.node_id} state is for round "
+                          f"{client.st.get('round')}, message is for round {server_round}")
     return client
 
 
@@ -193,9 +199,10 @@ def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdat
                 reply = client.unmask(req)  # type: ignore[arg-type]
                 nxt = _setup_next(message, context, client.st["run_id"], rnd + 1)
     except (SecAggClientError, ValueError) as e:
-        context.state.pop(STATE_KEY, None)  # a refused round is over for this site
-        _LIVE.pop(int(context.node_id), None)
-        forget_keys(int(context.node_id))
+        if not isinstance(e, _OtherRound):
+            context.state.pop(STATE_KEY, None)  # a refused round is over for this site
+            _LIVE.pop(int(context.node_id), None)
+            forget_keys(int(context.node_id))
         return Message(Error(SECAGG_ERROR_CODE, str(e)), reply_to=message)
     # after a next-round setup, its state replaces the finished round's (whose only
     # remaining job, refusing a replayed request, the round check in `_load` takes over)

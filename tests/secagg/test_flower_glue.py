@@ -184,6 +184,25 @@ def test_next_round_keys_replace_its_setup_exchange() -> None:
         "'run-n'; refusing round 2")
 
 
+def test_replayed_unmask_request_keeps_the_next_rounds_keys() -> None:
+    """A round-1 unmask request delivered again after the site set up round 2 is refused
+    without discarding round 2's state: the site still takes part in round 2."""
+    app = make_client_app()
+    grid = FakeGrid(app, NODES)
+    first = run_secagg_round(grid, NODES, train_content=train_content(1), config=CFG,  # type: ignore[arg-type]
+                             run_id="run-r", server_round=1, timeout=1.0, announce_next=True)
+    unmask = next(m for m in grid.sent if m.metadata.dst_node_id == NODES[0]
+                  and m.metadata.message_type.endswith("unmask"))
+    rep = app(unmask, grid.contexts[NODES[0]])
+    assert rep.has_error() and rep.error.reason == (
+        f"secagg: node {NODES[0]} state is for round 2, message is for round 1")
+    second = run_secagg_round(grid, NODES, train_content=train_content(2), config=CFG,  # type: ignore[arg-type]
+                              run_id="run-r", server_round=2, timeout=1.0,
+                              preadvertised=first.next_keys)
+    assert second.ok and second.participants == NODES
+    assert second.lineage["keys_preadvertised"] == 8
+
+
 def test_site_without_next_keys_gets_a_setup_message() -> None:
     grid = FakeGrid(make_client_app(fail_pid=2, fail_round=1), NODES)
     first = run_secagg_round(grid, NODES, train_content=train_content(1), config=CFG,  # type: ignore[arg-type]
