@@ -248,14 +248,12 @@ class FederationServer:
         first = self._first_secagg_setup(len(nodes))
         if first is not None:  # the first secure round's keys come with the handshake
             from fedsilo.privacy.secagg.records import NEXT_KEY
-            from fedsilo.server.secagg_round import setup_record
+            from fedsilo.server.secagg_round import keys_from_replies, setup_record
 
             content[NEXT_KEY] = setup_record(first)
         msgs = [Message(content, dst_node_id=n, message_type=f"{MessageType.QUERY}.handshake") for n in nodes]
         replies = send_and_receive(grid, msgs, timeout=self.spec.config.round_timeout)
         if first is not None:
-            from fedsilo.server.secagg_round import keys_from_replies
-
             self._secagg_keys = keys_from_replies(first, replies)
         sites: dict[str, SiteInfo] = {}
         problems: list[str] = []

@@ -122,13 +122,12 @@ def _vector_length(train_content: RecordDict) -> int:
 
 def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_round: int,
               timeout: float, extra: RecordDict | None,
-              next_keys: dict[int, KeyAdvert] | None = None,
+              accepted: list[Message] | None = None,
               ) -> tuple[dict[int, object], dict[int, dict[str, float]]]:
     """Send each site its request (plus the records in ``extra``); decode the replies.
 
-    With ``next_keys``, the valid key advertisements for round ``server_round + 1`` found
-    in the replies are added to it (anything else there is ignored: the site then gets a
-    setup message next round).
+    ``accepted``, if given, collects the reply messages that were decoded (one per site,
+    no errors), for records outside the stage's own.
     """
     msgs = []
     # A request object sent to many sites (setup, unmask) is encoded once; each message
@@ -155,10 +154,8 @@ def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_rou
             replies[src] = SiteError(rep.error.reason or f"error code {rep.error.code}")
             continue
         replies[src] = decode_reply(stage, rep.content, server_round)
-        if next_keys is not None:
-            nk = decode_next_keys(rep.content, server_round + 1)
-            if isinstance(nk, KeyAdvert):
-                next_keys[src] = nk
+        if accepted is not None:
+            accepted.append(rep)
         m = rep.content.get(METRICS_KEY)
         if isinstance(m, MetricRecord):
             metrics[src] = {k: float(v) for k, v in m.items() if isinstance(v, int | float)}
@@ -217,7 +214,7 @@ def run_secagg_round(
     site_metrics: dict[int, dict[str, float]] = {}
     result = None
     reason = None
-    next_keys: dict[int, KeyAdvert] | None = {} if announce_next else None
+    next_keys: PreAdvertised | None = None
     next_setup = (SetupRequest(run_id, server_round + 1, config, d, len(server.nodes))
                   if announce_next else None)
     n_pre = 0
@@ -251,7 +248,10 @@ def run_secagg_round(
         if next_setup is not None:
             nxt = RecordDict({NEXT_KEY: setup_record(next_setup)})
         t0 = time.perf_counter()
-        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, nxt, next_keys)
+        unmasked: list[Message] = []
+        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, nxt, unmasked)
+        if next_setup is not None:
+            next_keys = keys_from_replies(next_setup, unmasked)
         t1 = time.perf_counter()
         result = server.on_unmask(replies)
         timings["secagg_unmask_server_s"] = time.perf_counter() - t1
@@ -293,8 +293,7 @@ def run_secagg_round(
         recovered=result.recovered if result else [],
         metrics=metrics,
         lineage=lineage,
-        next_keys=PreAdvertised(next_setup, next_keys)
-        if next_setup is not None and next_keys else None,
+        next_keys=next_keys,
     )
 
 
