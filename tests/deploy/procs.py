@@ -78,6 +78,14 @@ class Procs:
         return [p for p in pids if _alive(p)]
 
 
+def local_procs(tmp_path: Path) -> tuple[Path, Procs]:
+    """A fresh Flower home (``tmp_path/flwr-home``) and a `Procs` with its environment,
+    logging to ``tmp_path/logs``: the set-up every loopback federation test starts with."""
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    return home, Procs(tmp_path / "logs", env_for(home))
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

@@ -11,7 +11,7 @@ import pytest
 
 from fedsilo.lineage import read_chain, verify_run
 
-from .procs import REPO, Procs, env_for, flwr_json, start_insecure_federation, wait_until
+from .procs import REPO, flwr_json, local_procs, start_insecure_federation, wait_until
 
 pytestmark = pytest.mark.network
 
@@ -27,9 +27,7 @@ def _rounds_recorded(run_dir: Path) -> int:
 
 
 def test_killed_supernodes_are_dropped_and_quorum_keeps_the_model(tmp_path: Path) -> None:
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    procs = Procs(tmp_path / "logs", env_for(home))
+    home, procs = local_procs(tmp_path)
     out = tmp_path / "runs"
     run_dir = out / "drop"
     try:

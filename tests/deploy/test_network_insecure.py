@@ -16,16 +16,14 @@ import pytest
 
 from fedsilo.lineage import arrays_digest, verify_run
 
-from .procs import REPO, Procs, env_for, flwr_json, start_insecure_federation, wait_until
+from .procs import REPO, flwr_json, local_procs, start_insecure_federation, wait_until
 
 pytestmark = pytest.mark.network
 
 
 def test_flwr_run_example_app_two_rounds(tmp_path: Path) -> None:
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    env = env_for(home)
-    procs = Procs(tmp_path / "logs", env)
+    home, procs = local_procs(tmp_path)
+    env = procs.env
     out = tmp_path / "runs"
     try:
         start_insecure_federation(tmp_path, procs, home, 3)

@@ -24,16 +24,14 @@ from fedsilo.lineage import arrays_digest, verify_run
 from fedsilo.server.config import RunConfig
 from fedsilo.server.deploy import app_run_config, write_app_dir
 
-from .procs import Procs, env_for, flwr_json, start_insecure_federation, wait_until
+from .procs import flwr_json, local_procs, start_insecure_federation, wait_until
 
 pytestmark = pytest.mark.network
 
 
 def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path) -> None:
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    env = env_for(home)
-    procs = Procs(tmp_path / "logs", env)
+    home, procs = local_procs(tmp_path)
+    env = procs.env
     out = tmp_path / "runs"
     config = RunConfig.load(None, {"rounds": 2, "sites": 3, "partition": "iid", "out": str(out),
                                    "run_id": "sa1", "secagg.enabled": True})
