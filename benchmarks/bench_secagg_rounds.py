@@ -107,9 +107,9 @@ _SPLIT_PARTS: list[tuple[Any, str, str]] = [
     (client_app, "local_delta", "site: training (local_delta)"),
     (secagg_crypto, "agree", "site: X25519 agreement + HKDF"),
     (secagg_crypto.MaskGenerator, "mask", "site: AES-CTR keystreams (masks + rounding noise)"),
-    (secagg_crypto, "encrypt", "site: AES-GCM share encryption / decryption"),
+    (secagg_crypto, "encrypt_many", "site: AES-GCM share encryption / decryption"),
     (secagg_crypto, "decrypt", "site: AES-GCM share encryption / decryption"),
-    (secagg_shamir, "split", "site: Shamir split"),
+    (secagg_shamir, "split_many", "site: Shamir split"),
     (secagg_client, "quantize", "site: quantisation (stochastic rounding)"),
     (secagg_client, "neighbours", "site: own graph neighbours (ring order)"),
     (secagg_client.SecAggClient, "setup", "site: setup rest (2 key pairs, checks)"),
@@ -168,8 +168,9 @@ def crypto_floor(n: int, d: int = D, reps: int = 7) -> tuple[int, float, float]:
                 for i in range(2 * k)]
         seed = os.urandom(32)
         xs = list(range(1, k + 2))
-        b_sh, s_sh = secagg_shamir.split(seed, xs, t), secagg_shamir.split(s_raw, xs, t)
-        cts = [secagg_crypto.encrypt(keys[i], b_sh[i] + s_sh[i], aad) for i in range(k)]
+        b_sh, s_sh = secagg_shamir.split_many([seed, s_raw], xs, t)
+        cts = secagg_crypto.encrypt_many(keys[:k], [b_sh[i] + s_sh[i] for i in range(k)],
+                                         [aad] * k)
         for i in range(k):
             secagg_crypto.decrypt(keys[i], cts[i], aad)
         np.copyto(y, gen.random_words())

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from fedsilo import lineage
 from fedsilo.privacy.screening import ScreeningPolicy
 from fedsilo.server.checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoint, write_checkpoint
+from fedsilo.server.collector import FrozenObjects
 from fedsilo.server.config import RunConfig
 from fedsilo.server.faults import fault_point
 from fedsilo.server.memory import LARGE_MODEL_VALUES, keep_freed_memory
@@ -192,6 +193,7 @@ class FederationServer:
         spec, cfg = self.spec, self.spec.config
         summaries: list[RoundSummary] = []
         closing, detail = "rounds_done", f"{cfg.rounds} rounds completed"
+        frozen = FrozenObjects()
         if spec.resume:
             self._restore()
         else:
@@ -210,6 +212,9 @@ class FederationServer:
                 summaries.append(summary)
                 if spec.on_round is not None:
                     spec.on_round(summary)
+                # after one round everything long-lived exists: keep it out of the full
+                # collections that would otherwise pause later rounds (see `collector`)
+                frozen.freeze()
         except BudgetExhausted as exc:
             closing, detail = "budget_exhausted", str(exc)
         except KeyboardInterrupt:
@@ -219,6 +224,7 @@ class FederationServer:
             closing, detail = "error", f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            frozen.release()
             try:
                 self._persist_wait()
             finally:

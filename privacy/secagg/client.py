@@ -85,6 +85,14 @@ class SecAggClient:
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
         self.st: dict[str, Any] = {"stage": "new"}
+        self._config: SecAggConfig | None = None  # parsed ``st["config"]`` (fixed at setup)
+
+    @property
+    def config(self) -> SecAggConfig:
+        """The round's parameters, parsed from the state once per object."""
+        if self._config is None:
+            self._config = SecAggConfig.from_dict(self.st["config"])
+        return self._config
 
     # ---------------------------------------------------------------- state
     def dump(self) -> bytes:
@@ -150,6 +158,7 @@ class SecAggClient:
         c_sk, c_pk = c_key.private_bytes_raw(), c_key.public_key().public_bytes_raw()
         s_sk, s_pk = s_key.private_bytes_raw(), s_key.public_key().public_bytes_raw()
         _PARSED[self.node_id] = (req.run_id, req.server_round, c_pk, s_pk, c_key, s_key)
+        self._config = req.config
         self.st.update(
             stage="setup", run_id=req.run_id, round=req.server_round,
             config=req.config.to_dict(), d=req.vector_length, n_sampled=req.num_sampled,
@@ -173,7 +182,7 @@ class SecAggClient:
         me = self.node_id
         # taken out whatever happens next: after this stage no private key is kept
         parsed = _PARSED.pop(me, None)
-        cfg = SecAggConfig.from_dict(self.st["config"])
+        cfg = self.config
         if req.own_c_pk != self.st["c_pk"] or req.own_s_pk != self.st["s_pk"]:
             raise SecAggClientError(f"secagg: node {me}: server echoed keys it did not advertise")
         parts = list(req.participants)  # Python ints (`ids_from_bytes` / the driver)
@@ -197,30 +206,33 @@ class SecAggClient:
         seed = os.urandom(shamir.SECRET_BYTES)
         holders = sorted([*nbrs, me])
         xs = holder_points(parts, holders)
-        b_sh = dict(zip(holders, shamir.split(seed, xs, t), strict=True))
-        s_sh = dict(zip(holders, shamir.split(self.st["s_sk"], xs, t), strict=True))
+        seed_shares, key_shares = shamir.split_many([seed, self.st["s_sk"]], xs, t)
+        b_sh = dict(zip(holders, seed_shares, strict=True))
+        s_sh = dict(zip(holders, key_shares, strict=True))
         run, rnd = self.st["run_id"], self.st["round"]
         c_sk, s_sk = self._private_keys(parsed)
-        cts, chan, mseed = [], {}, {}
+        chan, mseed = {}, {}
         for j, c_pk, s_pk in zip(req.neighbours, req.c_pks, req.s_pks, strict=True):
             j = int(j)
             try:
-                key = crypto.agree(c_sk, c_pk, purpose=b"channel", run_id=run,
-                                   server_round=rnd, node_a=me, node_b=j)
+                chan[str(j)] = crypto.agree(c_sk, c_pk, purpose=b"channel", run_id=run,
+                                            server_round=rnd, node_a=me, node_b=j)
                 mseed[str(j)] = crypto.agree(s_sk, s_pk, purpose=b"mask", run_id=run,
                                              server_round=rnd, node_a=me, node_b=j)
             except ValueError:
                 raise SecAggClientError(f"secagg: node {me}: invalid public key of node {j}") \
                     from None
-            chan[str(j)] = key
-            cts.append(crypto.encrypt(key, b_sh[j] + s_sh[j], crypto.share_aad(run, rnd, me, j)))
+        receivers = [int(j) for j in req.neighbours]
+        cts = crypto.encrypt_many([chan[str(j)] for j in receivers],
+                                  [b_sh[j] + s_sh[j] for j in receivers],
+                                  [crypto.share_aad(run, rnd, me, j) for j in receivers])
         self.st.update(stage="share", seed=seed, k=k, t=t, chan=chan, mseed=mseed)
         # the private keys have done their work (agreements made, mask key shared): keep
         # no more secrets between messages than the next stage needs
         for key in ("c_sk", "s_sk"):
             del self.st[key]
         self.st["held"][str(me)] = [b_sh[me], s_sh[me]]
-        return ShareReply(receivers=[int(j) for j in req.neighbours], ciphertexts=cts,
+        return ShareReply(receivers=receivers, ciphertexts=cts,
                           commitment=crypto.commit(seed, run, rnd, me))
 
     # ---------------------------------------------------------------- stage 3
@@ -238,7 +250,7 @@ class SecAggClient:
         """
         self._expect("share")
         me = self.node_id
-        cfg = SecAggConfig.from_dict(self.st["config"])
+        cfg = self.config
         d = self.st["d"]
         delta = np.asarray(delta)
         if delta.shape != (d,) or not np.issubdtype(delta.dtype, np.floating):

@@ -108,8 +108,21 @@ def share_aad(run_id: str, server_round: int, sender: int, receiver: int) -> byt
 
 def encrypt(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """AES-256-GCM with a random 96-bit nonce; returns nonce || ciphertext || tag."""
-    nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    return encrypt_many([key], [plaintext], [aad])[0]
+
+
+def encrypt_many(keys: list[bytes], plaintexts: list[bytes], aads: list[bytes]) -> list[bytes]:
+    """`encrypt` of each (key, plaintext, aad) triple; the random nonces come from one
+    OS CSPRNG call (a site encrypts k shares per round; a system call each costs more
+    than the encryption)."""
+    if not len(keys) == len(plaintexts) == len(aads):
+        raise ValueError("encrypt_many: keys, plaintexts and aads differ in length")
+    pool = os.urandom(NONCE_BYTES * len(keys))
+    out = []
+    for i, (key, pt, aad) in enumerate(zip(keys, plaintexts, aads, strict=True)):
+        nonce = pool[i * NONCE_BYTES:(i + 1) * NONCE_BYTES]
+        out.append(nonce + AESGCM(key).encrypt(nonce, pt, aad))
+    return out
 
 
 def decrypt(key: bytes, blob: bytes, aad: bytes) -> bytes:

@@ -43,23 +43,36 @@ def split(secret: bytes, xs: Sequence[int], threshold: int) -> list[bytes]:
 
     Returns the shares as ``SHARE_BYTES``-byte big-endian field elements, in ``xs`` order.
     """
-    if len(secret) != SECRET_BYTES:
-        raise ValueError(f"shamir.secret: expected {SECRET_BYTES} bytes, got {len(secret)}")
+    return split_many([secret], xs, threshold)[0]
+
+
+def split_many(values: Sequence[bytes], xs: Sequence[int], threshold: int) -> list[list[bytes]]:
+    """`split` of several secrets to the same holders (a site shares two per round): the
+    checks and the randomness read are done once. Each secret gets its own independent
+    random polynomial."""
+    for secret in values:
+        if len(secret) != SECRET_BYTES:
+            raise ValueError(f"shamir.secret: expected {SECRET_BYTES} bytes, got {len(secret)}")
     if not 1 <= threshold <= len(xs):
         raise ValueError(f"shamir.threshold: expected 1..{len(xs)}, got {threshold}")
     if len(set(xs)) != len(xs) or any(not 0 < x < PRIME for x in xs):
         raise ValueError("shamir.xs: expected distinct evaluation points in [1, p)")
-    coeffs = [int.from_bytes(secret, "big"), *_random_elements(threshold - 1)]
+    rand = _random_elements(len(values) * (threshold - 1))
     # Horner without a reduction per step while the points are small (the protocol's are
     # ranks <= n): each step then adds only log2(x) bits to a 521-bit number, so one
     # reduction at the end replaces t - 1 big-integer divisions per share.
     lazy = max(xs).bit_length() <= 64
     out = []
-    for x in xs:
-        acc = 0
-        for c in reversed(coeffs):
-            acc = acc * x + c if lazy else (acc * x + c) % PRIME
-        out.append((acc % PRIME).to_bytes(SHARE_BYTES, "big"))
+    for i, secret in enumerate(values):
+        coeffs = [int.from_bytes(secret, "big"), *rand[i * (threshold - 1):(i + 1) * (threshold - 1)]]
+        coeffs.reverse()
+        shares = []
+        for x in xs:
+            acc = 0
+            for c in coeffs:
+                acc = acc * x + c if lazy else (acc * x + c) % PRIME
+            shares.append((acc % PRIME).to_bytes(SHARE_BYTES, "big"))
+        out.append(shares)
     return out
 
 

@@ -45,16 +45,19 @@ def test_wheel_installs_and_imports_every_module(tmp_path: Path) -> None:
     )
     wheels = list(dist.glob("fedsilo-*.whl"))
     assert len(wheels) == 1
+    # Without PYTHONPATH (Ray sets it in this process once a simulation has run): pip
+    # would find this checkout's editable fedsilo on it and skip installing the wheel.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     # Dependencies come from this environment's site-packages (a path entry, so its
     # .pth files, including the editable fedsilo finder, are not processed).
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+                          capture_output=True, text=True, check=True, env=env).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(wheels[0])],
-                   check=True, timeout=300)
+                   check=True, timeout=300, env=env)
     modules = _expected_modules()
     script = (
         "import importlib, sys\n"
@@ -64,7 +67,6 @@ def test_wheel_installs_and_imports_every_module(tmp_path: Path) -> None:
         f"    assert mod.__file__.startswith({str(env_dir)!r}), (m, mod.__file__)\n"
         "print(len(mods))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     res = subprocess.run([str(py), "-c", script], capture_output=True, text=True, cwd=tmp_path,
                          env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -80,3 +80,16 @@ def test_commitment_binds_node_and_round() -> None:
     c = crypto.commit(seed, "r", 1, 5)
     assert c != crypto.commit(seed, "r", 2, 5) and c != crypto.commit(seed, "r", 1, 6)
     assert len(c) == 32
+
+
+def test_encrypt_many_is_encrypt_with_fresh_nonces() -> None:
+    keys = [bytes([i]) * 32 for i in range(5)]
+    pts = [f"share-{i}".encode() for i in range(5)]
+    aads = [crypto.share_aad("r", 1, sender=4, receiver=10 + i) for i in range(5)]
+    blobs = crypto.encrypt_many(keys, pts, aads)
+    assert [crypto.decrypt(k, b, a) for k, b, a in zip(keys, blobs, aads, strict=True)] == pts
+    assert len({b[: crypto.NONCE_BYTES] for b in blobs}) == 5
+    with pytest.raises(ValueError, match="failed authentication"):  # bound to its own aad
+        crypto.decrypt(keys[0], blobs[0], aads[1])
+    with pytest.raises(ValueError, match="differ in length"):
+        crypto.encrypt_many(keys, pts[:4], aads)

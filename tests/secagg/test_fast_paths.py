@@ -92,6 +92,10 @@ def test_ring_order_is_the_documented_hash_order() -> None:
         return hashlib.sha256(f"fedsilo/secagg/v1|ring|r|2|{nid}".encode()).digest()
 
     assert ring_order(ids, "r", 2) == sorted(ids, key=key)
+    # the order is computed once per process and round; callers get their own list
+    mine = ring_order(ids, "r", 2)
+    mine.reverse()
+    assert ring_order(ids, "r", 2) == sorted(ids, key=key)
 
 
 # ------------------------------------------------------------------ masked records

@@ -53,6 +53,20 @@ def test_altered_share_changes_result() -> None:
         shamir.combine([1, 2, 3], [forged, shares[1], shares[2]])
 
 
+def test_split_many_gives_each_secret_its_own_polynomial() -> None:
+    xs, t = [1, 2, 3, 4, 5], 3
+    a, b = os.urandom(32), os.urandom(32)
+    shares_a, shares_b, shares_a2 = shamir.split_many([a, b, a], xs, t)
+    for subset in itertools.combinations(range(len(xs)), t):
+        pts = [xs[i] for i in subset]
+        assert shamir.combine(pts, [shares_a[i] for i in subset]) == a
+        assert shamir.combine(pts, [shares_b[i] for i in subset]) == b
+        assert shamir.combine(pts, [shares_a2[i] for i in subset]) == a
+    assert shares_a != shares_a2  # same secret, fresh randomness
+    with pytest.raises(ValueError, match="expected 32 bytes, got 31"):
+        shamir.split_many([a, bytes(31)], xs, t)
+
+
 def test_input_validation_messages() -> None:
     with pytest.raises(ValueError, match="expected 32 bytes, got 31"):
         shamir.split(bytes(31), [1, 2], 2)
