@@ -35,11 +35,11 @@ from __future__ import annotations
 
 import importlib
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedsilo import tomlfile
 from fedsilo.client.app import Site
 from fedsilo.client.policy import SitePolicy
 from fedsilo.client.trainer import Trainer
@@ -215,15 +215,7 @@ def load_site(path: Path) -> Site:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise SiteConfigError(f"site config {path}: file not found") from None
-    except (IsADirectoryError, PermissionError) as exc:
-        raise SiteConfigError(f"site config {path}: cannot read ({type(exc).__name__})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SiteConfigError(f"site config {path}: not valid TOML ({exc})") from None
+    return tomlfile.read_toml(path, SiteConfigError, "site config")
 
 
 _MISSING = object()

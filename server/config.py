@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fedsilo import tomlfile
 
 DATASETS = ("digits", "breast_cancer", "wine", "mnist1d")
 
@@ -271,20 +272,8 @@ class RunConfig:
 
 # ---------------------------------------------------------------- helpers
 def read_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML config file; one-line `ConfigError` when unreadable or invalid."""
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"--config: file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"--config: {path} is a directory, expected a TOML file") from None
-    except PermissionError:
-        raise ConfigError(f"--config: cannot read {path} (permission denied)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config: {path} is not valid TOML ({exc})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--config: {path} is not UTF-8 TOML text") from None
+    """Read a run config file; one-line `ConfigError` when unreadable or invalid."""
+    return tomlfile.read_toml(path, ConfigError, "--config")
 
 
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:

@@ -29,7 +29,6 @@ import json
 import re
 import subprocess
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
+from fedsilo import tomlfile
 from fedsilo.server.certs import CertsError, check_server_tls, load_auth_public_key
 from fedsilo.server.deploy_procs import (
     DeployError,
@@ -432,15 +432,7 @@ def _cli_error(res: subprocess.CompletedProcess[str]) -> str:
 
 
 def _read_toml(path: Path, flag: str) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise DeployError(f"{flag}: file not found: {path}") from None
-    except (IsADirectoryError, PermissionError) as exc:
-        raise DeployError(f"{flag}: cannot read {path} ({type(exc).__name__})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise DeployError(f"{flag}: {path} is not valid TOML ({exc})") from None
+    return tomlfile.read_toml(path, DeployError, flag)
 
 
 def _typed(path: Path, name: str, value: Any, kind: type) -> Any:
