@@ -79,7 +79,9 @@ def screen_reply(content: RecordDict, *, dim: int, policy: ScreeningPolicy) -> n
     policy : norm and example-count bounds.
     """
     delta, _ = decode_reply(content, dim=dim, policy=policy)
-    check_norm(delta, float(np.dot(delta, delta)), policy)
+    with np.errstate(over="ignore"):  # an overflowed float32 norm is re-checked in float64
+        sq_norm = float(np.dot(delta, delta))
+    check_norm(delta, sq_norm, policy)
     return delta
 
 
