@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsilo import lineage
@@ -65,8 +65,16 @@ SiteFactory = Callable[[Context, Mapping[str, Any]], Site]
 
 
 def _config(msg: Message, name: str) -> dict[str, Any]:
-    rec = msg.content.config_records.get(name)
+    rec = codec.record(msg.content, name, ConfigRecord)
     return dict(rec) if rec is not None else {}
+
+
+def _global_model(msg: Message) -> Array:
+    """The global model's flat array; KeyError if the message does not carry one."""
+    rec = codec.record(msg.content, codec.GLOBAL_RECORD, ArrayRecord)
+    if rec is None:
+        raise KeyError(codec.GLOBAL_RECORD)
+    return rec[codec.MODEL_KEY]
 
 
 def _first_secagg_keys(msg: Message, context: Context) -> tuple[str, ConfigRecord] | None:
@@ -115,7 +123,7 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
         site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
         config = _config(msg, codec.CONFIG_RECORD)
         layout = codec.ModelLayout.from_json(str(config["layout"]))
-        flat = codec.decode_flat(msg.content.array_records[codec.GLOBAL_RECORD][codec.MODEL_KEY])
+        flat = codec.decode_flat(_global_model(msg))
         res = site.trainer.evaluate(layout.unflatten(flat), config)
         metrics = MetricRecord({"loss": res.loss, codec.NUM_EXAMPLES_KEY: res.num_examples, **res.metrics})
         return Message(RecordDict({codec.METRICS_RECORD: metrics}), reply_to=msg)
@@ -150,7 +158,7 @@ def local_delta(site: Site, msg: Message, config: Mapping[str, Any]) -> tuple[np
     """Train on the message's global model; return (flat float32 delta, examples, metrics)."""
     layout = codec.ModelLayout.from_json(str(config["layout"]))
     global_flat = codec.decode_flat(
-        msg.content.array_records[codec.GLOBAL_RECORD][codec.MODEL_KEY], expected_size=layout.size
+        _global_model(msg), expected_size=layout.size
     )
     fit = site.trainer.fit(layout.unflatten(global_flat), config)
     delta = layout.flatten(fit.weights) - global_flat

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedsilo import lineage
@@ -268,7 +268,7 @@ class FederationServer:
             if reply.has_error():
                 problems.append(f"node {node}: {reply.error.reason}")
                 continue
-            rec = reply.content.config_records.get(codec.SITE_RECORD)
+            rec = codec.record(reply.content, codec.SITE_RECORD, ConfigRecord)
             if rec is None:
                 problems.append(f"node {node}: no site record in its handshake reply")
                 continue
@@ -466,7 +466,8 @@ class FederationServer:
         refused: dict[str, str] = {}
         updates = []
         for r in replies:
-            refusal = None if r.has_error() else r.content.config_records.get(codec.REFUSAL_RECORD)
+            refusal = None if r.has_error() else codec.record(r.content, codec.REFUSAL_RECORD,
+                                                               ConfigRecord)
             if refusal is not None:  # the site's policy said no; its reason goes to lineage
                 refused[site_of[int(r.metadata.src_node_id)]] = f"refused by site: {refusal.get('reason', '')}"
             else:
@@ -584,8 +585,9 @@ class FederationServer:
         """Recompute each update's digest and check the site's signature over it."""
         site_rec = {}
         for r in replies:
-            if not r.has_error() and codec.SITE_RECORD in r.content.config_records:
-                site_rec[int(r.metadata.src_node_id)] = r.content.config_records[codec.SITE_RECORD]
+            rec = None if r.has_error() else codec.record(r.content, codec.SITE_RECORD, ConfigRecord)
+            if rec is not None:
+                site_rec[int(r.metadata.src_node_id)] = rec
         contributions, keep = [], []
         for i, (node, flat) in enumerate(zip(batch.node_ids, batch.updates, strict=True)):
             info, rec = by_node[node], site_rec.get(node, {})
@@ -616,9 +618,9 @@ class FederationServer:
     def _site_metric(replies: list[Message], site_of: Mapping[int, str], key: str) -> dict[str, float]:
         out = {}
         for r in replies:
-            if r.has_error() or codec.METRICS_RECORD not in r.content.metric_records:
+            m = None if r.has_error() else codec.record(r.content, codec.METRICS_RECORD, MetricRecord)
+            if m is None:
                 continue
-            m = r.content.metric_records[codec.METRICS_RECORD]
             if key in m:
                 out[site_of[int(r.metadata.src_node_id)]] = float(m[key])
         return out
@@ -627,9 +629,9 @@ class FederationServer:
     def _mean_metric(replies: list[Message], site_ids: list[str], key: str) -> float | None:
         vals, weights = [], []
         for r in replies:
-            if r.has_error() or codec.METRICS_RECORD not in r.content.metric_records:
+            m = None if r.has_error() else codec.record(r.content, codec.METRICS_RECORD, MetricRecord)
+            if m is None:
                 continue
-            m = r.content.metric_records[codec.METRICS_RECORD]
             if key in m:
                 vals.append(float(m[key]))
                 weights.append(float(m.get(codec.NUM_EXAMPLES_KEY, 1)))

@@ -16,13 +16,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
-from flwr.app import Array
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from .. import npy
 
 FLAT_DTYPE = np.dtype("<f4")
+_Record = TypeVar("_Record", ArrayRecord, ConfigRecord, MetricRecord)
 
 
 class LayoutError(ValueError):
@@ -157,3 +159,16 @@ METRICS_RECORD = "metrics"
 SITE_RECORD = "site"
 REFUSAL_RECORD = "refusal"
 NUM_EXAMPLES_KEY = "num-examples"
+
+
+def record(content: RecordDict, name: str, kind: type[_Record]) -> _Record | None:
+    """The record called ``name`` in ``content`` if it is a ``kind``, else None.
+
+    Same answer as ``content.config_records.get(name)`` (and the array / metric
+    variants) without its cost: Flower's typed views build a new type-checked dict of
+    every record of that kind on each access (about 16 us for a five-record message),
+    and the server reads several records of each of n replies per round.
+    """
+    rec = content.get(name)
+    return rec if isinstance(rec, kind) else None
+

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 RING_BITS = 32
 """Masked sums live in the native uint32 ring Z_{2^32} (numpy wrap-around arithmetic)."""
@@ -107,7 +107,8 @@ class SecAggConfig:
 
     def to_dict(self) -> dict[str, int | float | None]:
         """Plain dict of the parameters (for lineage and messages)."""
-        return asdict(self)
+        # not dataclasses.asdict: its recursive deep copy costs 10 us per site and round
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> SecAggConfig:

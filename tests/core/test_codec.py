@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
+from fedsilo.strategies import codec
 from fedsilo.strategies.codec import LayoutError, ModelLayout, decode_flat, encode_flat
 
 
@@ -59,3 +60,19 @@ def test_layout_round_trip() -> None:
     assert ModelLayout.from_json(layout.to_json()) == layout
     with pytest.raises(LayoutError, match="missing layers"):
         layout.flatten({"w": arrays["w"]})
+
+
+def test_record_lookup_matches_flowers_typed_views() -> None:
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    content = RecordDict({
+        "site": ConfigRecord({"site_id": "a"}),
+        "metrics": MetricRecord({"num-examples": 3}),
+        "global": ArrayRecord({"model": codec.encode_flat(np.zeros(4, dtype=np.float32))}),
+    })
+    for kind, view in ((ConfigRecord, content.config_records),
+                       (MetricRecord, content.metric_records),
+                       (ArrayRecord, content.array_records)):
+        for name in ("site", "metrics", "global", "missing"):
+            assert codec.record(content, name, kind) is view.get(name), (kind, name)
+    assert codec.record(content, "site", ConfigRecord)["site_id"] == "a"
