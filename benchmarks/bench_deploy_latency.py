@@ -12,10 +12,10 @@ training code) through
 
 With ``--secagg`` a third app runs in the same alternation: fedsilo with SecAgg+
 (``secagg.enabled=true``), to read the secure round's cost on the deployment runtime
-against fedsilo's plain round (issue 6). A secure round has three message exchanges
-(the sites advertise each round's keys with the message before it: the handshake reply,
-or the previous round's unmask reply) where a plain round has one. Round 1 is reported
-apart as well.
+against fedsilo's plain round (issue 6). A secure round after the first has two message
+exchanges (masked input, unmask: each round's setup and share stages ride on the round
+before it) where a plain round has one; round 1 has three (its keys come with the
+handshake reply). Round 1 is reported apart as well.
 
 Per-round wall time: fedsilo's ``metrics.json`` ``wall_time`` (sampling to checkpoint);
 bare Flower: time between consecutive central evaluations. The run's total (submit to
@@ -188,9 +188,10 @@ def main() -> int:
         s1 = statistics.mean(secagg_first)
         lines += [
             "SecAgg+ on the same set-up (`--secagg`: fedsilo with `secagg.enabled=true`, in the "
-            "same alternation). Every round takes three message exchanges (share, masked "
-            "input, unmask + next round's keys; round 1's keys come with the handshake); a "
-            "plain round takes one:",
+            "same alternation). Every round after the first takes two message exchanges "
+            "(masked input + next round's keys, unmask + next round's shares); round 1 takes "
+            "three (share, masked input, unmask; its keys come with the handshake); a plain "
+            "round takes one:",
             "",
             "| | fedsilo + SecAgg+ | fedsilo plain | ratio SecAgg+ / plain |",
             "|---|---:|---:|---:|",

@@ -1,8 +1,9 @@
 """Whole-round cost of SecAgg+ in the real pipeline: `fedsilo simulate` rounds with and without --secagg.
 
 Same federation (digits, iid, an MLP with --hidden 1500, i.e. d = 112,510 parameters,
-about 10^5), same seed, every site every round; per-round wall time (rounds 2..R, so
-start-up is excluded) of plain weighted FedAvg and of SecAgg+ FedAvg, alternating, on
+about 10^5), same seed, every site every round; per-round wall time (rounds 2..R-1:
+round 1 has start-up and, under SecAgg+, the first round's share exchange; round R sets
+no next round up, which every other SecAgg+ round does) of plain weighted FedAvg and of SecAgg+ FedAvg, alternating, on
 the in-process grid (the project's ServerApp and ClientApp without Ray, sites run one
 after another in this process, so the round time is the sum of all sites' and the
 server's work). Reports the ratio secagg / plain per n.
@@ -18,7 +19,7 @@ of the protocol (exclusive: a part's time excludes the parts it calls), per site
 for the site side and per round for the server. The wrappers cost a few microseconds per
 call, so the split is indicative; the round table above comes from unwrapped runs.
 
-    python benchmarks/bench_secagg_rounds.py [--sites 10 50] [--rounds 4] [--repeats 2] [--split 50]
+    python benchmarks/bench_secagg_rounds.py [--sites 10 50] [--rounds 5] [--repeats 2] [--split 50]
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from fedsilo.simulations.runner import run_federation  # noqa: E402
 
 D = 112_510  # parameters of the benchmark's MLP (digits, hidden 1500)
 
-# handler CPU seconds accumulated while `_ON` is set (rounds 2..R only)
+# handler CPU seconds accumulated while `_ON` is set (rounds 2..R-1 only)
 _CPU: dict[str, float] = {}
 _ON = [False]
 
@@ -85,21 +86,21 @@ def _timed(module: Any, name: str, label: str) -> Iterator[None]:
 
 
 def per_round(config: RunConfig) -> tuple[float, dict[str, float]]:
-    """(wall seconds per round, handler CPU seconds per round) over rounds 2..R."""
+    """(wall seconds per round, handler CPU seconds per round) over rounds 2..R-1."""
     stamps: list[float] = []
     _CPU.clear()
 
     def on_round(_s: object) -> None:
         stamps.append(time.perf_counter())
-        _ON[0] = len(stamps) < config.rounds  # rounds 2..R (the stamp ends a round)
+        _ON[0] = len(stamps) < config.rounds - 1  # rounds 2..R-1 (a stamp ends a round)
 
     with _timed(client_app, "local_delta", "train"), \
             _timed(client_app, "_train_reply", "plain_site"), \
             _timed(secagg_handler, "_handle", "secagg_site"):
         run_federation(config, engine="inprocess", on_round=on_round)
     _ON[0] = False
-    rounds = len(stamps) - 1
-    return (stamps[-1] - stamps[0]) / rounds, {k: v / rounds for k, v in _CPU.items()}
+    rounds = len(stamps) - 2
+    return (stamps[-2] - stamps[0]) / rounds, {k: v / rounds for k, v in _CPU.items()}
 
 
 # (owner, attribute, label); "site: ..." parts are reported per site and round
@@ -195,8 +196,8 @@ def message_floor(n: int, reps: int = 7) -> float:
     """Process CPU seconds of one empty request/reply per site on the in-process grid.
 
     Flower's own cost of one message exchange (Message objects, ClientApp dispatch, no
-    content); SecAgg+ needs three exchanges per round (each round's keys ride on the
-    message before it) where plain FedAvg needs one.
+    content); SecAgg+ needs two exchanges per round after the first (each round's setup
+    and share stages ride on the round before it) where plain FedAvg needs one.
     """
     app = ClientApp()
 
@@ -254,7 +255,7 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
 
     def on_round(_s: object) -> None:
         stamps.append(time.perf_counter())
-        _ON[0] = len(stamps) < rounds
+        _ON[0] = len(stamps) < rounds - 1
 
     try:
         run_federation(RunConfig.load(None, {"sites": n, "rounds": rounds, "partition": "iid",
@@ -265,12 +266,12 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
         _ON[0] = False
         for owner, name, orig in reversed(saved):
             setattr(owner, name, orig)
-    r = len(stamps) - 1
+    r = len(stamps) - 2
     site = sorted(((v, k) for k, v in cpu.items() if k.startswith("site")), reverse=True)
     server = sorted((k, v) for k, v in cpu.items() if k.startswith("server"))
     lines = [
-        "", f"### Profile split, n = {n} (`--split {n}`, rounds 2..{rounds}, process CPU, "
-        f"wall {(stamps[-1] - stamps[0]) / r:.3f} s/round with the wrappers, "
+        "", f"### Profile split, n = {n} (`--split {n}`, rounds 2..{rounds - 1}, process CPU, "
+        f"wall {(stamps[-2] - stamps[0]) / r:.3f} s/round with the wrappers, "
         f"load average {os.getloadavg()[0]:.1f})", "",
         "Exclusive times: a part excludes the parts listed here that it calls. Crypto "
         "called inside a server step is counted in that step.", "",
@@ -286,12 +287,14 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/secagg_rounds.md")
     parser.add_argument("--split", type=int, default=0, metavar="N",
                         help="also profile one SecAgg+ run at N sites (per-part CPU split)")
     args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error(f"--rounds: expected at least 3 (rounds 2..R-1 are timed), got {args.rounds}")
     rows, site_rows, floor_rows = [], [], []
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -336,15 +339,17 @@ def main() -> int:
         f"{f' --split {args.split}' if args.split else ''}` (digits, iid, MLP hidden 1500: d = 112,510; "
         "every site every round; the project's ServerApp/ClientApp on the in-process grid, so a "
         "round's wall time is all sites' training + protocol work + the server's; median over repeats, "
-        "rounds 2..R, plain and SecAgg+ runs alternating; the ratio is the median over repeats of "
+        "rounds 2..R-1, plain and SecAgg+ runs alternating; the ratio is the median over repeats of "
         "each SecAgg+ run's time over the plain run just before it, so drift in machine speed "
         "between repeats cancels). "
         f"Load average {load0:.1f} at start, {load1:.1f} at end (2 cores shared with other jobs).",
         "",
         "The in-process grid calls the ClientApp directly in `send_and_receive` (no polling), "
-        "so SecAgg+'s message exchanges pay no poll tick here. Every round takes three "
-        "exchanges (the sites advertise each round's keys with the message before it: the "
-        "handshake reply or the previous round's unmask reply; no setup exchange).",
+        "so SecAgg+'s message exchanges pay no poll tick here. Round 1 takes three "
+        "exchanges (share, masked input, unmask; its keys come with the handshake reply), "
+        "every later round two (masked input, unmask): each round's keys ride on the "
+        "previous round's masked-input reply and its encrypted shares on that round's "
+        "unmask reply.",
         "",
         "| n sites | plain FedAvg s/round [min-max] | SecAgg+ FedAvg s/round [min-max] "
         "| ratio, paired [min-max] | target |",
@@ -381,21 +386,21 @@ def main() -> int:
         "n masked vectors and removing n self masks. Lower bound = n x (training + site "
         "floor) + server floor: a SecAgg+ round on this grid with no messages, records, "
         "state, checks or evaluation at all. Glue = the rest of the measured SecAgg+ round "
-        "per site (three message exchanges, records, state, quantisation, checks, the "
+        "per site (two message exchanges, records, state, quantisation, checks, the "
         "server's evaluation, lineage and checkpoint); 'allowed' = what 2x the plain round "
-        "leaves for it. Flower message floor: Flower's own cost of the two extra empty "
-        "request/reply exchanges per site on the same grid (`message_floor`).",
+        "leaves for it. Flower message floor: Flower's own cost of the extra empty "
+        "request/reply exchange per site on the same grid (`message_floor`).",
         "",
         "| n | k | site crypto floor (ms) | server crypto floor (ms) | lower bound / plain "
         "| measured / plain | glue per site, measured (ms) | glue per site allowed by 2x (ms) "
-        "| Flower message floor, 2 exchanges (ms) |",
+        "| Flower message floor, 1 exchange (ms) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for n, k, p, s, train, site_floor, server_floor, msg in floor_rows:
         bound = n * (train + site_floor) + server_floor
         lines.append(f"| {n} | {k} | {site_floor * 1e3:.2f} | {server_floor * 1e3:.1f} "
                      f"| {bound / p:.2f} | {s / p:.2f} | {(s - bound) / n * 1e3:.2f} "
-                     f"| {(2 * p - bound) / n * 1e3:.2f} | {2 * msg * 1e3:.3f} |")
+                     f"| {(2 * p - bound) / n * 1e3:.2f} | {msg * 1e3:.3f} |")
     lines += split
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -6,14 +6,23 @@
 between messages. At the masked stage the message also carries the server's normal
 training content; the site's ``fit_update`` trains and returns the update to mask.
 
-An unmask request may carry the next round's setup request as well: the site then
-answers both, its unmask reply and its fresh public keys for the next round, and keeps
-that round's setup state. The next round starts at the share stage for it (one message
-exchange fewer). The run's handshake query may carry the first round's setup request in
-the same way (`advertise_first_keys`). If the server asks again for a round's keys (it
-lost them, or its sample changed), the site advertises fresh ones as long as it has not
-used the first pair; once it has shared, the round is claimed and a new setup is
-refused.
+The next round rides on this one's messages, so that a round needs fewer exchanges:
+
+- a masked-input request may carry the next round's setup request: the site answers with
+  its masked input and its fresh public keys for the next round, and keeps that round's
+  setup state next to this round's (under ``NEXT_STATE_KEY``);
+- the unmask request may then carry the site's share request of the next round: the site
+  answers with its unmask reply and its encrypted shares for the next round, whose state
+  becomes the node's state. The next round starts at the masked stage for it (two
+  exchanges per round instead of four). Without a share request, the next round's setup
+  state becomes the node's state and that round starts at the share stage.
+
+A problem with the next round's part only costs that round: it is logged and left out of
+the reply, and this round's reply stands. The run's handshake query may carry the first
+round's setup request in the same way (`advertise_first_keys`). If the server asks again
+for a round's keys (it lost them, or its sample changed), the site advertises fresh ones
+as long as it has not masked its input with the first pair; once it has, the round is
+claimed and a new setup is refused.
 """
 
 from __future__ import annotations
@@ -28,18 +37,20 @@ from flwr.clientapp import ClientApp
 
 from fedsilo.privacy.secagg import SecAggClient, SecAggClientError
 from fedsilo.privacy.secagg.client import forget_keys
-from fedsilo.privacy.secagg.messages import KeyAdvert
+from fedsilo.privacy.secagg.messages import KeyAdvert, ShareReply
 from fedsilo.privacy.secagg.records import (
     MESSAGE_TYPES,
     NEXT_KEY,
     RECORD_KEY,
     decode_next_setup,
+    decode_next_share,
     decode_request,
     encode,
     request_round,
 )
 
 STATE_KEY = "secagg_state"
+NEXT_STATE_KEY = "secagg_next_state"  # the next round's state, set up during this round
 ROUNDS_KEY = "secagg_rounds"  # run id -> last round this node set up (replay protection)
 METRICS_KEY = "metrics"
 SECAGG_ERROR_CODE = 1001  # application-level refusal (outside Flower's ErrorCode range)
@@ -72,11 +83,25 @@ _LIVE: dict[int, tuple[bytes, SecAggClient]] = {}
 
 class _OtherRound(SecAggClientError):
     """A request for another round than the node's state is in. It is refused, but the
-    state is kept: it belongs to a round still under way (e.g. the next round's keys,
-    set up with the unmask reply, when the unmask request arrives a second time)."""
+    state is kept: it belongs to a round still under way (e.g. the next round's, which
+    the unmask reply shared, when the unmask request arrives a second time)."""
+
+
+def _promote_next(context: Context, server_round: int) -> bool:
+    """Make the next round's state (set up during the previous round) the node's state,
+    if it is for ``server_round``; True if it was."""
+    nxt = context.state.get(NEXT_STATE_KEY)
+    if not isinstance(nxt, ConfigRecord) or nxt.get("round") != server_round:
+        return False
+    context.state[STATE_KEY] = ConfigRecord({"blob": nxt["blob"]})
+    context.state.pop(NEXT_STATE_KEY)
+    return True
 
 
 def _load(context: Context, server_round: int) -> SecAggClient:
+    # a node that missed the unmask request of the round before still holds this round's
+    # setup state as the next round's
+    _promote_next(context, server_round)
     rec = context.state.get(STATE_KEY)
     live = _LIVE.pop(int(context.node_id), None)
     if not isinstance(rec, ConfigRecord) or "blob" not in rec:
@@ -92,33 +117,38 @@ def _load(context: Context, server_round: int) -> SecAggClient:
     return client
 
 
-def _only_advertised(context: Context, run_id: str, server_round: int) -> bool:
-    """True if the node's state is the setup of this very round: keys advertised, nothing
-    derived from them sent yet."""
-    rec = context.state.get(STATE_KEY)
-    if not isinstance(rec, ConfigRecord) or "blob" not in rec:
-        return False
-    try:
-        st = SecAggClient.load(rec["blob"]).st  # type: ignore[arg-type]
-    except (ValueError, KeyError, TypeError):
-        return False
-    return (st.get("stage"), st.get("run_id"), st.get("round")) == ("setup", run_id, server_round)
+def _not_yet_masked(context: Context, run_id: str, server_round: int) -> bool:
+    """True if the node's state for this very round (its state, or the next round's kept
+    beside it) has not reached the masked stage: keys advertised, perhaps shares sent,
+    but no masked input."""
+    for key in (STATE_KEY, NEXT_STATE_KEY):
+        rec = context.state.get(key)
+        if not isinstance(rec, ConfigRecord) or "blob" not in rec:
+            continue
+        try:
+            st = SecAggClient.load(rec["blob"]).st  # type: ignore[arg-type]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if (st.get("run_id"), st.get("round")) == (run_id, server_round):
+            return st.get("stage") in ("setup", "share")
+    return False
 
 
 def _claim_round(context: Context, run_id: str, server_round: int) -> None:
-    """Refuse to set up a round twice: a replayed round would mask the same update twice
-    with fresh secrets, letting a server collect seed shares in one run and key shares in
-    the other.
+    """Refuse to set up a round twice once it has masked: a replayed round would mask the
+    same update twice with fresh secrets, letting a server collect seed shares in one run
+    and key shares in the other.
 
-    The one exception is a round whose keys were advertised and never used (the state is
-    still that round's setup): new keys replace them, since nothing derived from the old
-    ones (shares, masks) ever left the site.
+    A round that has not reached its masked stage (keys advertised, perhaps shares sent
+    ahead of it) can be set up again, e.g. by a server that restarted and lost it: new
+    keys and a new seed replace the old ones. The old secrets never masked anything, so
+    whatever a server learns of them (at most their shares) reveals nothing of the update.
     """
     rec = context.state.get(ROUNDS_KEY)
     seen = dict(rec) if isinstance(rec, ConfigRecord) else {}
     last = seen.get(run_id)
     if isinstance(last, int) and (server_round < last or server_round == last and not
-                                  _only_advertised(context, run_id, server_round)):
+                                  _not_yet_masked(context, run_id, server_round)):
         raise SecAggClientError(f"secagg: node {context.node_id} already took part in round "
                                 f"{last} of run {run_id!r}; refusing round {server_round}")
     seen[run_id] = server_round
@@ -129,6 +159,16 @@ def _save(context: Context, client: SecAggClient) -> None:
     blob = client.dump()
     context.state[STATE_KEY] = ConfigRecord({"blob": blob})
     _LIVE[int(context.node_id)] = (blob, client)
+    nxt = context.state.get(NEXT_STATE_KEY)
+    nxt_round = nxt.get("round") if isinstance(nxt, ConfigRecord) else None
+    if isinstance(nxt_round, int) and nxt_round <= client.st.get("round", 0):
+        context.state.pop(NEXT_STATE_KEY)  # superseded (e.g. that round was set up again)
+
+
+def _save_next(context: Context, client: SecAggClient) -> None:
+    """Keep the next round's setup state beside this round's, until this round's unmask."""
+    context.state[NEXT_STATE_KEY] = ConfigRecord({"blob": client.dump(),
+                                                  "round": client.st["round"]})
 
 
 def _setup_next(message: Message, context: Context, run_id: str, server_round: int | None
@@ -156,6 +196,36 @@ def _setup_next(message: Message, context: Context, run_id: str, server_round: i
         return None
 
 
+def _share_next(message: Message, context: Context, run_id: str, server_round: int
+                ) -> tuple[SecAggClient, ShareReply] | None:
+    """Answer the next round's share request riding on an unmask request, if there is one.
+
+    It is answered from the setup state kept since this round's masked stage
+    (``NEXT_STATE_KEY``). Any problem costs the site only round ``server_round``: it is
+    logged, that round's state is dropped and no shares are sent (the server counts the
+    site as dropped at that round's share stage); the unmask reply stands.
+    """
+    node = int(context.node_id)
+    try:
+        req = decode_next_share(message.content, server_round)
+        if req is None:
+            return None
+        rec = context.state.get(NEXT_STATE_KEY)
+        if not isinstance(rec, ConfigRecord) or rec.get("round") != server_round:
+            raise SecAggClientError(f"secagg: node {node} has no setup state for round "
+                                    f"{server_round}")
+        client = SecAggClient.load(rec["blob"])  # type: ignore[arg-type]
+        if client.st.get("run_id") != run_id:
+            raise SecAggClientError(f"secagg: node {node}: share request is for run "
+                                    f"{run_id!r}, its setup for run {client.st.get('run_id')!r}")
+        return client, client.share(req)
+    except (SecAggClientError, ValueError) as e:
+        log.warning("secagg: not sharing ahead of round %s: %s", server_round, e)
+        context.state.pop(NEXT_STATE_KEY, None)  # a refused round is over for this site
+        forget_keys(node)
+        return None
+
+
 def advertise_first_keys(message: Message, context: Context, run_id: str) -> ConfigRecord | None:
     """Keys for the run's first secure round, if the handshake ``message`` asks for them.
 
@@ -174,7 +244,7 @@ def advertise_first_keys(message: Message, context: Context, run_id: str) -> Con
 
 
 def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdate) -> Message:
-    nxt = None
+    ahead: tuple[SecAggClient, object] | None = None  # the next round's state and reply
     try:
         rnd = request_round(message.content)
         req = decode_request(stage, message.content)
@@ -195,21 +265,29 @@ def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdat
                 if client.st.get("clipped"):
                     log.warning("secagg: %d update coordinates clipped to +-%s",
                                 client.st["clipped"], client.st["config"]["clip_range"])
+                ahead = _setup_next(message, context, client.st["run_id"], rnd + 1)
             else:
                 reply = client.unmask(req)  # type: ignore[arg-type]
-                nxt = _setup_next(message, context, client.st["run_id"], rnd + 1)
+                ahead = _share_next(message, context, client.st["run_id"], rnd + 1)
     except (SecAggClientError, ValueError) as e:
         if not isinstance(e, _OtherRound):
             context.state.pop(STATE_KEY, None)  # a refused round is over for this site
             _LIVE.pop(int(context.node_id), None)
             forget_keys(int(context.node_id))
         return Message(Error(SECAGG_ERROR_CODE, str(e)), reply_to=message)
-    # after a next-round setup, its state replaces the finished round's (whose only
-    # remaining job, refusing a replayed request, the round check in `_load` takes over)
-    _save(context, client if nxt is None else nxt[0])
+    if stage != "unmask":
+        _save(context, client)
+        if ahead is not None:
+            _save_next(context, ahead[0])
+    # This round is over: the next round's state replaces it (the finished round's only
+    # remaining job, refusing a replayed request, the round check in `_load` takes over).
+    elif ahead is not None:
+        _save(context, ahead[0])
+    elif not _promote_next(context, rnd + 1):
+        _save(context, client)
     content = encode(reply, rnd)
-    if nxt is not None:
-        content[NEXT_KEY] = encode(nxt[1], rnd + 1)[RECORD_KEY]
+    if ahead is not None:
+        content[NEXT_KEY] = encode(ahead[1], rnd + 1)[RECORD_KEY]
     if metrics:
         content[METRICS_KEY] = MetricRecord(metrics)  # type: ignore[arg-type]
     return Message(content, reply_to=message)

@@ -35,7 +35,7 @@ from fedsilo.strategies.pipeline import batch_from_replies
 
 if TYPE_CHECKING:  # the SecAgg+ modules load only when a run uses them
     from fedsilo.privacy.secagg import SecAggConfig, SetupRequest
-    from fedsilo.server.secagg_round import PreAdvertised
+    from fedsilo.server.secagg_round import PreAdvertised, PreShared
 
 
 class FederationError(RuntimeError):
@@ -183,7 +183,7 @@ class FederationServer:
         # SecAgg+ keys the sites advertised for the next secure round, with their handshake
         # or the previous round's unmask replies (not checkpointed: a resumed run asks
         # for them again with its handshake)
-        self._secagg_keys: PreAdvertised | None = None
+        self._secagg_keys: PreAdvertised | PreShared | None = None
         self.rounds_completed = 0  # round records with status "completed" in the chain
         self._persist_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsilo-persist")
         self._persisting: Future[None] | None = None
@@ -326,6 +326,16 @@ class FederationServer:
             k = min(len(self.sites), cfg.sites_per_round)
             idx = np.sort(self.rng.choice(len(self.sites), size=k, replace=False))
         return [self.sites[i] for i in idx]
+
+    def _next_sample_known(self) -> list[int] | None:
+        """Node ids the next round will sample, if known before it: when every round
+        samples every site (so its SecAgg+ share stage can ride on this round)."""
+        cfg = self.spec.config
+        if self.dp is not None and cfg.dp.sampling == "poisson" and cfg.fraction < 1.0:
+            return None
+        if cfg.sites_per_round < len(self.sites):
+            return None
+        return [s.node_id for s in self.sites]
 
     def round_config(self, server_round: int) -> dict[str, Any]:
         cfg = self.spec.config
@@ -549,6 +559,7 @@ class FederationServer:
             run_id=self.spec.run_id, server_round=server_round, timeout=cfg.round_timeout,
             vector_length=self.layout.size, preadvertised=self._secagg_keys,
             announce_next=server_round < cfg.rounds,
+            next_nodes=self._next_sample_known() if server_round < cfg.rounds else None,
         )
         self._secagg_keys = out.next_keys
         participants = sorted(site_of[n] for n in out.participants if n in site_of)

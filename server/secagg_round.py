@@ -5,23 +5,32 @@ The server only ever holds public keys, ciphertexts, seed commitments, masked ve
 (summed as they arrive) and Shamir shares; it outputs the weighted sum, or fails cleanly
 with a reason (the caller then leaves the global model unchanged).
 
-Keys one message ahead: with ``announce_next``, the unmask request also carries the next
-round's setup request, and each site answers with fresh public keys for that round
-(`SecAggOutcome.next_keys`); the server's round loop does the same for the first round
-with its handshake query (`setup_record`, `keys_from_replies`). Passed as
-``preadvertised``, they replace the round's setup exchange for every site that gave
-them, so a round takes three message exchanges instead of four. On Flower's deployment
-runtime each exchange costs seconds (polling, a fresh ClientApp process), so this is
-about a quarter of a secure round there. The keys are generated fresh for, and bound to,
-their round (HKDF info, graph, commitments), exactly as if a setup message had asked for
-them; only their delivery moves. Sites without usable keys (they dropped at the unmask
-stage, or the round's parameters or sample size changed) get a setup message as before.
+The next round rides on this one's messages. With ``announce_next``, the masked-input
+requests also carry the next round's setup request, and each site answers with fresh
+public keys for that round; the server's round loop does the same for the first round
+with its handshake query (`setup_record`, `keys_from_replies`). With ``next_nodes`` as
+well (the next round's sample, when it is known in advance), the server then builds the
+next round's graph from those keys and its unmask requests carry each site's share
+request of the next round: the sites answer with their encrypted shares, and the next
+round starts at the masked stage. A round then takes two message exchanges (masked
+input, unmask) instead of four; without ``next_nodes`` it takes three (share, masked,
+unmask). On Flower's deployment runtime each exchange costs seconds (polling, a fresh
+ClientApp process), so this is most of a secure round's latency there.
+
+Keys and shares are generated fresh for, and bound to, their round (HKDF info, graph,
+commitments, Shamir points over that round's participants), exactly as if that round's
+own setup and share messages had asked for them; only their delivery moves. The outcome's
+``next_keys`` (a `PreAdvertised` or a `PreShared`) is passed as the next round's
+``preadvertised``. Sites without usable keys (they dropped before the masked stage, or
+the round's parameters or sample changed) get a setup message as before; a site that
+missed the share request riding on the unmask request counts as dropped at the next
+round's share stage.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +52,7 @@ from fedsilo.privacy.secagg.records import (
     NEXT_KEY,
     RECORD_KEY,
     decode_next_keys,
+    decode_next_shares,
     decode_reply,
     encode,
 )
@@ -65,6 +75,24 @@ class PreAdvertised:
     keys: Mapping[int, KeyAdvert]
 
 
+@dataclass(frozen=True)
+class PreShared:
+    """A round whose setup and share stages ran during the round before it.
+
+    setup: the round's parameters; used only if the round's own setup request is equal
+        and it samples exactly ``server.nodes``.
+    server: the round's protocol state after its share stage (graph, commitments, U1, U2).
+    requests: node id -> masked-input request (the encrypted shares addressed to it).
+    abort: why the round cannot start at its masked stage (its share stage left too few
+        sites), else None; the round then sets every site up afresh.
+    """
+
+    setup: SetupRequest
+    server: SecAggServer
+    requests: Mapping[int, object]
+    abort: str | None = None
+
+
 @dataclass
 class SecAggOutcome:
     """Result of one SecAgg+ round.
@@ -77,8 +105,10 @@ class SecAggOutcome:
     recovered: dropouts whose masks were removed through their key shares.
     metrics: protocol timings and counts, plus the plain mean of site-reported metrics.
     lineage: what the round record stores about the protocol.
-    next_keys: keys the unmask stage's survivors advertised for the next round (only
-        with ``announce_next``); pass them as the next round's ``preadvertised``.
+    next_keys: with ``announce_next``, the next round's keys advertised by the sites of
+        the masked stage (`PreAdvertised`) or, with ``next_nodes`` too, its setup and
+        share stages already run (`PreShared`); pass it as the next round's
+        ``preadvertised``.
     """
 
     ok: bool
@@ -90,7 +120,7 @@ class SecAggOutcome:
     recovered: list[int]
     metrics: dict[str, float] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
-    next_keys: PreAdvertised | None = None
+    next_keys: PreAdvertised | PreShared | None = None
 
 
 def setup_record(setup: SetupRequest) -> ConfigRecord:
@@ -123,8 +153,10 @@ def _vector_length(train_content: RecordDict) -> int:
 def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_round: int,
               timeout: float, extra: RecordDict | None,
               accepted: list[Message] | None = None,
+              per_node: Mapping[int, RecordDict] | None = None,
               ) -> tuple[dict[int, object], dict[int, dict[str, float]]]:
-    """Send each site its request (plus the records in ``extra``); decode the replies.
+    """Send each site its request (plus the records in ``extra``, and in ``per_node`` for
+    that site); decode the replies.
 
     ``accepted``, if given, collects the reply messages that were decoded (one per site,
     no errors), for records outside the stage's own.
@@ -139,9 +171,10 @@ def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_rou
         if base is None:
             base = encoded[id(req)] = encode(req, server_round)
         content = RecordDict(dict(base.items()))
-        if extra is not None:
-            for key, rec in extra.items():
-                content[key] = rec
+        for records in (extra, None if per_node is None else per_node.get(node)):
+            if records is not None:
+                for key, rec in records.items():
+                    content[key] = rec
         msgs.append(Message(content=content, dst_node_id=node,
                             message_type=MESSAGE_TYPES[stage], group_id=str(server_round)))
     replies: dict[int, object] = {}
@@ -162,6 +195,64 @@ def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_rou
     return replies, metrics
 
 
+def _setup_and_share(grid: Grid, server: SecAggServer, setup: SetupRequest,
+                     preadvertised: PreAdvertised | PreShared | None, timeout: float,
+                     timings: dict[str, float], site_metrics: dict[int, dict[str, float]],
+                     ) -> tuple[Mapping[int, object], int]:
+    """The setup (for sites without usable keys) and share stages of ``server``'s round:
+    (masked-input requests, number of sites whose keys were advertised ahead)."""
+    rnd = server.round
+    keys: dict[int, object] = {}
+    if isinstance(preadvertised, PreAdvertised) and preadvertised.setup == setup:
+        keys = {n: preadvertised.keys[n] for n in server.nodes if n in preadvertised.keys}
+    n_pre = len(keys)
+    missing = [n for n in server.nodes if n not in keys]
+    t0 = time.perf_counter()
+    if missing:
+        replies, m = _exchange(grid, "setup", dict.fromkeys(missing, setup), rnd, timeout, None)
+        site_metrics.update(m)
+        keys.update(replies)
+    t1 = time.perf_counter()
+    reqs: Mapping[int, object] = server.on_keys(keys)
+    timings["secagg_setup_server_s"] = time.perf_counter() - t1
+    timings["secagg_setup_wall_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    replies, m = _exchange(grid, "share", reqs, rnd, timeout, None)
+    site_metrics.update(m)
+    t1 = time.perf_counter()
+    reqs = server.on_shares(replies)
+    timings["secagg_share_server_s"] = time.perf_counter() - t1
+    timings["secagg_share_wall_s"] = time.perf_counter() - t0
+    return reqs, n_pre
+
+
+def _keys_ahead(config: SecAggConfig, run_id: str, next_round: int, nodes: list[int], d: int,
+                keys: PreAdvertised) -> tuple[SecAggServer, Mapping[int, object]] | None:
+    """The next round's setup stage, from the keys its sites advertised during this one:
+    (its protocol state, share requests), or None if that stage aborts (the next round
+    then starts with the keys alone)."""
+    nxt = SecAggServer(config, run_id, next_round, nodes, d)
+    try:
+        return nxt, nxt.on_keys({n: keys.keys[n] for n in nodes})
+    except SecAggAbort:
+        return None
+
+
+def _shares_ahead(nxt: SecAggServer, setup: SetupRequest, replies: Iterable[Message]
+                  ) -> PreShared:
+    """The next round's share stage, from the encrypted shares riding on this round's
+    unmask ``replies``. A site that sent none counts as dropped at that stage."""
+    shares: dict[int, object] = {}
+    for rep in replies:
+        got = decode_next_shares(rep.content, nxt.round)
+        if got is not None:
+            shares[int(rep.metadata.src_node_id)] = got
+    try:
+        return PreShared(setup, nxt, nxt.on_shares(shares))
+    except SecAggAbort as e:
+        return PreShared(setup, nxt, {}, str(e))
+
+
 def run_secagg_round(
     grid: Grid,
     node_ids: list[int],
@@ -172,8 +263,9 @@ def run_secagg_round(
     server_round: int,
     timeout: float,
     vector_length: int | None = None,
-    preadvertised: PreAdvertised | None = None,
+    preadvertised: PreAdvertised | PreShared | None = None,
     announce_next: bool = False,
+    next_nodes: Sequence[int] | None = None,
 ) -> SecAggOutcome:
     """Run one SecAgg+ round over ``node_ids``.
 
@@ -195,12 +287,21 @@ def run_secagg_round(
     vector_length:
         Length of the flat update; defaults to the total size of ``train_content["arrays"]``.
     preadvertised:
-        Keys advertised for this round ahead of it: the previous round's ``next_keys``,
-        or `keys_from_replies` of the run's handshake. Used for the sites that gave them
-        if this round's setup request equals theirs; the other sites get a setup message.
+        This round's stages run ahead of it: the previous round's ``next_keys``, or
+        `keys_from_replies` of the run's handshake. A `PreShared` round is used if this
+        round's setup request equals its own, ``node_ids`` are its sites and its share
+        stage succeeded (the round starts at the masked stage); otherwise every site is
+        set up afresh. `PreAdvertised` keys are used for the sites that
+        gave them if the setup requests are equal; the other sites get a setup message.
     announce_next:
-        Ask the unmask stage's survivors for their keys for round ``server_round + 1``
-        (same parameters and sample size as this round); they come back in ``next_keys``.
+        Ask the masked stage's sites for their keys for round ``server_round + 1``
+        (same parameters; sample size ``len(next_nodes)``, else this round's); they
+        come back in ``next_keys``.
+    next_nodes:
+        With ``announce_next``: the sites round ``server_round + 1`` will sample, if
+        known now. If every one of them advertised keys and survived to this round's
+        unmask stage, that round's share stage rides on this round's unmask exchange
+        and ``next_keys`` is a `PreShared`.
 
     Invalid arguments raise ValueError before any message is sent; protocol failures
     (too few sites, unrecoverable masks, failed consistency check) return ``ok=False``.
@@ -210,48 +311,60 @@ def run_secagg_round(
         raise ValueError(f"train_content: record names {sorted(reserved)} are reserved for SecAgg")
     d = vector_length if vector_length is not None else _vector_length(train_content)
     server = SecAggServer(config, run_id, server_round, node_ids, d)
+    upcoming = sorted(int(n) for n in next_nodes) if next_nodes is not None else None
     timings: dict[str, float] = {}
     site_metrics: dict[int, dict[str, float]] = {}
     result = None
     reason = None
-    next_keys: PreAdvertised | None = None
-    next_setup = (SetupRequest(run_id, server_round + 1, config, d, len(server.nodes))
+    next_keys: PreAdvertised | PreShared | None = None
+    next_setup = (SetupRequest(run_id, server_round + 1, config, d,
+                               len(upcoming) if upcoming is not None else len(server.nodes))
                   if announce_next else None)
-    n_pre = 0
+    n_pre = n_ahead = 0
     try:
         setup = server.setup_request()  # the same for every site: encoded once
-        keys: dict[int, object] = {}
-        if preadvertised is not None and preadvertised.setup == setup:
-            keys = {n: preadvertised.keys[n] for n in server.nodes if n in preadvertised.keys}
-            n_pre = len(keys)
-        missing = [n for n in server.nodes if n not in keys]
-        t0 = time.perf_counter()
-        if missing:
-            replies, m = _exchange(grid, "setup", dict.fromkeys(missing, setup), server_round,
-                                   timeout, None)
-            site_metrics.update(m)
-            keys.update(replies)
-        t1 = time.perf_counter()
-        reqs: Mapping[int, object] = server.on_keys(keys)
-        timings["secagg_setup_server_s"] = time.perf_counter() - t1
-        timings["secagg_setup_wall_s"] = time.perf_counter() - t0
-        for stage, step in (("share", server.on_shares), ("masked", server.on_masked)):
-            t0 = time.perf_counter()
-            replies, m = _exchange(grid, stage, reqs, server_round, timeout,
-                                   train_content if stage == "masked" else None)
-            site_metrics.update(m)
-            t1 = time.perf_counter()
-            reqs = step(replies)
-            timings[f"secagg_{stage}_server_s"] = time.perf_counter() - t1
-            timings[f"secagg_{stage}_wall_s"] = time.perf_counter() - t0
-        nxt = None
+        if isinstance(preadvertised, PreShared) and preadvertised.setup == setup \
+                and preadvertised.server.nodes == server.nodes and preadvertised.abort is None:
+            server = preadvertised.server
+            n_pre, n_ahead = len(server.sets.u1), len(server.sets.u2)
+            reqs: Mapping[int, object] = preadvertised.requests
+        else:
+            # not usable (another sample or parameters, or its share stage left too few
+            # sites): every site is set up afresh; a site that shared ahead but has not
+            # masked accepts new keys for the round
+            reqs, n_pre = _setup_and_share(grid, server, setup, preadvertised, timeout,
+                                           timings, site_metrics)
+        masked_extra = train_content
         if next_setup is not None:
-            nxt = RecordDict({NEXT_KEY: setup_record(next_setup)})
+            masked_extra = RecordDict(dict(train_content.items()))
+            masked_extra[NEXT_KEY] = setup_record(next_setup)
+        t0 = time.perf_counter()
+        masked: list[Message] = []
+        replies, m = _exchange(grid, "masked", reqs, server_round, timeout, masked_extra, masked)
+        site_metrics.update(m)
+        t1 = time.perf_counter()
+        reqs = server.on_masked(replies)
+        timings["secagg_masked_server_s"] = time.perf_counter() - t1
+        timings["secagg_masked_wall_s"] = time.perf_counter() - t0
+        ahead: tuple[SecAggServer, Mapping[int, object]] | None = None
+        if next_setup is not None:
+            next_keys = keys_from_replies(next_setup, masked)
+            if upcoming is not None and next_keys is not None \
+                    and set(upcoming) <= set(next_keys.keys) & set(reqs):
+                t1 = time.perf_counter()
+                ahead = _keys_ahead(config, run_id, server_round + 1, upcoming, d, next_keys)
+                timings["secagg_next_setup_server_s"] = time.perf_counter() - t1
+        per_node = None if ahead is None else {
+            n: RecordDict({NEXT_KEY: encode(req, server_round + 1)[RECORD_KEY]})
+            for n, req in ahead[1].items()}
         t0 = time.perf_counter()
         unmasked: list[Message] = []
-        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, nxt, unmasked)
-        if next_setup is not None:
-            next_keys = keys_from_replies(next_setup, unmasked)
+        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, None, unmasked,
+                               per_node)
+        if ahead is not None and next_setup is not None:
+            t1 = time.perf_counter()
+            next_keys = _shares_ahead(ahead[0], next_setup, unmasked)
+            timings["secagg_next_share_server_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         result = server.on_unmask(replies)
         timings["secagg_unmask_server_s"] = time.perf_counter() - t1
@@ -263,6 +376,7 @@ def run_secagg_round(
     metrics = dict(timings)
     metrics["secagg_participants"] = float(len(participants))
     metrics["secagg_keys_preadvertised"] = float(n_pre)
+    metrics["secagg_shares_ahead"] = float(n_ahead)
     keys = sorted({k for p in participants for k in site_metrics.get(p, {})})
     for k in keys:  # plain (unweighted) mean: per-site weights stay secret
         vals = [site_metrics[p][k] for p in participants if k in site_metrics.get(p, {})]
@@ -277,6 +391,7 @@ def run_secagg_round(
         "excluded": {str(n): r for n, r in sorted(server.reasons.items())},
         "recovered_dropouts": result.recovered if result else [],
         "keys_preadvertised": n_pre,
+        "shares_ahead": n_ahead,
         "quantisation": {"clip_range": config.clip_range, "bits": config.bits,
                          "ring_bits": 32, "max_weight": config.max_weight,
                          "bound": result.bound if result else None},

@@ -2,12 +2,13 @@
 
 Each stage's payload is one ConfigRecord under ``RECORD_KEY``; node-id lists travel as
 little-endian uint64 bytes (Flower's int fields are signed 64-bit); the masked vector
-travels as a uint32 Array in an ArrayRecord under ``MASKED_KEY``. An unmask request (or
-the run's handshake query) may also carry the next secure round's setup request, and its
-reply the site's key advertisement for that round, as a ConfigRecord under ``NEXT_KEY``
-(one message exchange fewer per round: see `fedsilo.server.secagg_round`). Decoding a
-site's reply never raises: anything unexpected becomes `Malformed(reason)`, which the
-server records against that site.
+travels as a uint32 Array in an ArrayRecord under ``MASKED_KEY``. A message may also
+carry one stage of the next secure round as a ConfigRecord under ``NEXT_KEY`` (fewer
+message exchanges per round: see `fedsilo.server.secagg_round`): a masked-input request
+(or the run's handshake query) the next round's setup request, and its reply the site's
+key advertisement; an unmask request the site's share request of the next round, and its
+reply the site's encrypted shares. Decoding a site's reply never raises: anything
+unexpected becomes `Malformed(reason)`, which the server records against that site.
 
 The masked vector is the one large field (d + 2 words). Flower's ``Array(ndarray)`` /
 ``Array.numpy()`` go through ``np.save`` / ``np.load`` (~0.4 ms per site and round at
@@ -39,8 +40,9 @@ from .messages import (
 RECORD_KEY = "secagg"
 MASKED_KEY = "secagg_masked"
 NEXT_KEY = "secagg_next"
-"""Record of the next secure round's setup request (in an unmask request or the run's
-handshake query) or of the site's key advertisement for it (in the reply)."""
+"""Record of one stage of the next secure round riding on another message: its setup
+request (in a masked-input request or the run's handshake query) or a site's share
+request (in an unmask request), and the site's answer in the reply."""
 MESSAGE_TYPES = {s: f"train.secagg_{s}" for s in ("setup", "share", "masked", "unmask")}
 
 
@@ -149,8 +151,8 @@ def _setup_request(cr: ConfigRecord) -> SetupRequest:
 
 
 def decode_next_setup(content: RecordDict) -> SetupRequest | None:
-    """The setup request riding on an unmask request or a handshake query, if any (raises
-    ValueError if present but malformed)."""
+    """The setup request riding on a masked-input request or a handshake query, if any
+    (raises ValueError if present but malformed)."""
     cr = content.get(NEXT_KEY)
     if cr is None:
         return None
@@ -163,8 +165,9 @@ def decode_next_setup(content: RecordDict) -> SetupRequest | None:
 
 
 def decode_next_keys(content: RecordDict, next_round: int) -> KeyAdvert | Malformed | None:
-    """A site's key advertisement for ``next_round`` riding on its unmask or handshake
-    reply: None if absent, `Malformed` if unreadable or for another round (never raises)."""
+    """A site's key advertisement for ``next_round`` riding on its masked-input or
+    handshake reply: None if absent, `Malformed` if unreadable or for another round (never
+    raises)."""
     cr = content.get(NEXT_KEY)
     if cr is None:
         return None
@@ -174,6 +177,28 @@ def decode_next_keys(content: RecordDict, next_round: int) -> KeyAdvert | Malfor
         return KeyAdvert(_bytes(cr["c_pk"]), _bytes(cr["s_pk"]))
     except (KeyError, ValueError) as e:
         return Malformed(f"{type(e).__name__}: {e}")
+
+
+def decode_next_share(content: RecordDict, next_round: int) -> ShareRequest | None:
+    """The share request of round ``next_round`` riding on an unmask request, if any
+    (raises ValueError if present but malformed or for another round)."""
+    cr = content.get(NEXT_KEY)
+    if cr is None:
+        return None
+    if not isinstance(cr, ConfigRecord) or cr.get("round") != next_round:
+        raise ValueError(f"'{NEXT_KEY}' record is not a share request for round {next_round}")
+    return decode_request("share", RecordDict({RECORD_KEY: cr}))  # type: ignore[return-value]
+
+
+def decode_next_shares(content: RecordDict, next_round: int) -> ShareReply | Malformed | None:
+    """A site's encrypted shares for ``next_round`` riding on its unmask reply: None if
+    absent, `Malformed` if unreadable or for another round (never raises)."""
+    cr = content.get(NEXT_KEY)
+    if cr is None:
+        return None
+    if not isinstance(cr, ConfigRecord):
+        return Malformed(f"'{NEXT_KEY}' must be a ConfigRecord")
+    return decode_reply("share", RecordDict({RECORD_KEY: cr}), next_round)  # type: ignore[return-value]
 
 
 def decode_request(stage: str, content: RecordDict) -> object:

@@ -61,6 +61,7 @@ def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path) -> None:
     records = [r["body"] for r in lineage.read_chain(run_dir / "lineage.sqlite")
                if r["type"] == "round"]
     assert [r["secagg"]["keys_preadvertised"] for r in records] == [3, 3]
+    assert [r["secagg"]["shares_ahead"] for r in records] == [0, 3]  # round 2: two exchanges
     for record in records:
         sa = record["secagg"]
         assert sa["protocol"] == "secagg+" and sa["ok"] is True

@@ -69,8 +69,10 @@ def test_secagg_round_matches_plain_aggregation_within_quantisation(tmp_path: Pa
     chain = lineage.read_chain(secure.run_dir / "lineage.sqlite")
     rounds = [r["body"] for r in chain if r["type"] == "round"]
     rec = rounds[0]
-    # no setup exchange: round 1's keys came with the handshake, round 2's with round 1
+    # no setup exchange: round 1's keys came with the handshake, round 2's with round 1;
+    # round 2 started at its masked stage (its shares came with round 1's unmask replies)
     assert [r["secagg"]["keys_preadvertised"] for r in rounds] == [5, 5]
+    assert [r["secagg"]["shares_ahead"] for r in rounds] == [0, 5]
     assert rec["secagg"]["participant_sites"] == [f"site-{i:03d}" for i in range(5)]
     assert rec["secagg"]["protocol"].startswith("secagg")
     assert rec["contributions"] == []  # the server never saw an individual update
@@ -111,5 +113,6 @@ def test_secagg_with_sampling_reuses_keys_of_sites_sampled_twice_in_a_row(tmp_pa
     assert all(r["secagg"]["participant_sites"] == sorted(r["sampled"]) for r in rounds)
     both = [4] + [len(set(a["sampled"]) & set(b["sampled"])) for a, b in zip(rounds[:-1], rounds[1:], strict=True)]
     assert [r["secagg"]["keys_preadvertised"] for r in rounds] == both
+    assert [r["secagg"]["shares_ahead"] for r in rounds] == [0] * 5  # next sample unknown
     assert 4 < sum(both) < 5 * 4  # some keys reused, some sites set up afresh
     assert lineage.verify_run(run.run_dir).ok

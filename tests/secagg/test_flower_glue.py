@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsilo.privacy.secagg import SecAggConfig
-from fedsilo.privacy.secagg.records import MASKED_KEY, RECORD_KEY
+from fedsilo.privacy.secagg.records import MASKED_KEY, RECORD_KEY, ids_from_bytes
 from fedsilo.server.secagg_round import run_secagg_round
 
 from .apps import D, make_client_app, site_update, train_content
@@ -160,10 +160,10 @@ def test_next_round_keys_replace_its_setup_exchange() -> None:
     assert first.ok and first.lineage["keys_preadvertised"] == 0
     assert first.next_keys is not None
     assert first.next_keys.setup.server_round == 2 and sorted(first.next_keys.keys) == NODES
-    # the round-1 unmask requests carried the round-2 setup; the replies, fresh keys
-    unmask_replies = [m for m in grid.received if "secagg_next" in m.content]
-    assert len(unmask_replies) == 8 and all(m.content["secagg_next"]["round"] == 2
-                                            for m in unmask_replies)
+    # the round-1 masked-input requests carried the round-2 setup; the replies, fresh keys
+    key_replies = [m for m in grid.received if "secagg_next" in m.content]
+    assert len(key_replies) == 8 and all(m.content["secagg_next"]["round"] == 2
+                                         and MASKED_KEY in m.content for m in key_replies)
     sent = len(grid.sent)
     second = run_secagg_round(grid, NODES, train_content=train_content(2), config=CFG,  # type: ignore[arg-type]
                               run_id="run-n", server_round=2, timeout=1.0,
@@ -304,3 +304,136 @@ def test_first_round_keys_come_with_the_handshake() -> None:
     assert advertise_first_keys(hello, other, "run-x") is None
     assert advertise_first_keys(hello, grid.contexts[NODES[0]], "run-h") is None
     assert "secagg_state" not in other.state
+
+
+# ------------------------------------- the next round's share stage rides on the unmask
+def _round(grid: FakeGrid, rnd: int, run_id: str, before: object = None, nodes: list[int] = NODES,
+           ahead: bool = True):  # type: ignore[no-untyped-def]
+    return run_secagg_round(grid, nodes, train_content=train_content(rnd), config=CFG,  # type: ignore[arg-type]
+                            run_id=run_id, server_round=rnd, timeout=1.0,
+                            preadvertised=before, announce_next=ahead,  # type: ignore[arg-type]
+                            next_nodes=NODES if ahead else None)
+
+
+def _assert_sum(out, pids: list[int]) -> None:  # type: ignore[no-untyped-def]
+    assert out.ok, out.reason
+    total, weight = _plain(pids)
+    assert np.max(np.abs(out.sum_delta - total)) < out.lineage["quantisation"]["bound"] + 1e-5
+    assert abs(out.total_weight - weight) < 1e-3
+
+
+def test_rounds_after_the_first_take_two_exchanges() -> None:
+    from fedsilo.server.secagg_round import PreShared
+
+    grid = FakeGrid(make_client_app(), NODES)
+    first = _round(grid, 1, "run-p")
+    _assert_sum(first, list(range(8)))
+    assert _types(grid) == [s for s in ("setup", "share", "masked", "unmask") for _ in NODES]
+    assert isinstance(first.next_keys, PreShared) and first.next_keys.abort is None
+    assert first.next_keys.server.sets.u2 == NODES
+    # each unmask request carried that site's own round-2 share request (its neighbours'
+    # keys), each reply the site's encrypted round-2 shares
+    unmask = [m for m in grid.sent if m.metadata.message_type.endswith("unmask")]
+    graph = first.next_keys.server.graph
+    assert all(m.content["secagg_next"]["round"] == 2 and ids_from_bytes(
+        m.content["secagg_next"]["neighbours"]) == graph[m.metadata.dst_node_id] for m in unmask)
+    assert len(unmask) == 8
+    shares = [m for m in grid.received if "secagg_next" in m.content and RECORD_KEY in m.content
+              and "b_owners" in m.content[RECORD_KEY]]
+    assert len(shares) == 8 and all("ciphertexts" in m.content["secagg_next"] for m in shares)
+    sent = len(grid.sent)
+    second = _round(grid, 2, "run-p", first.next_keys)
+    _assert_sum(second, list(range(8)))
+    assert _types(grid, sent) == [s for s in ("masked", "unmask") for _ in NODES]
+    assert (second.lineage["keys_preadvertised"], second.lineage["shares_ahead"]) == (8, 8)
+    assert second.metrics["secagg_shares_ahead"] == 8.0 and second.participants == NODES
+    sent = len(grid.sent)
+    third = _round(grid, 3, "run-p", second.next_keys, ahead=False)
+    _assert_sum(third, list(range(8)))
+    assert _types(grid, sent) == [s for s in ("masked", "unmask") for _ in NODES]
+    assert third.next_keys is None
+    # a round whose shares went out is claimed: it cannot be set up again
+    again = _round(grid, 3, "run-p", ahead=False)
+    assert not again.ok and again.lineage["excluded"][str(NODES[0])] == (
+        f"setup: site error: secagg: node {NODES[0]} already took part in round 3 of run "
+        "'run-p'; refusing round 3")
+
+
+def test_a_site_missing_the_unmask_exchange_sits_out_only_the_next_round() -> None:
+    late, lost = NODES[3], NODES[5]  # late: its reply is lost; lost: the request is
+
+    def mangle(rep: Message) -> Message | None:
+        unmask = rep.metadata.src_node_id == late and "b_owners" in rep.content.get(RECORD_KEY, {})
+        return None if unmask and rep.content[RECORD_KEY]["round"] == 1 else rep
+
+    grid = FakeGrid(make_client_app(), NODES, mangle=mangle)
+    orig = grid.send_and_receive
+
+    def send(messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        keep = [m for m in messages if not (m.metadata.dst_node_id == lost and m.metadata.group_id
+                                            == "1" and m.metadata.message_type.endswith("unmask"))]
+        return orig(keep, timeout=timeout)
+
+    grid.send_and_receive = send  # type: ignore[method-assign]
+    first = _round(grid, 1, "run-l")
+    _assert_sum(first, list(range(8)))  # unmasked without them: they sent their masked input
+    assert sorted(first.dropped["unmask"]) == sorted([late, lost])
+    second = _round(grid, 2, "run-l", first.next_keys)
+    assert second.lineage["shares_ahead"] == 6
+    assert sorted(second.dropped["share"]) == sorted([late, lost])
+    _assert_sum(second, [0, 1, 2, 4, 6, 7])
+    sent = len(grid.sent)
+    third = _round(grid, 3, "run-l", second.next_keys)  # both are back, through a setup message
+    _assert_sum(third, list(range(8)))
+    assert sorted(m.metadata.dst_node_id for m in grid.sent[sent:]
+                  if m.metadata.message_type.endswith("setup")) == sorted([late, lost])
+    assert third.lineage["shares_ahead"] == 0 and third.lineage["keys_preadvertised"] == 6
+
+
+def test_a_refused_share_request_costs_the_site_only_the_next_round() -> None:
+    bad = NODES[1]
+    grid = FakeGrid(make_client_app(), NODES)
+    orig = grid.send_and_receive
+
+    def send(messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        for m in messages:
+            if m.metadata.dst_node_id == bad and m.metadata.message_type.endswith("unmask"):
+                nxt = m.content["secagg_next"]
+                m.content["secagg_next"] = ConfigRecord({**nxt, "neighbours": nxt["participants"]})
+        return orig(messages, timeout=timeout)
+
+    grid.send_and_receive = send  # type: ignore[method-assign]
+    first = _round(grid, 1, "run-x")
+    _assert_sum(first, list(range(8)))
+    assert first.dropped["unmask"] == [] and first.recovered == []  # its unmask reply stood
+    reply = next(m for m in grid.received if m.metadata.src_node_id == bad
+                 and "b_owners" in m.content[RECORD_KEY])
+    assert "secagg_next" not in reply.content
+    second = _round(grid, 2, "run-x", first.next_keys, ahead=False)
+    assert second.dropped["share"] == [bad] and bad not in second.lineage["excluded"]
+    _assert_sum(second, [0, 2, 3, 4, 5, 6, 7])
+
+
+def test_a_round_shared_ahead_is_set_up_afresh_when_it_cannot_start_masked() -> None:
+    """Too few shares ahead, or a server that lost the round (a restart): the sites have
+    shared but not masked, so they accept new keys and the round runs in full."""
+    def mangle(rep: Message) -> Message | None:
+        if "b_owners" in rep.content.get(RECORD_KEY, {}) and rep.content[RECORD_KEY]["round"] == 1:
+            rep.content.pop("secagg_next", None)  # every round-2 share lost
+        return rep
+
+    grid = FakeGrid(make_client_app(), NODES, mangle=mangle)
+    first = _round(grid, 1, "run-z")
+    _assert_sum(first, list(range(8)))
+    assert first.next_keys is not None and first.next_keys.abort == (  # type: ignore[union-attr]
+        "secagg share: only 0 of 8 sites remain, threshold is 4")
+    sent = len(grid.sent)
+    second = _round(grid, 2, "run-z", first.next_keys)
+    _assert_sum(second, list(range(8)))
+    assert _types(grid, sent) == [s for s in ("setup", "share", "masked", "unmask") for _ in NODES]
+    assert (second.lineage["keys_preadvertised"], second.lineage["shares_ahead"]) == (0, 0)
+    # round 3 was shared ahead during round 2; a restarted server sets it up again
+    sent = len(grid.sent)
+    third = _round(grid, 3, "run-z", ahead=False)
+    _assert_sum(third, list(range(8)))
+    assert _types(grid, sent) == [s for s in ("setup", "share", "masked", "unmask") for _ in NODES]
