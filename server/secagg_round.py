@@ -342,18 +342,20 @@ def run_secagg_round(
         masked: list[Message] = []
         replies, m = _exchange(grid, "masked", reqs, server_round, timeout, masked_extra, masked)
         site_metrics.update(m)
+        if next_setup is not None:
+            next_keys = keys_from_replies(next_setup, masked)
+        del masked
         t1 = time.perf_counter()
         reqs = server.on_masked(replies)
+        del replies  # the masked vectors (n x d words) are in the sum now: free them
         timings["secagg_masked_server_s"] = time.perf_counter() - t1
         timings["secagg_masked_wall_s"] = time.perf_counter() - t0
         ahead: tuple[SecAggServer, Mapping[int, object]] | None = None
-        if next_setup is not None:
-            next_keys = keys_from_replies(next_setup, masked)
-            if upcoming is not None and next_keys is not None \
-                    and set(upcoming) <= set(next_keys.keys) & set(reqs):
-                t1 = time.perf_counter()
-                ahead = _keys_ahead(config, run_id, server_round + 1, upcoming, d, next_keys)
-                timings["secagg_next_setup_server_s"] = time.perf_counter() - t1
+        if upcoming is not None and isinstance(next_keys, PreAdvertised) \
+                and set(upcoming) <= set(next_keys.keys) & set(reqs):
+            t1 = time.perf_counter()
+            ahead = _keys_ahead(config, run_id, server_round + 1, upcoming, d, next_keys)
+            timings["secagg_next_setup_server_s"] = time.perf_counter() - t1
         per_node = None if ahead is None else {
             n: RecordDict({NEXT_KEY: encode(req, server_round + 1)[RECORD_KEY]})
             for n, req in ahead[1].items()}
