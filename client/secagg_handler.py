@@ -79,6 +79,15 @@ FitUpdate = Callable[[Message, Context], LocalUpdate]
 # still holds that very blob (same object, so unchanged), and the entry is taken out when
 # used, so a stage that fails half-way never leaves a modified object behind.
 _LIVE: dict[int, tuple[bytes, SecAggClient]] = {}
+_LIVE_NEXT: dict[int, tuple[bytes, SecAggClient]] = {}  # the same for the next round's state
+
+
+def _object(cache: dict[int, tuple[bytes, SecAggClient]], node: int, blob: object
+            ) -> SecAggClient:
+    """The client object of state ``blob``: the cached one if it was dumped to that very
+    blob (the entry is taken out either way), else parsed from the blob."""
+    live = cache.pop(node, None)
+    return live[1] if live is not None and live[0] is blob else SecAggClient.load(blob)  # type: ignore[arg-type]
 
 
 class _OtherRound(SecAggClientError):
@@ -95,6 +104,10 @@ def _promote_next(context: Context, server_round: int) -> bool:
         return False
     context.state[STATE_KEY] = ConfigRecord({"blob": nxt["blob"]})
     context.state.pop(NEXT_STATE_KEY)
+    node = int(context.node_id)
+    live = _LIVE_NEXT.pop(node, None)
+    if live is not None:
+        _LIVE[node] = live  # same blob object, now the node's state
     return True
 
 
@@ -103,14 +116,12 @@ def _load(context: Context, server_round: int) -> SecAggClient:
     # setup state as the next round's
     _promote_next(context, server_round)
     rec = context.state.get(STATE_KEY)
-    live = _LIVE.pop(int(context.node_id), None)
     if not isinstance(rec, ConfigRecord) or "blob" not in rec:
+        _LIVE.pop(int(context.node_id), None)
         raise SecAggClientError(f"secagg: node {context.node_id} has no protocol state "
                                 f"for round {server_round} (setup message missed?)")
-    blob = rec["blob"]
     # reuse the object only if the state was saved from it and not replaced since
-    reuse = live is not None and live[0] is blob
-    client = live[1] if reuse else SecAggClient.load(blob)  # type: ignore[index,arg-type]
+    client = _object(_LIVE, int(context.node_id), rec["blob"])
     if client.st.get("round") != server_round:
         raise _OtherRound(f"secagg: node {context.node_id} state is for round "
                           f"{client.st.get('round')}, message is for round {server_round}")
@@ -163,12 +174,14 @@ def _save(context: Context, client: SecAggClient) -> None:
     nxt_round = nxt.get("round") if isinstance(nxt, ConfigRecord) else None
     if isinstance(nxt_round, int) and nxt_round <= client.st.get("round", 0):
         context.state.pop(NEXT_STATE_KEY)  # superseded (e.g. that round was set up again)
+        _LIVE_NEXT.pop(int(context.node_id), None)
 
 
 def _save_next(context: Context, client: SecAggClient) -> None:
     """Keep the next round's setup state beside this round's, until this round's unmask."""
-    context.state[NEXT_STATE_KEY] = ConfigRecord({"blob": client.dump(),
-                                                  "round": client.st["round"]})
+    blob = client.dump()
+    context.state[NEXT_STATE_KEY] = ConfigRecord({"blob": blob, "round": client.st["round"]})
+    _LIVE_NEXT[int(context.node_id)] = (blob, client)
 
 
 def _setup_next(message: Message, context: Context, run_id: str, server_round: int | None
@@ -214,7 +227,7 @@ def _share_next(message: Message, context: Context, run_id: str, server_round: i
         if not isinstance(rec, ConfigRecord) or rec.get("round") != server_round:
             raise SecAggClientError(f"secagg: node {node} has no setup state for round "
                                     f"{server_round}")
-        client = SecAggClient.load(rec["blob"])  # type: ignore[arg-type]
+        client = _object(_LIVE_NEXT, node, rec["blob"])
         if client.st.get("run_id") != run_id:
             raise SecAggClientError(f"secagg: node {node}: share request is for run "
                                     f"{run_id!r}, its setup for run {client.st.get('run_id')!r}")

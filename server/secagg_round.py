@@ -153,7 +153,7 @@ def _vector_length(train_content: RecordDict) -> int:
 def _exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_round: int,
               timeout: float, extra: RecordDict | None,
               accepted: list[Message] | None = None,
-              per_node: Mapping[int, RecordDict] | None = None,
+              per_node: Mapping[int, Mapping[str, ConfigRecord]] | None = None,
               ) -> tuple[dict[int, object], dict[int, dict[str, float]]]:
     """Send each site its request (plus the records in ``extra``, and in ``per_node`` for
     that site); decode the replies.
@@ -357,7 +357,7 @@ def run_secagg_round(
             ahead = _keys_ahead(config, run_id, server_round + 1, upcoming, d, next_keys)
             timings["secagg_next_setup_server_s"] = time.perf_counter() - t1
         per_node = None if ahead is None else {
-            n: RecordDict({NEXT_KEY: encode(req, server_round + 1)[RECORD_KEY]})
+            n: {NEXT_KEY: encode(req, server_round + 1)[RECORD_KEY]}
             for n, req in ahead[1].items()}
         t0 = time.perf_counter()
         unmasked: list[Message] = []

@@ -165,6 +165,27 @@ def test_state_object_is_reused_only_while_the_context_holds_its_blob() -> None:
         secagg_handler._load(ctx, 1)
 
 
+def test_next_round_state_object_is_reused_only_while_the_context_holds_its_blob() -> None:
+    ctx = Context(run_id=1, node_id=78, node_config={}, state=RecordDict(), run_config={})
+    a = _setup(78, 2)
+    secagg_handler._save_next(ctx, a)  # set up during round 1, beside round 1's state
+    assert not secagg_handler._promote_next(ctx, 3)  # only for its own round
+    assert secagg_handler._promote_next(ctx, 2)
+    assert secagg_handler.NEXT_STATE_KEY not in ctx.state
+    assert secagg_handler._load(ctx, 2) is a  # promoted together with its object
+    b = _setup(78, 3)
+    secagg_handler._save_next(ctx, b)
+    other = _setup(78, 3)  # the context's next state replaced behind the cache's back
+    ctx.state[secagg_handler.NEXT_STATE_KEY] = ConfigRecord({"blob": other.dump(), "round": 3})
+    assert secagg_handler._promote_next(ctx, 3)
+    got = secagg_handler._load(ctx, 3)
+    assert got is not b and got.st["c_pk"] == other.st["c_pk"] != b.st["c_pk"]
+    # saving a state for that round (or a later one) drops a next state it supersedes
+    secagg_handler._save_next(ctx, _setup(78, 4))
+    secagg_handler._save(ctx, _setup(78, 4))
+    assert secagg_handler.NEXT_STATE_KEY not in ctx.state
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("frac", [0.0, 1.0, 0.3, 1 / 3, 0.999999])
 def test_scaled_bounds_are_exactly_the_extremes_of_the_scaled_vector(dtype: type,
