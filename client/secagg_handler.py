@@ -235,6 +235,7 @@ def _share_next(message: Message, context: Context, run_id: str, server_round: i
     except (SecAggClientError, ValueError) as e:
         log.warning("secagg: not sharing ahead of round %s: %s", server_round, e)
         context.state.pop(NEXT_STATE_KEY, None)  # a refused round is over for this site
+        _LIVE_NEXT.pop(node, None)
         forget_keys(node)
         return None
 
