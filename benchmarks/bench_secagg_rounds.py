@@ -107,15 +107,16 @@ def per_round(config: RunConfig) -> tuple[float, dict[str, float]]:
 _SPLIT_PARTS: list[tuple[Any, str, str]] = [
     (client_app, "local_delta", "site: training (local_delta)"),
     (secagg_crypto, "agree", "site: X25519 agreement + HKDF"),
-    (secagg_crypto.MaskGenerator, "mask", "site: AES-CTR keystreams (masks + rounding noise)"),
+    (secagg_crypto.MaskGenerator, "_keystream", "site: AES-CTR keystreams (masks + rounding noise)"),
+    (secagg_crypto.MaskGenerator, "add_masks", "site: mask adds (two keystreams a pass)"),
     (secagg_crypto, "encrypt_many", "site: AES-GCM share encryption / decryption"),
     (secagg_crypto, "decrypt", "site: AES-GCM share encryption / decryption"),
     (secagg_shamir, "split_many", "site: Shamir split"),
-    (secagg_client, "quantize", "site: quantisation (stochastic rounding)"),
+    (secagg_client, "quantize", "site: quantisation (one compiled pass)"),
     (secagg_client, "neighbours", "site: own graph neighbours (ring order)"),
     (secagg_client.SecAggClient, "setup", "site: setup rest (2 key pairs, checks)"),
     (secagg_client.SecAggClient, "share", "site: share rest (checks, state, loops)"),
-    (secagg_client.SecAggClient, "masked_input", "site: masked rest (mask adds, scaling, checks)"),
+    (secagg_client.SecAggClient, "masked_input", "site: masked rest (checks, share decryption loop)"),
     (secagg_client.SecAggClient, "unmask", "site: unmask rest"),
     (secagg_handler, "_load", "site: state load"),
     (secagg_handler, "_save", "site: state save (JSON)"),
@@ -175,9 +176,7 @@ def crypto_floor(n: int, d: int = D, reps: int = 7) -> tuple[int, float, float]:
         for i in range(k):
             secagg_crypto.decrypt(keys[i], cts[i], aad)
         np.copyto(y, gen.random_words())
-        np.add(y, gen.mask(seed), out=y)
-        for key in keys[k:]:
-            np.add(y, gen.mask(key), out=y)
+        gen.add_masks(y, [seed, *keys[k:]], [False] * (k + 1))
 
     received = [np.full(d + 2, i, dtype=np.uint32) for i in range(n)]
     seeds = [os.urandom(32) for _ in range(n)]
@@ -186,8 +185,7 @@ def crypto_floor(n: int, d: int = D, reps: int = 7) -> tuple[int, float, float]:
         total = np.zeros(d + 2, dtype=np.uint32)
         for v in received:
             total += v
-        for seed in seeds:
-            total -= gen.mask(seed)
+        gen.add_masks(total, seeds, [True] * n)
 
     return k, _best(site, reps * 3), _best(server, reps)
 

@@ -31,8 +31,9 @@ from .messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from .quantize import check_no_overflow, quantize, scale_into, scratch
+from .quantize import check_no_overflow, quantize
 
+_ONE = np.ones(1, dtype=np.float32)  # weight coordinate input: 1 * (w / W * c), exact
 _BYTES_FIELDS = ("c_sk", "s_sk", "c_pk", "s_pk", "seed")
 # owner -> value tables of the state: name -> (bytes per value, values per owner)
 _TABLES = {"chan": (crypto.KEY_BYTES, 1), "mseed": (crypto.KEY_BYTES, 1),
@@ -260,10 +261,21 @@ class SecAggClient:
             raise SecAggClientError(f"secagg: node {me}: weight {weight} outside "
                                     f"[0, max_weight={cfg.max_weight}]")
         frac = weight / cfg.max_weight
-        vec = scratch(d + 1)
-        bounds = scale_into(delta, frac, vec[:d])  # also the finiteness check
-        if bounds is None:
-            raise SecAggClientError(f"secagg: node {me}: update has non-finite values")
+        y = np.empty(d + 2, dtype=np.uint32)
+        gen = crypto.MaskGenerator(d + 2)
+        # rounding noise: a keystream under a fresh random key (consumed here, before any
+        # mask reuses the generator's buffer); the quantisation also checks finiteness
+        noise = gen.random_words()
+        try:
+            _, clipped = quantize(delta, cfg.clip_range, cfg.bits, noise[:d], out=y[:d],
+                                  factor=frac)
+        except ValueError:
+            raise SecAggClientError(f"secagg: node {me}: update has non-finite values") \
+                from None
+        # weight coordinate: frac * c, in [0, c]
+        quantize(_ONE, cfg.clip_range, cfg.bits, noise[d:d + 1], out=y[d:d + 1],
+                 factor=frac * cfg.clip_range)
+        y[d + 1] = 1  # check coordinate: must sum to the number of survivors
         senders = [int(s) for s in req.senders]
         chan = self.st["chan"]
         if len(set(senders)) != len(senders) or any(str(s) not in chan for s in senders) \
@@ -283,23 +295,11 @@ class SecAggClient:
             if len(pt) != 2 * shamir.SHARE_BYTES:
                 raise SecAggClientError(f"secagg: node {me}: share from node {s} malformed")
             self.st["held"][str(s)] = [pt[: shamir.SHARE_BYTES], pt[shamir.SHARE_BYTES:]]
-
-        vec[d] = frac * cfg.clip_range  # weight coordinate, in [0, c]
-        bounds = (min(bounds[0], vec[d]), max(bounds[1], vec[d]))
-        y = np.empty(d + 2, dtype=np.uint32)
-        gen = crypto.MaskGenerator(d + 2)
-        # rounding noise: a keystream under a fresh random key (consumed before any mask,
-        # which reuses the generator's buffer)
-        _, clipped = quantize(vec, cfg.clip_range, cfg.bits, gen.random_words()[: d + 1],
-                              out=y[: d + 1], inplace=True, bounds=bounds)
-        y[d + 1] = 1  # check coordinate: must sum to the number of survivors
-        y += gen.mask(self.st["seed"])
+        # self mask, then a pairwise mask per neighbour that shared: + towards larger node
+        # ids, - towards smaller ones, so each pair's masks cancel in the sum
         mseed = self.st["mseed"]
-        for s in senders:
-            if me < s:
-                y += gen.mask(mseed[str(s)])
-            else:
-                y -= gen.mask(mseed[str(s)])
+        gen.add_masks(y, [self.st["seed"], *(mseed[str(s)] for s in senders)],
+                      [False, *(me > s for s in senders)])
         self.st.update(stage="masked", clipped=clipped)
         for key in ("chan", "mseed", "seed"):  # used up: only the held shares remain
             del self.st[key]

@@ -3,7 +3,7 @@
 - X25519 key agreement between two sites;
 - HKDF-SHA256 whose ``info`` binds purpose, run id, round and both node ids;
 - AES-256-GCM for the encrypted Shamir shares (associated data binds sender/receiver);
-- AES-256-CTR keystream as the mask generator, read as little-endian uint32 (taken from
+- AES-128-CTR keystream as the mask generator, read as little-endian uint32 (taken from
   OpenSSL's GCM encryption of zeros, see `MaskGenerator`).
 """
 
@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -23,6 +24,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 DOMAIN = b"fedsilo/secagg/v1"
 KEY_BYTES = 32
+MASK_KEY_BYTES = 16
+"""AES key size of the mask keystream: the first 16 bytes of a 32-byte seed (see
+`MaskGenerator`)."""
 NONCE_BYTES = 12
 _PROBE = X25519PrivateKey.generate()  # throw-away key used only to test peer keys
 _SHA256 = hashes.SHA256()  # stateless algorithm descriptor, shared by every HKDF call
@@ -162,10 +166,17 @@ MAX_MASK_WORDS = ((1 << 32) - 2) * 4
 
 
 class MaskGenerator:
-    """Expands 32-byte seeds into uint32 masks with an AES-256-CTR keystream.
+    """Expands 32-byte seeds into uint32 masks with an AES-128-CTR keystream.
 
-    The keystream is AES-256 in counter mode from counter block `MASK_COUNTER_BLOCK`
-    (GCM's GCTR). It is produced by `AESGCM.encrypt_into` on an all-zero input, whose
+    The keystream is AES-128 in counter mode, keyed with the seed's first 16 bytes
+    (`MASK_KEY_BYTES`), from counter block `MASK_COUNTER_BLOCK` (GCM's GCTR). AES-128
+    because the protocol's strength is set by X25519 (about 128 bits, the work of
+    Pollard's rho on Curve25519): a 256-bit mask key would add nothing to it and cost a
+    fifth more per keystream (14 AES rounds instead of 10), the bulk of a site's masking
+    work. Every seed is uniformly random (an HKDF output or 32 bytes from the OS CSPRNG),
+    so its first 16 bytes are a uniform AES-128 key.
+
+    The keystream is produced by `AESGCM.encrypt_into` on an all-zero input, whose
     ciphertext is exactly that keystream (the 16-byte tag is ignored), because
     OpenSSL's GCM code path is faster than its plain CTR one on this hardware (VAES);
     a test checks the output against `modes.CTR` from the same counter block.
@@ -185,13 +196,14 @@ class MaskGenerator:
             raise ValueError(f"secagg mask length: expected 1..{MAX_MASK_WORDS} words, "
                              f"got {length}")
         self.length = length
-        # Both buffers are reused across generators: a fresh half-megabyte buffer costs a
+        # The buffers are reused across generators: a fresh half-megabyte buffer costs a
         # page fault per 4 KiB page on first touch, more than the AES work at d = 10^5.
         self._zeros = _zeros(4 * length)
-        buf = getattr(_tls, "buf", None)
-        if buf is None or len(buf) != 4 * length + 16:
-            buf = _tls.buf = bytearray(4 * length + 16)  # ciphertext + 16-byte tag
-        self._buf = buf
+        bufs = getattr(_tls, "bufs", None)
+        if bufs is None or len(bufs[0]) != 4 * length + 16:
+            # ciphertext + 16-byte tag; two, so that two keystreams can be added in one pass
+            bufs = _tls.bufs = (bytearray(4 * length + 16), bytearray(4 * length + 16))
+        self._bufs = bufs
 
     def mask(self, seed: bytes) -> np.ndarray:
         """Keystream of ``seed`` as a read-only uint32 view into an internal buffer.
@@ -199,8 +211,39 @@ class MaskGenerator:
         The view is overwritten by the next call of any `MaskGenerator` of the same length
         in this thread: consume it (add/subtract) first.
         """
-        AESGCM(seed).encrypt_into(_MASK_NONCE, self._zeros, None, self._buf)
-        return np.frombuffer(self._buf, dtype="<u4", count=self.length)
+        return self._keystream(seed, 0)
+
+    def _keystream(self, seed: bytes, slot: int) -> np.ndarray:
+        buf = self._bufs[slot]
+        AESGCM(seed[:MASK_KEY_BYTES]).encrypt_into(_MASK_NONCE, self._zeros, None, buf)
+        return np.frombuffer(buf, dtype="<u4", count=self.length)
+
+    def add_masks(self, acc: np.ndarray, seeds: Sequence[bytes], negate: Sequence[bool]
+                  ) -> np.ndarray:
+        """``acc`` plus the keystream of each seed (minus, where ``negate``), in place in the
+        uint32 ring; returns ``acc``.
+
+        The keystreams are added two at a time, each pair in one pass over ``acc``
+        (`kernels.add_two`): a site adds k + 1 masks to its input and the server removes n
+        self masks, and one pass per keystream would read and write ``acc`` twice as often.
+        Wrap-around addition is associative and commutative, so the result is that of
+        adding them one by one.
+        """
+        if acc.dtype != np.uint32 or acc.shape != (self.length,) \
+                or not acc.flags.c_contiguous or not acc.flags.writeable:
+            raise ValueError(f"add_masks: acc must be a writable contiguous uint32 vector of "
+                             f"{self.length} words, got {acc.dtype} {acc.shape}")
+        if len(seeds) != len(negate):
+            raise ValueError(f"add_masks: {len(seeds)} seeds but {len(negate)} signs")
+        from .kernels import add_two  # numba: imported on first use
+
+        for i in range(0, len(seeds) - 1, 2):
+            add_two(acc, self._keystream(seeds[i], 0), self._keystream(seeds[i + 1], 1),
+                    bool(negate[i]), bool(negate[i + 1]))
+        if len(seeds) % 2:
+            last = self._keystream(seeds[-1], 0)
+            (np.subtract if negate[-1] else np.add)(acc, last, out=acc)
+        return acc
 
     def random_words(self) -> np.ndarray:
         """Uniformly random uint32 words (the keystream of a fresh random key), as a view.

@@ -57,15 +57,17 @@ def test_aead_detects_tampering_and_misdirection() -> None:
         crypto.decrypt(key, blob[:20], aad)
 
 
-def test_mask_keystream_is_aes256_ctr_known_answer() -> None:
-    # First keystream block = AES-256(0^256, 0^96 || 2): the ciphertext of GCM spec test
-    # case 14 (McGrew & Viega: K = 0^256, IV = 0^96, P = 0^128)
+def test_mask_keystream_is_aes128_ctr_known_answer() -> None:
+    # First keystream block = AES-128(0^128, 0^96 || 2): the ciphertext of GCM spec test
+    # case 2 (McGrew & Viega: K = 0^128, IV = 0^96, P = 0^128)
     words = crypto.prg(bytes(32), 4)
     assert words.dtype == np.uint32
-    assert words.tobytes().hex() == "cea7403d4d606b6e074ec5d3baf39d18"
-    # ... and the whole mask is the AES-256-CTR keystream from that counter block
+    assert words.tobytes().hex() == "0388dace60b6a392f328c2b971b2fe78"
+    # ... and the whole mask is the AES-128-CTR keystream, keyed with the seed's first 16
+    # bytes, from that counter block; the seed's last 16 bytes do not enter it
     key = bytes(range(32))
-    ctr = Cipher(algorithms.AES(key), modes.CTR(crypto.MASK_COUNTER_BLOCK)).encryptor()
+    assert np.array_equal(crypto.prg(key, 64), crypto.prg(key[:16] + bytes(16), 64))
+    ctr = Cipher(algorithms.AES(key[:16]), modes.CTR(crypto.MASK_COUNTER_BLOCK)).encryptor()
     assert crypto.prg(key, 10_001).tobytes() == ctr.update(bytes(4 * 10_001))
     with pytest.raises(ValueError, match="mask length"):
         crypto.MaskGenerator(0)

@@ -20,7 +20,6 @@ from fedsilo.privacy.secagg.quantize import (
     noise_bits,
     quantize,
     scale,
-    scale_into,
 )
 from fedsilo.privacy.secagg.records import (
     MASKED_KEY,
@@ -186,29 +185,71 @@ def test_next_round_state_object_is_reused_only_while_the_context_holds_its_blob
     assert secagg_handler.NEXT_STATE_KEY not in ctx.state
 
 
+def _quantize_reference(x: np.ndarray, factor: float, c: float, bits: int,
+                        words: np.ndarray) -> tuple[np.ndarray, int]:
+    """The documented formula as whole-array numpy operations (the pre-kernel code path)."""
+    f = noise_bits(bits)
+    sf = scale(c, bits) * 2.0**f
+    v = x.astype(np.float64) * factor
+    clipped = int(np.count_nonzero(np.abs(v) > c))
+    w = np.clip(v, -c, c) * sf
+    w += c * sf
+    w += (words >> np.uint32(32 - f)).astype(np.float64)
+    w *= 1.0 / 2.0**f
+    return np.minimum(w.astype(np.int64), 2**bits - 1).astype(np.uint32), clipped
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("frac", [0.0, 1.0, 0.3, 1 / 3, 0.999999])
-def test_scaled_bounds_are_exactly_the_extremes_of_the_scaled_vector(dtype: type,
-                                                                    frac: float) -> None:
-    rng = np.random.default_rng(5)
-    x = (rng.standard_normal(10_001) * 10.0 ** rng.integers(-8, 3, 10_001)).astype(dtype)
-    x[17] = -0.0
-    out = np.empty(x.size)
-    assert scale_into(x, frac, out) == (out.min(), out.max())
-    assert np.array_equal(out, np.multiply(x, frac, out=np.empty(x.size)))
+@pytest.mark.parametrize("bits", [4, 20, 31])
+def test_fused_quantisation_is_exactly_the_numpy_formula(dtype: type, frac: float,
+                                                         bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    x = (rng.standard_normal(10_001) * 10.0 ** rng.integers(-8, 1, 10_001)).astype(dtype)
+    x[17], x[18], x[19] = -0.0, 5.0, -5.0  # two clipped when frac > 0.2
     words = rng.integers(0, 1 << 32, x.size, dtype=np.uint32)
-    # quantisation given the bounds is bit-identical to quantisation that scans for them
-    for c in (1.0, float(np.abs(out).max()) * 0.5 or 1.0):
-        got = quantize(out, c, 20, words, bounds=scale_into(x, frac, np.empty(x.size)))
-        want = quantize(out, c, 20, words)
-        assert np.array_equal(got[0], want[0]) and got[1] == want[1]
+    for c in (1.0, 0.75, 1 / 3):
+        got, clipped = quantize(x, c, bits, words, factor=frac)
+        want, want_clipped = _quantize_reference(x, frac, c, bits, words)
+        assert np.array_equal(got, want)
+        assert clipped == want_clipped
+    assert got.max() <= 2**bits - 1
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_scaled_bounds_refuse_non_finite_input(bad: float) -> None:
-    x = np.zeros(1000, dtype=np.float32)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_quantisation_refuses_non_finite_input(bad: float, dtype: type) -> None:
+    x = np.zeros(1000, dtype=dtype)
     x[500] = bad
-    assert scale_into(x, 0.5, np.empty(1000)) is None
+    x[501] = bad
+    with pytest.raises(ValueError, match="quantize: 2 values are NaN or infinite"):
+        quantize(x, 1.0, 20, np.zeros(1000, dtype=np.uint32), factor=0.5)
+
+
+def test_quantisation_refuses_an_output_of_the_wrong_kind() -> None:
+    x = np.zeros(8)
+    for out in (np.empty(8, dtype=np.int32), np.empty(7, dtype=np.uint32),
+                np.empty(16, dtype=np.uint32)[::2]):
+        with pytest.raises(ValueError, match="out must be a contiguous uint32 array of 8"):
+            quantize(x, 1.0, 20, np.zeros(8, dtype=np.uint32), out=out)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 6])
+def test_masks_added_two_at_a_time_equal_one_at_a_time(count: int) -> None:
+    gen = crypto.MaskGenerator(1001)
+    seeds = [hashlib.sha256(bytes([i])).digest() for i in range(count)]
+    negate = [i % 3 == 1 for i in range(count)]
+    acc = np.arange(1001, dtype=np.uint32) * np.uint32(2654435761)
+    want = acc.copy()
+    for seed, neg in zip(seeds, negate, strict=True):
+        want = want - crypto.prg(seed, 1001) if neg else want + crypto.prg(seed, 1001)
+    assert gen.add_masks(acc, seeds, negate) is acc
+    assert np.array_equal(acc, want)
+    with pytest.raises(ValueError, match="add_masks: 2 seeds but 1 signs"):
+        gen.add_masks(acc, [b"0" * 32] * 2, [True])
+    with pytest.raises(ValueError, match="acc must be a writable contiguous uint32 vector of "
+                                         "1001 words"):
+        gen.add_masks(np.zeros(1001, dtype=np.int32), seeds, negate)
 
 
 def test_state_round_trips_through_dump_and_load_at_every_stage() -> None:

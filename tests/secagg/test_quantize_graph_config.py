@@ -116,13 +116,12 @@ def test_degree_planning() -> None:
         failure_bound(10, 4, 3, 1.0)
 
 
-def test_quantize_into_out_and_inplace_match_the_plain_call() -> None:
+def test_quantize_into_out_and_scaled_match_the_plain_call() -> None:
     x = np.random.default_rng(3).uniform(-1.5, 1.5, 20_001)  # > one random block, some clipped
     q, clipped = quantize(x, 1.0, 12, np.random.default_rng(9))
     out = np.full(x.size + 3, 7, dtype=np.uint32)
     q2, c2 = quantize(x, 1.0, 12, np.random.default_rng(9), out=out[1:-2])
-    work = x.copy()
-    q3, c3 = quantize(work, 1.0, 12, np.random.default_rng(9), inplace=True)
+    q3, c3 = quantize(x / 4, 1.0, 12, np.random.default_rng(9), factor=4.0)  # exact: x 2^-2
     assert clipped == c2 == c3 == int(np.count_nonzero(np.abs(x) > 1.0))
     assert np.array_equal(q, q2) and np.array_equal(q, q3)
     assert out[0] == 7 and out[-2] == 7 and out[-1] == 7  # wrote exactly the slice
