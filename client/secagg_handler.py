@@ -37,7 +37,7 @@ from flwr.clientapp import ClientApp
 
 from fedsilo.privacy.secagg import SecAggClient, SecAggClientError
 from fedsilo.privacy.secagg.client import forget_keys
-from fedsilo.privacy.secagg.messages import KeyAdvert, ShareReply
+from fedsilo.privacy.secagg.messages import KeyAdvert, SetupRequest, ShareReply
 from fedsilo.privacy.secagg.records import (
     MESSAGE_TYPES,
     NEXT_KEY,
@@ -166,6 +166,24 @@ def _claim_round(context: Context, run_id: str, server_round: int) -> None:
     context.state[ROUNDS_KEY] = ConfigRecord(seen)  # type: ignore[arg-type]
 
 
+def _set_up(context: Context, req: SetupRequest) -> tuple[SecAggClient, KeyAdvert]:
+    """Fresh keys for round ``req.server_round``, which this claims (`_claim_round`).
+
+    The request passes the site's checks (`SecAggClient.setup`) before the round is
+    claimed: a refused request claims nothing, so a correct setup for the same round can
+    still follow it.
+    """
+    node = int(context.node_id)
+    client = SecAggClient(node)
+    advert = client.setup(req)
+    try:
+        _claim_round(context, req.run_id, req.server_round)
+    except SecAggClientError:
+        forget_keys(node)  # the keys just made are never used
+        raise
+    return client, advert
+
+
 def _save(context: Context, client: SecAggClient) -> None:
     blob = client.dump()
     context.state[STATE_KEY] = ConfigRecord({"blob": blob})
@@ -201,9 +219,7 @@ def _setup_next(message: Message, context: Context, run_id: str, server_round: i
             raise SecAggClientError(f"secagg: node {node}: setup is for round "
                                     f"{req.server_round} of run {req.run_id!r}, expected "
                                     f"round {server_round} of run {run_id!r}")
-        _claim_round(context, req.run_id, req.server_round)
-        client = SecAggClient(node)
-        return client, client.setup(req)
+        return _set_up(context, req)
     except (SecAggClientError, ValueError) as e:
         log.warning("secagg: not advertising keys ahead of the round: %s", e)
         return None
@@ -263,9 +279,8 @@ def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdat
         rnd = request_round(message.content)
         req = decode_request(stage, message.content)
         if stage == "setup":
-            _claim_round(context, req.run_id, rnd)  # type: ignore[attr-defined]
-            client = SecAggClient(int(context.node_id))
-            reply: object = client.setup(req)  # type: ignore[arg-type]
+            client, advert = _set_up(context, req)  # type: ignore[arg-type]
+            reply: object = advert
             metrics: dict[str, float] = {}
         else:
             client = _load(context, rnd)

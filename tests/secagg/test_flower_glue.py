@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsilo.privacy.secagg import SecAggConfig
@@ -146,6 +146,35 @@ def test_replayed_round_is_refused() -> None:
     nxt = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
                            run_id="r", server_round=6, timeout=1.0)
     assert nxt.ok
+
+
+def test_a_refused_setup_request_does_not_claim_its_round() -> None:
+    """A setup request the site refuses (here: a sample of one site) leaves no claim on
+    the round: the correct request for the same round, right after it, is accepted."""
+    bad = NODES[0]
+    grid = FakeGrid(make_client_app(), NODES)
+    orig = grid.send_and_receive
+    refusals: list[str] = []
+
+    def send(messages: list[Message], *, timeout: float | None = None) -> list[Message]:
+        for m in messages:
+            if m.metadata.dst_node_id == bad and m.metadata.message_type.endswith("setup"):
+                cr = m.content[RECORD_KEY]
+                broken = Message(RecordDict({RECORD_KEY: ConfigRecord({**cr, "num_sampled": 1})}),
+                                 dst_node_id=bad, message_type=m.metadata.message_type)
+                rep = grid.app(broken, grid.contexts[bad])
+                refusals.append(rep.error.reason if rep.has_error() else "accepted")
+        return orig(messages, timeout=timeout)
+
+    grid.send_and_receive = send  # type: ignore[method-assign]
+    out = run_secagg_round(grid, NODES, train_content=train_content(), config=CFG,  # type: ignore[arg-type]
+                           run_id="run-s", server_round=4, timeout=1.0)
+    assert refusals == [f"secagg: node {bad}: bad round parameters (vector_length={D}, "
+                        "num_sampled=1)"]
+    assert out.ok and out.participants == NODES and out.lineage["excluded"] == {}
+    total, weight = _plain(list(range(8)))
+    assert out.sum_delta is not None
+    assert np.max(np.abs(out.sum_delta - total)) < out.lineage["quantisation"]["bound"] + 1e-5
 
 
 # ------------------------------------------------- keys advertised one round ahead
