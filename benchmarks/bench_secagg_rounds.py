@@ -3,10 +3,13 @@
 Same federation (digits, iid, an MLP with --hidden 1500, i.e. d = 112,510 parameters,
 about 10^5), same seed, every site every round; per-round wall time (rounds 2..R-1:
 round 1 has start-up and, under SecAgg+, the first round's share exchange; round R sets
-no next round up, which every other SecAgg+ round does) of plain weighted FedAvg and of SecAgg+ FedAvg, alternating, on
-the in-process grid (the project's ServerApp and ClientApp without Ray, sites run one
-after another in this process, so the round time is the sum of all sites' and the
-server's work). Reports the ratio secagg / plain per n.
+no next round up, which every other SecAgg+ round does) of plain weighted FedAvg and of
+SecAgg+ FedAvg on the in-process grid (the project's ServerApp and ClientApp without
+Ray, sites run one after another in this process, so the round time is the sum of all
+sites' and the server's work). The two federations run interleaved, one round each in
+turn (`interleaved`), and every SecAgg+ round is compared with the plain round just
+before it. Reports the ratio secagg / plain per n, overall and within each of the shared
+host's two speed states (`host_probe`).
 
 It also reports the per-site view, which is what a deployment sees (sites run in
 parallel there, so a round lasts about one site's work plus the server's): per site and
@@ -19,7 +22,7 @@ of the protocol (exclusive: a part's time excludes the parts it calls), per site
 for the site side and per round for the server. The wrappers cost a few microseconds per
 call, so the split is indicative; the round table above comes from unwrapped runs.
 
-    python benchmarks/bench_secagg_rounds.py [--sites 10 50] [--rounds 5] [--repeats 2] [--split 50]
+    python benchmarks/bench_secagg_rounds.py [--sites 10 50] [--rounds 12] [--repeats 3] [--split 50]
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +64,29 @@ from fedsilo.simulations.runner import run_federation  # noqa: E402
 
 D = 112_510  # parameters of the benchmark's MLP (digits, hidden 1500)
 
-# handler CPU seconds accumulated while `_ON` is set (rounds 2..R-1 only)
-_CPU: dict[str, float] = {}
-_ON = [False]
+# handler CPU seconds per round-robin worker (thread name) and label, accumulated while
+# that worker's `_ON` entry is set (rounds 2..R-1 only)
+_CPU: dict[str, dict[str, float]] = {}
+_ON: dict[str, bool] = {}
+_PROBE_KEY = secagg_crypto.X25519PrivateKey.generate()
+_PROBE_PEER = secagg_crypto.X25519PrivateKey.generate().public_key()
 
 
 @contextmanager
 def _timed(module: Any, name: str, label: str) -> Iterator[None]:
-    """Accumulate the process CPU time of ``module.name`` calls under ``label``."""
+    """Accumulate the calling thread's CPU time of ``module.name`` calls under ``label``."""
     orig: Callable[..., Any] = getattr(module, name)
 
     @functools.wraps(orig)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        c0 = time.process_time()
+        c0 = time.thread_time()
         try:
             return orig(*args, **kwargs)
         finally:
-            if _ON[0]:
-                _CPU[label] = _CPU.get(label, 0.0) + time.process_time() - c0
+            worker = threading.current_thread().name
+            if _ON.get(worker):
+                cpu = _CPU.setdefault(worker, {})
+                cpu[label] = cpu.get(label, 0.0) + time.thread_time() - c0
 
     setattr(module, name, wrapper)
     try:
@@ -85,22 +95,114 @@ def _timed(module: Any, name: str, label: str) -> Iterator[None]:
         setattr(module, name, orig)
 
 
-def per_round(config: RunConfig) -> tuple[float, dict[str, float]]:
-    """(wall seconds per round, handler CPU seconds per round) over rounds 2..R-1."""
-    stamps: list[float] = []
+def host_probe(reps: int = 100) -> float:
+    """Microseconds per X25519 exchange right now (about 5 ms of work).
+
+    The shared host this runs on switches, for seconds to tens of seconds at a time,
+    between a quiet state and a contended one in which every core runs about 1.4x
+    slower (38-42 against 53-61 us per exchange). A probe just before and just after a
+    round tells which state the round ran in.
+    """
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        _PROBE_KEY.exchange(_PROBE_PEER)
+    return (time.perf_counter() - t0) / reps * 1e6
+
+
+@dataclass
+class RoundTimes:
+    """Rounds 2..R-1 of one run: wall seconds, the host probe (us) just before and after
+    each, and the handlers' CPU seconds per round (label -> seconds)."""
+
+    wall: list[float] = field(default_factory=list)
+    probes: list[tuple[float, float]] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+class _Baton:
+    """Lets one of several threads run at a time, in turn."""
+
+    def __init__(self, count: int) -> None:
+        self._cond = threading.Condition()
+        self._turn = 0
+        self._live = list(range(count))
+
+    def wait(self, i: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._turn == i)
+
+    def pass_on(self, i: int, *, finished: bool = False) -> None:
+        with self._cond:
+            pos = self._live.index(i)
+            if finished:
+                self._live.remove(i)
+            if self._live:
+                self._turn = self._live[(pos + (0 if finished else 1)) % len(self._live)]
+            self._cond.notify_all()
+
+
+def interleaved(configs: list[RunConfig]) -> list[RoundTimes]:
+    """Run the federations side by side, one round at a time each, in turn.
+
+    Each federation runs in its own thread, but only one thread works at a time: after
+    each round a federation hands over to the next one and waits for its turn again. So
+    round r of every federation runs within a second or so of the others' round r, in
+    the same host state, rather than a whole run apart. A round's time is measured from
+    the moment its federation got the turn to the end of the round (the waiting is not
+    counted); the host probe runs outside that window.
+    """
+    baton = _Baton(len(configs))
+    out = [RoundTimes() for _ in configs]
+    errors: list[BaseException] = []
+
+    def worker(i: int, config: RunConfig) -> None:
+        name = threading.current_thread().name
+        times, ends = out[i], [0]
+        baton.wait(i)
+        before, start = host_probe(), time.perf_counter()
+
+        def on_round(_s: object) -> None:
+            nonlocal before, start
+            wall, after = time.perf_counter() - start, host_probe()
+            ends[0] += 1
+            if 2 <= ends[0] <= config.rounds - 1:
+                times.wall.append(wall)
+                times.probes.append((before, after))
+            _ON[name] = 1 <= ends[0] < config.rounds - 1  # the next round is timed
+            baton.pass_on(i)
+            baton.wait(i)
+            before, start = host_probe(), time.perf_counter()
+
+        try:
+            run_federation(config, engine="inprocess", on_round=on_round)
+        except BaseException as exc:  # reported by the caller once every thread is done
+            errors.append(exc)
+        finally:
+            _ON[name] = False
+            baton.pass_on(i, finished=True)
+
     _CPU.clear()
-
-    def on_round(_s: object) -> None:
-        stamps.append(time.perf_counter())
-        _ON[0] = len(stamps) < config.rounds - 1  # rounds 2..R-1 (a stamp ends a round)
-
+    threads = [threading.Thread(target=worker, args=(i, c), name=f"fed{i}")
+               for i, c in enumerate(configs)]
     with _timed(client_app, "local_delta", "train"), \
             _timed(client_app, "_train_reply", "plain_site"), \
             _timed(secagg_handler, "_handle", "secagg_site"):
-        run_federation(config, engine="inprocess", on_round=on_round)
-    _ON[0] = False
-    rounds = len(stamps) - 2
-    return (stamps[-2] - stamps[0]) / rounds, {k: v / rounds for k, v in _CPU.items()}
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    for i, (times, config) in enumerate(zip(out, configs, strict=True)):
+        times.cpu = {k: v / (config.rounds - 2) for k, v in _CPU.get(f"fed{i}", {}).items()}
+    return out
+
+
+def quiet(probes: tuple[float, float], floor: float) -> bool | None:
+    """True if both probes of a round saw the quiet host (within 15% of the fastest
+    probe of the run), False if both saw the contended one, None if it changed."""
+    before, after = (p <= 1.15 * floor for p in probes)
+    return before if before == after else None
 
 
 # (owner, attribute, label); "site: ..." parts are reported per site and round
@@ -221,6 +323,7 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
     stack: list[float] = []
     server_depth = [0]
     saved = []
+    on = [False]  # rounds 2..R-1
 
     def wrap(owner: Any, name: str, label: str) -> None:
         orig = getattr(owner, name)
@@ -241,7 +344,7 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
                 server_depth[0] -= is_server
                 if stack:
                     stack[-1] += dt
-                if _ON[0]:
+                if on[0]:
                     cpu[label] = cpu.get(label, 0.0) + dt - child
 
         saved.append((owner, name, orig))
@@ -253,7 +356,7 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
 
     def on_round(_s: object) -> None:
         stamps.append(time.perf_counter())
-        _ON[0] = len(stamps) < rounds - 1
+        on[0] = len(stamps) < rounds - 1
 
     try:
         run_federation(RunConfig.load(None, {"sites": n, "rounds": rounds, "partition": "iid",
@@ -261,7 +364,7 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
                                              "run_id": f"split{n}", "secagg.enabled": True}),
                        engine="inprocess", on_round=on_round)
     finally:
-        _ON[0] = False
+        on[0] = False
         for owner, name, orig in reversed(saved):
             setattr(owner, name, orig)
     r = len(stamps) - 2
@@ -285,8 +388,8 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 50])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/secagg_rounds.md")
     parser.add_argument("--split", type=int, default=0, metavar="N",
                         help="also profile one SecAgg+ run at N sites (per-part CPU split)")
@@ -297,26 +400,38 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sites:
-            plain, secure = [], []
+            plain: list[float] = []
+            secure: list[float] = []
+            probes: list[tuple[tuple[float, float], tuple[float, float]]] = []
             cpu_p: list[dict[str, float]] = []
             cpu_s: list[dict[str, float]] = []
-            for rep in range(args.repeats):  # alternate, so both see the same machine load
+            for rep in range(args.repeats):
                 base = {"sites": n, "rounds": args.rounds, "partition": "iid", "hidden": 1500,
                         "out": tmp, "lineage": True}
-                w, c = per_round(RunConfig.load(None, {**base, "run_id": f"p{n}-{rep}"}))
-                plain.append(w)
-                cpu_p.append(c)
-                w, c = per_round(RunConfig.load(None, {**base, "run_id": f"s{n}-{rep}",
-                                                       "secagg.enabled": True}))
-                secure.append(w)
-                cpu_s.append(c)
-                print(n, plain[-1], secure[-1], file=sys.stderr)
+                p_run, s_run = interleaved([
+                    RunConfig.load(None, {**base, "run_id": f"p{n}-{rep}"}),
+                    RunConfig.load(None, {**base, "run_id": f"s{n}-{rep}", "secagg.enabled": True}),
+                ])
+                plain += p_run.wall
+                secure += s_run.wall
+                probes += list(zip(p_run.probes, s_run.probes, strict=True))
+                cpu_p.append(p_run.cpu)
+                cpu_s.append(s_run.cpu)
+                print(n, rep, statistics.median(p_run.wall), statistics.median(s_run.wall),
+                      file=sys.stderr)
             p, s = statistics.median(plain), statistics.median(secure)
-            # ratio of each back-to-back pair: slow drift in machine speed (other tenants)
-            # cancels within a pair, not between separately taken medians
+            # ratio of each SecAgg+ round to the plain round run just before it
             paired = [b / a for a, b in zip(plain, secure, strict=True)]
-            rows.append((n, p, s, statistics.median(paired), min(paired), max(paired),
-                         min(plain), max(plain), min(secure), max(secure)))
+            floor = min(x for pair in probes for probe in pair for x in probe)
+            by_state = {}  # host state -> (ratio of the medians, plain rounds, SecAgg+ rounds)
+            for state in (True, False):
+                ps = [x for x, (pp, _) in zip(plain, probes, strict=True) if quiet(pp, floor) is state]
+                ss = [x for x, (_, sp) in zip(secure, probes, strict=True) if quiet(sp, floor) is state]
+                by_state[state] = ((statistics.median(ss) / statistics.median(ps)
+                                    if ps and ss else float("nan")), len(ps), len(ss))
+            q1, _, q3 = statistics.quantiles(paired, n=4)
+            rows.append((n, p, s, statistics.median(paired), q1, q3, min(paired), max(paired),
+                         by_state[True], by_state[False], len(paired)))
 
             def med(runs: list[dict[str, float]], key: str, n: int = n) -> float:
                 return statistics.median(r.get(key, 0.0) for r in runs) / n * 1e3
@@ -336,11 +451,21 @@ def main() -> int:
         f"--rounds {args.rounds} --repeats {args.repeats}"
         f"{f' --split {args.split}' if args.split else ''}` (digits, iid, MLP hidden 1500: d = 112,510; "
         "every site every round; the project's ServerApp/ClientApp on the in-process grid, so a "
-        "round's wall time is all sites' training + protocol work + the server's; median over repeats, "
-        "rounds 2..R-1, plain and SecAgg+ runs alternating; the ratio is the median over repeats of "
-        "each SecAgg+ run's time over the plain run just before it, so drift in machine speed "
-        "between repeats cancels). "
+        "round's wall time is all sites' training + protocol work + the server's). "
         f"Load average {load0:.1f} at start, {load1:.1f} at end (2 cores shared with other jobs).",
+        "",
+        "Rounds interleaved: each repeat runs the plain and the SecAgg+ federation side by side "
+        "in one process, one round at a time each, in turn (`interleaved`), so SecAgg+ round r "
+        "runs right after plain round r, a second or so apart rather than a whole run apart. "
+        "Rounds 2..R-1 of every repeat are timed (round 1 has start-up and the first round's "
+        "share exchange; round R sets no next round up). The paired ratio is each SecAgg+ "
+        "round's time over the plain round just before it; the table gives the median over "
+        "all pairs with its quartiles and range. The host switches between a quiet and a "
+        "contended state every few seconds (cores about 1.4x slower in the second); a 5 ms "
+        "X25519 probe before and after each round (`host_probe`) classifies the rounds that "
+        "ran wholly in one state (probes within 15% of the fastest of the run: quiet), and the "
+        "last two columns give the ratio of the median SecAgg+ round to the median plain "
+        "round within each state, with the number of (plain, SecAgg+) rounds.",
         "",
         "The in-process grid calls the ClientApp directly in `send_and_receive` (no polling), "
         "so SecAgg+'s message exchanges pay no poll tick here. Round 1 takes three "
@@ -349,16 +474,23 @@ def main() -> int:
         "previous round's masked-input reply and its encrypted shares on that round's "
         "unmask reply.",
         "",
-        "| n sites | plain FedAvg s/round [min-max] | SecAgg+ FedAvg s/round [min-max] "
-        "| ratio, paired [min-max] | target |",
-        "|---|---|---|---|---|",
+        "| n sites | plain FedAvg s/round (median) | SecAgg+ FedAvg s/round (median) "
+        "| ratio, round-paired: median [quartiles] (min-max), pairs | quiet host: ratio (rounds) "
+        "| contended host: ratio (rounds) | target |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for n, p, s, r, rmin, rmax, pmin, pmax, smin, smax in rows:
-        lines.append(f"| {n} | {p:.3f} [{pmin:.3f}-{pmax:.3f}] | {s:.3f} [{smin:.3f}-{smax:.3f}] "
-                     f"| {r:.2f} [{rmin:.2f}-{rmax:.2f}] | <= 2 ({'met' if r <= 2 else 'NOT met'}) |")
+    def in_state(ratio: float, n_plain: int, n_secure: int) -> str:
+        return f"{ratio:.2f} ({n_plain}, {n_secure})" if n_plain and n_secure else \
+            f"- ({n_plain}, {n_secure})"
+
+    for n, p, s, r, q1, q3, rmin, rmax, quiet_host, busy_host, pairs in rows:
+        lines.append(f"| {n} | {p:.3f} | {s:.3f} | {r:.2f} [{q1:.2f}-{q3:.2f}] ({rmin:.2f}-{rmax:.2f}), "
+                     f"{pairs} | {in_state(*quiet_host)} | {in_state(*busy_host)} "
+                     f"| <= 2 ({'met' if r <= 2 else 'NOT met'}) |")
     lines += [
         "",
-        "Per site and round (process CPU, ms; median over repeats). In a deployment sites run "
+        "Per site and round (CPU time of the federation's thread, ms; median over repeats). "
+        "In a deployment sites run "
         "in parallel, so this, not the sum over sites, is what a round waits for at the sites. "
         "Training is the same local step in both modes; 'plain site' adds the update digest, "
         "signature and ledger entry; 'SecAgg+ site' is all four protocol handlers (keys, "
