@@ -111,10 +111,12 @@ def host_probe(reps: int = 100) -> float:
 
 @dataclass
 class RoundTimes:
-    """Rounds 2..R-1 of one run: wall seconds, the host probe (us) just before and after
-    each, and the handlers' CPU seconds per round (label -> seconds)."""
+    """Rounds 2..R-1 of one run: wall seconds, CPU seconds of the federation's thread, the
+    host probe (us) just before and after each, and the handlers' CPU seconds per round
+    (label -> seconds)."""
 
     wall: list[float] = field(default_factory=list)
+    thread_cpu: list[float] = field(default_factory=list)
     probes: list[tuple[float, float]] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
 
@@ -159,19 +161,21 @@ def interleaved(configs: list[RunConfig]) -> list[RoundTimes]:
         name = threading.current_thread().name
         times, ends = out[i], [0]
         baton.wait(i)
-        before, start = host_probe(), time.perf_counter()
+        before, start, cpu0 = host_probe(), time.perf_counter(), time.thread_time()
 
         def on_round(_s: object) -> None:
-            nonlocal before, start
-            wall, after = time.perf_counter() - start, host_probe()
+            nonlocal before, start, cpu0
+            wall, cpu = time.perf_counter() - start, time.thread_time() - cpu0
+            after = host_probe()
             ends[0] += 1
             if 2 <= ends[0] <= config.rounds - 1:
                 times.wall.append(wall)
+                times.thread_cpu.append(cpu)
                 times.probes.append((before, after))
             _ON[name] = 1 <= ends[0] < config.rounds - 1  # the next round is timed
             baton.pass_on(i)
             baton.wait(i)
-            before, start = host_probe(), time.perf_counter()
+            before, start, cpu0 = host_probe(), time.perf_counter(), time.thread_time()
 
         try:
             run_federation(config, engine="inprocess", on_round=on_round)
@@ -415,6 +419,9 @@ def main() -> int:
                 plain += p_run.wall
                 secure += s_run.wall
                 probes += list(zip(p_run.probes, s_run.probes, strict=True))
+                # the round's CPU outside the sites' handlers: the server and the grid
+                p_run.cpu["server"] = statistics.fmean(p_run.thread_cpu) - p_run.cpu["plain_site"]
+                s_run.cpu["server"] = statistics.fmean(s_run.thread_cpu) - s_run.cpu["secagg_site"]
                 cpu_p.append(p_run.cpu)
                 cpu_s.append(s_run.cpu)
                 print(n, rep, statistics.median(p_run.wall), statistics.median(s_run.wall),
@@ -438,7 +445,8 @@ def main() -> int:
 
             train_p, site_p = med(cpu_p, "train"), med(cpu_p, "plain_site")
             train_s, site_s = med(cpu_s, "train"), med(cpu_s, "secagg_site")
-            site_rows.append((n, train_p, site_p, train_s, site_s))
+            site_rows.append((n, train_p, site_p, train_s, site_s,
+                              med(cpu_p, "server", 1), med(cpu_s, "server", 1)))
             k, site_floor, server_floor = crypto_floor(n)
             floor_rows.append((n, k, p, s, train_p / 1e3, site_floor, server_floor,
                                message_floor(n) / n))
@@ -497,13 +505,19 @@ def main() -> int:
         "Shamir sharing + encryption, quantisation + masking, share reveal, state and "
         "message handling) including training.",
         "",
+        "The server columns are per round: the CPU time of the federation's thread in a "
+        "round minus its sites' handlers, i.e. the ServerApp's work (sampling, the protocol's "
+        "server stages or the plain replies' signature and digest checks, aggregation, "
+        "evaluation, lineage, checkpoint) plus the grid's message dispatch.",
+        "",
         "| n sites | training, plain run | plain site total | training, SecAgg+ run "
-        "| SecAgg+ site total | SecAgg+ site / training | plain site / training |",
-        "|---|---|---|---|---|---|---|",
+        "| SecAgg+ site total | SecAgg+ site / training | plain site / training "
+        "| server per round, plain (ms) | server per round, SecAgg+ (ms) | server, SecAgg+ / plain |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for n, tp, sp, ts, ss in site_rows:
+    for n, tp, sp, ts, ss, vp, vs in site_rows:
         lines.append(f"| {n} | {tp:.2f} | {sp:.2f} | {ts:.2f} | {ss:.2f} | {ss / ts:.2f} "
-                     f"| {sp / tp:.2f} |")
+                     f"| {sp / tp:.2f} | {vp:.1f} | {vs:.1f} | {vs / vp:.2f} |")
     lines += [
         "",
         "### How far the protocol's own cost leaves room for 2x (same run)",
