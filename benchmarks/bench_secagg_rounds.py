@@ -17,6 +17,10 @@ round, the CPU time of training alone (`local_delta`), of the plain train handle
 (training + update digest + signature + ledger), and of all four SecAgg+ handlers
 (training + protocol work + message handling).
 
+It also runs Flower 1.42's own SecAgg+ (the legacy workflow and client mod) on the same
+grid at each n, with the same share holders and threshold (`flower_legacy_round`), and
+compares its round, per-site and server times with fedsilo's.
+
 With ``--split N`` it also profiles one SecAgg+ run at N sites: the CPU time of each part
 of the protocol (exclusive: a part's time excludes the parts it calls), per site and round
 for the site side and per round for the server. The wrappers cost a few microseconds per
@@ -46,7 +50,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
-from flwr.app import Message, RecordDict  # noqa: E402
+from flwr.app import Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
@@ -321,6 +325,117 @@ def message_floor(n: int, reps: int = 7) -> float:
     return _best(exchange, reps)
 
 
+def flower_legacy_round(n: int, rounds: int = 3) -> tuple[int, int, float, float, float]:
+    """Flower 1.42's own SecAgg+ on the same in-process grid, at the same n and d.
+
+    The legacy `SecAggPlusWorkflow` (server, inside Flower's `DefaultWorkflow` with its
+    FedAvg) and `secaggplus_mod` (site), with fedsilo's default number of share holders
+    (``num_shares = k + 1``) and threshold t, 2^20 quantisation levels in a 2^32 ring and
+    clipping range 1 (fedsilo's defaults). Each site's ``fit`` returns a fixed update of the
+    benchmark MLP's four arrays (d = 112,510) without training, so the site time is
+    Flower's protocol alone. Flower's workflow hands one content object to every site's
+    message and its client mod consumes it, which a real transport never notices (each
+    message is serialised); the grid here gives each site a deep copy, whose time is not
+    counted. CPU times are the process's: Flower's Shamir sharing and reconstruction run
+    in thread pools (nothing else runs in the process meanwhile).
+
+    Returns (holders, threshold, wall seconds per round, site CPU seconds per site and
+    round, server CPU seconds per round), medians over rounds 2..R.
+    """
+    import copy
+    import logging
+
+    from flwr.client import ClientApp as LegacyClientApp
+    from flwr.client import NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.common.logger import FLOWER_LOGGER
+    from flwr.server import LegacyContext, ServerApp, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.supercore.run import Run
+
+    k, t = SecAggConfig().resolve_round(n, n)
+    rng = np.random.default_rng(0)
+    update = [(rng.standard_normal(shape) * 0.01).astype(np.float32)
+              for shape in ((1500, 64), (1500,), (10, 1500), (10,))]
+    assert sum(a.size for a in update) == D
+    site_cpu, copy_cpu = [0.0], [0.0]
+    per_round: list[tuple[float, float, float]] = []
+
+    class Site(NumPyClient):
+        def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple:
+            return update, 14, {}
+
+    legacy_app = LegacyClientApp(client_fn=lambda _context: Site().to_client(),
+                                 mods=[secaggplus_mod])
+
+    def site(msg: Message, context: Any) -> Message:
+        c0 = time.process_time()
+        try:
+            return legacy_app(msg, context)
+        finally:
+            site_cpu[0] += time.process_time() - c0
+
+    class CopyingGrid(InProcessGrid):
+        def _deliver(self, msg: Message) -> Message:
+            c0 = time.process_time()
+            msg = copy.deepcopy(msg)
+            copy_cpu[0] += time.process_time() - c0
+            return super()._deliver(msg)
+
+    workflow = SecAggPlusWorkflow(num_shares=k + 1, reconstruction_threshold=t,
+                                  clipping_range=1.0, quantization_range=1 << 20)
+    run_round = workflow.__call__
+
+    def timed_round(grid: Any, context: Any) -> None:
+        s0, x0 = site_cpu[0], copy_cpu[0]
+        t0, c0 = time.perf_counter(), time.process_time()
+        run_round(grid, context)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        sites, copies = site_cpu[0] - s0, copy_cpu[0] - x0
+        per_round.append((wall, sites / n, cpu - sites - copies))
+
+    server = ServerApp()
+
+    aggregated: list[int] = []  # sites in each round's secure sum
+
+    class CountingFedAvg(FedAvg):
+        def aggregate_fit(self, server_round: int, results: list, failures: list) -> Any:
+            out = super().aggregate_fit(server_round, results, failures)
+            mean = parameters_to_ndarrays(out[0]) if out[0] is not None else []
+            # every site sent the same update: the secure mean must be that update
+            ok = len(mean) == len(update) and all(
+                np.allclose(a, b, atol=1e-4) for a, b in zip(mean, update, strict=False))
+            aggregated.append(len(results) if ok else -1)
+            return out
+
+    @server.main()
+    def main(grid: Any, context: Any) -> None:
+        strategy = CountingFedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n,
+                                  min_available_clients=n,
+                                  initial_parameters=ndarrays_to_parameters(update))
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=rounds),
+                               strategy=strategy)
+        DefaultWorkflow(fit_workflow=timed_round)(grid, legacy)
+
+    level = FLOWER_LOGGER.level
+    FLOWER_LOGGER.setLevel(logging.WARNING)  # a line per stage and round otherwise
+    try:
+        TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+        grid = CopyingGrid(site, n)  # type: ignore[arg-type]
+        grid.set_run(Run.create_empty(1))
+        server(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                             run_config={}))
+    finally:
+        FLOWER_LOGGER.setLevel(level)
+    if len(per_round) != rounds or aggregated != [n] * rounds:
+        raise RuntimeError(f"Flower's SecAgg+ aggregated {aggregated} sites in {len(per_round)} "
+                           f"rounds, expected {n} in each of {rounds}")
+    wall, site_s, server_s = (statistics.median(x) for x in zip(*per_round[1:], strict=True))
+    return k + 1, t, wall, site_s, server_s
+
+
 def split_run(n: int, rounds: int, out: str) -> list[str]:
     """Profile one SecAgg+ run at ``n`` sites; markdown lines of the per-part CPU split."""
     cpu: dict[str, float] = {}
@@ -395,12 +510,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/secagg_rounds.md")
+    parser.add_argument("--flower-rounds", type=int, default=3, metavar="R",
+                        help="rounds of Flower 1.42's own SecAgg+ per n, on the same grid (rounds "
+                             "2..R timed; 0 skips it)")
     parser.add_argument("--split", type=int, default=0, metavar="N",
                         help="also profile one SecAgg+ run at N sites (per-part CPU split)")
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error(f"--rounds: expected at least 3 (rounds 2..R-1 are timed), got {args.rounds}")
-    rows, site_rows, floor_rows = [], [], []
+    rows, site_rows, floor_rows, flower_rows = [], [], [], []
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sites:
@@ -450,6 +568,11 @@ def main() -> int:
             k, site_floor, server_floor = crypto_floor(n)
             floor_rows.append((n, k, p, s, train_p / 1e3, site_floor, server_floor,
                                message_floor(n) / n))
+            if args.flower_rounds:
+                holders, t, fw, fsite, fserver = flower_legacy_round(n, args.flower_rounds)
+                flower_rows.append((n, holders, t, fw, s, fsite * 1e3, site_s - train_s,
+                                    fserver * 1e3, med(cpu_s, "server", 1)))
+                print("flower", n, fw, fsite, fserver, file=sys.stderr)
         split = split_run(args.split, args.rounds, tmp) if args.split else []
     load1 = os.getloadavg()[0]
     lines = [
@@ -508,7 +631,8 @@ def main() -> int:
         "The server columns are per round: the CPU time of the federation's thread in a "
         "round minus its sites' handlers, i.e. the ServerApp's work (sampling, the protocol's "
         "server stages or the plain replies' signature and digest checks, aggregation, "
-        "evaluation, lineage, checkpoint) plus the grid's message dispatch.",
+        "evaluation, lineage, checkpoint) plus the grid's message dispatch. The checkpoint "
+        "and lineage writes that run in the server's background thread are not in it.",
         "",
         "| n sites | training, plain run | plain site total | training, SecAgg+ run "
         "| SecAgg+ site total | SecAgg+ site / training | plain site / training "
@@ -545,6 +669,32 @@ def main() -> int:
         lines.append(f"| {n} | {k} | {site_floor * 1e3:.2f} | {server_floor * 1e3:.1f} "
                      f"| {bound / p:.2f} | {s / p:.2f} | {(s - bound) / n * 1e3:.2f} "
                      f"| {(2 * p - bound) / n * 1e3:.2f} | {msg * 1e3:.3f} |")
+    if flower_rows:
+        lines += [
+            "",
+            "### Against Flower 1.42's own SecAgg+ (same grid, same n and d)",
+            "",
+            "Flower's legacy `SecAggPlusWorkflow` (server) and `secaggplus_mod` (sites) on the "
+            "same in-process grid, with the same share holders (k + 1) and threshold t, 2^20 "
+            "levels and clipping range 1 (`flower_legacy_round`; rounds 2.."
+            f"{args.flower_rounds}, median). Flower's sites return a fixed update without "
+            "training, so its site column is its protocol alone; fedsilo's site column is the "
+            "SecAgg+ site total above minus its training. Round times: Flower's is its protocol "
+            "and FedAvg only; fedsilo's SecAgg+ round (from the table at the top) also trains "
+            "every site and runs the server's evaluation, lineage and checkpoint. Server: CPU "
+            "per round outside the sites' handlers (for Flower, without the grid's copies of its "
+            "shared message content). Flower's CPU times are the process's, since its Shamir "
+            "code runs in thread pools.",
+            "",
+            "| n | holders k + 1 | t | Flower round (s) | fedsilo SecAgg+ round, with training (s) "
+            "| speed-up | Flower per site (ms) | fedsilo per site, protocol (ms) | speed-up "
+            "| Flower server per round (ms) | fedsilo server per round (ms) | speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n, holders, t, fw, fs, fsite, site, fserver, server in flower_rows:
+            lines.append(f"| {n} | {holders} | {t} | {fw:.3f} | {fs:.3f} | {fw / fs:.1f}x "
+                         f"| {fsite:.2f} | {site:.2f} | {fsite / site:.1f}x | {fserver:.1f} "
+                         f"| {server:.1f} | {fserver / server:.1f}x |")
     lines += split
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
