@@ -518,6 +518,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 3:
         parser.error(f"--rounds: expected at least 3 (rounds 2..R-1 are timed), got {args.rounds}")
+    if args.flower_rounds == 1 or args.flower_rounds < 0:
+        parser.error(f"--flower-rounds: expected 0 (skip) or at least 2 (rounds 2..R are timed), "
+                     f"got {args.flower_rounds}")
     rows, site_rows, floor_rows, flower_rows = [], [], [], []
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
