@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 ORDER = ["quality", "overhead", "lineage", "aggregation", "robustness", "dp", "dp_simulate", "secagg",
-         "secagg_rounds", "deploy"]
+         "secagg_rounds", "deploy", "reliability"]
 
 HEADER = """# Benchmarks
 

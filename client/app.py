@@ -2,11 +2,15 @@
 
 The ClientApp answers three kinds of message:
 
-* ``query.handshake``: the site's stable id, public key, data fingerprint and policy;
-* ``train``: train on the global model, reply with the flat model delta, its digest
-  and the site's signature over (run id, round, update digest, data fingerprint),
-  after checking the round against the site's policy (a refusal is a normal reply
-  with the reason, recorded in the site's ledger and, by the server, in lineage);
+* ``query.handshake``: the site's stable id, public key, data fingerprint, policy and
+  declared example count, with its signature over (run id, site id, data fingerprint,
+  count) (`lineage.signing.sign_declaration`);
+* ``train``: train on the global model, reply with the flat model delta, its digest,
+  the layout it was flattened with and the site's signature over (run id, round,
+  update digest, data fingerprint), after checking the round against the site's policy
+  and the Trainer's result against the global model's layout and the declared count (a
+  refusal is a normal reply with the reason, recorded in the site's ledger and, by the
+  server, in lineage);
 * ``evaluate``: evaluate the global model on local data.
 """
 
@@ -22,8 +26,18 @@ from flwr.clientapp import ClientApp
 
 from fedsilo import lineage
 from fedsilo.client.policy import SitePolicy
-from fedsilo.client.trainer import Trainer
+from fedsilo.client.trainer import DeclaresExamples, Trainer
+from fedsilo.lineage.signing import sign_declaration
+from fedsilo.privacy.screening import example_count, layout_problem
 from fedsilo.strategies import codec
+
+
+class ContributionError(ValueError):
+    """What the Trainer returned cannot be sent (wrong layout or example count); one line.
+
+    The SDK replies with a refusal carrying this reason (the server records it in
+    lineage) instead of flattening a scrambled update or crashing the ClientApp.
+    """
 
 
 @dataclass
@@ -39,6 +53,8 @@ class Site:
     policy : rules the site enforces on every round.
     state : per-site mutable state kept between rounds in this process (privacy
         budget bookkeeping and the like).
+    num_examples : the example count the site declares at the handshake (None: the
+        Trainer's ``num_examples()``, see `DeclaresExamples`).
     """
 
     site_id: str
@@ -47,6 +63,7 @@ class Site:
     ledger: Any = None
     policy: SitePolicy = field(default_factory=SitePolicy)
     state: dict[str, Any] = field(default_factory=dict)
+    num_examples: int | None = None
     _fingerprint: str | None = None
 
     @property
@@ -58,6 +75,15 @@ class Site:
     @property
     def public_key(self) -> str:
         return lineage.public_key_hex(self.key) if self.key is not None else ""
+
+    @property
+    def declared_examples(self) -> int | None:
+        """The count declared at the handshake: ``num_examples``, else the Trainer's."""
+        if self.num_examples is not None:
+            return self.num_examples
+        if isinstance(self.trainer, DeclaresExamples):
+            return self.trainer.num_examples()
+        return None
 
 
 SiteFactory = Callable[[Context, Mapping[str, Any]], Site]
@@ -98,13 +124,15 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
 
     @app.query("handshake")
     def handshake(msg: Message, context: Context) -> Message:
-        site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
+        federation = _config(msg, codec.FEDERATION_RECORD)
+        site = site_factory(context, federation)
         record = ConfigRecord(
             {
                 "site_id": site.site_id,
                 "public_key": site.public_key,
                 "data_fingerprint": site.data_fingerprint,
                 "policy": site.policy.to_json(),
+                **_declaration(site, str(federation.get("run_id", ""))),
             }
         )
         content = RecordDict({codec.SITE_RECORD: record})
@@ -147,22 +175,85 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
             from fedsilo.privacy.dp import site_contribution
 
             clipped, _unclipped = site_contribution(delta, _dp_round_config(config), weight=num_examples)
-            return LocalUpdate(delta=clipped, weight=1.0, metrics=metrics)
-        return LocalUpdate(delta=delta, weight=float(num_examples), metrics=metrics)
+            return LocalUpdate(delta=clipped, weight=1.0, metrics=metrics,
+                               num_examples=num_examples)
+        return LocalUpdate(delta=delta, weight=float(num_examples), metrics=metrics,
+                           num_examples=num_examples)
 
-    register_secagg(app, fit_update)
+    def identify(msg: Message, context: Context) -> Site:
+        # the site signs its masked input and unmask reply with its key, as a plain update
+        return site_factory(context, _config(msg, codec.FEDERATION_RECORD))
+
+    register_secagg(app, fit_update, identify)
     return app
 
 
 def local_delta(site: Site, msg: Message, config: Mapping[str, Any]) -> tuple[np.ndarray, int, dict[str, float]]:
-    """Train on the message's global model; return (flat float32 delta, examples, metrics)."""
+    """Train on the message's global model; return (flat float32 delta, examples, metrics).
+
+    `ContributionError` (one line) when the Trainer's weights do not have the global
+    model's layout or its example count is not a positive integer within the declared one.
+    """
     layout = codec.ModelLayout.from_json(str(config["layout"]))
     global_flat = codec.decode_flat(
         _global_model(msg), expected_size=layout.size
     )
     fit = site.trainer.fit(layout.unflatten(global_flat), config)
-    delta = layout.flatten(fit.weights) - global_flat
-    return delta.astype(np.float32, copy=False), int(fit.num_examples), dict(fit.metrics)
+    weights = _checked_weights(fit.weights, layout)
+    num_examples = _checked_count(fit.num_examples, site.declared_examples)
+    delta = layout.flatten(weights) - global_flat
+    return delta.astype(np.float32, copy=False), num_examples, dict(fit.metrics)
+
+
+def _checked_weights(weights: Any, layout: codec.ModelLayout) -> dict[str, np.ndarray]:
+    """The Trainer's weights as arrays, if every layer's name, shape and dtype is the global
+    model's; else `ContributionError`. Flattening alone would drop an extra layer and
+    accept a transposed one of the same size as a scrambled update."""
+    if not isinstance(weights, Mapping):
+        raise ContributionError(f"layout: the Trainer returned weights as a "
+                                f"{type(weights).__name__}; expected a mapping layer name -> array")
+    try:
+        arrays = {str(k): np.asarray(v) for k, v in weights.items()}
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ContributionError(f"layout: a layer the Trainer returned is not an array ({exc})") from None
+    problem = layout_problem(layout, codec.ModelLayout.from_arrays(arrays), ordered=False)
+    if problem is not None:
+        raise ContributionError(f"layout: {problem}")
+    return arrays
+
+
+def _checked_count(value: Any, declared: int | None) -> int:
+    """The Trainer's example count if it is a positive integer within the declared one."""
+    try:
+        n = example_count(value)
+    except ValueError as exc:
+        raise ContributionError(f"num-examples {exc}") from None
+    if declared is not None and n > declared:
+        raise ContributionError(f"num-examples {n} exceeds the {declared} examples the site "
+                                "declared at the handshake")
+    return n
+
+
+def _declaration(site: Site, run_id: str) -> dict[str, Any]:
+    """The handshake fields declaring the site's example count: ``num_examples`` and
+    ``declaration``, its signature (none without a key). A count that is not a positive
+    integer is sent as it is, for the server to refuse with the value in its reason."""
+    declared = site.declared_examples
+    if declared is None:
+        return {}
+    try:
+        n = example_count(declared)
+    except ValueError:
+        ok = isinstance(declared, int | float) and not isinstance(declared, bool)
+        return {"num_examples": declared if ok else repr(declared)}
+    out: dict[str, Any] = {"num_examples": n}
+    if site.key is not None:
+        try:
+            out["declaration"] = sign_declaration(site.key, run_id, site.site_id,
+                                                  site.data_fingerprint, n)
+        except ValueError:  # a malformed run id or fingerprint: the server refuses the site
+            out["declaration"] = ""
+    return out
 
 
 def _site_side_clip(delta: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
@@ -175,6 +266,17 @@ def _site_side_clip(delta: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
     return clipped
 
 
+def _refusal(site: Site, msg: Message, run_id: str, server_round: int, reason: str) -> Message:
+    """A refusal reply (and its ledger entry): the site sends no update this round."""
+    if site.ledger is not None:
+        site.ledger.append(
+            {"run_id": run_id, "site_id": site.site_id, "round": server_round,
+             "status": "refused", "reason": reason, "time": _now_iso()}
+        )
+    refusal = ConfigRecord({"site_id": site.site_id, "reason": reason})
+    return Message(RecordDict({codec.REFUSAL_RECORD: refusal}), reply_to=msg)
+
+
 def _train_reply(site: Site, msg: Message) -> Message:
     config = _config(msg, codec.CONFIG_RECORD)
     run_id = str(config.get("run_id", ""))
@@ -183,15 +285,12 @@ def _train_reply(site: Site, msg: Message) -> Message:
     if reason is None:
         reason = _privacy_refusal(site, config)
     if reason is not None:
-        if site.ledger is not None:
-            site.ledger.append(
-                {"run_id": run_id, "site_id": site.site_id, "round": server_round,
-                 "status": "refused", "reason": reason, "time": _now_iso()}
-            )
-        refusal = ConfigRecord({"site_id": site.site_id, "reason": reason})
-        return Message(RecordDict({codec.REFUSAL_RECORD: refusal}), reply_to=msg)
+        return _refusal(site, msg, run_id, server_round, reason)
 
-    delta, num_examples, metrics = local_delta(site, msg, config)
+    try:
+        delta, num_examples, metrics = local_delta(site, msg, config)
+    except ContributionError as exc:  # the Trainer's result cannot be sent as it is
+        return _refusal(site, msg, run_id, server_round, f"update not sent: {exc}")
     delta = _site_side_clip(delta, config)
     digest = lineage.update_digest(delta)
     signature = (
@@ -213,7 +312,8 @@ def _train_reply(site: Site, msg: Message) -> Message:
             codec.METRICS_RECORD: MetricRecord({codec.NUM_EXAMPLES_KEY: num_examples, **metrics}),
             codec.SITE_RECORD: ConfigRecord(
                 {"site_id": site.site_id, "update_digest": digest,
-                 "data_fingerprint": site.data_fingerprint, "signature": signature}
+                 "data_fingerprint": site.data_fingerprint, "signature": signature,
+                 "layout": str(config["layout"])}
             ),
         }
     )

@@ -17,10 +17,12 @@ class FitResult:
 
     Parameters
     ----------
-    weights : the new local model, one array per layer name (same names and shapes
-        as the weights received).
+    weights : the new local model, one array per layer name: exactly the names, shapes
+        and dtypes of the weights received (an extra, missing, reshaped or retyped layer
+        is refused by the SDK, never flattened or dropped).
     num_examples : how many local examples the training used (the site's weight
-        in weighted aggregation).
+        in weighted aggregation): a positive integer no larger than the count the
+        site declared at the handshake (`DeclaresExamples.num_examples`).
     metrics : scalar training metrics, for example ``{"train_loss": 0.41}``.
     """
 
@@ -54,4 +56,24 @@ class Trainer(Protocol):
 
     def data_fingerprint(self) -> str:
         """A digest of the local data (or its manifest) and declared preprocessing."""
+        ...
+
+
+@runtime_checkable
+class DeclaresExamples(Protocol):
+    """A `Trainer` that says how many training examples its site holds.
+
+    The site declares this count at the handshake, signed with its key; the server
+    records it in the genesis record and rejects any round reply whose ``num_examples``
+    exceeds it, so that no site can outweigh the others by claiming more data than it
+    declared. A site whose Trainer does not implement it (and whose `Site` sets no
+    ``num_examples``) is refused at the handshake.
+
+    Kept apart from `Trainer` so that ``isinstance(x, Trainer)`` still accepts trainers
+    written before the declaration existed (they then fail at the handshake with a
+    one-line reason instead of at import).
+    """
+
+    def num_examples(self) -> int:
+        """The number of local training examples (a positive integer)."""
         ...

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from fedsilo.server.outcome import EXIT_CODES_HELP
+
 EXIT_USAGE = 2
 
 
@@ -39,8 +41,14 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--optimizer", help="server optimiser spec, e.g. fedadam:eta=0.01 (default fedavg)")
     p.add_argument("--proximal-mu", type=float, help="FedProx proximal term at the sites (default 0)")
     p.add_argument("--min-sites", type=int, help="replies needed for a round to change the model")
+    p.add_argument("--min-rounds-changed", type=int,
+                   help="rounds that must change the model for the run to end 'completed' "
+                        "(default 1; fewer: 'no_progress', exit 3)")
     p.add_argument("--attack", help="simulated attack name (see `fedsilo strategies`)")
     p.add_argument("--malicious", type=int, help="number of malicious sites")
+    p.add_argument("--allow-overreach", action="store_true", default=None,
+                   help="run even with more attackers than the aggregator tolerates "
+                        "(recorded in lineage as outside its guarantee)")
     p.add_argument("--dp-epsilon", type=float, help="client-level DP budget epsilon")
     p.add_argument("--dp-delta", type=float, help="client-level DP delta (default 1e-5)")
     p.add_argument("--dp-noise-multiplier", type=float, help="noise multiplier (default: calibrated)")
@@ -63,6 +71,10 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only the final summary line")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument("--engine", choices=["ray", "inprocess"], default="ray",
+                   help="ray: Flower's simulation engine (default); inprocess: the same apps "
+                        "in this process, one site after another (no Ray; tests, sweeps)")
+    p.epilog = EXIT_CODES_HELP
     p.set_defaults(handler=_simulate)
 
 
@@ -74,7 +86,7 @@ _FLAG_TO_KEY = {
     "record_dp_max_grad_norm": "record_dp.max_grad_norm",
     "secagg": "secagg.enabled", "secagg_degree": "secagg.degree", "secagg_threshold": "secagg.threshold",
 }
-_NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command", "resume"}
+_NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command", "resume", "engine"}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -100,15 +112,19 @@ def _simulate(args: argparse.Namespace) -> int:
         return _fail("simulate", str(exc))
 
     from fedsilo.progress import RoundProgress
+    from fedsilo.server.stopping import RunInterrupted, SignalGuard
     from fedsilo.simulations.runner import run_federation
 
     try:
-        with RoundProgress(config.rounds, enabled=not args.quiet) as progress:
-            run = run_federation(config, on_round=progress.update, verbose=args.verbose)
+        with SignalGuard(raise_first=True), \
+                RoundProgress(config.rounds, enabled=not args.quiet) as progress:
+            run = run_federation(config, on_round=progress.update, verbose=args.verbose,
+                                 engine=args.engine)
     except ConfigError as exc:
         return _fail("simulate", str(exc))
-    _summary(run)
-    return 0
+    except RunInterrupted as exc:
+        return _interrupted(exc)
+    return _summary(run)
 
 
 def _resume(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -117,27 +133,83 @@ def _resume(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
 
     if overrides or args.config:
         return _fail("simulate", "--resume: takes no other run options (the run keeps its config.toml)")
-    try:
-        from pathlib import Path
+    from pathlib import Path
 
+    from fedsilo.server.stopping import LeftoverOwnerAlive, PidRecord, RunInterrupted, SignalGuard
+
+    try:  # first what a killed run of this directory left running (Ray's processes)
+        PidRecord.clean_leftovers(Path(args.resume))
+    except LeftoverOwnerAlive as exc:
+        return _fail("simulate", f"--resume: {exc}")
+    try:
         config = RunConfig.load(Path(args.resume) / "config.toml")
         from fedsilo.progress import RoundProgress
 
-        with RoundProgress(config.rounds, enabled=not args.quiet) as progress:
-            run = resume_federation(Path(args.resume), on_round=progress.update, verbose=args.verbose)
+        with SignalGuard(raise_first=True), \
+                RoundProgress(config.rounds, enabled=not args.quiet) as progress:
+            run = resume_federation(Path(args.resume), on_round=progress.update,
+                                    verbose=args.verbose, engine=args.engine)
     except ConfigError as exc:
         return _fail("simulate", f"--resume: {exc}" if not str(exc).startswith("--") else str(exc))
-    _summary(run)
-    return 0
+    except RunInterrupted as exc:
+        return _interrupted(exc)
+    return _summary(run)
 
 
-def _summary(run: Any) -> None:
+def _interrupted(exc: Any) -> int:
+    """One line for a run stopped by SIGINT/SIGTERM (its chain closed as interrupted)."""
+    import os
+    import threading
+    import time
+
+    from fedsilo.server.outcome import EXIT_INTERRUPTED
+
+    run_dir = getattr(exc, "run_dir", None)
+    hint, state = "", "the run's chain is closed as interrupted"
+    if run_dir is not None and (run_dir / "checkpoint.npz").exists():
+        hint = f"; continue with: fedsilo simulate --resume {run_dir}"
+    elif run_dir is not None:
+        hint = f"; no round had finished, nothing to resume in {run_dir}"
+    if run_dir is not None and (run_dir / "lineage.sqlite").exists():
+        from fedsilo import lineage
+
+        try:
+            chain = lineage.read_chain(run_dir / "lineage.sqlite")
+        except Exception:  # the stop is reported whatever state the chain is in
+            chain = []
+        # the signal may come after the run closed its chain (outputs not yet written)
+        state = (f"the run's chain is closed as {chain[-1]['body']['reason']}"
+                 if chain and chain[-1]["type"] == "closing" else "the run's chain is open")
+    print(f"fedsilo simulate: {exc}: {state}{hint}", file=sys.stderr, flush=True)
+    # a thread a library left waiting (Flower's ClientApp workers) must not keep the process
+    # alive past the signal: the chain is closed, nothing else needs to finish
+    others = [t for t in threading.enumerate()
+              if not t.daemon and t is not threading.current_thread()]
+    deadline = time.monotonic() + 1.0
+    for thread in others:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in others):
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
+
+
+def _summary(run: Any) -> int:
+    """Print the run's summary line (every round of the run, its status, the progress
+    made, any resumes); return the exit code of its status (`fedsilo.server.outcome`)."""
+    from fedsilo.server.outcome import exit_code
+
+    result = run.result
     acc = run.final_accuracy
     acc_text = f"test accuracy {acc:.4f}" if acc is not None else "no evaluation"
+    resumed = ""
+    if run.resumed_from:
+        resumed = f", resumed from round {', '.join(str(r) for r in run.resumed_from)}"
     print(
-        f"fedsilo: run {run.run_id} {run.result.closing_reason}: {len(run.rounds)} rounds, "
-        f"{acc_text}, model {run.final_digest} -> {run.run_dir}"
+        f"fedsilo: run {run.run_id} {result.closing_reason}: {len(run.rounds)} rounds"
+        f" ({result.detail}{resumed}), {acc_text}, model {run.final_digest} -> {run.run_dir}"
     )
+    return exit_code(result.closing_reason)
 
 
 def _fail(command: str, message: str, code: int = EXIT_USAGE) -> int:

@@ -2,7 +2,9 @@
 
 ``add_deploy_parsers(subparsers)`` adds the three commands to fedsilo's CLI; each sets
 ``args.handler(args) -> int``. Errors are one line on stderr with a non-zero exit code
-(2: bad input; 1: a process failed), and no process is left running.
+(2: bad input; 1: a process failed), and no process is left running. ``server run
+--wait`` exits with the run's own status (`fedsilo.server.outcome.exit_code`: 0 completed, 3
+no_progress, 1 error...), read from the run's lineage closing record.
 """
 
 from __future__ import annotations
@@ -66,14 +68,19 @@ def _add_server(sub: Any) -> None:
     start = ssub.add_parser("start", help="start the SuperLink (TLS, site authentication); Ctrl-C stops")
     start.add_argument("--config", default="server.toml", metavar="server.toml")
     start.set_defaults(handler=_server_start)
-    run = ssub.add_parser("run", help="submit a federation run to the SuperLink")
+    from fedsilo.server.outcome import EXIT_CODES_HELP
+
+    run = ssub.add_parser("run", help="submit a federation run to the SuperLink",
+                          epilog="with --wait, the run's own status (its lineage closing "
+                                 f"record) decides the exit code; {EXIT_CODES_HELP}")
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="continue the crashed run in RUN_DIR from its last checkpoint")
     run.add_argument("--config", metavar="run.toml",
                      help="run options (as for fedsilo simulate --config)")
     run.add_argument("--server", default="server.toml", metavar="server.toml")
     run.add_argument("--run-id", help="run id / run directory name (default: generated)")
-    run.add_argument("--wait", action="store_true", help="wait until the run finishes")
+    run.add_argument("--wait", action="store_true",
+                     help="wait until the run finishes; exit with its status (see below)")
     run.add_argument("--timeout", type=float, default=3600.0, help="seconds --wait waits")
     run.set_defaults(handler=_server_run)
     st = ssub.add_parser("status", help="connected sites, runs and the current round")
@@ -86,10 +93,11 @@ def _add_server(sub: Any) -> None:
 
 def _server_start(args: argparse.Namespace) -> int:
     from fedsilo.server.deploy import check_server_files, read_server_settings, start_superlink
-    from fedsilo.server.deploy_procs import DeployError, Supervisor
+    from fedsilo.server.deploy_procs import DeployError, Supervisor, clean_leftovers
 
     try:
         settings = read_server_settings(Path(args.config))
+        clean_leftovers(settings.log_dir)  # a killed start's SuperLink would hold the port
         check_server_files(settings)
     except DeployError as exc:
         return _fail("server start", str(exc))
@@ -135,9 +143,13 @@ def _server_run(args: argparse.Namespace) -> int:
         print(f"fedsilo server: submitted run {run.run_id} (Flower run {run.flwr_run_id}) -> {run.run_dir}",
               flush=True)
         if args.wait:
-            status = wait_run(settings, run.flwr_run_id, args.timeout)
-            print(f"fedsilo server: run {run.run_id} {status}")
-            return 0 if status == "finished:completed" else EXIT_FAILED
+            from fedsilo.server.deploy import run_outcome
+            from fedsilo.server.outcome import exit_code
+
+            flwr_status = wait_run(settings, run.flwr_run_id, args.timeout)
+            status, detail = run_outcome(run.run_dir, flwr_status)
+            print(f"fedsilo server: run {run.run_id} {status}: {detail} (Flower: {flwr_status})")
+            return exit_code(status)
     except DeployError as exc:
         return _fail("server run", str(exc), EXIT_FAILED)
     return 0
@@ -195,10 +207,12 @@ def _add_site(sub: Any) -> None:
 def _site_start(args: argparse.Namespace) -> int:
     from fedsilo.client.deploy import check_site, start_site
     from fedsilo.client.site_config import SiteConfigError, read_site_config
-    from fedsilo.server.deploy_procs import DeployError, Supervisor
+    from fedsilo.server.deploy_procs import DeployError, Supervisor, clean_leftovers
 
     try:
         cfg = read_site_config(Path(args.config))
+        if not args.check:  # a killed start's SuperNode would hold the runtime port
+            clean_leftovers(cfg.supernode.log_dir)
         check_site(cfg)
     except (SiteConfigError, DeployError) as exc:
         return _fail("site start", str(exc))

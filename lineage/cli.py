@@ -175,8 +175,14 @@ def _show(args: argparse.Namespace) -> int:
         f"{'seq':>5} {'round':>5} {'status':<9} {'smp':>4} {'rep':>4} {'acc':>4} {'rej':>4} "
         f"{'drop':>4}  {'model_in':<12} -> {'model_out':<12}  metrics"
     )
-    for env in rounds:
+    # a resume record is listed where it sits in the chain: the interruption stays visible
+    resumes = [] if args.round is not None else chain.of_type("resume")
+    for env in sorted([*rounds, *resumes], key=lambda e: e["seq"]):
         b = env["body"]
+        if env["type"] == "resume":
+            print(f"{env['seq']:>5} resumed from the checkpoint of round {b['from_round']} "
+                  f"at {b['resumed_at']}: {b['reason']}")
+            continue
         print(
             f"{env['seq']:>5} {b['round']:>5} {b['status']:<9} {len(b['sampled']):>4} "
             f"{len(b['replied']):>4} {len(b['accepted']):>4} {len(b['rejected']):>4} "
@@ -196,6 +202,7 @@ def _show(args: argparse.Namespace) -> int:
                 if closing["epsilon_spent"] is not None
                 else ""
             )
+            + (f"; {closing['detail']}" if closing["detail"] else "")
         )
     else:
         print("open chain (no closing record)")
@@ -221,7 +228,9 @@ def _round_detail(body: dict[str, Any]) -> None:
     print(f"  {'site':<16} {'fate':<9} {'examples':>8}  {'update':<12}  {'data':<12}")
     for c in body["contributions"]:
         print(
-            f"  {c['site_id']:<16} {c['fate']:<9} {c['num_examples']:>8}  "
+            # under SecAgg+ the count is inside the secure sum (null on the record)
+            f"  {c['site_id']:<16} {c['fate']:<9} "
+            f"{'secret' if c['num_examples'] is None else c['num_examples']:>8}  "
             f"{_short(c['update_digest']):<12}  {_short(c['data_fingerprint']):<12}"
         )
     for site_id, reason in sorted(body["rejected"].items()):

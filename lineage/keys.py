@@ -16,6 +16,8 @@ from .canonical import sha256_hex
 from .errors import LineageError
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# raw public key -> the file its private key was loaded from, in this process (see key_file)
+_SOURCES: dict[bytes, Path] = {}
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
@@ -49,7 +51,18 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         raise LineageError(f"{path}: not an unencrypted PEM private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise LineageError(f"{path}: expected an Ed25519 private key, got {type(key).__name__}")
+    _SOURCES[key.public_key().public_bytes_raw()] = path.resolve()
     return key
+
+
+def key_file(key: Ed25519PrivateKey) -> Path | None:
+    """The file :func:`load_or_create_key` loaded ``key`` from in this process, if it did.
+
+    Lets a process that must sign again later (a SecAgg+ site's unmask stage, which
+    Flower's deployment runtime runs in a fresh process) reload just the key, not
+    everything that came with it.
+    """
+    return _SOURCES.get(key.public_key().public_bytes_raw())
 
 
 def _create_key_file(path: Path) -> None:

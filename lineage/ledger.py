@@ -19,6 +19,11 @@ _SENT_FIELDS: dict[str, tuple[Any, str]] = {
     "num_examples": (_is_count, "an int >= 0"),
     "signature": (_is_sig, "128 lowercase hex"),
 }
+_UNMASKED_FIELDS: dict[str, tuple[Any, str]] = {
+    "unmask_digest": (_is_digest, "'sha256:<64 hex>'"),
+    "signature": (_is_sig, "128 lowercase hex"),
+}
+_STATUSES = ("sent", "refused", "unmasked")
 _COMMON_FIELDS: dict[str, tuple[Any, str]] = {
     "run_id": (_is_str, "a non-empty string"),
     "site_id": (_is_str, "a non-empty string"),
@@ -29,9 +34,11 @@ _COMMON_FIELDS: dict[str, tuple[Any, str]] = {
 def validate_ledger_entry(entry: Mapping[str, Any]) -> None:
     """Check one ledger entry.
 
-    Required: ``run_id``, ``site_id``, ``round``, ``status`` (``"sent"`` or ``"refused"``),
-    ``time``; for ``sent`` also ``update_digest``, ``data_fingerprint``, ``num_examples``,
-    ``signature``; for ``refused`` also ``reason``. Other keys are kept as they are.
+    Required: ``run_id``, ``site_id``, ``round``, ``status`` (``"sent"``, ``"refused"`` or
+    ``"unmasked"``), ``time``; for ``sent`` also ``update_digest``, ``data_fingerprint``,
+    ``num_examples``, ``signature`` (under SecAgg+: of the masked vector sent, with
+    ``"secagg": "masked_input"``); for ``refused`` also ``reason``; for ``unmasked`` (a
+    SecAgg+ unmask reply) ``unmask_digest`` and ``signature``. Other keys are kept as they are.
 
     Raises:
         ValueError: naming the first missing or malformed field.
@@ -39,11 +46,15 @@ def validate_ledger_entry(entry: Mapping[str, Any]) -> None:
     if not isinstance(entry, Mapping):
         raise ValueError(f"ledger entry must be a JSON object, got {type(entry).__name__}")
     status = entry.get("status")
-    if status not in ("sent", "refused"):
-        raise ValueError(f"ledger entry status must be 'sent' or 'refused', got {status!r}")
+    if status not in _STATUSES:
+        raise ValueError(
+            f"ledger entry status must be 'sent', 'refused' or 'unmasked', got {status!r}"
+        )
     fields = dict(_COMMON_FIELDS)
     if status == "sent":
         fields.update(_SENT_FIELDS)
+    elif status == "unmasked":
+        fields.update(_UNMASKED_FIELDS)
     else:
         fields["reason"] = (_is_str, "a non-empty string")
     for name, (check, expected) in fields.items():

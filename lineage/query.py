@@ -11,8 +11,9 @@ from .errors import LineageError
 from .ledger import SiteLedger
 
 SECURE_SUM = "secagg:not-reported"
-"""Stands for the data fingerprint of a site that contributed through secure aggregation:
-the server sees only the sum, so no per-site update or fingerprint is on its record."""
+"""Stands for the data fingerprint of a site that contributed through secure aggregation
+without a signed contribution on the record (a site without a key, or a chain written
+before sites signed their masked inputs): the server saw only the sum."""
 
 REFUSAL_PREFIX = "refused by site: "
 """How a server may prefix a site's own refusal reason in ``rejected`` (both forms match)."""
@@ -48,7 +49,8 @@ def contributors(run_dir: Path, model_digest: str | None = None) -> list[Contrib
     Walks back from the round that produced ``model_digest`` through each round's
     ``model_in`` to the initial model (following resumes, so superseded rounds do not count).
     Sites whose updates entered a secure sum (SecAgg rounds list them as
-    ``secagg.participant_sites``) count too, with the fingerprint `SECURE_SUM`.
+    ``secagg.participant_sites``) count with the fingerprint of their signed contribution,
+    or `SECURE_SUM` when there is none.
 
     Args:
         run_dir: the run directory (or its ``lineage.sqlite``).
@@ -84,8 +86,12 @@ def contributors(run_dir: Path, model_digest: str | None = None) -> list[Contrib
         body = rounds[position][1]
         keys_in = [(c["site_id"], c["data_fingerprint"])
                    for c in body["contributions"] if c["fate"] == "accepted"]
+        # a site in a secure sum without a signed contribution (a site without a key, or
+        # a chain written before sites signed under SecAgg+) still fed the model
+        signed = {site for site, _ in keys_in}
         secure = body.get("secagg") or {}
-        keys_in += [(site, SECURE_SUM) for site in secure.get("participant_sites", [])]
+        keys_in += [(site, SECURE_SUM) for site in secure.get("participant_sites", [])
+                    if site not in signed]
         for key in keys_in:
             entry = found.setdefault(key, Contributor(*key, public_key=keys.get(key[0], "")))
             entry.rounds.append(body["round"])
@@ -106,8 +112,11 @@ def reconcile(run_dir: Path, ledger_path: Path, site_id: str | None = None) -> l
     """Compare a site's ledger with the server's chain; return every mismatch (one line each).
 
     Checks: each ``sent`` entry of this run appears as a contribution of that site in that
-    round with the same update digest, data fingerprint, example count and signature; each
-    contribution of the site in the chain appears in the ledger; each ``refused`` entry
+    round with the same update digest, data fingerprint, example count (unless the chain's
+    is null: a SecAgg+ secure sum) and signature; each ``unmasked`` entry (a SecAgg+ unmask
+    reply) matches the digest and signature in that contribution's ``detail.secagg``; each
+    contribution of the site in the chain, and each unmask signature, appears in the
+    ledger; each ``refused`` entry
     matches ``rejected[site]`` in that round's record, which is the site's reason, as is or
     prefixed with :data:`REFUSAL_PREFIX` (``"refused by site: "``).
 
@@ -148,27 +157,16 @@ def reconcile(run_dir: Path, ledger_path: Path, site_id: str | None = None) -> l
 
     mismatches: list[str] = []
     matched: set[tuple[int, int]] = set()
+    unmasked: set[tuple[int, int]] = set()
     for n, entry in mine:
         r = entry["round"]
         where = f"ledger line {n} (round {r}, {entry['status']})"
         if entry["status"] == "refused":
             mismatches.extend(_check_refusal(where, site_id, entry, round_records.get(r, [])))
-            continue
-        candidates = by_round.get(r, [])
-        if not candidates:
-            mismatches.append(f"{where}: update {entry['update_digest']} is not in the chain")
-            continue
-        exact = [(seq, c) for seq, c in candidates if all(c[k] == entry[k] for k in _COMPARED)]
-        if exact:
-            matched.update((seq, r) for seq, _ in exact)
-            continue
-        seq, c = candidates[0]
-        matched.add((seq, r))
-        for k in _COMPARED:
-            if c[k] != entry[k]:
-                mismatches.append(
-                    f"{where}: {k} differs: ledger {entry[k]!r}, chain record {seq} {c[k]!r}"
-                )
+        elif entry["status"] == "unmasked":
+            mismatches.extend(_check_unmasked(where, entry, by_round.get(r, []), unmasked))
+        else:
+            mismatches.extend(_check_sent(where, entry, by_round.get(r, []), matched))
     for r, items in by_round.items():
         for seq, c in items:
             if (seq, r) not in matched:
@@ -176,7 +174,69 @@ def reconcile(run_dir: Path, ledger_path: Path, site_id: str | None = None) -> l
                     f"chain record {seq} (round {r}): contribution of {site_id!r} with update "
                     f"{c['update_digest']} is not in the site's ledger"
                 )
+            if "unmask_signature" in _secagg(c) and (seq, r) not in unmasked:
+                mismatches.append(
+                    f"chain record {seq} (round {r}): SecAgg+ unmask reply of {site_id!r} "
+                    f"{_secagg(c)['unmask_digest']} is not in the site's ledger"
+                )
     return mismatches
+
+
+def _secagg(c: dict[str, Any]) -> dict[str, Any]:
+    """A contribution's ``detail.secagg`` (empty for a plain contribution)."""
+    secagg = c["detail"].get("secagg")
+    return secagg if isinstance(secagg, dict) else {}
+
+
+def _compared(c: dict[str, Any]) -> tuple[str, ...]:
+    # under SecAgg+ the example count stays inside the secure sum (null on the record);
+    # the site's ledger keeps its own count, which has nothing on the chain to match
+    return tuple(k for k in _COMPARED if not (k == "num_examples" and c[k] is None))
+
+
+def _check_sent(
+    where: str, entry: dict[str, Any], candidates: list[tuple[int, dict[str, Any]]],
+    matched: set[tuple[int, int]],
+) -> list[str]:
+    r = entry["round"]
+    if not candidates:
+        return [f"{where}: update {entry['update_digest']} is not in the chain"]
+    exact = [(seq, c) for seq, c in candidates if all(c[k] == entry[k] for k in _compared(c))]
+    if exact:
+        matched.update((seq, r) for seq, _ in exact)
+        return []
+    seq, c = candidates[0]
+    matched.add((seq, r))
+    return [
+        f"{where}: {k} differs: ledger {entry[k]!r}, chain record {seq} {c[k]!r}"
+        for k in _compared(c)
+        if c[k] != entry[k]
+    ]
+
+
+def _check_unmasked(
+    where: str, entry: dict[str, Any], candidates: list[tuple[int, dict[str, Any]]],
+    unmasked: set[tuple[int, int]],
+) -> list[str]:
+    """A SecAgg+ unmask reply in the ledger against the site's contribution's
+    ``detail.secagg`` (its digest and signature)."""
+    r = entry["round"]
+    signed = [(seq, _secagg(c)) for seq, c in candidates if "unmask_signature" in _secagg(c)]
+    for seq, secagg in signed:
+        if (secagg["unmask_digest"], secagg["unmask_signature"]) == (
+            entry["unmask_digest"], entry["signature"]
+        ):
+            unmasked.add((seq, r))
+            return []
+    if not signed:
+        return [f"{where}: unmask reply {entry['unmask_digest']} is not in the chain"]
+    seq, secagg = signed[0]
+    unmasked.add((seq, r))
+    return [
+        f"{where}: {name} differs: ledger {entry[key]!r}, chain record {seq} {secagg[name]!r}"
+        for key, name in (("unmask_digest", "unmask_digest"), ("signature", "unmask_signature"))
+        if secagg[name] != entry[key]
+    ]
 
 
 def _check_refusal(

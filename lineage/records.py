@@ -123,21 +123,38 @@ def _validator(spec: Spec) -> Callable[[Any, str], None]:
 
 
 _D = "'sha256:<64 lowercase hex>'"
+# why a run ended (fedsilo.server.outcome explains each); "rounds_done" is the legacy name of
+# "completed", kept so that chains written before the distinction still verify
+CLOSING_REASONS = ("completed", "no_progress", "budget_exhausted", "error", "interrupted",
+                   "rounds_done")
 
-_validate_site = _validator(
+_validate_site_fields = _validator(
     {
         "site_id": (_is_str, "a non-empty string"),
         "public_key": (_is_hex64, "64 lowercase hex (raw Ed25519 public key)"),
         "data_fingerprint": (_is_digest, _D),
         "policy": (_is_obj, "a JSON object"),
+        "num_examples": (lambda v: v is None or (_is_count(v) and v >= 1),
+                         "an int >= 1 (the example count the site declared) or null"),
     }
 )
+
+
+def _validate_site(obj: Any, where: str) -> None:
+    """``num_examples`` is optional: chains written before sites declared their example
+    count at the handshake stay valid."""
+    if type(obj) is dict and "num_examples" not in obj:
+        obj = {**obj, "num_examples": None}
+    _validate_site_fields(obj, where)
 
 _validate_contribution_generic = _validator(
     {
         "site_id": (_is_str, "a non-empty string"),
         "update_digest": (_is_digest, _D),
-        "num_examples": (_is_count, "an int >= 0"),
+        "num_examples": (
+            lambda v: v is None or _is_count(v),
+            "an int >= 0, or null (secure sum: the count stays secret)",
+        ),
         "data_fingerprint": (_is_digest, _D),
         "signature": (_is_sig, "128 lowercase hex (Ed25519 signature)"),
         "fate": (_one_of("accepted", "rejected"), "'accepted' or 'rejected'"),
@@ -178,8 +195,7 @@ def _validate_contribution(c: Any, where: str) -> None:
             and _CONTRIBUTION_HEX_RE.fullmatch(ud + fp + sig) is not None
             and type(c["site_id"]) is str
             and c["site_id"] != ""
-            and type(n) is int
-            and n >= 0
+            and (n is None or (type(n) is int and n >= 0))
             and type(fate) is str
             and fate in _FATES
             and (score is None or _is_number(score))
@@ -190,18 +206,29 @@ def _validate_contribution(c: Any, where: str) -> None:
     raise AssertionError(f"{where}: fast and generic contribution checks disagree")
 
 
+_validate_genesis_fields = _validator(
+    {
+        "run_id": (_is_str, "a non-empty string"),
+        "created_at": (_is_str, "a non-empty string (ISO 8601 time)"),
+        "config": (_is_obj, "a JSON object"),
+        "code_version": (_is_obj, "a JSON object"),
+        "initial_model_digest": (_is_digest, _D),
+        "server_public_key": (_is_hex64, "64 lowercase hex (raw Ed25519 public key)"),
+        "sites": _list_of(_validate_site),
+        "notes": (_is_str_list, "a list of strings"),
+    }
+)
+
+
+def _validate_genesis(obj: Any, where: str) -> None:
+    """``notes`` is optional: chains without notes (all chains before it existed) stay valid."""
+    if type(obj) is dict and "notes" not in obj:
+        obj = {**obj, "notes": []}
+    _validate_genesis_fields(obj, where)
+
+
 _BODY_VALIDATORS: dict[str, Callable[[Any, str], None]] = {
-    "genesis": _validator(
-        {
-            "run_id": (_is_str, "a non-empty string"),
-            "created_at": (_is_str, "a non-empty string (ISO 8601 time)"),
-            "config": (_is_obj, "a JSON object"),
-            "code_version": (_is_obj, "a JSON object"),
-            "initial_model_digest": (_is_digest, _D),
-            "server_public_key": (_is_hex64, "64 lowercase hex (raw Ed25519 public key)"),
-            "sites": _list_of(_validate_site),
-        }
-    ),
+    "genesis": _validate_genesis,
     "site_join": _validator({"site": _validate_site, "round": (_is_count, "an int >= 0")}),
     "round": _validator(
         {
@@ -234,8 +261,9 @@ _BODY_VALIDATORS: dict[str, Callable[[Any, str], None]] = {
     "closing": _validator(
         {
             "reason": (
-                _one_of("rounds_done", "budget_exhausted", "error", "interrupted"),
-                "'rounds_done', 'budget_exhausted', 'error' or 'interrupted'",
+                _one_of(*CLOSING_REASONS),
+                "'completed', 'no_progress', 'budget_exhausted', 'error', 'interrupted' "
+                "or (legacy) 'rounds_done'",
             ),
             "detail": (_is_any_str, "a string"),
             "rounds_completed": (_is_count, "an int >= 0"),
@@ -285,12 +313,16 @@ class SiteIdentity:
         public_key: the site's Ed25519 public key, 64 hex (:func:`public_key_hex`).
         data_fingerprint: :func:`data_fingerprint` of the site's data at join time.
         policy: the site's declared policy summary (any JSON object).
+        num_examples: the example count the site declared (and signed) at the handshake:
+            the bound of every count it may report in a round; ``None`` in chains written
+            before sites declared it.
     """
 
     site_id: str
     public_key: str
     data_fingerprint: str
     policy: dict[str, Any] = field(default_factory=dict)
+    num_examples: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict form."""
@@ -309,8 +341,10 @@ class SiteContribution:
 
     Attributes:
         site_id: who sent it.
-        update_digest: :func:`update_digest` of the flat update received.
-        num_examples: the example count the site reported (aggregation weight).
+        update_digest: :func:`update_digest` of the flat update received (under SecAgg+,
+            of the masked uint32 vector received).
+        num_examples: the example count the site reported (aggregation weight); ``None``
+            under SecAgg+, where it is inside the secure sum (``detail["secagg"]``).
         data_fingerprint: fingerprint the site declared for this round.
         signature: the site's Ed25519 signature (hex) over :func:`contribution_message`.
         fate: ``"accepted"`` (went into the aggregate) or ``"rejected"`` (screened out).
@@ -320,7 +354,7 @@ class SiteContribution:
 
     site_id: str
     update_digest: str
-    num_examples: int
+    num_examples: int | None
     data_fingerprint: str
     signature: str
     fate: Literal["accepted", "rejected"] = "accepted"
@@ -350,6 +384,8 @@ class GenesisRecord(_Record):
         initial_model_digest: :func:`arrays_digest` of the initial global model.
         server_public_key: the server's Ed25519 public key (64 hex); signs every record.
         sites: the sites known at the start (from the handshake).
+        notes: what the run knowingly does outside a guarantee (e.g. more simulated
+            attackers than the aggregator tolerates); stored only when not empty.
     """
 
     TYPE: ClassVar[str] = "genesis"
@@ -360,6 +396,14 @@ class GenesisRecord(_Record):
     initial_model_digest: str
     server_public_key: str
     sites: list[SiteIdentity] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body; without ``notes`` when there are none (as before notes existed)."""
+        body = asdict(self)
+        if not body["notes"]:
+            del body["notes"]
+        return body
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenesisRecord:
@@ -470,8 +514,12 @@ class ClosingRecord(_Record):
     """Last record: why the run ended.
 
     Attributes:
-        reason: ``"rounds_done"``, ``"budget_exhausted"``, ``"error"`` or ``"interrupted"``.
-        detail: human-readable detail (e.g. the error message).
+        reason: ``"completed"`` (the configured minimum of rounds changed the model),
+            ``"no_progress"`` (fewer did), ``"budget_exhausted"``, ``"error"`` or
+            ``"interrupted"``; ``"rounds_done"``, the name of ``"completed"`` in chains
+            written before the distinction, is still read (see `fedsilo.server.outcome`).
+        detail: human-readable detail (the error message, or the progress made: "12 of
+            30 rounds changed the model; 18 skipped: <most common reason>").
         rounds_completed: number of rounds the run completed (informational; ``verify``
             does not cross-check it).
         final_model_digest: digest of the saved final model (``RUN_DIR/model.npz``), or
@@ -480,7 +528,8 @@ class ClosingRecord(_Record):
     """
 
     TYPE: ClassVar[str] = "closing"
-    reason: Literal["rounds_done", "budget_exhausted", "error", "interrupted"]
+    reason: Literal["completed", "no_progress", "budget_exhausted", "error", "interrupted",
+                    "rounds_done"]
     detail: str
     rounds_completed: int
     final_model_digest: str | None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .canonical import canonical_json
+from .digests import arrays_digest
 from .keys import load_public_key
 
 CONTRIBUTION_SCHEMA = "fedsilo.contribution/1"
@@ -90,6 +92,153 @@ def verify_contribution(
     try:
         public = load_public_key(public_key_hex)
         message = contribution_message(run_id, round, update_digest, data_fingerprint)
+        public.verify(bytes.fromhex(signature_hex), message)
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+# --- SecAgg+ unmask replies -------------------------------------------------------------
+# Under SecAgg+ a site signs its masked input like any update (`sign_contribution` over
+# the masked vector's `update_digest`) and, separately, its unmask reply: the shares it
+# reveals so that the server can remove masks. The unmask signature has its own schema
+# tag, so neither signature can be passed off as the other.
+
+UNMASK_SCHEMA = "fedsilo.secagg-unmask/1"
+"""Domain-separation tag inside every signed SecAgg+ unmask message."""
+
+
+def _share_matrix(shares: list[bytes], name: str) -> np.ndarray:
+    if not all(isinstance(s, bytes) for s in shares):
+        raise ValueError(f"{name}: every share must be bytes")
+    width = len(shares[0]) if shares else 0
+    if any(len(s) != width for s in shares):
+        raise ValueError(f"{name}: shares must all have the same length")
+    return np.frombuffer(b"".join(shares), dtype=np.uint8).reshape(len(shares), width)
+
+
+def unmask_digest(
+    b_owners: list[int], b_shares: list[bytes], sk_owners: list[int], sk_shares: list[bytes]
+) -> str:
+    """Digest of a SecAgg+ unmask reply, exactly as the site sends it.
+
+    ``arrays_digest`` of ``{"b_owners": uint64[n], "b_shares": uint8[n, share bytes],
+    "sk_owners": uint64[m], "sk_shares": uint8[m, share bytes]}`` (owners in the order sent,
+    little-endian), see :mod:`fedsilo.lineage.digests`.
+
+    Raises:
+        ValueError: if an owner is not an unsigned 64-bit int, or the shares of one list
+            are not bytes of one length.
+    """
+    if any(not isinstance(o, int) or not 0 <= o < 1 << 64 for o in [*b_owners, *sk_owners]):
+        raise ValueError("owners must be unsigned 64-bit node ids")
+    return arrays_digest({
+        "b_owners": np.asarray(b_owners, dtype="<u8").reshape(-1),
+        "b_shares": _share_matrix(list(b_shares), "b_shares"),
+        "sk_owners": np.asarray(sk_owners, dtype="<u8").reshape(-1),
+        "sk_shares": _share_matrix(list(sk_shares), "sk_shares"),
+    })
+
+
+def unmask_message(run_id: str, round: int, digest: str) -> bytes:
+    """The canonical bytes a site signs for its unmask reply of ``round``.
+
+    ``canonical_json({"schema": "fedsilo.secagg-unmask/1", "run_id": run_id,
+    "round": round, "unmask_digest": digest})``
+
+    Raises:
+        ValueError: naming the first argument with a wrong type or format.
+    """
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+    if not isinstance(round, int) or isinstance(round, bool) or round < 0:
+        raise ValueError(f"round must be an int >= 0, got {round!r}")
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        raise ValueError(f"unmask_digest must be 'sha256:<64 hex>', got {digest!r}")
+    return canonical_json(
+        {"schema": UNMASK_SCHEMA, "run_id": run_id, "round": round, "unmask_digest": digest}
+    )
+
+
+def sign_unmask(key: Ed25519PrivateKey, run_id: str, round: int, digest: str) -> str:
+    """Sign an unmask reply's digest (:func:`unmask_digest`); the signature as lower-case hex."""
+    return key.sign(unmask_message(run_id, round, digest)).hex()
+
+
+def verify_unmask(
+    public_key_hex: str, signature_hex: str, run_id: str, round: int, digest: str
+) -> bool:
+    """Check a site's unmask signature; ``False`` for any malformed input (including a
+    signature that is not 128 lower-case hex characters)."""
+    if not isinstance(signature_hex, str) or not _SIG.fullmatch(signature_hex):
+        return False
+    try:
+        public = load_public_key(public_key_hex)
+        public.verify(bytes.fromhex(signature_hex), unmask_message(run_id, round, digest))
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+DECLARATION_SCHEMA = "fedsilo.declaration/1"
+"""Domain-separation tag inside every signed handshake declaration."""
+
+
+def declaration_message(
+    run_id: str, site_id: str, data_fingerprint: str, num_examples: int
+) -> bytes:
+    """The canonical bytes a site signs at the handshake: who it is, its data, its count.
+
+    ``canonical_json({"schema": "fedsilo.declaration/1", "run_id": run_id,
+    "site_id": site_id, "data_fingerprint": data_fingerprint, "num_examples": num_examples})``
+
+    The declared example count bounds every count the site may report in a round (its
+    aggregation weight); signing it makes the bound the site's own statement, recorded in
+    the genesis record.
+
+    Raises:
+        ValueError: naming the first argument with a wrong type or format.
+    """
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+    if not isinstance(site_id, str) or not site_id:
+        raise ValueError(f"site_id must be a non-empty str, got {site_id!r}")
+    if not isinstance(data_fingerprint, str) or not _DIGEST.fullmatch(data_fingerprint):
+        raise ValueError(f"data_fingerprint must be 'sha256:<64 hex>', got {data_fingerprint!r}")
+    if type(num_examples) is not int or num_examples < 1:
+        raise ValueError(f"num_examples must be an int >= 1, got {num_examples!r}")
+    return canonical_json(
+        {
+            "schema": DECLARATION_SCHEMA,
+            "run_id": run_id,
+            "site_id": site_id,
+            "data_fingerprint": data_fingerprint,
+            "num_examples": num_examples,
+        }
+    )
+
+
+def sign_declaration(
+    key: Ed25519PrivateKey, run_id: str, site_id: str, data_fingerprint: str, num_examples: int
+) -> str:
+    """Sign a handshake declaration (see :func:`declaration_message`); 128 hex characters."""
+    return key.sign(declaration_message(run_id, site_id, data_fingerprint, num_examples)).hex()
+
+
+def verify_declaration(
+    public_key_hex: str,
+    signature_hex: str,
+    run_id: str,
+    site_id: str,
+    data_fingerprint: str,
+    num_examples: int,
+) -> bool:
+    """Check a site's handshake declaration signature; ``False`` for any malformed input."""
+    if not isinstance(signature_hex, str) or not _SIG.fullmatch(signature_hex):
+        return False
+    try:
+        public = load_public_key(public_key_hex)
+        message = declaration_message(run_id, site_id, data_fingerprint, num_examples)
         public.verify(bytes.fromhex(signature_hex), message)
     except (ValueError, InvalidSignature):
         return False

@@ -74,6 +74,8 @@ class LineageWriter:
         self._head = head
         self._closed_chain = closed_chain
         self._server_public_key = server_public_key
+        # a chain reopened after an "interrupted" closing record goes on with a resume record
+        self._resume_next = False
         # Called inside each append's transaction, after the INSERT and before the commit
         # (with the record type); tests use it to crash the process mid-write.
         self.before_commit: Callable[[str], None] | None = None
@@ -119,7 +121,8 @@ class LineageWriter:
 
         Raises:
             LineageError: if the store is missing or invalid, the chain fails the check, the
-                key is not the chain's server key, or the chain already has a closing record.
+                key is not the chain's server key, or the chain already has a closing record
+                (except ``interrupted``: then the next record must be a resume record).
         """
         from .verify import verify_rows  # local import: verify builds on this module
 
@@ -131,10 +134,14 @@ class LineageWriter:
         genesis_key = envelopes[0]["body"]["server_public_key"]
         if public_key_hex(key) != genesis_key:
             raise LineageError(f"{db_path}: the given key is not this chain's server key")
-        if envelopes[-1]["type"] == "closing":
+        last = envelopes[-1]
+        interrupted = last["type"] == "closing" and last["body"]["reason"] == "interrupted"
+        if last["type"] == "closing" and not interrupted:
             raise LineageError(f"{db_path}: chain is closed (it ends with a closing record)")
         conn = _connect_rw(db_path, durable)
-        return cls(conn, key, len(envelopes), envelopes[-1]["digest"], False, genesis_key)
+        writer = cls(conn, key, len(envelopes), last["digest"], False, genesis_key)
+        writer._resume_next = interrupted  # an operator's stop is resumable (SIGINT/SIGTERM)
+        return writer
 
     @property
     def head(self) -> str | None:
@@ -168,6 +175,9 @@ class LineageWriter:
         validate_body(record_type, body, f"{record_type} record")
         if self._closed_chain:
             raise ValueError("the chain already has a closing record; nothing may follow it")
+        if self._resume_next and record_type != "resume":
+            raise ValueError("a chain closed as interrupted continues only with a resume record"
+                             f" (got {record_type})")
         if (record_type == "genesis") != (self._seq == 0):
             raise ValueError(
                 "the first record must be a GenesisRecord, and only the first"
@@ -188,6 +198,7 @@ class LineageWriter:
         self._seq += 1
         self._head = digest
         self._closed_chain = record_type == "closing"
+        self._resume_next = False
         return digest
 
     def close(self) -> None:

@@ -100,7 +100,8 @@ def build_synthetic_run(
         fingerprints[site_id] = data_fingerprint(local, preprocessing={"scaler": "none"})
         identities.append(
             SiteIdentity(
-                site_id, public_key_hex(keys[site_id]), fingerprints[site_id], {"max_epsilon": 8.0}
+                site_id, public_key_hex(keys[site_id]), fingerprints[site_id], {"max_epsilon": 8.0},
+                num_examples=100,  # the bound of the counts drawn below (10..99)
             )
         )
     model = {"w": np.zeros(dim, np.float32), "b": np.zeros(2, np.float32)}
@@ -121,6 +122,8 @@ def build_synthetic_run(
                 initial_model_digest=result.model_digests[0],
                 server_public_key=public_key_hex(server_key),
                 sites=identities[:sites],
+                # a note, so that tamper tests cover every genesis field
+                notes=["synthetic run: no real sites or training"],
             )
         )
     )

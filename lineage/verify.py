@@ -9,24 +9,31 @@ Checks, in chain order, naming the first record that fails:
 3. the digest recomputed over the signed bytes equals the stored digest, and the signed
    bytes are canonical JSON;
 4. the server's Ed25519 signature over the digest, with the genesis ``server_public_key``
-   (and, when given, that key equals the expected, pinned server key);
+   (and, when given, that key equals the expected, pinned server key); signatures have one
+   encoding, 128 lower-case hex characters: any other (upper case...) fails;
 5. each body matches its record schema; site ids are unique; a site contributes only after
    it joined; ``accepted`` equals the sites whose contribution fate is ``accepted``;
 6. each contribution's site signature over (run id, round, update digest, data
-   fingerprint), with the site's key from the genesis or site-join record;
+   fingerprint), with the site's key from the genesis or site-join record; under SecAgg+
+   the update digest is the masked vector's, and ``detail.secagg`` may carry the site's
+   signature over its unmask reply (:func:`fedsilo.lineage.signing.unmask_message`), checked
+   and counted too;
 7. rounds increase; ``model_in`` of each round equals the model the previous round left
    (or the initial model, or the model after the round a resume record names); a skipped
    round keeps the model;
-8. a closing record, if any, is last and its ``final_model_digest`` is the current model;
+8. a closing record, if any, is last (except an ``interrupted`` one, which a ``resume``
+   record may follow) and its ``final_model_digest`` is the current model;
    then ``RUN_DIR/model.npz`` must have that digest. It must exist when the run ended with
-   ``rounds_done`` or ``budget_exhausted``; after ``error`` or ``interrupted`` a missing
+   ``completed``, ``no_progress``, ``budget_exhausted`` (or the legacy ``rounds_done``);
+   after ``error`` or ``interrupted`` a missing
    model file is noted, not failed. (``rounds_completed`` is informational: it is covered by
    the digest and signature but not cross-checked.)
 
 A chain without a closing record is a valid prefix (an open or crashed run), unless
 ``RUN_DIR/model.npz`` exists: a saved final model with no closing record means records were
-removed from the end, so it fails (writers append the closing record before saving the
-model). Removing the closing record *and* the model leaves a valid-looking prefix; the
+removed from the end, so it fails (writers save the model atomically just before they
+append the closing record: a crash in between also fails here until ``--resume`` closes the
+chain). Removing the closing record *and* the model leaves a valid-looking prefix; the
 sites' ledgers (``reconcile``) are what catches that.
 
 Signatures (the dominant cost: one Ed25519 check per contribution) are checked on a thread
@@ -36,6 +43,7 @@ pool while the main thread parses; ``cryptography`` releases the GIL while verif
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,10 +60,13 @@ from .errors import LineageError
 from .keys import key_fingerprint, load_public_key
 from .records import RECORD_TYPES, validate_body
 from .runs import locate_run
-from .signing import CONTRIBUTION_SCHEMA
+from .signing import CONTRIBUTION_SCHEMA, unmask_message
 from .store import parse_json, read_rows
 
 _SIGNED_KEY_SET = frozenset(SIGNED_KEYS)
+_SIG_HEX = re.compile(r"[0-9a-f]{128}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_SECAGG_FATES = frozenset({"in_sum", "recovered", "dropped", "aborted"})
 _CHUNK = 2048
 
 Row = tuple[Any, Any, Any, Any, Any]
@@ -344,26 +355,7 @@ class _Checker:
             label = rtype
         if rtype not in RECORD_TYPES:
             raise _Failure(i, label, f"unknown record type {rtype!r}")
-        if env["schema"] != SCHEMA_VERSION:
-            raise _Failure(
-                i, label, f"unknown schema {env['schema']!r} (expected {SCHEMA_VERSION!r})"
-            )
-        if env["seq"] != i or seq_col != i:
-            raise _Failure(
-                i,
-                label,
-                f"seq is {env['seq']!r} (row {seq_col!r}), expected {i}: "
-                "records missing, duplicated or reordered",
-            )
-        if type_col != rtype:
-            raise _Failure(i, label, f"type column {type_col!r} disagrees with envelope {rtype!r}")
-        if (i == 0) != (rtype == "genesis"):
-            what = "first record must be genesis" if i == 0 else "genesis record after record 0"
-            raise _Failure(i, label, what)
-        if self.closing is not None:
-            raise _Failure(i, label, f"record follows the closing record {self.closed_at}")
-        if env["prev"] != prev:
-            raise _Failure(i, label, f"prev link is {env['prev']!r}, expected {prev!r}")
+        self._check_position(i, label, env, seq_col, type_col, prev)
         data = signed.encode("utf-8")
         actual = prefixed_digest(data)
         if digest != actual:
@@ -382,12 +374,13 @@ class _Checker:
         if rtype == "genesis":
             self._genesis(i, body)
         assert self.server is not None
-        if not isinstance(signature, str) or len(signature) != 128:
-            raise _Failure(i, label, "server signature is not 128 hex characters")
-        try:
-            signature_bytes = bytes.fromhex(signature)
-        except ValueError:
-            raise _Failure(i, label, "server signature is not hex") from None
+        # one encoding only: an upper-cased (or otherwise re-encoded) signature is a change
+        # to the stored chain, even though it decodes to the same bytes
+        if not isinstance(signature, str) or not _SIG_HEX.fullmatch(signature):
+            raise _Failure(
+                i, label, "server signature is not 128 lower-case hex characters (its one encoding)"
+            )
+        signature_bytes = bytes.fromhex(signature)
         self._queue(
             (
                 i,
@@ -403,6 +396,35 @@ class _Checker:
         if handler is not None:
             handler(i, body)
         return actual
+
+    def _check_position(
+        self, i: int, label: str, env: dict[str, Any], seq_col: Any, type_col: Any,
+        prev: str | None,
+    ) -> None:
+        """Schema, seq, type column, genesis position, closing record and prev link."""
+        rtype = env["type"]
+        if env["schema"] != SCHEMA_VERSION:
+            raise _Failure(
+                i, label, f"unknown schema {env['schema']!r} (expected {SCHEMA_VERSION!r})"
+            )
+        if env["seq"] != i or seq_col != i:
+            raise _Failure(
+                i,
+                label,
+                f"seq is {env['seq']!r} (row {seq_col!r}), expected {i}: "
+                "records missing, duplicated or reordered",
+            )
+        if type_col != rtype:
+            raise _Failure(i, label, f"type column {type_col!r} disagrees with envelope {rtype!r}")
+        if (i == 0) != (rtype == "genesis"):
+            what = "first record must be genesis" if i == 0 else "genesis record after record 0"
+            raise _Failure(i, label, what)
+        if self.closing is not None:
+            if rtype != "resume" or self.closing["reason"] != "interrupted":
+                raise _Failure(i, label, f"record follows the closing record {self.closed_at}")
+            self.closing = None  # an interrupted run was resumed: its chain goes on
+        if env["prev"] != prev:
+            raise _Failure(i, label, f"prev link is {env['prev']!r}, expected {prev!r}")
 
     def _genesis(self, i: int, body: dict[str, Any]) -> None:
         self.server_hex = body["server_public_key"]
@@ -502,6 +524,15 @@ class _Checker:
                     )
                 )
                 self.site_signatures += 1
+            secagg = c["detail"].get("secagg")
+            if (secagg is not None or c["num_examples"] is None) and body["secagg"] is None:
+                # a secret count or SecAgg+ detail belongs to secure rounds only
+                raise _Failure(
+                    i, "round", f"site {site_id!r} contribution has a SecAgg+ form (null "
+                    "num_examples or detail.secagg) in a round without SecAgg+"
+                )
+            if secagg is not None:
+                self._secagg_contribution(i, r, site_id, secagg, entry[0])
         if accepted != set(body["accepted"]) or len(body["accepted"]) != len(accepted):
             raise _Failure(
                 i,
@@ -509,6 +540,32 @@ class _Checker:
                 f"accepted list {sorted(body['accepted'])} does not match the accepted "
                 f"contributions {sorted(accepted)}",
             )
+
+    def _secagg_contribution(
+        self, i: int, r: int, site_id: str, secagg: Any, public: Ed25519PublicKey
+    ) -> None:
+        """A SecAgg+ contribution's ``detail.secagg``: its fate, and the site's signature
+        over its unmask reply (checked like the contribution's own)."""
+        where = f"site {site_id!r} contribution detail.secagg"
+        if type(secagg) is not dict or secagg.get("fate") not in _SECAGG_FATES:
+            raise _Failure(
+                i, "round", f"{where}: expected an object with a fate in {sorted(_SECAGG_FATES)}"
+            )
+        unmask = {k: secagg[k] for k in ("unmask_digest", "unmask_signature") if k in secagg}
+        if not unmask:
+            return
+        digest, signature = unmask.get("unmask_digest"), unmask.get("unmask_signature")
+        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+            raise _Failure(i, "round", f"{where}.unmask_digest: expected 'sha256:<64 hex>'")
+        if not (isinstance(signature, str) and _SIG_HEX.fullmatch(signature)):
+            raise _Failure(
+                i, "round", f"{where}.unmask_signature: expected 128 lower-case hex characters"
+            )
+        if self.check_sites:
+            message = unmask_message(self.run_id, r, digest)
+            what = f"site signature of {site_id!r} over its SecAgg+ unmask reply invalid"
+            self._queue((i, "round", what, public, bytes.fromhex(signature), message))
+            self.site_signatures += 1
 
     def _closing(self, i: int, body: dict[str, Any]) -> None:
         self.closing = body

@@ -235,6 +235,27 @@ class ClientLevelAccountant:
         d = self.delta if delta is None else check_delta(delta)
         return self._epsilon_after(rounds, d)
 
+    def rounds_within(self, epsilon: float, limit: int, delta: float | None = None) -> int:
+        """The most rounds, at most ``limit``, whose composition stays within ``epsilon``.
+
+        Epsilon grows with the number of rounds, so a bisection over [0, limit] finds it
+        with O(log limit) accountant calls.
+
+        Args:
+            epsilon: the budget (> 0).
+            limit: the largest number of rounds of interest (>= 0), e.g. the rounds requested.
+            delta: delta to account at; defaults to the accountant's ``delta``.
+        """
+        check_positive(epsilon, "epsilon")
+        lo, hi = 0, int(limit)  # invariant: lo rounds fit; more than hi are not asked about
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.epsilon_of_rounds(mid, delta) <= epsilon:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def _config(self) -> dict[str, Any]:
         return {
             "noise_multiplier": self.noise_multiplier,

@@ -429,6 +429,13 @@ class ClientLevelDP:
             True, spent, if_run, f"within budget: epsilon {if_run:.4g} <= {budget:g}"
         )
 
+    def rounds_in_budget(self, requested: int) -> int | None:
+        """How many of ``requested`` rounds (from the start) fit the epsilon budget; None
+        without a budget. `check_budget` stops the run at the same round."""
+        if self.config.epsilon is None:
+            return None
+        return self.accountant.rounds_within(self.config.epsilon, requested)
+
     def round_config(self, server_round: int) -> dict[str, Any]:
         """JSON-able DP parameters sent to sites for ``server_round``.
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from fedsilo.server.config import RunConfig
 
 CHECKPOINT_NAME = "checkpoint.npz"
+MODEL_NAME = "model.npz"
 
 
 @dataclass
@@ -61,14 +62,28 @@ def write_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "extra": ckpt.extra,
     }
     arrays["meta"] = np.frombuffer(json.dumps(meta, default=int).encode(), dtype=np.uint8)
+    return _write_npz_atomically(run_dir, CHECKPOINT_NAME, arrays)
+
+
+def write_model(run_dir: Path, weights: dict[str, np.ndarray]) -> Path:
+    """Atomically replace ``run_dir/model.npz`` with the named layers ``weights``.
+
+    The server writes it before the closing record, so a closed chain of a finished run
+    always has its model on disk (a crash leaves the previous state or the new file).
+    """
+    return _write_npz_atomically(run_dir, MODEL_NAME, weights)
+
+
+def _write_npz_atomically(run_dir: Path, name: str, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to a temporary file, fsync it, rename it to ``name``, fsync the dir."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz", dir=run_dir)
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(name).stem}-", suffix=".npz", dir=run_dir)
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez(fh, **arrays)
             fh.flush()
             os.fsync(fh.fileno())
-        target = run_dir / CHECKPOINT_NAME
+        target = run_dir / name
         os.replace(tmp, target)
         _fsync_dir(run_dir)
     except BaseException:
@@ -105,7 +120,8 @@ def resumable_config(run_dir: Path) -> RunConfig:
     """The saved config of the crashed run in ``run_dir``; `ConfigError` if it cannot resume.
 
     A run can resume when its directory has the resolved ``config.toml``, a checkpoint
-    (round 1 finished) and no ``report.html`` (the run did not finish).
+    (round 1 finished) and no ``report.html`` (written last: the run did not finish, or
+    its outputs are incomplete and the resume completes them).
     """
     from fedsilo.server.config import ConfigError, RunConfig
 
@@ -115,5 +131,6 @@ def resumable_config(run_dir: Path) -> RunConfig:
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise ConfigError(f"--resume: {run_dir} has no checkpoint (did round 1 finish?)")
     if (run_dir / "report.html").exists():
-        raise ConfigError(f"--resume: {run_dir} holds a finished run")
+        raise ConfigError(f"--resume: {run_dir} holds a finished run (its report.html is "
+                          "written); nothing to resume")
     return RunConfig.load(run_dir / "config.toml")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +101,15 @@ class RunConfig:
     aggregator, optimizer : strategy specs, ``name:param=value,...``.
     proximal_mu : FedProx proximal term at the sites (0 = off).
     min_sites : replies needed for a round to change the model.
+    min_rounds_changed : rounds that must change the model (with at least one site's
+        update) for the run to end ``completed``; with fewer it ends ``no_progress`` (the
+        CLI exits 3). Default 1: a run in which no round changed the model did not succeed.
     round_timeout : seconds to wait for replies in a round.
     max_update_norm : screening bound on a site's update norm (absurd-norm rejection).
     attack, malicious : simulated attack name and number of malicious sites.
+    allow_overreach : simulation: run even when more sites attack than the aggregator
+        tolerates (its ``f``, trimming fraction or breakdown point); the genesis record
+        then says the run is outside the aggregator's guarantee. Off: such a run is refused.
     site_max_epsilon : simulation: every site's own privacy ceiling (its policy refuses
         DP rounds that would take it past this epsilon).
     lineage : write the signed lineage chain (on by default).
@@ -124,10 +131,12 @@ class RunConfig:
     optimizer: str = "fedavg"
     proximal_mu: float = 0.0
     min_sites: int = 1
+    min_rounds_changed: int = 1
     round_timeout: float = 600.0
     max_update_norm: float = 1e4
     attack: str | None = None
     malicious: int = 0
+    allow_overreach: bool = False
     site_max_epsilon: float | None = None
     lineage: bool = True
     out: str = "runs"
@@ -195,6 +204,10 @@ class RunConfig:
         _positive_int("--batch-size", self.batch_size)
         _positive_int("--hidden", self.hidden)
         _positive_int("--min-sites", self.min_sites)
+        _positive_int("--min-rounds-changed", self.min_rounds_changed)
+        if self.min_rounds_changed > self.rounds:
+            raise ConfigError(f"--min-rounds-changed: {self.min_rounds_changed} exceeds "
+                              f"--rounds {self.rounds}")
         if not (0.0 < self.fraction <= 1.0) or math.isnan(self.fraction):
             raise ConfigError(f"--fraction: {self.fraction} is outside (0, 1]")
         for name, value in (("--lr", self.lr), ("--round-timeout", self.round_timeout),
@@ -215,10 +228,11 @@ class RunConfig:
             raise ConfigError("--malicious: needs --attack NAME")
         if self.attack and self.malicious == 0:
             raise ConfigError("--attack: needs --malicious F with F >= 1")
-        if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id.startswith(".")):
-            raise ConfigError(f"--run-id: {self.run_id!r} is not a valid directory name")
+        if self.run_id is not None:
+            check_run_id(self.run_id)
         if self.min_sites > self.sites:
             raise ConfigError(f"--min-sites: {self.min_sites} exceeds --sites {self.sites}")
+        self.check_rounds_possible()
         if self.dp.enabled:
             self._validate_dp()
         rd = self.record_dp
@@ -232,6 +246,42 @@ class RunConfig:
                     raise ConfigError(f"{flag}: must be a positive number, got {value}")
             if not 0 < rd.delta < 1:
                 raise ConfigError(f"--record-dp-delta: must be in (0, 1), got {rd.delta}")
+
+    def check_rounds_possible(self) -> None:
+        """`ConfigError` when no round could ever finish or change the model: a run that
+        would wait forever in round 1 (a SecAgg+ threshold above the sampled sites) or
+        skip every round (more replies needed than sites sampled) is refused up front."""
+        poisson_dp = self.dp.enabled and self.dp.sampling == "poisson" and self.fraction < 1.0
+        # Poisson sampling draws a varying number of sites, up to all of them
+        n = self.sites if poisson_dp else self.sites_per_round
+        sampled = (f"{n} site{'s' if n != 1 else ''} sampled per round "
+                   f"(--fraction {self.fraction} of --sites {self.sites})")
+        min_sites_used = self.secagg.enabled or not self.dp.enabled
+        if min_sites_used and self.min_sites > n:
+            raise ConfigError(f"--min-sites: {self.min_sites} replies needed but only {sampled}; "
+                              "no round could change the model")
+        if self.secagg.enabled:
+            from fedsilo.privacy.secagg.config import SecAggConfig
+
+            sa = self.secagg
+            if n < 2:
+                raise ConfigError(f"--secagg: secure aggregation needs at least 2 sites per "
+                                  f"round; {sampled}")
+            try:
+                sac = SecAggConfig(degree=sa.degree, threshold=sa.threshold,
+                                   clip_range=sa.clip_range, max_weight=sa.max_weight).validate()
+                holders = dataclasses.replace(sac, threshold=None).resolve(n)[0] + 1
+                if sa.threshold is not None and sa.threshold > holders:
+                    raise ConfigError(
+                        f"--secagg-threshold: {sa.threshold} exceeds the {holders} holders of each "
+                        f"site's secret with {sampled}; round 1 could never finish")
+                sac.resolve(n)
+            except ValueError as exc:
+                if isinstance(exc, ConfigError):
+                    raise
+                field, _, message = str(exc).partition(": ")
+                flag = "--" + field.replace(".", "-").replace("_", "-")
+                raise ConfigError(f"{flag}: {message} with {sampled}") from None
 
     def dp_config(self, *, simulation: bool = True) -> Any:
         """The `fedsilo.privacy.dp.DPConfig` of this run (requires ``dp.enabled``)."""
@@ -322,6 +372,45 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
             raise ConfigError(f"{flag}: expected a string, got {value!r}")
         return value
     return value
+
+
+def overreach(config: RunConfig) -> tuple[str, bool] | None:
+    """More simulated attackers than the aggregator tolerates: (what, refusable), else None.
+
+    The worst case is counted: every attacking site sampled in the same round. ``refusable``
+    is True when the aggregator states a tolerance (its ``f``, trimming fraction or breakdown
+    point); a rule that states none (plain mean...) is run as asked, but the run still
+    records that it is outside any guarantee.
+    """
+    if not config.attack or config.malicious <= 0:
+        return None
+    from fedsilo.strategies import registry
+
+    try:
+        agg = registry.make_aggregator(config.aggregator)
+    except ValueError:  # reported, with its flag, by the aggregator check
+        return None
+    n = config.sites_per_round
+    attackers = min(config.malicious, n)
+    if attackers <= agg.tolerance(n):
+        return None
+    what = (f"{attackers} attacking sites of {n} sampled exceed what --aggregator {config.aggregator} "
+            f"tolerates ({agg.tolerance(n)}: {agg.tolerance_text(n)})")
+    return what, agg.states_tolerance
+
+
+# A run id names the run directory and goes into lineage, logs and shell commands: a safe,
+# portable file name (no separators, newlines, shell metacharacters or leading dot).
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RUN_ID_ACCEPTED = "1 to 128 characters from A-Z a-z 0-9 . _ -, starting with a letter or digit"
+
+
+def check_run_id(run_id: str) -> None:
+    """`ConfigError` (one line, naming --run-id and what is accepted) unless ``run_id``
+    matches `RUN_ID_PATTERN`."""
+    if RUN_ID_PATTERN.fullmatch(run_id) is None:
+        shown = repr(run_id) if len(run_id) <= 40 else f"{run_id[:40]!r}... ({len(run_id)} characters)"
+        raise ConfigError(f"--run-id: {shown} is not accepted; expected {RUN_ID_ACCEPTED}")
 
 
 def _positive_int(flag: str, value: int) -> None:

@@ -324,6 +324,29 @@ def wait_run(s: ServerSettings, flwr_run_id: str, timeout: float, poll: float = 
     raise DeployError(f"run {flwr_run_id} did not finish within {timeout:.0f} s")
 
 
+def run_outcome(run_dir: Path, flwr_status: str) -> tuple[str, str]:
+    """The run's own status and detail, from its lineage closing record (``metrics.json``
+    when the run keeps no chain); ``error`` when it has neither (the ServerApp died
+    before closing). Flower's ``finished:completed`` only says the ServerApp returned."""
+    from fedsilo import lineage
+    from fedsilo.server.outcome import ERROR
+
+    db = run_dir / "lineage.sqlite"
+    if db.exists():
+        try:
+            chain = lineage.read_chain(db)
+        except lineage.LineageError as exc:
+            return ERROR, f"{db}: {exc}"
+        if chain and chain[-1]["type"] == "closing":
+            body = chain[-1]["body"]
+            return str(body["reason"]), str(body["detail"])
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        data = json.loads(metrics.read_text())
+        return str(data["closing_reason"]), str(data.get("closing_detail", ""))
+    return ERROR, f"no closing record in {run_dir} (Flower: {flwr_status})"
+
+
 # ------------------------------------------------------------------ status
 @dataclass
 class Status:
@@ -445,7 +468,8 @@ def _typed(path: Path, name: str, value: Any, kind: type) -> Any:
 
 __all__ = [
     "CONNECTION", "ServerSettings", "Status", "SubmittedRun", "check_server_files",
-    "read_server_settings", "register_sites", "run_progress", "run_status", "site_names",
+    "read_server_settings", "register_sites", "run_outcome", "run_progress", "run_status",
+    "site_names",
     "app_run_config", "start_superlink", "status", "submit_run", "superlink_argv", "wait_run", "write_app_dir",
     "write_flwr_config",
 ]

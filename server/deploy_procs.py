@@ -4,7 +4,9 @@ Every process is started in its own session (``start_new_session=True``) with it
 output in a log file, and stopped by PID: SIGTERM to the process, its process group
 and every descendant found under ``/proc`` (Flower starts SuperExec and app processes
 in sessions of their own), then SIGKILL after a grace period. `Supervisor` stops
-everything it started on exit, on Ctrl-C and on SIGTERM.
+everything it started on exit, on Ctrl-C and on SIGTERM (a second signal SIGKILLs at
+once), and records the PIDs in ``<log_dir>/pids.json`` so that the next start with the
+same directory kills what a SIGKILLed command left running (`fedsilo.server.stopping`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import FrameType
+
+from fedsilo.server.stopping import LeftoverOwnerAlive, PidRecord, SignalGuard
 
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -211,18 +214,40 @@ def wait_for_port(proc: ManagedProcess, host: str, port: int, timeout: float) ->
     raise DeployError(f"{proc.name} did not listen on {host}:{port} within {timeout:.0f} s")
 
 
+def clean_leftovers(log_dir: Path) -> list[int]:
+    """Kill what a SIGKILLed command recorded in ``log_dir/pids.json`` (its SuperLink or
+    SuperNode would hold the port); `DeployError` if that command still runs.
+
+    Start commands call it before their port checks; `Supervisor` calls it too.
+    """
+    try:
+        killed = PidRecord.clean_leftovers(Path(log_dir))
+    except LeftoverOwnerAlive as exc:
+        raise DeployError(str(exc)) from None
+    if killed:
+        print(f"fedsilo: stopped {len(killed)} processes a killed command left running "
+              f"(pids {', '.join(map(str, killed))})", file=sys.stderr, flush=True)
+    return killed
+
+
 class Supervisor:
     """Starts processes and stops all of them on exit, Ctrl-C or SIGTERM (context manager).
 
     Parameters
     ----------
-    log_dir : where each process's log file goes (``<name>.log``).
+    log_dir : where each process's log file goes (``<name>.log``), and ``pids.json``.
+
+    Entering kills what a killed command recorded in ``log_dir`` (`DeployError` if that
+    command still runs); the first SIGINT/SIGTERM raises `KeyboardInterrupt` in the main
+    thread (the caller's ``with`` then stops everything), a second one SIGKILLs the
+    recorded processes and exits at once.
     """
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = Path(log_dir)
         self.procs: list[ManagedProcess] = []
-        self._old_handler: object = None
+        self.pids = PidRecord(self.log_dir)
+        self._guard = SignalGuard(raise_first=True, pids=self.pids)
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str],
               cwd: Path | None = None) -> ManagedProcess:
@@ -230,6 +255,7 @@ class Supervisor:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         proc = ManagedProcess(name, argv, self.log_dir / f"{safe}.log", env, cwd)
         self.procs.append(proc)
+        self.pids.add_tree(proc.pid)
         return proc
 
     def stop_all(self) -> None:
@@ -246,23 +272,13 @@ class Supervisor:
             time.sleep(0.5)
 
     def __enter__(self) -> Supervisor:
-        if _main_thread():
-            self._old_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+        clean_leftovers(self.log_dir)
+        self._guard.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
             self.stop_all()
+            self.pids.finish()
         finally:
-            if self._old_handler is not None:
-                signal.signal(signal.SIGTERM, self._old_handler)  # type: ignore[arg-type]
-
-
-def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+            self._guard.__exit__()

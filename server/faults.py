@@ -3,13 +3,20 @@
 Points: ``mid_round`` (replies received, nothing aggregated), ``before_checkpoint``
 (model aggregated, nothing saved), ``before_lineage`` (checkpoint saved, round record
 not yet appended), ``lineage_write`` (inside the SQLite transaction of the round record,
-after its INSERT, before its COMMIT), ``after_round``. Unset (the default) costs one dict lookup.
+after its INSERT, before its COMMIT), ``after_round``; at the end of the run, with the
+run's last round: ``before_model`` (every round on disk, ``model.npz`` not yet written),
+``before_closing`` (``model.npz`` written, the closing record not) and ``after_closing`` (``model.npz`` and the closing record written, ``metrics.json`` and
+``report.html`` not). Unset (the default) costs one dict lookup.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+
+# every point, in the order a run passes them (the crash tests go through all of them)
+POINTS = ("mid_round", "before_checkpoint", "before_lineage", "lineage_write", "after_round",
+          "before_model", "before_closing", "after_closing")
 
 
 def fault_point(name: str, server_round: int) -> None:

@@ -10,6 +10,7 @@ evaluation, one lineage record and a checkpoint. See DESIGN.md, "One round".
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,13 +23,23 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from fedsilo import lineage
-from fedsilo.privacy.screening import ScreeningPolicy
-from fedsilo.server.checkpoint import CHECKPOINT_NAME, Checkpoint, read_checkpoint, write_checkpoint
+from fedsilo.lineage.signing import verify_declaration
+from fedsilo.privacy.screening import ScreeningPolicy, example_count
+from fedsilo.server import outcome
+from fedsilo.server.checkpoint import (
+    CHECKPOINT_NAME,
+    Checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+    write_model,
+)
 from fedsilo.server.collector import FrozenObjects
-from fedsilo.server.config import RunConfig
+from fedsilo.server.config import RunConfig, overreach
 from fedsilo.server.faults import fault_point
 from fedsilo.server.memory import LARGE_MODEL_VALUES, keep_freed_memory
 from fedsilo.server.messaging import send_and_receive
+from fedsilo.server.outcome import RunProgress
+from fedsilo.server.stopping import RunInterrupted, check_stop
 from fedsilo.strategies import codec, registry
 from fedsilo.strategies.batch import UpdateBatch
 from fedsilo.strategies.pipeline import batch_from_replies
@@ -76,6 +87,9 @@ class SiteInfo:
     public_key: str
     data_fingerprint: str
     policy: str
+    num_examples: int = 0
+    """The example count the site declared (and signed) at the handshake: the bound of
+    every count it reports in a round (0 only for a SiteInfo built outside a handshake)."""
 
 
 @dataclass
@@ -138,13 +152,21 @@ class ServerSpec:
 
 @dataclass
 class RunResult:
-    """What a finished run produced."""
+    """What a finished run produced.
+
+    ``rounds`` are the rounds this process ran (the runner merges a resumed run's earlier
+    ones from ``rounds.jsonl``); ``closing_reason`` is the run's status (see
+    `fedsilo.server.outcome`), ``detail`` the closing record's detail (the progress made),
+    ``rounds_changed`` the rounds of the whole run that changed the model.
+    """
 
     rounds: list[RoundSummary]
     final_weights: dict[str, np.ndarray]
     final_digest: str
     closing_reason: str
     sites: list[SiteInfo]
+    detail: str = ""
+    rounds_changed: int = 0
 
 
 class FederationServer:
@@ -162,6 +184,10 @@ class FederationServer:
         self.aggregator = registry.make_aggregator(cfg.aggregator)
         self.optimizer = registry.make_optimizer(cfg.optimizer)
         self.aggregator.validate(cfg.sites_per_round)
+        try:  # a config built without `RunConfig.validate` must not start a run that cannot end
+            cfg.check_rounds_possible()
+        except ValueError as exc:
+            raise FederationError(str(exc)) from None
         self.screening = ScreeningPolicy(max_norm=cfg.max_update_norm)
         self.rng = np.random.default_rng([cfg.seed, 0x5A3B1E])
         self.dp: Any = None
@@ -185,6 +211,9 @@ class FederationServer:
         # for them again with its handshake)
         self._secagg_keys: PreAdvertised | PreShared | None = None
         self.rounds_completed = 0  # round records with status "completed" in the chain
+        self.progress = RunProgress()  # rounds of the whole run that changed the model
+        self.last_round = 0  # the last round whose record is (or is about to be) on disk
+        self.rounds_in_budget: int | None = None  # DP: rounds the epsilon budget allows
         self._persist_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsilo-persist")
         self._persisting: Future[None] | None = None
 
@@ -192,7 +221,7 @@ class FederationServer:
     def run(self, grid: Grid) -> RunResult:
         spec, cfg = self.spec, self.spec.config
         summaries: list[RoundSummary] = []
-        closing, detail = "rounds_done", f"{cfg.rounds} rounds completed"
+        closing, detail = outcome.ERROR, "the run ended unexpectedly"
         frozen = FrozenObjects()
         if spec.resume:
             self._restore()
@@ -207,7 +236,9 @@ class FederationServer:
                         spec.on_round(summary)
             else:
                 self._append_genesis()
+                self._announce_budget()
             for server_round in range(self.start_round, cfg.rounds + 1):
+                check_stop()  # a stop requested during the last round ends the run here
                 summary = self._round(grid, server_round)
                 summaries.append(summary)
                 if spec.on_round is not None:
@@ -215,23 +246,59 @@ class FederationServer:
                 # after one round everything long-lived exists: keep it out of the full
                 # collections that would otherwise pause later rounds (see `collector`)
                 frozen.freeze()
+            closing, detail = outcome.closing_status(self.progress, cfg.min_rounds_changed)
         except BudgetExhausted as exc:
-            closing, detail = "budget_exhausted", str(exc)
-        except KeyboardInterrupt:
-            closing, detail = "interrupted", "interrupted by the operator"
+            closing, detail = outcome.closing_status(self.progress, cfg.min_rounds_changed, str(exc))
+        except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
+            # SIGINT/SIGTERM (our handler's stop request, or a runtime's own handler): the
+            # last checkpoint is on disk; resuming continues from it
+            closing, detail = outcome.INTERRUPTED, str(exc) or "interrupted by the operator"
             raise
         except Exception as exc:
-            closing, detail = "error", f"{type(exc).__name__}: {exc}"
+            closing, detail = outcome.ERROR, f"{type(exc).__name__}: {exc}"
             raise
         finally:
             frozen.release()
             try:
                 self._persist_wait()
+                if closing in outcome.FINISHED:
+                    # the final model is on disk before the closing record says the run ended
+                    self._save_final_model()
+            except Exception as exc:
+                closing, detail = outcome.ERROR, f"{type(exc).__name__}: {exc}"
+                raise
             finally:
                 self._persist_pool.shutdown(wait=True)
                 self._close_lineage(closing, detail, self.rounds_completed)
+        fault_point("after_closing", self.last_round)
         weights = self.layout.unflatten(self.model.copy())
-        return RunResult(summaries, weights, lineage.arrays_digest(weights), closing, self.sites)
+        return RunResult(summaries, weights, lineage.arrays_digest(weights), closing, self.sites,
+                         detail=detail, rounds_changed=self.progress.changed)
+
+    def _save_final_model(self) -> None:
+        """Write ``model.npz`` atomically (before the closing record: see `run`)."""
+        fault_point("before_model", self.last_round)
+        if self.spec.run_dir is not None:
+            write_model(self.spec.run_dir, self.layout.unflatten(self.model.copy()))
+        fault_point("before_closing", self.last_round)
+
+    def _announce_budget(self) -> None:
+        """Before round 1 of a DP run with a budget: say how many rounds fit it, and warn
+        (one line on stderr) when fewer than requested; the first round record keeps it."""
+        if self.dp is None:
+            return
+        requested = self.spec.config.rounds
+        self.rounds_in_budget = self.dp.rounds_in_budget(requested)
+        if self.rounds_in_budget is None:
+            return
+        eps = self.dp.config.epsilon
+        text = (f"fedsilo: privacy budget epsilon={eps:g} at delta={self.dp.config.delta:g} "
+                f"fits {self.rounds_in_budget} of {requested} requested rounds "
+                f"(noise multiplier {self.dp.noise_multiplier:.4g})")
+        if self.rounds_in_budget < requested:
+            text = (f"{text}; warning: the run will stop after round {self.rounds_in_budget} "
+                    "(budget_exhausted)")
+        print(text, file=sys.stderr, flush=True)
 
     # ----------------------------------------------------------- handshake
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
@@ -245,6 +312,7 @@ class FederationServer:
                 raise FederationError(
                     f"only {len(nodes)} of {want} sites connected within {self.spec.node_wait_timeout:.0f} s"
                 )
+            check_stop()
             time.sleep(0.5)
 
     def _handshake(self, grid: Grid) -> list[SiteInfo]:
@@ -272,6 +340,9 @@ class FederationServer:
             if rec is None:
                 problems.append(f"node {node}: no site record in its handshake reply")
                 continue
+            if not isinstance(rec.get("site_id"), str) or not rec["site_id"]:
+                problems.append(f"node {node}: no site id in its handshake reply")
+                continue
             info = SiteInfo(
                 site_id=str(rec["site_id"]),
                 node_id=node,
@@ -279,6 +350,11 @@ class FederationServer:
                 data_fingerprint=str(rec.get("data_fingerprint", "")),
                 policy=str(rec.get("policy", "{}")),
             )
+            declared = self._declared_examples(rec, info)
+            if isinstance(declared, str):  # the site is refused: say why, in one line
+                problems.append(f"node {node} ({info.site_id}): {declared}")
+                continue
+            info.num_examples = declared
             if info.site_id in sites:
                 raise FederationError(f"two nodes claim site id {info.site_id!r}")
             sites[info.site_id] = info
@@ -289,6 +365,25 @@ class FederationServer:
             detail = "; ".join(problems) or f"{len(nodes) - len(replies)} nodes did not answer"
             raise FederationError(f"handshake: {len(sites)} of {want} sites answered ({detail})")
         return [sites[s] for s in sorted(sites)]
+
+    def _declared_examples(self, rec: ConfigRecord, info: SiteInfo) -> int | str:
+        """The example count a site declared at the handshake, or why the site is refused:
+        no count, a count that is not a positive integer, or (for a site with a key) a
+        signature over (run id, site id, data fingerprint, count) that does not verify."""
+        if "num_examples" not in rec:
+            return ("declared no example count (its Trainer must implement num_examples(), "
+                    "see fedsilo.client.trainer.DeclaresExamples)")
+        try:
+            declared = example_count(rec["num_examples"])
+        except ValueError as exc:
+            return f"declared example count {exc}"
+        signature = rec.get("declaration", "")
+        if info.public_key and not verify_declaration(
+            info.public_key, signature if isinstance(signature, str) else "", self.spec.run_id,
+            info.site_id, info.data_fingerprint, declared,
+        ):
+            return f"the signature over its declared example count ({declared}) does not verify"
+        return declared
 
     def _secagg_config(self) -> SecAggConfig:
         from fedsilo.privacy.secagg import SecAggConfig
@@ -386,7 +481,8 @@ class FederationServer:
             status = "skipped"
             reason = f"{reason}; global model unchanged"
         else:
-            self.model = self.optimizer.step(self.model, ex.update)
+            reason = self._step(ex.update)
+            status = "completed" if reason is None else "skipped"
         t_eval = time.perf_counter()
         test_loss = test_acc = None
         if self.spec.evaluate_fn is not None:
@@ -402,9 +498,10 @@ class FederationServer:
         elif ex.privacy is not None and ex.privacy.get("record_level", {}).get("site_epsilon"):
             # record-level DP only: the largest epsilon any site reports for its own records
             epsilon = max(ex.privacy["record_level"]["site_epsilon"].values())
+        # a diverged model's NaN test loss is left out: JSON (and so the record) cannot hold it
         metrics = {k: v for k, v in (("train_loss", ex.train_loss), ("test_loss", test_loss),
                                       ("test_accuracy", test_acc), ("epsilon", epsilon))
-                   if v is not None}
+                   if v is not None and np.isfinite(v)}
         timings = {**ex.timings, "evaluate": t_end - t_eval, "total": t_end - t0}
         record = self._round_record(
             server_round=server_round, sampled=[s.site_id for s in sampled], replied=ex.replied,
@@ -414,6 +511,7 @@ class FederationServer:
                   for c in ex.contributions],
             model_in=model_in, model_out=model_out, metrics=metrics, timings=timings,
             status=status, reason=reason, privacy=ex.privacy, secagg=ex.secagg,
+            extra=self._first_round_extra(server_round),
         )
         summary = RoundSummary(
             round=server_round, status=status, sampled=len(sampled), replied=len(ex.replied),
@@ -431,11 +529,38 @@ class FederationServer:
         # waits for the last one before closing, so the order on disk never changes.
         # The checkpoint's state is captured here, on the round's thread: the next round
         # draws its sample (and, under SecAgg, may step the model) before the write runs.
+        self.progress.add(status, summary.accepted, reason, ex.rejected)
+        self.last_round = server_round
         self._persist_wait()
         ckpt = self._snapshot(server_round, pending=record, summary=summary)
         self._persisting = self._persist_pool.submit(self._persist, server_round, record, ckpt)
         self.rounds_completed += status == "completed"
         return summary
+
+    def _first_round_extra(self, server_round: int) -> dict[str, Any]:
+        """Round 1's record states how many rounds the privacy budget fits (DP runs)."""
+        if server_round != 1 or self.rounds_in_budget is None:
+            return {}
+        return {"dp_budget": {"rounds_in_budget": self.rounds_in_budget,
+                              "rounds_requested": self.spec.config.rounds}}
+
+    def _step(self, update: np.ndarray) -> str | None:
+        """Apply the round's update through the server optimiser, unless the update or the
+        new model is not finite: then the model and the optimiser's state stay as they were
+        and the reason is returned (the round is recorded skipped), so that no reply, alone
+        or with others, can make the global model non-finite."""
+        bad = _non_finite(update)
+        if bad:
+            return f"aggregated update has {bad} non-finite values; global model unchanged"
+        state = self.optimizer.state_dict()  # copies (the optimisers' contract)
+        model = self.optimizer.step(self.model, update)
+        bad = _non_finite(model)
+        if bad:
+            self.optimizer.load_state_dict(state)  # a step not taken leaves no trace
+            return (f"new model would have {bad} non-finite values after the "
+                    f"{self.optimizer.name} step; global model unchanged")
+        self.model = model
+        return None
 
     def _persist(self, server_round: int, record: Any, ckpt: Checkpoint | None) -> None:
         fault_point("before_checkpoint", server_round)
@@ -482,6 +607,8 @@ class FederationServer:
                 refused[site_of[int(r.metadata.src_node_id)]] = f"refused by site: {refusal.get('reason', '')}"
             else:
                 updates.append(r)
+        refused.update(_duplicates(updates, site_of))  # none of a node's replies is used
+        updates = [r for r in updates if site_of[int(r.metadata.src_node_id)] not in refused]
         # Sum-only aggregators get the weighted sum fused into screening (one pass over
         # each reply); anything that replaces rows later (attacks, DP) falls back safely.
         batch, rejected = batch_from_replies(
@@ -489,16 +616,18 @@ class FederationServer:
             accumulate=self.dp is None and not self.aggregator.needs_individual_updates,
             gram=self.dp is None and self.aggregator.uses_gram,
             median=self.dp is None and self.aggregator.uses_median,
+            declared_examples={s.node_id: s.num_examples for s in sampled if s.num_examples},
+            layout=self.layout,
         )
         rejected.update(refused)
         ex = _Exchange(
-            replied=sorted(site_of[int(r.metadata.src_node_id)] for r in replies),
+            replied=sorted({site_of[int(r.metadata.src_node_id)] for r in replies}),
             rejected=rejected,
         )
         ex.dropped = sorted(set(site_of.values()) - set(ex.replied))
         ex.contributions, keep = self._check_signatures(replies, batch, rejected, by_node, server_round)
         batch = batch.subset(keep)
-        ex.train_loss = self._mean_metric(replies, batch.site_ids, "train_loss")
+        ex.train_loss = self._mean_metric(replies, batch, "train_loss")
         if self.spec.attack_fn is not None and batch.n:
             batch = self.spec.attack_fn(server_round, batch)
         if self.spec.root_update_fn is not None and batch.n:
@@ -548,7 +677,7 @@ class FederationServer:
     def _secagg_exchange(self, grid: Grid, server_round: int, sampled: list[SiteInfo],
                          content: RecordDict) -> _Exchange:
         """One SecAgg+ round: the server learns only the (weighted) sum of the updates."""
-        from fedsilo.server.secagg_round import run_secagg_round
+        from fedsilo.server.secagg_round import Signer, round_audit, run_secagg_round
 
         cfg = self.spec.config
         t0 = time.perf_counter()
@@ -560,15 +689,16 @@ class FederationServer:
             vector_length=self.layout.size, preadvertised=self._secagg_keys,
             announce_next=server_round < cfg.rounds,
             next_nodes=self._next_sample_known() if server_round < cfg.rounds else None,
+            signers={s.node_id: Signer(s.public_key, s.data_fingerprint) for s in sampled},
         )
         self._secagg_keys = out.next_keys
         participants = sorted(site_of[n] for n in out.participants if n in site_of)
-        dropped = sorted({site_of[n] for nodes in out.dropped.values() for n in nodes if n in site_of})
-        # Under SecAgg the server never sees an individual update, so the round record has
-        # no per-site contributions; the sites in the sum are listed in its secagg field.
-        ex = _Exchange(replied=sorted(set(site_of.values()) - set(dropped)), dropped=dropped,
-                       accepted=[], secagg={**out.lineage, "participant_sites": participants,
-                                                      "recovered_sites": sorted(site_of[n] for n in out.recovered if n in site_of)})
+        # The server never sees an individual update: each contribution is the site's
+        # signed masked vector (its digest and signature), with the site's fate in the sum.
+        audit = round_audit(out, site_of)
+        ex = _Exchange(replied=audit.replied, dropped=audit.dropped, rejected=audit.rejected,
+                       accepted=audit.accepted, contributions=audit.contributions,
+                       secagg=audit.secagg)
         ex.train_loss = out.metrics.get("train_loss")
         t_agg = time.perf_counter()
         if not out.ok or out.sum_delta is None:
@@ -606,7 +736,10 @@ class FederationServer:
             fingerprint = str(rec.get("data_fingerprint", ""))
             signature = str(rec.get("signature", ""))
             problem = None
-            if str(rec.get("update_digest", "")) != digest:
+            if rec.get("site_id") != info.site_id:  # a reply speaking for another site
+                problem = (f"site id {rec.get('site_id')!r:.80} differs from the one announced "
+                           f"at the handshake ({info.site_id!r})")
+            elif str(rec.get("update_digest", "")) != digest:
                 problem = "update digest does not match the update received"
             elif fingerprint != info.data_fingerprint:
                 problem = "data fingerprint differs from the one announced at the handshake"
@@ -637,18 +770,25 @@ class FederationServer:
         return out
 
     @staticmethod
-    def _mean_metric(replies: list[Message], site_ids: list[str], key: str) -> float | None:
+    def _mean_metric(replies: list[Message], batch: UpdateBatch, key: str) -> float | None:
+        """Example-weighted mean of a metric over the accepted updates only, leaving out
+        values that are not finite numbers: no reply's metrics (a NaN loss, a rejected
+        reply's count of 1e39) can make the round record unwritable."""
+        weight_of = dict(zip(batch.node_ids, batch.weights.tolist(), strict=True))
         vals, weights = [], []
         for r in replies:
+            node = int(r.metadata.src_node_id)
             m = None if r.has_error() else codec.record(r.content, codec.METRICS_RECORD, MetricRecord)
-            if m is None:
+            if m is None or node not in weight_of:
                 continue
-            if key in m:
-                vals.append(float(m[key]))
-                weights.append(float(m.get(codec.NUM_EXAMPLES_KEY, 1)))
-        if not vals:
+            value = _finite_number(m.get(key))
+            if value is not None:
+                vals.append(value)
+                weights.append(weight_of[node])
+        if not vals or sum(weights) <= 0:
             return None
-        return float(np.average(vals, weights=weights))
+        mean = float(np.average(vals, weights=weights))
+        return mean if np.isfinite(mean) else None
 
     # -------------------------------------------------------------- lineage
     def _digest(self, flat: np.ndarray) -> str:
@@ -686,11 +826,21 @@ class FederationServer:
                     lineage.SiteIdentity(
                         site_id=s.site_id, public_key=s.public_key,
                         data_fingerprint=s.data_fingerprint, policy=_json_dict(s.policy),
+                        num_examples=s.num_examples or None,
                     )
                     for s in self.sites
                 ],
+                notes=self._genesis_notes(),
             )
         )
+
+    def _genesis_notes(self) -> list[str]:
+        """What this run knowingly does outside a guarantee (recorded in genesis)."""
+        found = overreach(self.spec.config)
+        if found is None:
+            return []
+        how = "allowed by allow_overreach" if found[1] else "the aggregator states no tolerance"
+        return [f"outside the aggregator's guarantee: {found[0]}; {how}"]
 
     def _round_record(self, *, server_round: int, contributions: list[dict[str, Any]],
                       **fields: Any) -> Any:
@@ -708,6 +858,9 @@ class FederationServer:
 
     def _close_lineage(self, reason: str, detail: str, rounds_completed: int) -> None:
         if self.writer is None:
+            return
+        if self.writer.head is None:  # the run failed before its genesis: nothing to close
+            self.writer.close()
             return
         try:
             self.writer.append(
@@ -746,12 +899,17 @@ class FederationServer:
 
     def _extra_state(self) -> dict[str, Any]:
         """State of optional components (privacy accountant...) saved with each checkpoint."""
-        return {"dp": self.dp.state_dict()} if self.dp is not None else {}
+        out: dict[str, Any] = {"progress": self.progress.to_dict()}
+        if self.dp is not None:
+            out["dp"] = self.dp.state_dict()
+        return out
 
     def _load_extra_state(self, extra: dict[str, Any]) -> None:
         """Restore what `_extra_state` saved."""
         if self.dp is not None and extra.get("dp") is not None:
             self.dp.load_state_dict(extra["dp"])
+        if extra.get("progress") is not None:
+            self.progress = RunProgress.from_dict(extra["progress"])
 
     # --------------------------------------------------------------- resume
     def _restore(self) -> None:
@@ -771,6 +929,7 @@ class FederationServer:
         self.rng.bit_generator.state = ckpt.rng_state
         self._load_extra_state(ckpt.extra)
         self.start_round = ckpt.round + 1
+        self.last_round = ckpt.round
         if not self.spec.config.lineage:
             return
         self.server_key = lineage.load_or_create_key(
@@ -789,6 +948,9 @@ class FederationServer:
             self.rounds_completed += record.status == "completed"
             if ckpt.extra.get("summary"):
                 self.recovered.append(RoundSummary(**ckpt.extra["summary"]))
+            rounds_in_chain.append(record.to_dict())
+        if "progress" not in ckpt.extra:  # a checkpoint written before progress was kept
+            self.progress = RunProgress.from_bodies(rounds_in_chain)
         self.writer.append(
             lineage.ResumeRecord(
                 resumed_at=_now(), from_round=ckpt.round,
@@ -807,6 +969,38 @@ class FederationServer:
                 raise FederationError(f"site {site.site_id!r} was not part of this run at genesis")
             if known[site.site_id] != site.public_key:
                 raise FederationError(f"site {site.site_id!r} presents a different key than at genesis")
+
+
+def _finite_number(value: Any) -> float | None:
+    """``value`` as a float if it is a finite int or float (a site's metric), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:  # an int beyond float range
+        return None
+    return out if np.isfinite(out) else None
+
+
+def _non_finite(values: np.ndarray) -> int:
+    """How many values are NaN or infinite. Usually one pass: a finite sum means every
+    value is finite (NaN and Inf propagate); only when the sum is not (non-finite values,
+    or finite ones whose float32 sum overflowed) are the values counted one by one."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.sum(values)):
+            return 0
+    return int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+
+
+def _duplicates(replies: list[Message], site_of: Mapping[int, str]) -> dict[str, str]:
+    """Sites with more than one reply in the round (a replayed or duplicated message), with
+    the reason none of their replies is used: which one to trust cannot be told."""
+    counts: dict[int, int] = {}
+    for r in replies:
+        node = int(r.metadata.src_node_id)
+        counts[node] = counts.get(node, 0) + 1
+    return {site_of[node]: f"{k} replies in one round (replayed or duplicated); none used"
+            for node, k in counts.items() if k > 1}
 
 
 def _describe(strategy: Any) -> dict[str, Any]:

@@ -9,9 +9,13 @@ backs off to at most `MAX_POLL_S`: replies are collected within a fraction of a 
 and a long training round costs the SuperLink two pull requests a second.
 
 Grids that poll in-memory state (Flower's simulation engine: a ``pull_interval``
-attribute, tuned to 10 ms by `fedsilo.server.app.tune_grid`) and objects that are not
-Flower `Grid` subclasses (test doubles) keep their own ``send_and_receive``: polling
-memory every 10 ms beats any back-off.
+attribute, tuned to 10 ms by `fedsilo.server.app.tune_grid`) are polled every
+``pull_interval`` instead: polling memory every 10 ms beats any back-off. Objects that are
+not Flower `Grid` subclasses (test doubles) keep their own ``send_and_receive``.
+
+Every poll checks `fedsilo.server.stopping.STOP`: after SIGINT/SIGTERM a round that waits
+for replies (up to ``round_timeout``, 10 minutes by default) ends within one poll, with
+`RunInterrupted`, instead of when the sites answer.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+from fedsilo.server.stopping import check_stop
 
 FIRST_POLL_S = 0.05
 """Wait before the first poll for replies (then doubled after each empty poll)."""
@@ -33,25 +39,32 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *,
     """Push ``messages`` and return the replies that arrive within ``timeout`` seconds.
 
     Same contract as Flower's ``Grid.send_and_receive``: replies come back in arrival
-    order, late ones are left behind, ``timeout=None`` waits for all of them.
+    order, late ones are left behind, ``timeout=None`` waits for all of them. Raises
+    `RunInterrupted` when a stop is requested (SIGINT/SIGTERM) while it waits.
     """
-    if not isinstance(grid, Grid) or hasattr(grid, "pull_interval"):
-        return list(grid.send_and_receive(messages, timeout=timeout))
+    check_stop()
+    if not isinstance(grid, Grid):
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        check_stop()
+        return replies
+    in_memory = hasattr(grid, "pull_interval")
     pending = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
-    wait = FIRST_POLL_S
+    wait = float(grid.pull_interval) if in_memory else FIRST_POLL_S
     while pending:
         got = list(grid.pull_messages(pending))
         replies.extend(got)
         pending.difference_update(m.metadata.reply_to_message_id for m in got)
         if not pending:
             break
+        check_stop()
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             wait = min(wait, left)
         time.sleep(wait)
-        wait = min(2 * wait, MAX_POLL_S)
+        if not in_memory:
+            wait = min(2 * wait, MAX_POLL_S)
     return replies

@@ -30,7 +30,7 @@ round's share stage.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,15 +38,21 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from fedsilo import lineage
+from fedsilo.lineage.signing import unmask_digest, verify_unmask
 from fedsilo.privacy.secagg import (
     KeyAdvert,
+    MaskedReply,
     SecAggAbort,
     SecAggConfig,
     SecAggServer,
     SetupRequest,
     SiteError,
+    UnmaskReply,
 )
+from fedsilo.privacy.secagg.messages import Rejected
 from fedsilo.privacy.secagg.records import (
+    ATTEST_KEY,
     MASKED_KEY,
     MESSAGE_TYPES,
     NEXT_KEY,
@@ -60,6 +66,19 @@ from fedsilo.server.messaging import send_and_receive
 
 PROTOCOL = "secagg+"
 METRICS_KEY = "metrics"
+
+
+@dataclass(frozen=True)
+class Signer:
+    """What the run's handshake told the server about a site, to check what it signs.
+
+    public_key: the site's Ed25519 public key (64 hex); "" for a site without a key (its
+        replies are then not checked, and it has no attested contribution).
+    data_fingerprint: the data fingerprint the site announced.
+    """
+
+    public_key: str
+    data_fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -109,6 +128,10 @@ class SecAggOutcome:
         the masked stage (`PreAdvertised`) or, with ``next_nodes`` too, its setup and
         share stages already run (`PreShared`); pass it as the next round's
         ``preadvertised``.
+    attestations: with ``signers``, per node whose masked input's signature verified:
+        ``update_digest`` (of the masked uint32 vector received), ``signature``,
+        ``data_fingerprint`` and, if its unmask reply's signature verified too,
+        ``unmask_digest`` and ``unmask_signature``.
     """
 
     ok: bool
@@ -121,6 +144,7 @@ class SecAggOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
     next_keys: PreAdvertised | PreShared | None = None
+    attestations: dict[int, dict[str, str]] = field(default_factory=dict)
 
 
 def setup_record(setup: SetupRequest) -> ConfigRecord:
@@ -253,6 +277,72 @@ def _shares_ahead(nxt: SecAggServer, setup: SetupRequest, replies: Iterable[Mess
         return PreShared(setup, nxt, {}, str(e))
 
 
+def _attest_masked(reply: MaskedReply, rec: object, signer: Signer, run_id: str,
+                   server_round: int) -> tuple[str | None, dict[str, str]]:
+    """(why the masked input is refused, or None; what it attests)."""
+    if not isinstance(rec, ConfigRecord):
+        return "masked input is not signed (no site signature record)", {}
+    digest = lineage.update_digest(reply.masked)
+    fingerprint, signature = rec.get("data_fingerprint"), rec.get("signature")
+    if rec.get("digest") != digest:
+        return "masked input digest does not match the masked vector received", {}
+    if fingerprint != signer.data_fingerprint:
+        return "data fingerprint differs from the one announced at the handshake", {}
+    if not isinstance(signature, str) or not lineage.verify_contribution(
+            signer.public_key, signature, run_id, server_round, digest, fingerprint):
+        return "site signature does not verify", {}
+    return None, {"update_digest": digest, "signature": signature,
+                  "data_fingerprint": str(fingerprint)}
+
+
+def _attest_unmask(reply: UnmaskReply, rec: object, signer: Signer, run_id: str,
+                   server_round: int) -> tuple[str | None, dict[str, str]]:
+    """(why the unmask reply is refused, or None; what it attests)."""
+    if not isinstance(rec, ConfigRecord):
+        return "unmask reply is not signed (no site signature record)", {}
+    try:
+        digest = unmask_digest([int(o) for o in reply.b_owners], list(reply.b_shares),
+                               [int(o) for o in reply.sk_owners], list(reply.sk_shares))
+    except (TypeError, ValueError) as e:
+        return f"malformed reply: {e}", {}
+    signature = rec.get("signature")
+    if rec.get("digest") != digest:
+        return "unmask reply digest does not match the shares received", {}
+    if not isinstance(signature, str) or not verify_unmask(
+            signer.public_key, signature, run_id, server_round, digest):
+        return "site signature of the unmask reply does not verify", {}
+    return None, {"unmask_digest": digest, "unmask_signature": signature}
+
+
+def _authenticate(stage: str, replies: dict[int, object], messages: list[Message],
+                  signers: Mapping[int, Signer] | None, run_id: str, server_round: int,
+                  attested: dict[int, dict[str, str]]) -> None:
+    """Check the site signature on each masked-input / unmask reply of a site with a key.
+
+    A reply whose signature is missing or does not verify becomes `Rejected` (the site
+    is excluded as a dropout would be, with the reason); what verified goes into
+    ``attested`` (node id -> fields for lineage).
+    """
+    if signers is None:
+        return
+    kind: type = MaskedReply if stage == "masked" else UnmaskReply
+    check: Callable[..., tuple[str | None, dict[str, str]]] = (
+        _attest_masked if stage == "masked" else _attest_unmask)
+    content = {int(m.metadata.src_node_id): m.content for m in messages}
+    for n, reply in replies.items():
+        signer = signers.get(n)
+        if not isinstance(reply, kind) or signer is None or not signer.public_key:
+            continue
+        rec = content[n].get(ATTEST_KEY) if n in content else None
+        problem, fields = check(reply, rec, signer, run_id, server_round)
+        if problem is not None:
+            replies[n] = Rejected(problem)
+        elif stage == "masked":
+            attested[n] = fields
+        elif n in attested:
+            attested[n].update(fields)
+
+
 def run_secagg_round(
     grid: Grid,
     node_ids: list[int],
@@ -266,6 +356,7 @@ def run_secagg_round(
     preadvertised: PreAdvertised | PreShared | None = None,
     announce_next: bool = False,
     next_nodes: Sequence[int] | None = None,
+    signers: Mapping[int, Signer] | None = None,
 ) -> SecAggOutcome:
     """Run one SecAgg+ round over ``node_ids``.
 
@@ -302,11 +393,18 @@ def run_secagg_round(
         known now. If every one of them advertised keys and survived to this round's
         unmask stage, that round's share stage rides on this round's unmask exchange
         and ``next_keys`` is a `PreShared`.
+    signers:
+        The sites' keys and announced data fingerprints (node id -> `Signer`). A site
+        with a key must sign its masked input (`fedsilo.lineage.sign_contribution` over
+        the masked vector's `update_digest`) and its unmask reply
+        (`fedsilo.lineage.signing.sign_unmask`); a reply whose signature is missing or
+        does not verify excludes the site as a dropout would, with the reason. What
+        verified is in the outcome's ``attestations``. None: nothing is checked.
 
     Invalid arguments raise ValueError before any message is sent; protocol failures
     (too few sites, unrecoverable masks, failed consistency check) return ``ok=False``.
     """
-    reserved = {RECORD_KEY, MASKED_KEY, NEXT_KEY} & set(train_content)
+    reserved = {RECORD_KEY, MASKED_KEY, NEXT_KEY, ATTEST_KEY} & set(train_content)
     if reserved:
         raise ValueError(f"train_content: record names {sorted(reserved)} are reserved for SecAgg")
     d = vector_length if vector_length is not None else _vector_length(train_content)
@@ -321,6 +419,10 @@ def run_secagg_round(
                                len(upcoming) if upcoming is not None else len(server.nodes))
                   if announce_next else None)
     n_pre = n_ahead = 0
+    attested: dict[int, dict[str, str]] = {}
+    # the unmask requests carry the training content's small records (not the model), so
+    # that a site can tell who it is there too (it signs its unmask reply)
+    light = RecordDict({k: v for k, v in train_content.items() if not isinstance(v, ArrayRecord)})
     try:
         setup = server.setup_request()  # the same for every site: encoded once
         if isinstance(preadvertised, PreShared) and preadvertised.setup == setup \
@@ -344,8 +446,10 @@ def run_secagg_round(
         site_metrics.update(m)
         if next_setup is not None:
             next_keys = keys_from_replies(next_setup, masked)
-        del masked
         t1 = time.perf_counter()
+        _authenticate("masked", replies, masked, signers, run_id, server_round, attested)
+        del masked
+        timings["secagg_masked_signatures_s"] = time.perf_counter() - t1
         reqs = server.on_masked(replies)
         del replies  # the masked vectors (n x d words) are in the sum now: free them
         timings["secagg_masked_server_s"] = time.perf_counter() - t1
@@ -361,13 +465,14 @@ def run_secagg_round(
             for n, req in ahead[1].items()}
         t0 = time.perf_counter()
         unmasked: list[Message] = []
-        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, None, unmasked,
+        replies, _ = _exchange(grid, "unmask", reqs, server_round, timeout, light, unmasked,
                                per_node)
         if ahead is not None and next_setup is not None:
             t1 = time.perf_counter()
             next_keys = _shares_ahead(ahead[0], next_setup, unmasked)
             timings["secagg_next_share_server_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()
+        _authenticate("unmask", replies, unmasked, signers, run_id, server_round, attested)
         result = server.on_unmask(replies)
         timings["secagg_unmask_server_s"] = time.perf_counter() - t1
         timings["secagg_unmask_wall_s"] = time.perf_counter() - t0
@@ -383,7 +488,7 @@ def run_secagg_round(
     for k in keys:  # plain (unweighted) mean: per-site weights stay secret
         vals = [site_metrics[p][k] for p in participants if k in site_metrics.get(p, {})]
         metrics[k] = float(np.mean(vals))
-    lineage: dict[str, Any] = {
+    record: dict[str, Any] = {
         "protocol": PROTOCOL,
         "degree": server.k,
         "threshold": server.t,
@@ -409,8 +514,9 @@ def run_secagg_round(
         dropped={s: sorted(v) for s, v in server.dropped.items()},
         recovered=result.recovered if result else [],
         metrics=metrics,
-        lineage=lineage,
+        lineage=record,
         next_keys=next_keys,
+        attestations=attested,
     )
 
 
@@ -418,3 +524,68 @@ def config_record(config: SecAggConfig) -> ConfigRecord:
     """The SecAgg parameters as a ConfigRecord (for the lead's run config / genesis record)."""
     d = config.to_dict()
     return ConfigRecord({k: (-1 if v is None else v) for k, v in d.items()})  # type: ignore[misc]
+
+
+@dataclass
+class RoundAudit:
+    """A secure round as the round record states it (site ids, not node ids).
+
+    replied / dropped / rejected / accepted: as in a plain round; a site excluded with a
+        reason (its refusal, a malformed reply, a signature that does not verify...) and
+        not in the sum is rejected with that reason, a site that went silent is dropped.
+    contributions: one per site whose masked input's signature verified: the masked
+        vector's digest, the site's signature over it, its data fingerprint; the example
+        count stays secret (null). ``detail.secagg`` holds the site's fate and, when its
+        unmask reply's signature verified, that reply's digest and signature.
+    secagg: the protocol's lineage plus ``participant_sites``, ``recovered_sites`` and
+        ``site_fates`` (site id -> ``in_sum``, ``recovered``, ``dropped`` or ``aborted``).
+    """
+
+    replied: list[str]
+    dropped: list[str]
+    rejected: dict[str, str]
+    accepted: list[str]
+    contributions: list[dict[str, Any]]
+    secagg: dict[str, Any]
+
+
+def _fate(n: int, out: SecAggOutcome, left: set[int]) -> str:
+    if n in out.participants:
+        return "in_sum"
+    if n in out.recovered:
+        return "recovered"
+    return "aborted" if not out.ok and n not in left else "dropped"
+
+
+def round_audit(out: SecAggOutcome, site_of: Mapping[int, str]) -> RoundAudit:
+    """The round record's fields for ``out`` (``site_of``: node id -> site id, the sample)."""
+    left = {n for nodes in out.dropped.values() for n in nodes}
+    excluded = out.lineage.get("excluded", {})
+    fates = {n: _fate(n, out, left) for n in site_of}
+    rejected = {site_of[n]: excluded[str(n)] for n in site_of
+                if fates[n] != "in_sum" and str(n) in excluded}
+    dropped = sorted(site_of[n] for n in site_of
+                     if fates[n] != "in_sum" and n in left and str(n) not in excluded)
+    contributions = []
+    for n in sorted(out.attestations, key=lambda n: site_of.get(n, "")):
+        if n not in site_of:
+            continue
+        a = out.attestations[n]
+        detail: dict[str, Any] = {"fate": fates[n]}
+        if "unmask_signature" in a:
+            detail.update(unmask_digest=a["unmask_digest"], unmask_signature=a["unmask_signature"])
+        contributions.append({
+            "site_id": site_of[n], "update_digest": a["update_digest"], "num_examples": None,
+            "data_fingerprint": a["data_fingerprint"], "signature": a["signature"],
+            "fate": "accepted" if fates[n] == "in_sum" else "rejected", "score": None,
+            "detail": {"aggregation": "secure sum" if fates[n] == "in_sum" else fates[n],
+                       "secagg": detail},
+        })
+    secagg = {**out.lineage,
+              "participant_sites": sorted(site_of[n] for n in out.participants if n in site_of),
+              "recovered_sites": sorted(site_of[n] for n in out.recovered if n in site_of),
+              "site_fates": {site_of[n]: fates[n] for n in sorted(site_of, key=site_of.get)}}
+    return RoundAudit(
+        replied=sorted(set(site_of.values()) - set(dropped)), dropped=dropped, rejected=rejected,
+        accepted=[c["site_id"] for c in contributions if c["fate"] == "accepted"],
+        contributions=contributions, secagg=secagg)

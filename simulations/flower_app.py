@@ -11,8 +11,9 @@ hyphens or underscores; nested tables such as ``dp.enabled`` as dotted keys). Tw
 deployment-only keys are taken out before `RunConfig` sees them: ``server-key``, the
 path of the server's Ed25519 lineage signing key (empty: a fresh key per run, in the
 run directory), and an empty ``run-id`` means "use Flower's run id". Results go to
-``<out>/<run-id>/``: the lineage chain and checkpoint while running, then
-``metrics.json``, ``model.npz`` and ``report.html`` as after ``fedsilo simulate``.
+``<out>/<run-id>/``: the lineage chain, checkpoint and ``rounds.jsonl`` while running,
+then ``model.npz`` (before the closing record), ``metrics.json`` and ``report.html`` as
+after ``fedsilo simulate``.
 
 A SuperNode tells its ClientApp which site it serves through its node config:
 
@@ -132,16 +133,36 @@ def bundled_trainer(
 
 
 def _serve(grid: Grid, context: Context) -> None:
-    """The ServerApp's main: run the federation, then write the run directory's outputs."""
+    """The ServerApp's main: run the federation, then write the run directory's outputs.
+
+    The server writes ``model.npz`` before its closing record; ``metrics.json`` and
+    ``report.html`` (whose sites' data chart shows the sites of the handshake and the
+    example counts they declared) follow. A resumed run whose chain is already closed
+    only finishes those outputs.
+    """
+    from fedsilo.server.checkpoint import read_checkpoint
     from fedsilo.server.loop import FederationServer
-    from fedsilo.simulations.datasets import load_dataset
-    from fedsilo.simulations.runner import write_outputs
+    from fedsilo.simulations.runner import (
+        closed_run,
+        finish_outputs,
+        prune_round_log,
+        round_logger,
+        write_outputs,
+    )
 
     spec = spec_from_context(context)
+    run_dir = spec.run_dir
+    if run_dir is None:
+        FederationServer(spec).run(grid)
+        return
+    if spec.resume:
+        if closed_run(run_dir, spec.config) is not None:
+            finish_outputs(run_dir, spec.config, simulated=False)
+            return
+        prune_round_log(run_dir, read_checkpoint(run_dir).round)
+    spec.on_round = round_logger(run_dir, spec.on_round)
     result = FederationServer(spec).run(grid)
-    if spec.run_dir is not None:
-        config = spec.config
-        write_outputs(spec.run_dir, config, result, load_dataset(config.dataset, seed=config.seed))
+    write_outputs(run_dir, spec.config, result, None)
 
 
 server_app = ServerApp()

@@ -22,8 +22,17 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def write_report(path: Path, config: Any, result: Any, label_counts: dict[str, list[int]]) -> None:
-    """Write the HTML report: accuracy and loss per round, epsilon when DP is on, sites' data."""
+def write_report(path: Path, config: Any, result: Any,
+                 label_counts: dict[str, list[int]] | None = None, *,
+                 declared_counts: dict[str, int | None] | None = None,
+                 resumed_from: list[int] | None = None) -> None:
+    """Write the HTML report: accuracy and loss per round, epsilon when DP is on, sites' data.
+
+    ``result.rounds`` is every round of the run (a resumed run's too). The sites' data
+    chart shows ``label_counts`` (a simulation: examples per label at each site) or, for
+    a deployment, ``declared_counts`` (the example count each site declared at the
+    handshake; None: not declared). ``resumed_from``: the checkpoint round of each resume.
+    """
     rounds = [r.round for r in result.rounds]
     acc = [r.test_accuracy for r in result.rounds]
     test_loss = [r.test_loss for r in result.rounds]
@@ -52,20 +61,17 @@ def write_report(path: Path, config: Any, result: Any, label_counts: dict[str, l
     axes[1].legend()
     curves = _png(fig)
 
-    sites = sorted(label_counts)
-    counts = np.array([label_counts[s] for s in sites])
-    fig, ax = plt.subplots(figsize=(11, 3.6))
-    bottom = np.zeros(len(sites))
-    cmap = plt.get_cmap("tab10")
-    for c in range(counts.shape[1]):
-        ax.bar(sites, counts[:, c], bottom=bottom, color=cmap(c % 10), label=f"label {c}")
-        bottom += counts[:, c]
-    ax.set_ylabel("examples")
-    ax.set_title("examples per site, by label")
-    ax.tick_params(axis="x", rotation=60)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              frameon=False)  # outside the axes, clear of the bars
-    sites_png = _png(fig)
+    if label_counts is not None:
+        sites_png, sites_alt = _label_chart(label_counts), "examples per site by label"
+        totals: dict[str, int | None] = {k: int(sum(v)) for k, v in label_counts.items()}
+        count_head = "examples"
+    else:
+        sites_png, sites_alt = _declared_chart(declared_counts or {}), "examples each site declared"
+        totals, count_head = dict(declared_counts or {}), "examples declared"
+    site_rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{'not declared' if v is None else v}</td></tr>"
+        for k, v in sorted(totals.items())
+    )
 
     rows = "".join(
         f"<tr><td>{r.round}</td><td>{r.status}</td><td>{r.sampled}</td><td>{r.replied}</td>"
@@ -85,15 +91,59 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #ccc;pad
 th{{background:#f3f3f3}}</style></head><body>
 <h1>fedsilo run <code>{html.escape(str(config.run_id))}</code></h1>
 <p>Final model digest: <code>{html.escape(result.final_digest)}</code><br>
-Run ended: {html.escape(result.closing_reason)}; {len(result.rounds)} rounds; sites: {len(result.sites)}.</p>
+Run ended: <b>{html.escape(result.closing_reason)}</b>; {len(result.rounds)} rounds; sites: {len(result.sites)}.<br>
+{html.escape(getattr(result, "detail", "") or "")}{_resumes_text(resumed_from)}</p>
 <h2>Accuracy and loss per round</h2><img alt="accuracy and loss per round" src="data:image/png;base64,{curves}">
-<h2>Sites' data</h2><img alt="examples per site by label" src="data:image/png;base64,{sites_png}">
+<h2>Sites' data</h2><img alt="{sites_alt}" src="data:image/png;base64,{sites_png}">
+<table><tr><th>site</th><th>{count_head}</th></tr>{site_rows}</table>
 <h2>Rounds</h2><table><tr><th>round</th><th>status</th><th>sampled</th><th>replied</th><th>accepted</th>
 <th>train loss</th><th>test loss</th><th>test acc</th><th>epsilon</th><th>wall s</th><th>model out</th></tr>{rows}</table>
 <h2>Configuration</h2><table>{cfg_rows}</table>
 </body></html>
 """
     path.write_text(page)
+
+
+def _label_chart(label_counts: dict[str, list[int]]) -> str:
+    sites = sorted(label_counts)
+    counts = np.array([label_counts[s] for s in sites])
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    bottom = np.zeros(len(sites))
+    cmap = plt.get_cmap("tab10")
+    for c in range(counts.shape[1]):
+        ax.bar(sites, counts[:, c], bottom=bottom, color=cmap(c % 10), label=f"label {c}")
+        bottom += counts[:, c]
+    ax.set_ylabel("examples")
+    ax.set_title("examples per site, by label")
+    ax.tick_params(axis="x", rotation=60)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              frameon=False)  # outside the axes, clear of the bars
+    return _png(fig)
+
+
+def _declared_chart(declared: dict[str, int | None]) -> str:
+    """A deployment's sites as the handshake named them, with the counts they declared
+    (the server never sees their data, so there is no per-label split to show)."""
+    sites = sorted(declared)
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    values = [declared[s] or 0 for s in sites]
+    bars = ax.bar(sites, values, color="tab:blue")
+    for bar, s in zip(bars, sites, strict=True):
+        ax.annotate("not declared" if declared[s] is None else str(declared[s]),
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("examples (declared)")
+    ax.set_title("examples each site declared at the handshake")
+    ax.tick_params(axis="x", rotation=60)
+    return _png(fig)
+
+
+def _resumes_text(resumed_from: list[int] | None) -> str:
+    if not resumed_from:
+        return ""
+    rounds = ", ".join(str(r) for r in resumed_from)
+    return (f"<br>Interrupted and resumed {len(resumed_from)} time(s), "
+            f"from the checkpoint of round(s) {html.escape(rounds)}.")
 
 
 def _fmt(value: float | None) -> str:

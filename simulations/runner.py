@@ -1,10 +1,12 @@
 """`run_federation`: one complete simulated federation, from config to run directory.
 
 A run directory (``<out>/<run-id>/``) holds ``config.toml`` (the resolved config),
-``lineage.sqlite`` (signed chain), ``checkpoint.npz``, ``sites/<site-id>/`` (each
-simulated site's key and ledger), and, once the run has finished, ``metrics.json``,
-``model.npz`` and ``report.html``. ``model.npz`` is written last but one and
-``report.html`` last, so a directory without them is not a finished run.
+``lineage.sqlite`` (signed chain), ``checkpoint.npz``, ``rounds.jsonl`` (each round's
+summary, once per round, kept across crashes), ``sites/<site-id>/`` (each simulated
+site's key and ledger), and, once the run has finished, ``model.npz``, ``metrics.json``
+and ``report.html``. The server writes ``model.npz`` (atomically) before the closing
+record; ``metrics.json`` and then ``report.html`` come after it, so a directory without
+``report.html`` is not a finished run, and ``--resume`` finishes its outputs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,14 @@ from fedsilo.simulations.sites import simulated_site
 
 @dataclass
 class SimulationRun:
-    """What `run_federation` returns."""
+    """What `run_federation` returns (``result.rounds``: every round of the run, once,
+    including those run before a resume)."""
 
     run_id: str
     run_dir: Path
     result: RunResult
     final_digest: str
+    resumed_from: list[int] = field(default_factory=list)  # each resume's checkpoint round
 
     @property
     def rounds(self) -> list[RoundSummary]:
@@ -106,6 +110,12 @@ def _strategy_check(config: RunConfig) -> None:
             raise ConfigError(
                 f"--attack: unknown attack {config.attack!r}; accepted: {', '.join(sorted(ATTACKS))}"
             )
+        from fedsilo.server.config import overreach
+
+        found = overreach(config)
+        if found is not None and found[1] and not config.allow_overreach:
+            raise ConfigError(f"--malicious: {found[0]}; pass --allow-overreach to run "
+                              "outside the aggregator's guarantee")
 
 
 def run_federation(
@@ -146,36 +156,138 @@ def resume_federation(
     *,
     on_round: Callable[[RoundSummary], None] | None = None,
     verbose: bool = False,
+    engine: str = "ray",
 ) -> SimulationRun:
     """Continue the crashed run in ``run_dir`` from its last checkpoint.
 
     The config comes from ``run_dir/config.toml``; the model, optimiser and sampling
     state from ``checkpoint.npz``; the lineage chain is reopened (its head checked) and
     gets a resume record. With the same seed the final model equals an uninterrupted run's.
+    A run whose chain is already closed (it crashed while writing its outputs) is not
+    run again: its outputs are finished from the checkpoint and the chain.
     """
-    from fedsilo.server.checkpoint import resumable_config
+    from fedsilo.server.checkpoint import read_checkpoint, resumable_config
 
     run_dir = Path(run_dir)
     config = resumable_config(run_dir)
+    if closed_run(run_dir, config) is not None:
+        return finish_outputs(run_dir, config, simulated=True)
+    prune_round_log(run_dir, read_checkpoint(run_dir).round)
     spec = build_server_spec(config, run_dir, on_round=on_round)
     spec.resume = True
-    return _execute(spec, config, run_dir, verbose=verbose)
+    return _execute(spec, config, run_dir, verbose=verbose, engine=engine)
+
+
+def closed_run(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The closing record's body when the chain of ``run_dir`` says the run is over
+    (completed, no_progress, budget_exhausted), else None."""
+    from fedsilo.server.outcome import FINISHED
+
+    db = run_dir / "lineage.sqlite"
+    if not config.lineage or not db.exists():
+        return None
+    chain = lineage.read_chain(db)
+    if chain and chain[-1]["type"] == "closing" and chain[-1]["body"]["reason"] in FINISHED:
+        return dict(chain[-1]["body"])
+    return None
+
+
+def finish_outputs(run_dir: Path, config: RunConfig, *, simulated: bool) -> SimulationRun:
+    """Write what a crash after the closing record left out: ``model.npz`` (from the
+    checkpoint, checked against the closing record's digest), ``metrics.json`` and
+    ``report.html`` (from ``rounds.jsonl`` and the chain)."""
+    from fedsilo.server.checkpoint import MODEL_NAME, read_checkpoint, write_model
+    from fedsilo.server.loop import SiteInfo
+    from fedsilo.server.outcome import RunProgress
+    from fedsilo.strategies.codec import ModelLayout
+
+    chain = lineage.read_chain(run_dir / "lineage.sqlite")
+    closing = chain[-1]["body"]
+    expected = closing["final_model_digest"]
+    spec = build_server_spec(config, run_dir)
+    layout = ModelLayout.from_arrays(spec.initial_weights)
+    weights = _saved_model(run_dir / MODEL_NAME)
+    if weights is None or lineage.arrays_digest(weights) != expected:
+        weights = layout.unflatten(read_checkpoint(run_dir).model.astype(np.float32))
+        if lineage.arrays_digest(weights) != expected:
+            raise ConfigError(f"--resume: {run_dir}: the checkpoint's model is not the final model "
+                              f"{expected} of the closing record; cannot finish the outputs")
+        write_model(run_dir, weights)
+    genesis = chain[0]["body"]
+    declares = "num_examples" in {f.name for f in fields(SiteInfo)}  # the handshake's count
+    sites = [SiteInfo(site_id=s["site_id"], node_id=0, public_key=s["public_key"],
+                      data_fingerprint=s["data_fingerprint"], policy=json.dumps(s["policy"]),
+                      **({"num_examples": s.get("num_examples")} if declares else {}))
+             for s in genesis["sites"]]
+    progress = RunProgress.from_bodies([r["body"] for r in chain if r["type"] == "round"])
+    result = RunResult([], weights, expected, closing["reason"], sites,
+                       detail=closing["detail"], rounds_changed=progress.changed)
+    data = load_dataset(config.dataset, seed=config.seed) if simulated else None
+    result = write_outputs(run_dir, config, result, data)
+    return SimulationRun(str(config.run_id), run_dir, result, expected, _resumes(run_dir, config))
+
+
+def _saved_model(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {k: saved[k] for k in saved.files}
+    except (OSError, ValueError):  # a torn or foreign file: rewritten from the checkpoint
+        return None
+
+
+def round_logger(run_dir: Path, user_hook: Callable[[RoundSummary], None] | None
+                 ) -> Callable[[RoundSummary], None]:
+    """The ``on_round`` hook that appends each round's summary to ``rounds.jsonl`` once
+    (a resume re-announces the round its crash interrupted), then calls ``user_hook``."""
+    log = run_dir / "rounds.jsonl"
+    seen = set(_read_round_log(log))
+
+    def on_round(summary: RoundSummary) -> None:
+        if summary.round not in seen:
+            # rounds.jsonl survives a crash, so metrics.json of a resumed run has every round
+            with log.open("a") as fh:
+                fh.write(json.dumps(asdict(summary)) + "\n")
+            seen.add(summary.round)
+        if user_hook is not None:
+            user_hook(summary)
+
+    return on_round
+
+
+def prune_round_log(run_dir: Path, last_round: int) -> None:
+    """Before a resume: keep each round up to the checkpoint's once; later rounds (logged
+    before the crash lost their checkpoint) run again and are logged again."""
+    log = run_dir / "rounds.jsonl"
+    if not log.exists():
+        return
+    kept = [e for r, e in sorted(_read_round_log(log).items()) if r <= last_round]
+    tmp = log.with_name(".rounds.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept))
+    tmp.replace(log)
+
+
+def _read_round_log(log: Path) -> dict[int, dict[str, Any]]:
+    """Round number -> its last logged summary (a torn last line, from a crash, is skipped)."""
+    out: dict[int, dict[str, Any]] = {}
+    if not log.exists():
+        return out
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "round" in entry:
+            out[int(entry["round"])] = entry
+    return out
 
 
 def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: bool,
              engine: str = "ray") -> SimulationRun:
     data = load_dataset(resolved.dataset, seed=resolved.seed)
     outcome = ServerOutcome()
-    user_hook = spec.on_round
-
-    def on_round(summary: RoundSummary) -> None:
-        # rounds.jsonl survives a crash, so metrics.json of a resumed run has every round
-        with (run_dir / "rounds.jsonl").open("a") as fh:
-            fh.write(json.dumps(asdict(summary)) + "\n")
-        if user_hook is not None:
-            user_hook(summary)
-
-    spec.on_round = on_round
+    spec.on_round = round_logger(run_dir, spec.on_round)
     server_app = make_server_app(lambda _ctx: spec, outcome)
     client_app = make_client_app(simulated_site)
     if engine == "inprocess":
@@ -187,14 +299,23 @@ def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: b
             if outcome.error is None:
                 raise
     else:
-        run_on_simulation_engine(server_app, client_app, resolved.sites, verbose=verbose)
+        run_on_simulation_engine(server_app, client_app, resolved.sites, verbose=verbose,
+                                 run_dir=run_dir)
     if outcome.error is not None:
         raise outcome.error
     if outcome.result is None:
         raise RuntimeError("the simulation engine stopped before the ServerApp finished")
-    result = outcome.result
-    write_outputs(run_dir, resolved, result, data)
-    return SimulationRun(str(resolved.run_id), run_dir, result, result.final_digest)
+    result = write_outputs(run_dir, resolved, outcome.result, data)
+    return SimulationRun(str(resolved.run_id), run_dir, result, result.final_digest,
+                         _resumes(run_dir, resolved))
+
+
+def _resumes(run_dir: Path, config: RunConfig) -> list[int]:
+    """The checkpoint round each resume of the run continued from (from its chain)."""
+    db = run_dir / "lineage.sqlite"
+    if not config.lineage or not db.exists():
+        return []
+    return [int(r["body"]["from_round"]) for r in lineage.read_chain(db) if r["type"] == "resume"]
 
 
 def build_server_spec(
@@ -284,32 +405,76 @@ def _root_update_fn(data: Dataset, config: RunConfig) -> Callable[..., np.ndarra
     return root_update
 
 
-def write_outputs(run_dir: Path, config: RunConfig, result: RunResult, data: Dataset) -> None:
-    by_round: dict[int, dict[str, Any]] = {}
-    rounds_log = run_dir / "rounds.jsonl"
-    if rounds_log.exists():
-        for line in rounds_log.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                by_round[int(entry["round"])] = entry
-    for r in result.rounds:
-        by_round[r.round] = asdict(r)
+def write_outputs(run_dir: Path, config: RunConfig, result: RunResult,
+                  data: Dataset | None) -> RunResult:
+    """Write ``metrics.json``, then ``report.html`` (last: it marks a finished run), for
+    the whole run; return ``result`` with ``rounds`` covering every round once.
+
+    ``model.npz`` is the server's (written before the closing record); it is checked
+    here against the final digest. ``data``: the simulated dataset, whose partition
+    draws the report's sites' data chart; None for a deployment, whose chart shows the
+    sites of the handshake with the example counts they declared.
+    """
+    with np.load(run_dir / "model.npz", allow_pickle=False) as saved:
+        if lineage.arrays_digest(dict(saved)) != result.final_digest:
+            raise RuntimeError(f"{run_dir / 'model.npz'} does not match the final model digest")
+    result = replace(result, rounds=whole_run_rounds(run_dir, config, result.rounds))
     metrics = {
         "run_id": config.run_id,
         "final_model_digest": result.final_digest,
         "closing_reason": result.closing_reason,
-        "rounds": [by_round[k] for k in sorted(by_round)],
+        "closing_detail": result.detail,
+        "rounds_changed": result.rounds_changed,
+        "resumed_from": _resumes(run_dir, config),
+        "rounds": [asdict(r) for r in result.rounds],
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    np.savez(run_dir / "model.npz", **result.final_weights)
-    parts = partition(data.y_train, config.sites, PartitionSpec.parse(config.partition), config.seed)
-    label_counts = {
-        site_id(i): np.bincount(data.y_train[p], minlength=data.num_classes).tolist()
-        for i, p in enumerate(parts)
-    }
     from fedsilo.simulations.report import write_report
 
-    write_report(run_dir / "report.html", config, result, label_counts)
-    with np.load(run_dir / "model.npz") as saved:
-        if lineage.arrays_digest(dict(saved)) != result.final_digest:
-            raise RuntimeError(f"{run_dir / 'model.npz'} does not match the final model digest")
+    if data is not None:
+        parts = partition(data.y_train, config.sites, PartitionSpec.parse(config.partition),
+                          config.seed)
+        label_counts = {
+            site_id(i): np.bincount(data.y_train[p], minlength=data.num_classes).tolist()
+            for i, p in enumerate(parts)
+        }
+        write_report(run_dir / "report.html", config, result, label_counts,
+                     resumed_from=metrics["resumed_from"])
+    else:
+        declared = {s.site_id: getattr(s, "num_examples", None) for s in result.sites}
+        write_report(run_dir / "report.html", config, result, declared_counts=declared,
+                     resumed_from=metrics["resumed_from"])
+    return result
+
+
+def whole_run_rounds(run_dir: Path, config: RunConfig,
+                     ran: list[RoundSummary]) -> list[RoundSummary]:
+    """Every round of the run once, in order: this process's rounds, then ``rounds.jsonl``
+    (rounds run before a resume), then the chain's round records for any still missing."""
+    by_round: dict[int, RoundSummary] = {}
+    db = run_dir / "lineage.sqlite"
+    if config.lineage and db.exists():
+        for env in lineage.read_chain(db):
+            if env["type"] == "round":
+                by_round[int(env["body"]["round"])] = _summary_of_record(env["body"])
+    names = {f.name for f in fields(RoundSummary)}
+    for r, entry in _read_round_log(run_dir / "rounds.jsonl").items():
+        by_round[r] = RoundSummary(**{k: v for k, v in entry.items() if k in names})
+    for summary in ran:
+        by_round[summary.round] = summary
+    return [by_round[r] for r in sorted(by_round)]
+
+
+def _summary_of_record(body: dict[str, Any]) -> RoundSummary:
+    from fedsilo.server.outcome import body_accepted
+
+    m = body.get("metrics") or {}
+    return RoundSummary(
+        round=int(body["round"]), status=body["status"], sampled=len(body["sampled"]),
+        replied=len(body["replied"]),
+        accepted=body_accepted(body) if body["status"] == "completed" else 0,
+        rejected=dict(body["rejected"]), train_loss=m.get("train_loss"),
+        test_loss=m.get("test_loss"), test_accuracy=m.get("test_accuracy"),
+        wall_time=float((body.get("timings") or {}).get("total", 0.0)),
+        model_digest=body["model_out"], epsilon=m.get("epsilon"), reason=body.get("reason"),
+    )

@@ -127,6 +127,10 @@ class TorchTrainer:
     def data_fingerprint(self) -> str:
         return self._fingerprint
 
+    def num_examples(self) -> int:
+        """The site's training examples: declared at the handshake, reported every round."""
+        return len(self.y)
+
 
 def array_fingerprint(x: np.ndarray, y: np.ndarray, preprocessing: Mapping[str, Any]) -> str:
     """Fallback data fingerprint: SHA-256 over the arrays' bytes and the preprocessing."""

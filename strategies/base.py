@@ -128,6 +128,21 @@ class Aggregator(_Configurable, ABC):
     needs_individual_updates: ClassVar[bool] = True
     uses_gram: ClassVar[bool] = False
     uses_median: ClassVar[bool] = False
+    states_tolerance: ClassVar[bool] = False
+    """True when the rule guarantees something against up to `tolerance` attackers
+    (its ``f``, its trimming fraction, its breakdown point); a simulation with more
+    attackers is then refused unless the operator allows the overreach."""
+
+    def tolerance(self, n: int) -> int:
+        """How many of ``n`` sampled updates may be adversarial within the rule's guarantee.
+
+        The default is 0: a rule that states no robustness guarantee tolerates no attacker.
+        """
+        return 0
+
+    def tolerance_text(self, n: int) -> str:
+        """One phrase saying where the tolerance comes from (for error messages and lineage)."""
+        return "it states no robustness guarantee"
 
     def validate(self, n_updates: int) -> None:
         """Raise `SettingError` naming the parameter if `n_updates` rows cannot be aggregated."""

@@ -12,6 +12,28 @@ if TYPE_CHECKING:  # numba-free import for type checkers only
     from .median_kernels import MedianPass
 
 
+def mean_coefficients(weights: np.ndarray) -> tuple[np.ndarray, float]:
+    """Coefficients of a weighted sum that no weight can overflow, and the factor that
+    turns that sum into the weighted mean: ``mean = sum_i coeffs[i] * x_i * factor``.
+
+    ``coeffs = weights * 2**-e`` in float64, with ``2**e`` the smallest power of two above
+    ``sum(weights)``: every coefficient lies in [0, 1) and they sum to [0.5, 1), so the
+    float32 sum is bounded by the largest row whatever the weights (a count of 1e39 once
+    turned the model into NaN). Scaling by a power of two is exact in binary floating
+    point, so ``sum * factor`` has exactly the bits of the unscaled ``sum_i w_i x_i / W``
+    wherever that did not overflow (barring products in float32's subnormal range):
+    models of earlier versions are reproduced. Weights must be finite and >= 0; all
+    zero (or none) gives zero coefficients and factor 1.
+    """
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    total = float(w.sum())
+    if not total > 0:
+        return np.zeros_like(w), 1.0
+    _, exponent = np.frexp(total)  # total = m * 2**exponent, m in [0.5, 1)
+    coeffs = np.ldexp(w, -int(exponent))
+    return coeffs, 1.0 / float(np.ldexp(total, -int(exponent)))
+
+
 @dataclass
 class UpdateBatch:
     """The accepted updates of one round, as flat float32 model deltas.
@@ -24,9 +46,10 @@ class UpdateBatch:
     site_ids : stable site ids, aligned with ``updates``.
     node_ids : Flower node ids, aligned with ``updates`` (0 where unknown).
     root_update : the server's own update on its root dataset (FLTrust), if any.
-    weighted_sum : ``sum_i weights[i] * updates[i]`` (float32) when the decoder computed it
-        in its screening pass (`batch_from_replies(..., accumulate=True)`); read it through
-        `precomputed_sum`, which ignores it once rows or weights were replaced.
+    weighted_sum : ``sum_i coeffs[i] * updates[i]`` (float32) with ``coeffs`` the first half
+        of `mean_coefficients(weights)`, when the decoder computed it in its screening pass
+        (`batch_from_replies(..., accumulate=True)`); read it through `precomputed_sum`,
+        which ignores it once rows or weights were replaced.
     gram : the n x n float64 inner products of the updates when the decoder computed them
         in its screening pass (`batch_from_replies(..., gram=True)`: the diagonal gave the
         norms); read it through `precomputed_gram`, which ignores it once rows changed.

@@ -113,6 +113,22 @@ def common_length(rows: Sequence[np.ndarray], caller: str) -> int:
     return d
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_coefficients(coeffs: np.ndarray, caller: str) -> None:
+    """ValueError unless every coefficient is finite and fits float32.
+
+    The kernels multiply in float32: a coefficient beyond float32's range (a raw example
+    count of 1e39) would become Inf there and the sum NaN. Callers pass normalised
+    weights (`batch.mean_coefficients`, `kernels.normalized`).
+    """
+    if coeffs.size and not bool(np.all(np.abs(coeffs) <= _F32_MAX)):  # False for NaN too
+        bad = coeffs[~(np.abs(coeffs) <= _F32_MAX)][0]
+        raise ValueError(f"{caller}: coefficient {bad!r} is not a finite float32 value; "
+                         "normalise the weights first")
+
+
 def as_numba_list(rows: Sequence[np.ndarray]) -> List:
     # numba types a list by its element type: read-only views (message bytes) and
     # writable arrays are different types, so present them all as read-only views
@@ -146,6 +162,7 @@ def screen_and_sum(
     c = np.zeros(n) if coeffs is None else np.ascontiguousarray(coeffs, dtype=np.float64)
     if c.shape != (n,):
         raise ValueError(f"screen_and_sum: {c.size} coefficients for {n} rows")
+    check_float32_coefficients(c, "screen_and_sum")
     acc = np.zeros(d if accumulate else 0, dtype=np.float32)
     sq = np.zeros(n, dtype=np.float64)
     if n:
@@ -453,6 +470,7 @@ def sum_and_distances(
     zero = np.zeros(d, dtype=np.float32)
     padded = as_numba_list([*rows, *([zero] * pad)])
     if coeffs is not None:
+        check_float32_coefficients(np.asarray(coeffs, dtype=np.float64), "sum_and_distances")
         c = np.concatenate([np.asarray(coeffs, dtype=np.float64), np.zeros(pad)]).astype(np.float32)
         point = np.empty(d, dtype=np.float32)
     else:

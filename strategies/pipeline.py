@@ -9,8 +9,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from ..privacy.screening import ScreeningError, ScreeningPolicy, check_norm, decode_reply
-from .batch import UpdateBatch
-from .codec import encode_flat
+from .batch import UpdateBatch, mean_coefficients
+from .codec import ModelLayout, encode_flat
 from .kernels import FUSED_MIN_VALUES, gram_and_sum_of_rows, row_dots, weighted_sum
 
 if TYPE_CHECKING:
@@ -26,6 +26,8 @@ def batch_from_replies(
     accumulate: bool = False,
     gram: bool = False,
     median: bool = False,
+    declared_examples: Mapping[int, int] | None = None,
+    layout: ModelLayout | None = None,
 ) -> tuple[UpdateBatch, dict[str, str]]:
     """Screen and decode one round's training replies, once.
 
@@ -36,8 +38,9 @@ def batch_from_replies(
     site_of : Flower node id -> stable site id (from the handshake); unknown nodes
         are named ``"node:<id>"``.
     policy : screening bounds.
-    accumulate : also compute ``batch.weighted_sum`` (``sum num-examples * delta`` over
-        the accepted replies) in the same pass over the bytes as the norms screening
+    accumulate : also compute ``batch.weighted_sum`` (``sum c_i * delta_i`` over the
+        accepted replies, ``c = mean_coefficients(num-examples)[0]``: the counts scaled
+        below 1 in float64) in the same pass over the bytes as the norms screening
         needs (for sum-only aggregators such as the weighted mean). The pass adds every
         structurally valid reply; in the rare round where one then fails its norm check,
         the sum is recomputed without it.
@@ -51,11 +54,17 @@ def batch_from_replies(
         coordinate-wise median and the distances to it) and take the screening norms
         from the same pass; if a row then fails its check, the median is recomputed
         without it. Small rounds ignore it (the aggregator computes its own).
+    declared_examples : Flower node id -> the example count that site declared at the
+        handshake; a reply claiming more is rejected (a node missing from it: no bound
+        but `MAX_EXAMPLES` and the policy's).
+    layout : the global model's layout; a reply declaring another is rejected (None:
+        not compared).
 
-    Returns the accepted batch (zero-copy rows, weights = ``num-examples``) and the
-    rejected sites with their reasons, in reply order. Error replies are rejected with
-    their error reason.
+    Returns the accepted batch (zero-copy rows, weights = ``num-examples``, exact
+    integers in float64) and the rejected sites with their reasons, in reply order. Error
+    replies are rejected with their error reason.
     """
+    declared = declared_examples or {}
     reasons: dict[int, tuple[str, str]] = {}  # reply index -> (site, reason)
     index: list[int] = []
     updates: list[np.ndarray] = []
@@ -69,7 +78,8 @@ def batch_from_replies(
             reasons[i] = (site, f"error reply: {msg.error.reason}")
             continue
         try:
-            delta, weight = decode_reply(msg.content, dim=dim, policy=policy)
+            delta, weight = decode_reply(msg.content, dim=dim, policy=policy,
+                                         declared_examples=declared.get(node), layout=layout)
         except ScreeningError as exc:
             reasons[i] = (site, exc.reason)
             continue
@@ -87,7 +97,7 @@ def batch_from_replies(
     elif med is not None:
         total, sq = None, med.sq_norms
     else:
-        total, sq = _norms_and_sum(updates, w if accumulate else None, dim)
+        total, sq = _norms_and_sum(updates, mean_coefficients(w)[0] if accumulate else None, dim)
     keep = []
     for k, (i, delta, site) in enumerate(zip(index, updates, sites, strict=True)):
         try:
@@ -104,7 +114,8 @@ def batch_from_replies(
             G = G[np.ix_(keep, keep)]
             gram_total = None  # it holds the rejected row (maybe NaN): not worth fixing
         if accumulate:  # the pass added a row that failed its norm check: sum again
-            total = weighted_sum(updates, w) if updates else np.zeros(dim, dtype=np.float32)
+            total = (weighted_sum(updates, mean_coefficients(w)[0]) if updates
+                     else np.zeros(dim, dtype=np.float32))
         if med is not None:  # likewise the median
             med = _median_pass(updates)
     batch = UpdateBatch(updates=updates, weights=w, site_ids=sites, node_ids=nodes,

@@ -1,8 +1,11 @@
-"""Shared test settings: no telemetry, no update checks, no Ray usage stats."""
+"""Shared test settings: no telemetry, no update checks, no Ray usage stats; the measured
+start-up time that timeouts of the network tests scale with (`helpers.waiting`)."""
 
 from __future__ import annotations
 
 import os
+
+import pytest
 
 for _key, _value in {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -10,3 +13,22 @@ for _key, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",
 }.items():
     os.environ[_key] = _value
+
+from helpers.waiting import Startup, measure_startup  # noqa: E402  (after the environment)
+
+_MEASURED: list[Startup] = []
+
+
+@pytest.fixture(scope="session")
+def startup() -> Startup:
+    """This machine's site start-up time, measured once per session (by the first test
+    that asks: the others do not pay for it)."""
+    measured = measure_startup()
+    _MEASURED.append(measured)
+    return measured
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how loaded the machine was, so that slow network tests can be read in context."""
+    for measured in _MEASURED:
+        terminalreporter.write_line(f"start-up: {measured.describe()}")

@@ -30,6 +30,14 @@ class Malformed:
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """A decoded reply the server refuses before the protocol sees it (e.g. its site's
+    signature does not verify): the site is excluded as a dropout would be, with this reason."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class SetupRequest:
     """Stage 1, server -> every sampled site: round parameters."""
 

@@ -43,6 +43,10 @@ NEXT_KEY = "secagg_next"
 """Record of one stage of the next secure round riding on another message: its setup
 request (in a masked-input request or the run's handshake query) or a site's share
 request (in an unmask request), and the site's answer in the reply."""
+ATTEST_KEY = "secagg_attest"
+"""ConfigRecord in a site's masked-input and unmask replies: what the site signed with its
+Ed25519 site key (``digest``, ``signature`` and, with the masked input, its
+``data_fingerprint``); see `fedsilo.client.secagg_handler`."""
 MESSAGE_TYPES = {s: f"train.secagg_{s}" for s in ("setup", "share", "masked", "unmask")}
 
 

@@ -27,6 +27,7 @@ from .messages import (
     Malformed,
     MaskedReply,
     MaskedRequest,
+    Rejected,
     SetupRequest,
     ShareReply,
     ShareRequest,
@@ -141,6 +142,8 @@ class SecAggServer:
                 reason = f"site error: {r.reason}"
             elif isinstance(r, Malformed):
                 reason = f"malformed reply: {r.reason}"
+            elif isinstance(r, Rejected):
+                reason = r.reason
             elif not isinstance(r, kind):
                 reason = f"malformed reply (expected {kind.__name__})"
             else:

@@ -55,6 +55,15 @@ class Bulyan(Aggregator):
             f"bulyan: selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}",
         )
 
+    states_tolerance: ClassVar[bool] = True
+
+    def tolerance(self, n: int) -> int:
+        """Its stated ``f`` (the guarantee also needs n >= 4f + 3, checked by `validate`)."""
+        return min(self.f, n)
+
+    def tolerance_text(self, n: int) -> str:
+        return f"f={self.f}"
+
     def validate(self, n_updates: int) -> None:
         require(
             n_updates >= 4 * self.f + 3,

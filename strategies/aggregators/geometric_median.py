@@ -138,6 +138,16 @@ class GeometricMedian(Aggregator):
     tol: float
     max_iter: int
 
+    states_tolerance: ClassVar[bool] = True
+
+    def tolerance(self, n: int) -> int:
+        """Fewer than half (of the example-count weight; counted here as sites): the
+        geometric median's breakdown point."""
+        return (n - 1) // 2
+
+    def tolerance_text(self, n: int) -> str:
+        return "fewer than half"
+
     def check_params(self) -> None:
         require(self.nu > 0, f"geometric_median: nu must be > 0, got {self.nu}")
         require(self.tol > 0, f"geometric_median: tol must be > 0, got {self.tol}")

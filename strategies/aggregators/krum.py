@@ -55,8 +55,17 @@ class MultiKrum(Aggregator):
         require(self.f >= 0, f"{self.name}: f must be >= 0, got {self.f}")
         require(self.m >= 0, f"{self.name}: m must be >= 0, got {self.m}")
 
+    states_tolerance: ClassVar[bool] = True
+
     def selected_count(self, n: int) -> int:
         return self.m if self.m > 0 else n - self.f
+
+    def tolerance(self, n: int) -> int:
+        """Its stated ``f`` (the guarantee also needs n >= 2f + 3, checked by `validate`)."""
+        return min(self.f, n)
+
+    def tolerance_text(self, n: int) -> str:
+        return f"f={self.f}"
 
     def validate(self, n_updates: int) -> None:
         require(

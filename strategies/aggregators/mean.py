@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param
-from ..batch import UpdateBatch
+from ..batch import UpdateBatch, mean_coefficients
 from ..kernels import normalized, weighted_sum
 
 
@@ -29,9 +29,15 @@ class Mean(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         w = normalized(batch.weights if self.weighted else np.ones(batch.n))
-        total = batch.precomputed_sum() if self.weighted else None
-        if total is not None and batch.weights.sum() > 0:  # summed while screening
-            update = total * np.float32(1.0 / batch.weights.sum())  # float32 * float32
+        if self.weighted and batch.weights.sum() > 0:
+            # coefficients below 1 (no count can overflow the sum), and the same arithmetic
+            # whether the screening pass summed the rows or not: a round's model does not
+            # depend on which path ran, e.g. on whether a reply failed its signature check
+            coeffs, factor = mean_coefficients(batch.weights)
+            total = batch.precomputed_sum()  # summed while screening, with these coeffs
+            if total is None:
+                total = weighted_sum(batch.updates, coeffs)
+            update = total * np.float32(factor)  # float32 * float32
         else:
             update = weighted_sum(batch.updates, w)
         return AggregateResult(

@@ -17,6 +17,15 @@ class Median(Aggregator):
     summary: ClassVar[str] = "coordinate-wise median of the updates (unweighted)"
     params: ClassVar[dict[str, Param]] = {}
 
+    states_tolerance: ClassVar[bool] = True
+
+    def tolerance(self, n: int) -> int:
+        """Fewer than half: the median's breakdown point."""
+        return (n - 1) // 2
+
+    def tolerance_text(self, n: int) -> str:
+        return "fewer than half"
+
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         if batch.n * batch.dim >= FUSED_MIN_VALUES:  # compiled network over the unstacked rows

@@ -27,6 +27,16 @@ class TrimmedMean(Aggregator):
     def check_params(self) -> None:
         require(0.0 <= self.beta < 0.5, f"trimmed_mean: beta must be in [0, 0.5), got {self.beta}")
 
+    states_tolerance: ClassVar[bool] = True
+
+    def tolerance(self, n: int) -> int:
+        """``int(beta * n)``: with more attackers than values cut per side, an attacker's
+        value can survive the cut on every coordinate."""
+        return int(self.beta * n)
+
+    def tolerance_text(self, n: int) -> str:
+        return f"beta={self.beta} cuts {self.tolerance(n)} per side"
+
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         k = int(self.beta * batch.n)

@@ -14,7 +14,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsilo.server import messaging
+from fedsilo.server import messaging, stopping
 
 
 @pytest.fixture(autouse=True)
@@ -114,19 +114,40 @@ def test_all_replies_at_once_need_no_sleep(clock: Clock) -> None:
     assert clock.sleeps == [] and grid.pulls == 1
 
 
-def test_in_memory_grids_keep_their_own_tuned_polling(clock: Clock) -> None:
+def test_in_memory_grids_are_polled_every_pull_interval(clock: Clock) -> None:
     """Flower's simulation grid polls memory every `pull_interval` (10 ms once tuned):
-    the helper leaves it to that rather than backing off to 500 ms."""
+    the helper keeps that interval rather than backing off to 500 ms."""
 
     class InMemory(TimedGrid):
         pull_interval = 0.01
 
-        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
-            return [("own", timeout)]
+    grid = InMemory(clock, {1: 0.0, 2: 0.045})
+    replies = messaging.send_and_receive(grid, _msgs([1, 2]), timeout=5.0)
+    assert [r.metadata.src_node_id for r in replies] == [1, 2]
+    assert clock.sleeps == [0.01] * 5 and grid.pulls == 6
 
-    grid = InMemory(clock, {1: 0.0})
-    assert messaging.send_and_receive(grid, _msgs([1]), timeout=5.0) == [("own", 5.0)]
-    assert grid.pulls == 0 and clock.sleeps == []
+
+def test_a_stop_request_ends_the_wait_at_the_next_poll(clock: Clock) -> None:
+    """SIGINT/SIGTERM set `STOP`: a round waiting for a site that never answers (10 min
+    timeout) ends at the next poll with `RunInterrupted`."""
+    grid = TimedGrid(clock, {1: 0.0})  # node 2 never answers
+    real_sleep = clock.sleep
+
+    def sleep(s: float) -> None:
+        real_sleep(s)
+        if clock.now >= 1.0:
+            stopping.request_stop()
+
+    clock.sleep = sleep  # type: ignore[method-assign]
+    messaging.time.sleep = sleep  # type: ignore[assignment]  # the fixture restores it
+    try:
+        with pytest.raises(stopping.RunInterrupted):
+            messaging.send_and_receive(grid, _msgs([1, 2]), timeout=600.0)
+        assert 1.0 <= clock.now <= 1.6  # one more poll (<= 500 ms) after the request
+        with pytest.raises(stopping.RunInterrupted):  # and no new exchange starts
+            messaging.send_and_receive(grid, _msgs([1]), timeout=600.0)
+    finally:
+        stopping.STOP.clear()
 
 
 def test_non_grid_doubles_keep_their_own_send_and_receive() -> None:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from helpers.waiting import Startup, wait_for
+
 from fedsilo.server.deploy_procs import (
     ManagedProcess,
     child_env,
@@ -24,7 +26,8 @@ BIN = Path(sys.executable).parent
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO = TESTS_DIR.parent
 
-__all__ = ["BIN", "REPO", "Procs", "env_for", "free_port", "free_ports", "wait_for_port", "wait_until"]
+__all__ = ["BIN", "REPO", "Procs", "env_for", "free_port", "free_ports", "wait_for", "wait_for_port",
+           "wait_until"]
 
 
 def env_for(flwr_home: Path) -> dict[str, str]:
@@ -45,14 +48,10 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, poll: float = 0.5) -> None:
-    """Poll ``pred`` until it holds; AssertionError naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+def wait_until(pred: Callable[[], object], timeout: float, what: str, poll: float = 0.5) -> None:
+    """Poll ``pred`` until it holds; AssertionError naming ``what`` after ``timeout`` s
+    (`helpers.waiting.wait_for` with the arguments in this module's older order)."""
+    wait_for(pred, what, timeout, poll=poll)
 
 
 class Procs:
@@ -106,11 +105,13 @@ def flwr_json(env: dict[str, str], *args: str, timeout: float = 120) -> dict:
 
 
 def start_insecure_federation(tmp_path: Path, procs: Procs, home: Path, n_nodes: int,
-                              name: str = "test") -> list[ManagedProcess]:
+                              name: str = "test", startup: Startup | None = None) -> list[ManagedProcess]:
     """An insecure SuperLink on 127.0.0.1 and ``n_nodes`` SuperNodes (``partition-id`` i),
-    named ``name`` in the `flwr` config under ``home``; waits until all nodes are online."""
+    named ``name`` in the `flwr` config under ``home``; waits until all nodes are online
+    (safety nets scaled by ``startup`` when given)."""
     import tomli_w
 
+    scale = 1.0 if startup is None else startup.factor
     link_port, *node_ports = free_ports(1 + n_nodes)
     (home / "config.toml").write_text(tomli_w.dumps(
         {"superlink": {"default": name, name: {"address": f"127.0.0.1:{link_port}", "insecure": True}}}
@@ -119,12 +120,65 @@ def start_insecure_federation(tmp_path: Path, procs: Procs, home: Path, n_nodes:
         BIN / "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(link_port),
         "--database", tmp_path / "state.db", "--disable-runtime-dependency-installation",
     ], cwd=tmp_path)
-    wait_for_port(link, "127.0.0.1", link_port, timeout=60)
+    wait_for_port(link, "127.0.0.1", link_port, timeout=60 * scale)
     nodes = [procs.start(f"supernode-{i}", [
         BIN / "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
         "--host", "127.0.0.1", "--port", str(port), "--node-config", f"partition-id={i}",
     ], cwd=tmp_path) for i, port in enumerate(node_ports)]
-    wait_until(lambda: sum(n["status"] == "online" for n in
-                           flwr_json(procs.env, "supernode", "ls", name)["nodes"]) == n_nodes,
-               60, f"{n_nodes} SuperNodes online")
+    online: list[int] = []
+
+    def all_online() -> bool:
+        # each question is a `flwr` process: poll=2 keeps a loaded machine from drowning
+        online[:] = [sum(n["status"] == "online"
+                         for n in flwr_json(procs.env, "supernode", "ls", name)["nodes"])]
+        return online[0] == n_nodes
+
+    wait_for(all_online, f"{n_nodes} SuperNodes online", 60 * scale, poll=2.0,
+             state=lambda: f"{online[-1] if online else 0} online; {exited_summary(nodes)}")
     return nodes
+
+
+def exited_summary(procs: Sequence[ManagedProcess]) -> str:
+    gone = [f"{p.name} exited {p.popen.returncode}: {p.log_tail()}" for p in procs if not p.running()]
+    return "; ".join(gone) or "none exited"
+
+
+def chain_types(run_dir: Path) -> list[str]:
+    """Record types in ``run_dir``'s lineage chain so far (empty while it is not readable:
+    the ServerApp process may be creating it or be inside a transaction)."""
+    from fedsilo.lineage import read_chain
+
+    db = run_dir / "lineage.sqlite"
+    if not db.exists():
+        return []
+    try:
+        return [r["type"] for r in read_chain(db)]
+    except Exception:  # mid-write: the next poll sees it committed
+        return []
+
+
+def run_status(env: dict[str, str], federation: str, run_id: int | str) -> str:
+    """Flower's status of run ``run_id`` (``running``, ``finished:completed``...)."""
+    return str(flwr_json(env, "ls", federation, "--run-id", str(run_id))["runs"][0]["status"])
+
+
+def wait_run_finished(env: dict[str, str], federation: str, run_id: int | str, run_dir: Path,
+                      timeout: float) -> str:
+    """Wait until Flower reports run ``run_id`` finished (its ServerApp process has exited,
+    every output written) and return the status.
+
+    The cheap event, the chain's closing record, is polled often; Flower itself (one `flwr`
+    process per question) every 10 s until then, so that a ServerApp that died without
+    closing its chain is noticed too, and every second after it.
+    """
+    status, asked = "not asked yet", -1e9
+
+    def finished() -> str | None:
+        nonlocal status, asked
+        closed = "closing" in chain_types(run_dir)
+        if closed or time.monotonic() - asked >= 10.0:
+            status, asked = run_status(env, federation, run_id), time.monotonic()
+        return status if status.startswith("finished") else None
+
+    return wait_for(finished, f"run {run_id} to finish", timeout, poll=1.0,
+                    state=lambda: f"Flower status {status}; chain {chain_types(run_dir)}")

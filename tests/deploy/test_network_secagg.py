@@ -18,18 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.waiting import Startup
 
 from fedsilo import lineage
 from fedsilo.lineage import arrays_digest, verify_run
 from fedsilo.server.config import RunConfig
 from fedsilo.server.deploy import app_run_config, write_app_dir
 
-from .procs import flwr_json, local_procs, start_insecure_federation, wait_until
+from .procs import flwr_json, local_procs, start_insecure_federation, wait_run_finished
 
 pytestmark = pytest.mark.network
 
 
-def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path) -> None:
+def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path, startup: Startup) -> None:
     home, procs = local_procs(tmp_path)
     env = procs.env
     out = tmp_path / "runs"
@@ -37,15 +38,10 @@ def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path) -> None:
                                    "run_id": "sa1", "secagg.enabled": True})
     app = write_app_dir(tmp_path / "app", app_run_config(config))
     try:
-        start_insecure_federation(tmp_path, procs, home, 3)
+        start_insecure_federation(tmp_path, procs, home, 3, startup=startup)
         run_id = flwr_json(env, "run", str(app), "test")["run-id"]
-
-        def status() -> str:
-            return str(flwr_json(env, "ls", "test", "--run-id", run_id)["runs"][0]["status"])
-
-        wait_until(lambda: status().startswith("finished"), 240, "the SecAgg+ run to finish",
-                   poll=2.0)
-        assert status() == "finished:completed"
+        status = wait_run_finished(env, "test", run_id, out / "sa1", startup.scaled(240))
+        assert status == "finished:completed"
     finally:
         left = procs.stop_all()
     assert left == [], f"processes still alive: {left}"
@@ -68,6 +64,15 @@ def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path) -> None:
         assert (sa["degree"], sa["threshold"]) == (2, 2)  # 3 sites: complete graph, majority
         assert sa["participant_sites"] == ["site-000", "site-001", "site-002"]
         assert sa["recovered_dropouts"] == [] and sa["excluded"] == {}
-        assert record["contributions"] == []  # the server never saw an individual update
+        # the server never saw an individual update: each site's signed masked vector
+        assert record["accepted"] == sa["participant_sites"]
+        assert [(c["site_id"], c["fate"], c["num_examples"])
+                for c in record["contributions"]] == [
+            (s, "accepted", None) for s in sa["participant_sites"]]
     report = verify_run(run_dir)
     assert report.ok, report.summary
+    # 3 sites x 2 rounds x (masked input, unmask reply), each signed in its own ClientApp
+    # process with the site's key
+    assert report.site_signatures == 12, report.summary
+    for site in ("site-000", "site-001", "site-002"):
+        assert lineage.reconcile(run_dir, run_dir / "sites" / site / "ledger.jsonl") == []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from helpers.waiting import Startup
 
 from fedsilo.lineage import (
     key_fingerprint,
@@ -28,7 +29,7 @@ from fedsilo.lineage import (
 )
 from fedsilo.server.certs import init_certs
 
-from .procs import BIN, Procs, env_for, free_ports, wait_for_port, wait_until
+from .procs import BIN, Procs, env_for, exited_summary, free_ports, wait_for, wait_for_port
 
 pytestmark = pytest.mark.network
 
@@ -53,7 +54,7 @@ def _site_toml(path: Path, site: str, pid: int, *, ca: Path, key: Path, link: in
     return path
 
 
-def test_tls_federation_three_rounds(tmp_path: Path) -> None:
+def test_tls_federation_three_rounds(tmp_path: Path, startup: Startup) -> None:
     env = env_for(tmp_path / "flwr-home")
     fedsilo = str(BIN / "fedsilo")
     certs = init_certs(tmp_path / "certs", ["127.0.0.1", "localhost"], [*SITES, "d"])
@@ -69,7 +70,8 @@ def test_tls_federation_three_rounds(tmp_path: Path) -> None:
     }))
     run_toml = tmp_path / "run.toml"
     run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 3, "rounds": 3, "partition": "iid",
-                                       "round_timeout": 240.0, "out": str(tmp_path / "runs")}))
+                                       "round_timeout": startup.scaled(240),
+                                       "out": str(tmp_path / "runs")}))
     # c's policy allows 2 rounds: it refuses round 3, in its ledger and, by its reply, in lineage.
     tomls = {s: _site_toml(tmp_path / f"site-{s}" / "site.toml", s, i, ca=certs.ca_cert,
                            key=certs.site_key(s), link=link, port=ports[i], fingerprint=fp,
@@ -84,23 +86,36 @@ def test_tls_federation_three_rounds(tmp_path: Path) -> None:
     procs = Procs(tmp_path / "logs", env)
     try:
         server = procs.start("server", [fedsilo, "server", "start", "--config", server_toml], cwd=tmp_path)
-        wait_for_port(server, "127.0.0.1", link, timeout=60)
-        wait_until(lambda: "registered sites" in server.log_path.read_text(), 60, "site registration")
+        wait_for_port(server, "127.0.0.1", link, timeout=startup.scaled(60))
+        wait_for(lambda: "registered sites" in server.log_path.read_text(), "site registration",
+                 startup.scaled(60), state=server.log_tail)
         nodes = {s: procs.start(f"site-{s}", [fedsilo, "site", "start", "--config", p], cwd=tmp_path)
                  for s, p in tomls.items()}
+
+        def status() -> dict:
+            res = subprocess.run([fedsilo, "server", "status", "--server", str(server_toml), "--json"],
+                                 capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+            assert res.returncode == 0, res.stderr
+            return json.loads(res.stdout)
+
+        # the run waits a fixed 120 s for its sites (ServerSpec.node_wait_timeout): start it
+        # once they are online, however long their start took on this machine
+        wait_for(lambda: status()["online"] == 3, "the three registered sites online",
+                 startup.scaled(120), poll=2.0, state=lambda: exited_summary(list(nodes.values())))
+        wait_s = startup.scaled(300)  # a safety net: `--wait` returns when the run ends
         run = subprocess.run([fedsilo, "server", "run", "--config", str(run_toml), "--server",
-                              str(server_toml), "--run-id", "tls3", "--wait", "--timeout", "300"],
-                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=330)
+                              str(server_toml), "--run-id", "tls3", "--wait", "--timeout",
+                              f"{wait_s:.0f}"],
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=wait_s + 30)
         assert run.returncode == 0, run.stdout + run.stderr
-        assert run.stdout.splitlines()[-1] == "fedsilo server: run tls3 finished:completed"
-        status = subprocess.run([fedsilo, "server", "status", "--server", str(server_toml), "--json"],
-                                capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-        assert status.returncode == 0, status.stderr
-        st = json.loads(status.stdout)
+        assert run.stdout.splitlines()[-1] == ("fedsilo server: run tls3 completed: 3 of 3 rounds "
+                                               "changed the model (Flower: finished:completed)")
+        st = status()
         assert (st["online"], st["current_round"], st["lineage_rounds"]) == (3, 3, 3)
         assert sorted(n["site"] for n in st["nodes"]) == list(SITES)  # only registered keys known
         for bad in ("d", "w"):
-            wait_until(lambda b=bad: not nodes[b].running(), 60, f"SuperNode {bad} to give up")
+            wait_for(lambda b=bad: not nodes[b].running(), f"SuperNode {bad} to give up",
+                     startup.scaled(60))
     finally:
         left = procs.stop_all()
     assert left == [], f"processes still alive: {left}"

@@ -1,1 +1,1 @@
-"""Shared test helpers (message builders...)."""
+"""Shared test helpers: message builders (`messages`), event waits and load-scaled timeouts (`waiting`)."""

@@ -20,7 +20,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedsilo.strategies.codec import encode_flat
+from fedsilo.strategies.codec import ModelLayout, encode_flat
 
 RUN_ID = 1
 
@@ -46,8 +46,12 @@ def reply_content(
     *,
     site_id: str = "site-0",
     train_loss: float = 0.5,
+    layout: str | None = None,
 ) -> RecordDict:
-    """Reply content following the fedsilo contract (flat delta + metrics + site record)."""
+    """Reply content following the fedsilo contract (flat delta + metrics + site record);
+    ``layout`` defaults to one float32 layer ``"w"`` of the delta's size."""
+    if layout is None:
+        layout = ModelLayout(("w",), ((int(np.size(delta)),),), ("float32",)).to_json()
     return RecordDict(
         {
             "update": ArrayRecord({"delta": encode_flat(delta)}),
@@ -58,6 +62,7 @@ def reply_content(
                     "update_digest": "0" * 64,
                     "data_fingerprint": "f" * 64,
                     "signature": "s" * 128,
+                    "layout": layout,
                 }
             ),
         }

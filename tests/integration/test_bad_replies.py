@@ -38,6 +38,9 @@ class _Hostile:
     def data_fingerprint(self) -> str:
         return self.inner.data_fingerprint()
 
+    def num_examples(self) -> int:
+        return self.inner.num_examples()
+
 
 def _run(tmp_path: Path, hostile: dict[str, str], **opts: Any) -> tuple[list[dict], Path]:
     cfg = RunConfig.load(None, {"sites": 4, "rounds": 2, "out": str(tmp_path), "run_id": "bad", **opts})

@@ -75,14 +75,19 @@ def test_secagg_round_matches_plain_aggregation_within_quantisation(tmp_path: Pa
     assert [r["secagg"]["shares_ahead"] for r in rounds] == [0, 5]
     assert rec["secagg"]["participant_sites"] == [f"site-{i:03d}" for i in range(5)]
     assert rec["secagg"]["protocol"].startswith("secagg")
-    assert rec["contributions"] == []  # the server never saw an individual update
-    assert lineage.verify_run(secure.run_dir).ok
-    # ...but every site in the secure sums contributed to the final model
-    from fedsilo.lineage.query import SECURE_SUM, contributors
+    # the server never saw an individual update: each contribution is the site's signed
+    # masked vector (its example count stays inside the secure sum)
+    assert [(c["site_id"], c["fate"], c["num_examples"]) for c in rec["contributions"]] == [
+        (f"site-{i:03d}", "accepted", None) for i in range(5)]
+    report = lineage.verify_run(secure.run_dir)
+    assert report.ok and report.site_signatures == 5 * 2 * 2  # masked input + unmask reply
+    # ...and every site in the secure sums contributed to the final model, with its data
+    from fedsilo.lineage.query import contributors
 
+    genesis = chain[0]["body"]
     found = contributors(secure.run_dir)
     assert [(c.site_id, c.data_fingerprint, c.rounds) for c in found] == [
-        (f"site-{i:03d}", SECURE_SUM, [1, 2]) for i in range(5)
+        (s["site_id"], s["data_fingerprint"], [1, 2]) for s in genesis["sites"]
     ]
 
 

@@ -87,6 +87,7 @@ def test_record_field_order() -> None:
         "initial_model_digest",
         "server_public_key",
         "sites",
+        "notes",
     ]
     assert params(lineage.ClosingRecord) == [
         "reason",
@@ -97,6 +98,7 @@ def test_record_field_order() -> None:
     ]
     assert params(lineage.ResumeRecord) == ["resumed_at", "from_round", "reason"]
     assert params(lineage.SiteJoinRecord) == ["site", "round"]
-    assert params(lineage.SiteIdentity) == ["site_id", "public_key", "data_fingerprint", "policy"]
+    assert params(lineage.SiteIdentity) == ["site_id", "public_key", "data_fingerprint", "policy",
+                                            "num_examples"]
     report_fields = {"ok", "records", "first_failure", "summary"}
     assert report_fields <= set(lineage.VerifyReport.__dataclass_fields__)

@@ -78,7 +78,10 @@ def test_show(pristine_run: SyntheticRun, capsys) -> None:  # type: ignore[no-un
     lines = out.splitlines()
     assert code == 0 and lines[0].startswith("run synthetic-0  started 2026-01-01")
     assert "sites 4 (+1 joined)  records 8" in lines[0]
-    assert [ln.split()[1] for ln in lines[2:6]] == ["1", "2", "3", "4"]
+    # rounds and the resume record (after round 3), in chain order: the interruption shows
+    assert [ln.split()[1] for ln in lines[2:7]] == ["1", "2", "3", "resumed", "4"]
+    assert lines[5].split(" at ")[0].split() == [
+        "5", "resumed", "from", "the", "checkpoint", "of", "round", "3"]
     assert lines[-1].startswith("closed: rounds_done after 4 rounds, final model ")
     code, out, _ = run_cli(capsys, "show", pristine_run.run_dir, "--round", 3)
     assert "  rejected site-001: policy: epsilon ceiling" in out.splitlines()

@@ -222,7 +222,7 @@ def test_site_ledger(tmp_path: Path) -> None:
         ledger.entries()
     with pytest.raises(ValueError, match="missing field 'update_digest'"):
         ledger.append({**entry, "status": "sent"})
-    with pytest.raises(ValueError, match="status must be 'sent' or 'refused'"):
+    with pytest.raises(ValueError, match="status must be 'sent', 'refused' or 'unmasked'"):
         ledger.append({**entry, "status": "lost"})
 
 

@@ -33,6 +33,7 @@ from fedsilo.lineage import (
     verify_run,
 )
 from fedsilo.lineage.envelope import seal
+from fedsilo.lineage.signing import sign_unmask
 from fedsilo.lineage.synthetic import SyntheticRun
 
 # Layout of the conftest ``pristine_run`` chain (checked by test_layout_is_as_assumed).
@@ -48,6 +49,7 @@ CLASSES = [
     "truncate",
     "server-signature",
     "site-signature",
+    "secagg",
     "key-swap",
     "model",
 ]
@@ -293,6 +295,21 @@ def _truncated_signature(run: SyntheticRun) -> None:
     store_rows(db_of(run), rows)
 
 
+@mutation("server-signature", "round.upper-cased-hex", 3)
+def _upper_cased_signature(run: SyntheticRun) -> None:
+    """The same signature bytes in another encoding: the stored chain changed, so it fails."""
+    rows = load_rows(db_of(run))
+    rows[3][3] = rows[3][3].upper()
+    store_rows(db_of(run), rows)
+
+
+@mutation("server-signature", "genesis.upper-cased-hex", 0)
+def _upper_cased_genesis_signature(run: SyntheticRun) -> None:
+    rows = load_rows(db_of(run))
+    rows[0][3] = rows[0][3].upper()
+    store_rows(db_of(run), rows)
+
+
 def _contribution_edit(seq: int, edit: Callable[[list[dict]], None]) -> Callable:
     """A key-holding server alters a contribution and re-signs the chain from there."""
 
@@ -329,11 +346,75 @@ MUTATIONS += [
     ),
     Mutation(
         "site-signature",
+        "upper-cased-hex",
+        _contribution_edit(3, lambda cs: cs[1].update(signature=cs[1]["signature"].upper())),
+        3,
+    ),
+    Mutation(
+        "site-signature",
         "forged-random",
         _contribution_edit(1, lambda cs: cs[1].update(signature="ab" * 64)),
         1,
     ),
 ]
+
+
+# --- SecAgg+ contribution forms (a key-holding server re-signs the chain) ------------------
+def _secagg_round(seq: int, edit: Callable[[dict, dict], None]) -> Callable:
+    """Make round ``seq`` a SecAgg+ round whose first contribution carries ``detail.secagg``
+    with a valid unmask signature of its site, then apply ``edit(round body, secagg)``."""
+
+    def apply(run: SyntheticRun) -> None:
+        def change(envs: list[dict]) -> None:
+            body = envs[seq]["body"]
+            body["secagg"] = {"protocol": "secagg+"}
+            c = body["contributions"][0]
+            key = load_or_create_key(run.run_dir / "sites" / c["site_id"] / "key.pem")
+            digest = "sha256:" + "ab" * 32
+            secagg = {"fate": "in_sum", "unmask_digest": digest,
+                      "unmask_signature": sign_unmask(key, run.run_id, body["round"], digest)}
+            c["detail"]["secagg"] = secagg
+            edit(body, secagg)
+
+        reseal(run, server_key(run), change, start=seq)
+
+    return apply
+
+
+def _nothing(body: dict, secagg: dict) -> None:
+    pass
+
+
+def _null_plain_count(body: dict, secagg: dict) -> None:
+    body["secagg"] = None
+    del body["contributions"][0]["detail"]["secagg"]
+    body["contributions"][1]["num_examples"] = None
+
+
+MUTATIONS += [
+    Mutation("secagg", "unmask-signature-forged", _secagg_round(
+        3, lambda b, s: s.update(unmask_signature="ab" * 64)), 3),
+    Mutation("secagg", "unmask-digest-replaced", _secagg_round(
+        3, lambda b, s: s.update(unmask_digest="sha256:" + "cd" * 32)), 3),
+    Mutation("secagg", "unmask-signature-upper-cased", _secagg_round(
+        4, lambda b, s: s.update(unmask_signature=s["unmask_signature"].upper())), 4),
+    Mutation("secagg", "unmask-signature-other-key", _secagg_round(
+        4, lambda b, s: s.update(unmask_signature=sign_unmask(
+            Ed25519PrivateKey.generate(), "synthetic-0", b["round"], s["unmask_digest"]))), 4),
+    Mutation("secagg", "fate-invented", _secagg_round(
+        1, lambda b, s: s.update(fate="trusted")), 1),
+    Mutation("secagg", "secure-form-in-plain-round", _secagg_round(
+        6, lambda b, s: b.update(secagg=None)), 6),
+    Mutation("secagg", "count-nulled-in-plain-round", _secagg_round(6, _null_plain_count), 6),
+]
+
+
+def test_secagg_form_mutation_base_verifies(run: SyntheticRun) -> None:
+    """The SecAgg+ mutations start from a chain that verifies (so each one is what fails)."""
+    _secagg_round(3, _nothing)(run)
+    report = verify_run(run.run_dir)
+    assert report.ok, report.summary
+    assert report.site_signatures == 4 + 5 + 4 + 5 + 1  # the unmask signature counts
 
 
 # --- key swaps ---------------------------------------------------------------------------
@@ -462,5 +543,5 @@ def test_zz_mutation_classes_counted() -> None:
     for cls in CLASSES:
         print(f"  {cls:<17} {counts[cls]:>4}")
     assert list(counts) == CLASSES
-    assert len(counts) == 11
+    assert len(counts) == 12
     assert len(MUTATIONS) == sum(counts.values()) == len({str(m) for m in MUTATIONS})

@@ -10,7 +10,6 @@ outcomes in OUTCOMES.
 from __future__ import annotations
 
 import os
-import time
 import warnings
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+from helpers.waiting import Startup, wait_for
 
 from fedsilo.privacy.secagg import SecAggConfig
 from fedsilo.server.secagg_round import SecAggOutcome, run_secagg_round
@@ -44,29 +44,31 @@ def run_flower_simulation(server_app: ServerApp, client_app: ClientApp, n: int) 
                        backend_config={"client_resources": {"num_cpus": 1}})
 
 
-def _server_app() -> ServerApp:
+def _server_app(timeout: float) -> ServerApp:
+    """``timeout``: a safety net for each exchange (a failing site answers with an error)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        deadline = time.monotonic() + 60
-        while len(nodes := sorted(grid.get_node_ids())) < N and time.monotonic() < deadline:
-            time.sleep(0.2)  # virtual nodes register asynchronously
+        # virtual nodes register asynchronously
+        nodes: list[int] = wait_for(lambda: len(ids := sorted(grid.get_node_ids())) >= N and ids,
+                                    f"{N} virtual nodes to register", timeout, poll=0.2)
         for rnd in (1, 2):
             OUTCOMES.append(run_secagg_round(
                 grid, nodes, train_content=train_content(rnd), config=CFG,
-                run_id="sim-run", server_round=rnd, timeout=60.0, announce_next=rnd == 1,
+                run_id="sim-run", server_round=rnd, timeout=timeout, announce_next=rnd == 1,
                 preadvertised=OUTCOMES[-1].next_keys if OUTCOMES else None))
 
     return app
 
 
 @pytest.mark.slow
-def test_secagg_rounds_on_the_ray_simulation_engine() -> None:
+def test_secagg_rounds_on_the_ray_simulation_engine(startup: Startup) -> None:
     from .apps import make_client_app
 
     OUTCOMES.clear()
-    run_flower_simulation(_server_app(), make_client_app(fail_pid=FAIL_PID, fail_round=2), N)
+    run_flower_simulation(_server_app(startup.scaled(60)),
+                          make_client_app(fail_pid=FAIL_PID, fail_round=2), N)
     assert len(OUTCOMES) == 2
     for rnd, out in enumerate(OUTCOMES, start=1):
         assert out.ok, out.reason

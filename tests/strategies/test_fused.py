@@ -8,6 +8,7 @@ from helpers.messages import message, reply_content
 
 from fedsilo.privacy.screening import ScreeningPolicy
 from fedsilo.strategies import kernels, pipeline
+from fedsilo.strategies.batch import mean_coefficients
 from fedsilo.strategies.fused import screen_and_sum
 from fedsilo.strategies.pipeline import batch_from_replies
 
@@ -74,10 +75,13 @@ def test_pipeline_paths_agree_and_resum_after_a_norm_rejection(monkeypatch, fuse
     assert rejected["node:5"].startswith("update: L2 norm ") and "exceeds the bound" in rejected["node:5"]
     assert batch.node_ids == [1, 2, 4, 6]
     keep = [0, 1, 3, 5]
-    expected = (10.0 * (np.array(keep) + 1)) @ x[keep].astype(np.float64)
+    # the sum is over the counts scaled below 1 by a power of two (mean_coefficients)
+    coeffs, factor = mean_coefficients(10.0 * (np.array(keep) + 1))
+    assert coeffs.max() < 1 and factor * coeffs.sum() == 1.0
+    expected = coeffs @ x[keep].astype(np.float64)
     total = batch.precomputed_sum()
     assert total is not None
-    np.testing.assert_allclose(total, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(total, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(kernels.weighted_sum(batch.updates, np.ones(4)),
                                x[keep].astype(np.float64).sum(axis=0), rtol=1e-5, atol=1e-4)
 

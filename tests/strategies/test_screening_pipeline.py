@@ -35,7 +35,8 @@ def _without(content: RecordDict, key: str) -> RecordDict:
     return RecordDict({k: v for k, v in content.items() if k != key})
 
 
-SITE = {"site_id": "a", "update_digest": "d", "data_fingerprint": "f", "signature": "s"}
+SITE = {"site_id": "a", "update_digest": "d", "data_fingerprint": "f", "signature": "s",
+        "layout": "{}"}
 CASES = [
     (_without(good(), "site"), "reply: missing ['site']; expected ['metrics', 'site', 'update']"),
     (_with(good(), "extra", ConfigRecord({"x": 1})), "reply: unexpected ['extra']"),
@@ -50,7 +51,7 @@ CASES = [
     (good(np.zeros(D + 1, np.float32)), "update: update has 9 values; expected 8"),
     (good(np.array([0, 1, np.nan, 3, np.inf, 5, 6, 7], np.float32)), "update: 2 non-finite values"),
     (_with(good(), "metrics", MetricRecord({"train_loss": 0.1})), "metrics: missing 'num-examples'"),
-    (good(n=0), "metrics: num-examples must be a positive number, got 0"),
+    (good(n=0), "metrics: num-examples must be a positive integer, got 0"),
     (_with(good(), "site", ConfigRecord({k: v for k, v in SITE.items() if k != "signature"})),
      "site: missing ['signature']"),
     (_with(good(), "metrics", ConfigRecord({"num-examples": 3})),
