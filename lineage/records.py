@@ -136,6 +136,8 @@ _validate_site_fields = _validator(
         "policy": (_is_obj, "a JSON object"),
         "num_examples": (lambda v: v is None or (_is_count(v) and v >= 1),
                          "an int >= 1 (the example count the site declared) or null"),
+        "declaration": (lambda v: v is None or _is_sig(v),
+                        "128 lowercase hex (the site's signature over its declaration) or null"),
     }
 )
 
@@ -143,8 +145,8 @@ _validate_site_fields = _validator(
 def _validate_site(obj: Any, where: str) -> None:
     """``num_examples`` is optional: chains written before sites declared their example
     count at the handshake stay valid."""
-    if type(obj) is dict and "num_examples" not in obj:
-        obj = {**obj, "num_examples": None}
+    if type(obj) is dict:
+        obj = {"num_examples": None, "declaration": None, **obj}
     _validate_site_fields(obj, where)
 
 _validate_contribution_generic = _validator(
@@ -316,6 +318,10 @@ class SiteIdentity:
         num_examples: the example count the site declared (and signed) at the handshake:
             the bound of every count it may report in a round; ``None`` in chains written
             before sites declared it.
+        declaration: the site's Ed25519 signature over its declaration
+            (:func:`fedsilo.lineage.signing.declaration_message`: run id, site id, data
+            fingerprint, ``num_examples``), 128 lower-case hex; ``None`` for a site without a
+            key or in older chains. ``lineage verify`` checks it like a contribution's.
     """
 
     site_id: str
@@ -323,10 +329,14 @@ class SiteIdentity:
     data_fingerprint: str
     policy: dict[str, Any] = field(default_factory=dict)
     num_examples: int | None = None
+    declaration: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict form."""
-        return asdict(self)
+        """Plain dict form (``declaration`` only when set, so older chains keep their digests)."""
+        out = asdict(self)
+        if out["declaration"] is None:
+            del out["declaration"]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SiteIdentity:
@@ -401,6 +411,7 @@ class GenesisRecord(_Record):
     def to_dict(self) -> dict[str, Any]:
         """The body; without ``notes`` when there are none (as before notes existed)."""
         body = asdict(self)
+        body["sites"] = [s.to_dict() for s in self.sites]
         if not body["notes"]:
             del body["notes"]
         return body

@@ -28,7 +28,7 @@ from .records import (
     SiteJoinRecord,
 )
 from .runs import DB_NAME, MODEL_NAME
-from .signing import sign_contribution
+from .signing import sign_contribution, sign_declaration
 from .store import LineageWriter
 
 
@@ -102,6 +102,8 @@ def build_synthetic_run(
             SiteIdentity(
                 site_id, public_key_hex(keys[site_id]), fingerprints[site_id], {"max_epsilon": 8.0},
                 num_examples=100,  # the bound of the counts drawn below (10..99)
+                declaration=sign_declaration(keys[site_id], run_id, site_id,
+                                             fingerprints[site_id], 100),
             )
         )
     model = {"w": np.zeros(dim, np.float32), "b": np.zeros(2, np.float32)}

@@ -60,7 +60,7 @@ from .errors import LineageError
 from .keys import key_fingerprint, load_public_key
 from .records import RECORD_TYPES, validate_body
 from .runs import locate_run
-from .signing import CONTRIBUTION_SCHEMA, unmask_message
+from .signing import CONTRIBUTION_SCHEMA, unmask_message, verify_declaration
 from .store import parse_json, read_rows
 
 _SIGNED_KEY_SET = frozenset(SIGNED_KEYS)
@@ -453,6 +453,15 @@ class _Checker:
             self.sites[site_id] = (load_public_key(site["public_key"]), from_round)
         except ValueError as exc:
             raise _Failure(i, label, f"site {site_id!r} public key unusable ({exc})") from None
+        signature = site.get("declaration")
+        if signature is not None and self.check_sites:
+            # the site's own signed statement of its example count (the bound of its weight)
+            if site.get("num_examples") is None or not verify_declaration(
+                site["public_key"], signature, self.run_id, site_id, site["data_fingerprint"],
+                site["num_examples"],
+            ):
+                raise _Failure(i, label, f"site {site_id!r} declaration signature invalid")
+            self.site_signatures += 1
 
     def _site_join(self, i: int, body: dict[str, Any]) -> None:
         self._add_site(i, "site_join", body["site"], body["round"])

@@ -90,6 +90,9 @@ class SiteInfo:
     num_examples: int = 0
     """The example count the site declared (and signed) at the handshake: the bound of
     every count it reports in a round (0 only for a SiteInfo built outside a handshake)."""
+    declaration: str = ""
+    """The site's signature over (run id, site id, data fingerprint, count), kept in the
+    genesis record so that a verifier can check the declaration long after the run."""
 
 
 @dataclass
@@ -355,6 +358,8 @@ class FederationServer:
                 problems.append(f"node {node} ({info.site_id}): {declared}")
                 continue
             info.num_examples = declared
+            if info.public_key:
+                info.declaration = str(rec.get("declaration", ""))
             if info.site_id in sites:
                 raise FederationError(f"two nodes claim site id {info.site_id!r}")
             sites[info.site_id] = info
@@ -827,6 +832,7 @@ class FederationServer:
                         site_id=s.site_id, public_key=s.public_key,
                         data_fingerprint=s.data_fingerprint, policy=_json_dict(s.policy),
                         num_examples=s.num_examples or None,
+                        declaration=s.declaration or None,
                     )
                     for s in self.sites
                 ],

@@ -50,4 +50,4 @@ def test_flwr_run_example_app_two_rounds(tmp_path: Path, startup: Startup) -> No
         assert arrays_digest(dict(saved)) == metrics["final_model_digest"]
     report = verify_run(run_dir)
     assert report.ok, report.summary
-    assert (report.rounds, report.site_signatures, report.closed) == (2, 6, True)
+    assert (report.rounds, report.site_signatures, report.closed) == (2, 3 + 6, True)

@@ -36,7 +36,7 @@ def test_verify_ok_and_read_only(pristine_run: SyntheticRun, capsys) -> None:  #
     code, out, err = run_cli(capsys, "verify", pristine_run.run_dir)
     assert code == 0 and err == ""
     assert out.startswith(
-        "OK: 8 records, 4 rounds; 18 site signatures checked; closed "
+        "OK: 8 records, 4 rounds; 23 site signatures checked; closed "
         "(rounds_done); final model matches model.npz; server key ed25519:"
     )
     assert out.count("\n") == 1
@@ -53,7 +53,7 @@ def test_verify_ok_and_read_only(pristine_run: SyntheticRun, capsys) -> None:  #
 def test_verify_json_and_options(pristine_run: SyntheticRun, capsys) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = run_cli(capsys, "verify", pristine_run.run_dir, "--json", "--workers", 1)
     report = json.loads(out)
-    assert code == 0 and report["ok"] and report["site_signatures"] == 18
+    assert code == 0 and report["ok"] and report["site_signatures"] == 23
     code, out, _ = run_cli(capsys, "verify", pristine_run.run_dir, "--skip-site-signatures")
     assert code == 0 and "site signatures NOT checked" in out
     code, out, _ = run_cli(capsys, "verify", pristine_run.run_dir, "--server-key", "ab" * 32)

@@ -414,7 +414,18 @@ def test_secagg_form_mutation_base_verifies(run: SyntheticRun) -> None:
     _secagg_round(3, _nothing)(run)
     report = verify_run(run.run_dir)
     assert report.ok, report.summary
-    assert report.site_signatures == 4 + 5 + 4 + 5 + 1  # the unmask signature counts
+    assert report.site_signatures == 5 + 4 + 5 + 4 + 5 + 1  # declarations; the unmask signature counts
+
+
+@mutation("site-signature", "declared-count-inflated", 0)
+def _declared_count_inflated(run: SyntheticRun) -> None:
+    """A key-holding server raises a site's declared example count (the bound of its
+    weight) and re-signs the chain: the site's own declaration signature no longer holds."""
+
+    def inflate(envs: list[dict]) -> None:
+        envs[0]["body"]["sites"][0]["num_examples"] = 10**12
+
+    reseal(run, server_key(run), inflate)
 
 
 # --- key swaps ---------------------------------------------------------------------------
@@ -436,10 +447,24 @@ def _resigned_by_attacker(run: SyntheticRun) -> dict[str, Any]:
     return {"expected_server_key": pinned}
 
 
-@mutation("key-swap", "site-key-replaced-by-server", 1)
+@mutation("key-swap", "site-key-replaced-by-server", 0)
 def _site_key_replaced(run: SyntheticRun) -> None:
+    """Caught at genesis: the site's declaration no longer verifies under the new key."""
+
     def swap(envs: list[dict]) -> None:
         envs[0]["body"]["sites"][0]["public_key"] = public_key_hex(Ed25519PrivateKey.generate())
+
+    reseal(run, server_key(run), swap)
+
+
+@mutation("key-swap", "site-key-replaced-declaration-dropped", 1)
+def _site_key_replaced_declaration_dropped(run: SyntheticRun) -> None:
+    """Without the declaration, the site's first contribution exposes the swap."""
+
+    def swap(envs: list[dict]) -> None:
+        site = envs[0]["body"]["sites"][0]
+        site["public_key"] = public_key_hex(Ed25519PrivateKey.generate())
+        del site["declaration"]
 
     reseal(run, server_key(run), swap)
 
@@ -485,7 +510,7 @@ def test_layout_is_as_assumed(pristine_run: SyntheticRun) -> None:
     assert [e["type"] for e in read_chain(db_of(pristine_run))] == LAYOUT
     report = verify_run(pristine_run.run_dir)
     assert report.ok, report.summary
-    assert report.site_signatures == 4 + 5 + 4 + 5 and report.closed  # site-001 refuses r3
+    assert report.site_signatures == 5 + 4 + 5 + 4 + 5 and report.closed  # site-001 refuses r3
 
 
 @pytest.mark.parametrize("mut", MUTATIONS, ids=str)
@@ -514,9 +539,14 @@ def test_forged_site_contributions_caught_by_reconcile(run: SyntheticRun) -> Non
     site = "site-002"
     fake = Ed25519PrivateKey.generate()
     from fedsilo.lineage import sign_contribution
+    from fedsilo.lineage.signing import sign_declaration
 
     def forge(envs: list[dict]) -> None:
         envs[0]["body"]["sites"][2]["public_key"] = public_key_hex(fake)
+        # the forger re-signs the site's declaration with the fake key too
+        envs[0]["body"]["sites"][2]["declaration"] = sign_declaration(
+            fake, run.run_id, site, envs[0]["body"]["sites"][2]["data_fingerprint"],
+            envs[0]["body"]["sites"][2]["num_examples"])
         for e in envs:
             if e["type"] == "round":
                 for c in e["body"]["contributions"]:

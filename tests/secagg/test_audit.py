@@ -27,7 +27,7 @@ from fedsilo.server.config import RunConfig
 from fedsilo.simulations.runner import run_federation
 
 SITES = [f"site-00{i}" for i in range(3)]
-SIGNATURES = 3 * 2 * 2  # sites x rounds x (masked input, unmask reply)
+SIGNATURES = 3 + 3 * 2 * 2  # declarations; sites x rounds x (masked input, unmask reply)
 
 
 @pytest.fixture(scope="module")
