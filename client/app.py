@@ -25,6 +25,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedsilo import lineage
+from fedsilo.client.app_code import app_digest_field
 from fedsilo.client.policy import SitePolicy
 from fedsilo.client.trainer import DeclaresExamples, Trainer
 from fedsilo.lineage.signing import sign_declaration
@@ -133,6 +134,7 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
                 "data_fingerprint": site.data_fingerprint,
                 "policy": site.policy.to_json(),
                 **_declaration(site, str(federation.get("run_id", ""))),
+                **app_digest_field(),  # the app bundle this site checked and runs
             }
         )
         content = RecordDict({codec.SITE_RECORD: record})
@@ -271,7 +273,7 @@ def _refusal(site: Site, msg: Message, run_id: str, server_round: int, reason: s
     if site.ledger is not None:
         site.ledger.append(
             {"run_id": run_id, "site_id": site.site_id, "round": server_round,
-             "status": "refused", "reason": reason, "time": _now_iso()}
+             "status": "refused", "reason": reason, "time": _now_iso(), **app_digest_field()}
         )
     refusal = ConfigRecord({"site_id": site.site_id, "reason": reason})
     return Message(RecordDict({codec.REFUSAL_RECORD: refusal}), reply_to=msg)
@@ -303,7 +305,7 @@ def _train_reply(site: Site, msg: Message) -> Message:
             {"run_id": run_id, "site_id": site.site_id, "round": server_round,
              "update_digest": digest, "data_fingerprint": site.data_fingerprint,
              "num_examples": num_examples, "signature": signature, "status": "sent",
-             "time": _now_iso()}
+             "time": _now_iso(), **app_digest_field()}
         )
     _record_privacy_participation(site, config)
     content = RecordDict(

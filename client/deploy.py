@@ -6,13 +6,18 @@ signing key and ledger, the CA certificate, the SuperNode authentication key and
 local Runtime API port -- then one ``flower-supernode`` is started with the site's
 authentication key, the CA certificate and ``site-config='<abs path of site.toml>'`` in
 its node config, so the ClientApp processes it spawns load this site (see
-`fedsilo.client.site_config.load_site`).
+`fedsilo.client.site_config.load_site`). Its PATH starts with a directory holding fedsilo's
+``flwr-clientapp`` (`fedsilo.client.app_runner`), so every message's ClientApp process
+checks the run's app bundle against the site's code policy before anything from the bundle
+is imported.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from fedsilo.client.app_runner import write_wrapper
 from fedsilo.client.site_config import SITE_CONFIG_KEY, SiteConfig, build_site, read_site_config
 from fedsilo.server.certs import CertsError, load_auth_private_key, load_certificate
 from fedsilo.server.deploy_procs import (
@@ -66,8 +71,17 @@ def start_site(cfg: SiteConfig, sup: Supervisor, check: bool = True) -> ManagedP
     if check:
         check_site(cfg)
     cfg.supernode.log_dir.mkdir(parents=True, exist_ok=True)
-    return sup.start(f"supernode-{cfg.site_id}", supernode_argv(cfg), child_env(),
-                     cwd=cfg.path.parent)
+    env = child_env()
+    # Flower's SuperExec starts `flwr-clientapp` by name: ours, first on PATH, checks the
+    # app bundle before anything from it is imported (see fedsilo.client.app_runner)
+    bin_dir = write_wrapper(runner_dir(cfg)).parent
+    env["PATH"] = os.pathsep.join([str(bin_dir), env["PATH"]])
+    return sup.start(f"supernode-{cfg.site_id}", supernode_argv(cfg), env, cwd=cfg.path.parent)
+
+
+def runner_dir(cfg: SiteConfig) -> Path:
+    """Where the site's ``flwr-clientapp`` wrapper is written (one per site.toml)."""
+    return cfg.path.parent / ".fedsilo" / f"bin-{cfg.site_id}"
 
 
 def start_from_file(path: Path, sup: Supervisor) -> ManagedProcess:

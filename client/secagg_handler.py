@@ -46,6 +46,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
 from fedsilo import lineage
+from fedsilo.client.app_code import app_digest_field
 from fedsilo.lineage.keys import key_file
 from fedsilo.lineage.signing import sign_unmask, unmask_digest
 from fedsilo.privacy.secagg import SecAggClient, SecAggClientError
@@ -334,6 +335,7 @@ def _masked(client: SecAggClient, req: object, message: Message, context: Contex
                 "run_id": run_id, "site_id": site.site_id, "round": rnd, "status": "sent",
                 "update_digest": digest, "data_fingerprint": fingerprint,
                 "num_examples": int(count), "signature": signature, "secagg": "masked_input",
+                **app_digest_field(),
             })
         attest = ConfigRecord({"digest": digest, "signature": signature,
                                "data_fingerprint": fingerprint})

@@ -10,7 +10,10 @@
     [trainer_options]               # keyword arguments of the trainer function
     data_dir = "/data/site-a"
 
-    [policy]                        # fedsilo.client.policy.SitePolicy fields
+    [policy]                        # fedsilo.client.policy.SitePolicy fields, plus the code
+    # policy (fedsilo.client.app_code.CodePolicy; empty lists: only fedsilo's own ClientApp)
+    accepted_app_digests = ["sha256:<64 hex>"]   # app bundles this site runs, by content digest
+    trusted_app_keys = ["ed25519:0123456789abcdef"]  # ...or signed by one of these keys
     server_key_fingerprints = ["ed25519:0123456789abcdef"]
     allowed_aggregators = ["mean", "trimmed_mean"]
     allowed_optimizers = ["fedavg"]
@@ -41,6 +44,7 @@ from typing import Any
 
 from fedsilo import tomlfile
 from fedsilo.client.app import Site
+from fedsilo.client.app_code import AppCodeError, CodePolicy
 from fedsilo.client.policy import SitePolicy
 from fedsilo.client.trainer import Trainer
 
@@ -89,6 +93,8 @@ class SiteConfig:
     key : the site's Ed25519 lineage signing key.
     ledger : the site's ledger file (JSON Lines).
     policy : the rules the site enforces on every round.
+    code_policy : which app bundles the site runs (``[policy]`` accepted_app_digests,
+        trusted_app_keys).
     supernode : SuperNode connection settings.
     """
 
@@ -100,8 +106,10 @@ class SiteConfig:
     ledger: Path = Path("ledger.jsonl")
     policy: SitePolicy = field(default_factory=SitePolicy)
     supernode: SuperNodeSettings = field(default_factory=SuperNodeSettings)
+    code_policy: CodePolicy = field(default_factory=CodePolicy)
 
 
+_CODE_KEYS = ("accepted_app_digests", "trusted_app_keys")
 _TOP = {"site_id", "trainer", "trainer_options", "key", "ledger", "policy", "supernode"}
 _SUPERNODE = {"superlink", "ca_cert", "auth_key", "runtime_port", "log_dir", "insecure",
               "max_wait_time"}
@@ -125,8 +133,14 @@ def read_site_config(path: Path) -> SiteConfig:
     trainer = _get(where, data, "trainer", str)
     if trainer.count(":") != 1 or not all(trainer.split(":")):
         raise SiteConfigError(f"{where}: trainer must be 'module:function', got {trainer!r}")
+    rules = dict(_get(where, data, "policy", dict, {}))
+    code = {k: rules.pop(k) for k in _CODE_KEYS if k in rules}
     try:
-        policy = SitePolicy.from_mapping(_get(where, data, "policy", dict, {}))
+        code_policy = CodePolicy.from_mapping(code, "[policy]")
+    except AppCodeError as exc:
+        raise SiteConfigError(f"{where}: {exc}") from None
+    try:
+        policy = SitePolicy.from_mapping(rules)
     except (TypeError, ValueError) as exc:
         raise SiteConfigError(f"{where}: [policy]: {exc}") from None
     sn = _get(where, data, "supernode", dict, {})
@@ -155,6 +169,7 @@ def read_site_config(path: Path) -> SiteConfig:
         ledger=base / _get(where, data, "ledger", str, "ledger.jsonl"),
         policy=policy,
         supernode=supernode,
+        code_policy=code_policy,
     )
 
 

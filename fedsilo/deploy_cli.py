@@ -67,6 +67,9 @@ def _add_server(sub: Any) -> None:
     ssub = p.add_subparsers(dest="server_command", metavar="ACTION", parser_class=type(p))
     start = ssub.add_parser("start", help="start the SuperLink (TLS, site authentication); Ctrl-C stops")
     start.add_argument("--config", default="server.toml", metavar="server.toml")
+    start.add_argument("--proxy", choices=["nginx"],
+                       help="put nginx in front: TLS for the sites, only the Fleet API forwarded "
+                            "to the SuperLink on loopback ([proxy] in server.toml)")
     start.set_defaults(handler=_server_start)
     from fedsilo.server.outcome import EXIT_CODES_HELP
 
@@ -94,11 +97,13 @@ def _add_server(sub: Any) -> None:
 def _server_start(args: argparse.Namespace) -> int:
     from fedsilo.server.deploy import check_server_files, read_server_settings, start_superlink
     from fedsilo.server.deploy_procs import DeployError, Supervisor, clean_leftovers
+    from fedsilo.server.proxy import check_proxy, start_proxy
 
     try:
         settings = read_server_settings(Path(args.config))
         clean_leftovers(settings.log_dir)  # a killed start's SuperLink would hold the port
         check_server_files(settings)
+        conf = check_proxy(settings, Path(args.config)) if args.proxy else None
     except DeployError as exc:
         return _fail("server start", str(exc))
     try:
@@ -108,6 +113,11 @@ def _server_start(args: argparse.Namespace) -> int:
                 f"TLS, {len(settings.sites)} registered sites")
             print(f"fedsilo server: SuperLink pid {proc.pid} on {settings.host}:{settings.port}, "
                   f"{mode}; log {proc.log_path}; Ctrl-C stops", flush=True)
+            if conf is not None and settings.proxy is not None:
+                nginx = start_proxy(settings, sup, conf)
+                print(f"fedsilo server: nginx pid {nginx.pid} on {settings.proxy.host}:"
+                      f"{settings.proxy.port} (TLS) forwards only the Fleet API to "
+                      f"{settings.address}; config {conf}", flush=True)
             ended = sup.wait()
             return _fail("server start", f"{ended.name} exited with code "
                          f"{ended.popen.returncode}: {ended.log_tail()}", EXIT_FAILED)
@@ -170,14 +180,22 @@ def _server_status(args: argparse.Namespace) -> int:
 
     from fedsilo.server.deploy import read_server_settings, status
     from fedsilo.server.deploy_procs import DeployError
+    from fedsilo.server.proxy import exposure_warning
 
     try:
         settings = read_server_settings(Path(args.server))
+    except DeployError as exc:
+        return _fail("server status", str(exc))
+    warning = exposure_warning(settings)
+    if warning:  # before asking the SuperLink: shown even when it does not answer
+        print(f"fedsilo server status: {warning}", file=sys.stderr, flush=True)
+    try:
         st = status(settings, Path(args.run_dir) if args.run_dir else None)
     except DeployError as exc:
         return _fail("server status", str(exc), EXIT_FAILED)
     if args.json:
         print(json.dumps({"nodes": st.nodes, "runs": st.runs, "online": st.online,
+                          "warnings": [warning] if warning else [],
                           "run_dir": str(st.run_dir) if st.run_dir else None,
                           "current_round": st.current_round, "lineage_rounds": st.lineage_rounds},
                          indent=2))

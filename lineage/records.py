@@ -138,6 +138,8 @@ _validate_site_fields = _validator(
                          "an int >= 1 (the example count the site declared) or null"),
         "declaration": (lambda v: v is None or _is_sig(v),
                         "128 lowercase hex (the site's signature over its declaration) or null"),
+        "app_digest": (lambda v: v is None or _is_digest(v),
+                       "'sha256:<64 hex>' (the app bundle the site ran) or null"),
     }
 )
 
@@ -146,7 +148,7 @@ def _validate_site(obj: Any, where: str) -> None:
     """``num_examples`` is optional: chains written before sites declared their example
     count at the handshake stay valid."""
     if type(obj) is dict:
-        obj = {"num_examples": None, "declaration": None, **obj}
+        obj = {"num_examples": None, "declaration": None, "app_digest": None, **obj}
     _validate_site_fields(obj, where)
 
 _validate_contribution_generic = _validator(
@@ -322,6 +324,9 @@ class SiteIdentity:
             (:func:`fedsilo.lineage.signing.declaration_message`: run id, site id, data
             fingerprint, ``num_examples``), 128 lower-case hex; ``None`` for a site without a
             key or in older chains. ``lineage verify`` checks it like a contribution's.
+        app_digest: content digest (``sha256:<hex>``) of the app bundle the site checked
+            against its code policy and ran (`fedsilo.client.app_code`); ``None`` for a
+            site that did not report one, or in older chains.
     """
 
     site_id: str
@@ -330,12 +335,15 @@ class SiteIdentity:
     policy: dict[str, Any] = field(default_factory=dict)
     num_examples: int | None = None
     declaration: str | None = None
+    app_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict form (``declaration`` only when set, so older chains keep their digests)."""
+        """Plain dict form (``declaration`` and ``app_digest`` only when set, so older chains
+        keep their digests)."""
         out = asdict(self)
-        if out["declaration"] is None:
-            del out["declaration"]
+        for name in ("declaration", "app_digest"):
+            if out[name] is None:
+                del out[name]
         return out
 
     @classmethod

@@ -104,6 +104,7 @@ def build_synthetic_run(
                 num_examples=100,  # the bound of the counts drawn below (10..99)
                 declaration=sign_declaration(keys[site_id], run_id, site_id,
                                              fingerprints[site_id], 100),
+                app_digest="sha256:" + "ab" * 32,  # the app bundle each site ran
             )
         )
     model = {"w": np.zeros(dim, np.float32), "b": np.zeros(2, np.float32)}

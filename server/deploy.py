@@ -10,10 +10,15 @@
     cert = "certs/server.pem"
     key = "certs/server.key"
     lineage_key = "certs/server-lineage.pem"   # the server's Ed25519 lineage signing key
+    app_key = "keys/app.pem"        # Ed25519 key `server run` signs each app bundle with
+    require_signed_apps = false     # true: the sites require signed bundles (app_key needed)
     insecure = false                # plain HTTP, no SuperNode authentication (tests only)
 
     [sites]                         # allowed sites: id -> SuperNode auth public key (OpenSSH)
     hospital-a = "certs/sites/hospital-a/auth_key.pub"
+
+    [proxy]                         # optional: `server start --proxy nginx` (fedsilo.server.proxy)
+    port = 9443                     # the sites' port; superlink.host must then be loopback
 
 Flower does the work: ``flower-superlink`` (TLS, ``--enable-supernode-auth``, runtime
 dependency installation off, SQLite state), ``flwr supernode register`` for each
@@ -47,6 +52,7 @@ from fedsilo.server.deploy_procs import (
     flower_bin,
     wait_for_port,
 )
+from fedsilo.server.proxy import ProxySettings, check_loopback, parse_proxy
 
 if TYPE_CHECKING:
     from fedsilo.server.config import RunConfig
@@ -72,8 +78,13 @@ class ServerSettings:
     state_dir : SuperLink state database, flwr CLI home, logs and run records.
     ca_cert, cert, key : the CA certificate and the SuperLink's TLS certificate and key.
     lineage_key : the server's Ed25519 lineage signing key (None: a new key per run).
+    app_key : Ed25519 key ``server run`` signs every app bundle with (`fedsilo.client.app_code`;
+        the sites' ``[policy] trusted_app_keys`` name it); None: bundles go unsigned.
+    require_signed_apps : the federation's sites require signed bundles: without
+        ``app_key`` the settings are refused before anything starts.
     insecure : no TLS and no SuperNode authentication (loopback tests only).
     sites : allowed site ids -> their SuperNode authentication public key files.
+    proxy : the ``[proxy]`` table (`fedsilo.server.proxy`); None: not in server.toml.
     """
 
     host: str = "127.0.0.1"
@@ -83,8 +94,11 @@ class ServerSettings:
     cert: Path | None = None
     key: Path | None = None
     lineage_key: Path | None = None
+    app_key: Path | None = None
+    require_signed_apps: bool = False
     insecure: bool = False
     sites: dict[str, Path] = field(default_factory=dict)
+    proxy: ProxySettings | None = None
 
     @property
     def address(self) -> str:
@@ -111,12 +125,13 @@ def read_server_settings(path: Path) -> ServerSettings:
     base = Path(path).resolve().parent
     link = data.get("superlink", {})
     sites = data.get("sites", {})
-    unknown = sorted(set(data) - {"superlink", "sites"})
+    unknown = sorted(set(data) - {"superlink", "sites", "proxy"})
     if unknown:
-        raise DeployError(f"{path}: unknown tables {unknown}; accepted: [superlink], [sites]")
+        raise DeployError(f"{path}: unknown tables {unknown}; accepted: [superlink], [sites], [proxy]")
     if not isinstance(link, dict) or not isinstance(sites, dict):
         raise DeployError(f"{path}: [superlink] and [sites] must be tables")
-    known = {"host", "port", "state_dir", "ca_cert", "cert", "key", "lineage_key", "insecure"}
+    known = {"host", "port", "state_dir", "ca_cert", "cert", "key", "lineage_key", "insecure",
+             "app_key", "require_signed_apps"}
     bad = sorted(set(link) - known)
     if bad:
         raise DeployError(f"{path}: unknown keys {bad} in [superlink]; accepted: {sorted(known)}")
@@ -126,7 +141,9 @@ def read_server_settings(path: Path) -> ServerSettings:
         state_dir=base / _typed(path, "superlink.state_dir", link.get("state_dir", "state"), str),
         insecure=_typed(path, "superlink.insecure", link.get("insecure", False), bool),
     )
-    for name in ("ca_cert", "cert", "key", "lineage_key"):
+    s.require_signed_apps = _typed(path, "superlink.require_signed_apps",
+                                   link.get("require_signed_apps", False), bool)
+    for name in ("ca_cert", "cert", "key", "lineage_key", "app_key"):
         if name in link:
             setattr(s, name, base / _typed(path, f"superlink.{name}", link[name], str))
     for site, key in sites.items():
@@ -137,7 +154,28 @@ def read_server_settings(path: Path) -> ServerSettings:
         )
     if not s.insecure and not s.sites:
         raise DeployError(f"{path}: [sites] is empty; list each allowed site's auth_key.pub")
+    check_app_signing(s, path)
+    if "proxy" in data:  # a proxy in front of a public SuperLink protects nothing
+        s.proxy = parse_proxy(path, base, data["proxy"])
+        check_loopback(s, path)
     return s
+
+
+def check_app_signing(s: ServerSettings, path: Path) -> None:
+    """An unsigned bundle where the sites require signatures, or an unusable app_key, is
+    refused here: before anything starts or is submitted."""
+    from fedsilo.app_cli import load_signing_key
+    from fedsilo.client.app_code import AppCodeError
+
+    if s.require_signed_apps and s.app_key is None:
+        raise DeployError(f"{path}: superlink.require_signed_apps is true but superlink.app_key "
+                          "is not set: runs would submit unsigned app bundles, which the sites "
+                          "refuse; set app_key to the Ed25519 key (PEM) the sites trust")
+    if s.app_key is not None:
+        try:
+            load_signing_key(s.app_key, "superlink.app_key")
+        except AppCodeError as exc:
+            raise DeployError(f"{path}: {exc}") from None
 
 
 def check_server_files(s: ServerSettings) -> None:
@@ -292,6 +330,7 @@ def submit_run(s: ServerSettings, config: RunConfig, app_dir: Path | None = None
     """
     values = app_run_config(config, server_key=str(s.lineage_key or ""), resume=resume)
     app = write_app_dir(app_dir or s.state_dir / "app", values)
+    sign_bundle(s, app)
     res = flwr(s, ["run", str(app), CONNECTION, "--format", "json"], timeout=timeout, check=False)
     payload = _json_payload(res.stdout)
     if not payload.get("success"):
@@ -304,6 +343,17 @@ def submit_run(s: ServerSettings, config: RunConfig, app_dir: Path | None = None
     with (s.state_dir / "runs.jsonl").open("a") as fh:
         fh.write(json.dumps(record) + "\n")
     return run
+
+
+def sign_bundle(s: ServerSettings, app: Path) -> None:
+    """Sign ``app``'s bundle with ``superlink.app_key`` (as ``fedsilo app sign`` does), or
+    leave it unsigned; a signature left from an earlier run never travels with a new one."""
+    from fedsilo.app_cli import load_signing_key
+    from fedsilo.client.app_code import SIGNATURE_FILE, sign_app_dir
+
+    (app / SIGNATURE_FILE).unlink(missing_ok=True)
+    if s.app_key is not None:
+        sign_app_dir(app, load_signing_key(s.app_key, "superlink.app_key"))
 
 
 def run_status(s: ServerSettings, flwr_run_id: str) -> str:

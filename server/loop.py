@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from fedsilo import lineage
+from fedsilo.lineage.records import _is_digest as is_digest
 from fedsilo.lineage.signing import verify_declaration
 from fedsilo.privacy.screening import ScreeningPolicy, example_count
 from fedsilo.server import outcome
@@ -93,6 +94,9 @@ class SiteInfo:
     declaration: str = ""
     """The site's signature over (run id, site id, data fingerprint, count), kept in the
     genesis record so that a verifier can check the declaration long after the run."""
+    app_digest: str = ""
+    """Content digest of the app bundle the site checked and runs (its code policy's
+    `fedsilo.client.app_code`), empty for a site that does not report one."""
 
 
 @dataclass
@@ -352,7 +356,12 @@ class FederationServer:
                 public_key=str(rec.get("public_key", "")),
                 data_fingerprint=str(rec.get("data_fingerprint", "")),
                 policy=str(rec.get("policy", "{}")),
+                app_digest=str(rec.get("app_digest", "")),
             )
+            if info.app_digest and not is_digest(info.app_digest):  # never into genesis
+                problems.append(f"node {node} ({info.site_id}): app digest "
+                                f"{info.app_digest!r:.80} is not 'sha256:<64 hex>'")
+                continue
             declared = self._declared_examples(rec, info)
             if isinstance(declared, str):  # the site is refused: say why, in one line
                 problems.append(f"node {node} ({info.site_id}): {declared}")
@@ -368,6 +377,9 @@ class FederationServer:
             # A federation that silently runs with fewer sites than configured is worse
             # than one that does not start: say which nodes failed and why.
             detail = "; ".join(problems) or f"{len(nodes) - len(replies)} nodes did not answer"
+            if not self.spec.resume:  # on record: who refused (e.g. a site's code policy) and why
+                self.sites = [sites[s] for s in sorted(sites)]
+                self._append_genesis([f"handshake: {p:.500}" for p in problems])
             raise FederationError(f"handshake: {len(sites)} of {want} sites answered ({detail})")
         return [sites[s] for s in sorted(sites)]
 
@@ -814,7 +826,7 @@ class FederationServer:
             self.server_key = lineage.load_or_create_key(spec.run_dir / "keys" / "server.pem")
         self.writer = lineage.LineageWriter.create(spec.run_dir / "lineage.sqlite", self.server_key)
 
-    def _append_genesis(self) -> None:
+    def _append_genesis(self, problems: list[str] | None = None) -> None:
         if self.writer is None:
             return
         from fedsilo.server.provenance import code_version
@@ -833,10 +845,11 @@ class FederationServer:
                         data_fingerprint=s.data_fingerprint, policy=_json_dict(s.policy),
                         num_examples=s.num_examples or None,
                         declaration=s.declaration or None,
+                        app_digest=s.app_digest or None,
                     )
                     for s in self.sites
                 ],
-                notes=self._genesis_notes(),
+                notes=self._genesis_notes() + list(problems or []),
             )
         )
 

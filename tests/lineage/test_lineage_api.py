@@ -99,6 +99,6 @@ def test_record_field_order() -> None:
     assert params(lineage.ResumeRecord) == ["resumed_at", "from_round", "reason"]
     assert params(lineage.SiteJoinRecord) == ["site", "round"]
     assert params(lineage.SiteIdentity) == ["site_id", "public_key", "data_fingerprint", "policy",
-                                            "num_examples", "declaration"]
+                                            "num_examples", "declaration", "app_digest"]
     report_fields = {"ok", "records", "first_failure", "summary"}
     assert report_fields <= set(lineage.VerifyReport.__dataclass_fields__)
