@@ -11,11 +11,13 @@ The ClientApp answers three kinds of message:
   and the Trainer's result against the global model's layout and the declared count (a
   refusal is a normal reply with the reason, recorded in the site's ledger and, by the
   server, in lineage);
-* ``evaluate``: evaluate the global model on local data.
+* ``evaluate``: score the global model on the site's own held-out split, signed over
+  (run id, round, model digest, loss, metrics, count) (`fedsilo.client.evaluation`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +33,12 @@ from fedsilo.client.trainer import DeclaresExamples, Trainer
 from fedsilo.lineage.signing import sign_declaration
 from fedsilo.privacy.screening import example_count, layout_problem
 from fedsilo.strategies import codec
+from fedsilo.tasks.statistics import (
+    STATISTICS_KEY,
+    STATISTICS_RECORD,
+    decode_statistics,
+    encode_statistics,
+)
 
 
 class ContributionError(ValueError):
@@ -56,6 +64,12 @@ class Site:
         budget bookkeeping and the like).
     num_examples : the example count the site declares at the handshake (None: the
         Trainer's ``num_examples()``, see `DeclaresExamples`).
+    task_identity : the site's `fedsilo.tasks.TaskIdentity` as a dict, sent at the
+        handshake (the server refuses a site whose task differs from its own).
+    statistics_fn : the site's per-site sums for the task's federated statistics
+        (`Task.site_statistics`), answered to the server's statistics query.
+    trainer_factory : builds the site's Trainer with the federation's summed statistics
+        (sent with every train and evaluate message once they exist).
     """
 
     site_id: str
@@ -65,6 +79,9 @@ class Site:
     policy: SitePolicy = field(default_factory=SitePolicy)
     state: dict[str, Any] = field(default_factory=dict)
     num_examples: int | None = None
+    task_identity: Mapping[str, str] | None = None
+    statistics_fn: Callable[[], Mapping[str, np.ndarray] | None] | None = None
+    trainer_factory: Callable[[Mapping[str, np.ndarray]], Trainer] | None = None
     _fingerprint: str | None = None
 
     @property
@@ -85,6 +102,20 @@ class Site:
         if isinstance(self.trainer, DeclaresExamples):
             return self.trainer.num_examples()
         return None
+
+    def apply_statistics(self, msg: Message) -> Site:
+        """Use the Trainer built with the federation's statistics that ``msg`` carries
+        (rebuilt only when they change); a message without statistics changes nothing."""
+        rec = codec.record(msg.content, STATISTICS_RECORD, ConfigRecord)
+        if rec is None or self.trainer_factory is None:
+            return self
+        text = str(rec.get(STATISTICS_KEY, ""))
+        if self.state.get("statistics") != text:
+            self.data_fingerprint  # noqa: B018 - fixed from the handshake's Trainer first
+            where = f"site {self.site_id}: statistics from the server"
+            self.trainer = self.trainer_factory(decode_statistics(text, where))
+            self.state["statistics"] = text
+        return self
 
 
 SiteFactory = Callable[[Context, Mapping[str, Any]], Site]
@@ -135,6 +166,8 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
                 "policy": site.policy.to_json(),
                 **_declaration(site, str(federation.get("run_id", ""))),
                 **app_digest_field(),  # the app bundle this site checked and runs
+                **({"task_identity": json.dumps(dict(site.task_identity), sort_keys=True)}
+                   if site.task_identity is not None else {}),
             }
         )
         content = RecordDict({codec.SITE_RECORD: record})
@@ -143,6 +176,14 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
             content[keys[0]] = keys[1]
         return Message(content, reply_to=msg)
 
+    @app.query("statistics")
+    def statistics(msg: Message, context: Context) -> Message:
+        site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
+        stats = site.statistics_fn() if site.statistics_fn is not None else None
+        record = ConfigRecord({"site_id": site.site_id,
+                               STATISTICS_KEY: "" if stats is None else encode_statistics(stats)})
+        return Message(RecordDict({STATISTICS_RECORD: record}), reply_to=msg)
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
@@ -150,13 +191,14 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
+        # the site scores the global model on its own held-out split and signs the score
+        from fedsilo.client.evaluation import evaluation_content
+
+        site = site_factory(context, _config(msg, codec.FEDERATION_RECORD)).apply_statistics(msg)
         config = _config(msg, codec.CONFIG_RECORD)
         layout = codec.ModelLayout.from_json(str(config["layout"]))
-        flat = codec.decode_flat(_global_model(msg))
-        res = site.trainer.evaluate(layout.unflatten(flat), config)
-        metrics = MetricRecord({"loss": res.loss, codec.NUM_EXAMPLES_KEY: res.num_examples, **res.metrics})
-        return Message(RecordDict({codec.METRICS_RECORD: metrics}), reply_to=msg)
+        flat = codec.decode_flat(_global_model(msg), expected_size=layout.size)
+        return Message(evaluation_content(site, layout.unflatten(flat), config), reply_to=msg)
 
     try:  # secure aggregation stages, when that module is present
         from fedsilo.client.secagg_handler import LocalUpdate, register_secagg
@@ -200,10 +242,17 @@ def local_delta(site: Site, msg: Message, config: Mapping[str, Any]) -> tuple[np
     global_flat = codec.decode_flat(
         _global_model(msg), expected_size=layout.size
     )
-    fit = site.trainer.fit(layout.unflatten(global_flat), config)
+    global_weights = layout.unflatten(global_flat)
+    fit = site.apply_statistics(msg).trainer.fit(global_weights, config)
     weights = _checked_weights(fit.weights, layout)
     num_examples = _checked_count(fit.num_examples, site.declared_examples)
-    delta = layout.flatten(weights) - global_flat
+    if "update_layout" in config:
+        # the task's frozen layers are not sent back: the update covers the trainable ones
+        sent = codec.ModelLayout.from_json(str(config["update_layout"]))
+        delta = sent.flatten({k: weights[k] for k in sent.names}) - sent.flatten(
+            {k: global_weights[k] for k in sent.names})
+    else:
+        delta = layout.flatten(weights) - global_flat
     return delta.astype(np.float32, copy=False), num_examples, dict(fit.metrics)
 
 
@@ -315,7 +364,7 @@ def _train_reply(site: Site, msg: Message) -> Message:
             codec.SITE_RECORD: ConfigRecord(
                 {"site_id": site.site_id, "update_digest": digest,
                  "data_fingerprint": site.data_fingerprint, "signature": signature,
-                 "layout": str(config["layout"])}
+                 "layout": str(config.get("update_layout", config["layout"]))}
             ),
         }
     )

@@ -36,7 +36,10 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-OWN_CLIENTAPP = "fedsilo.simulations.flower_app:client_app"
+OWN_CLIENTAPP = "fedsilo.server.flower_app:client_app"
+# the same installed ClientApp under the name app bundles used before it moved out of
+# fedsilo.simulations (still re-exported there)
+OWN_CLIENTAPPS = (OWN_CLIENTAPP, "fedsilo.simulations.flower_app:client_app")
 """The ClientApp installed with fedsilo (``[tool.flwr.app.components].clientapp``)."""
 SIGNATURE_FILE = "fedsilo-app-signature.json"
 """Where ``fedsilo app sign`` puts the signature inside the app directory (and so the bundle)."""
@@ -165,7 +168,7 @@ class CodePolicy:
     def decide(self, bundle: Bundle) -> tuple[bool, str]:
         """(run it, why): accepted bundles say how, refused ones why (one line)."""
         if self.default:
-            if bundle.clientapp != OWN_CLIENTAPP:
+            if bundle.clientapp not in OWN_CLIENTAPPS:
                 return False, (f"names ClientApp {bundle.clientapp or '(none)'!r}; this site runs "
                                f"only fedsilo's own ({OWN_CLIENTAPP})")
             if bundle.code_files:
@@ -198,7 +201,7 @@ class CodePolicy:
 
 def runs_own_clientapp(bundle: Bundle) -> bool:
     """An accepted bundle that names fedsilo's ClientApp and carries no code runs the installed one."""
-    return bundle.clientapp == OWN_CLIENTAPP and not bundle.code_files
+    return bundle.clientapp in OWN_CLIENTAPPS and not bundle.code_files
 
 
 def app_digest_field() -> dict[str, str]:

@@ -10,6 +10,14 @@
     [trainer_options]               # keyword arguments of the trainer function
     data_dir = "/data/site-a"
 
+or, instead of ``trainer`` and ``[trainer_options]``, a Task (the same name and options
+as the server's run config; the handshake refuses a site whose task differs)::
+
+    task = "tabular"                # a built-in task or "module:object"
+    [task_options]                  # the task's options (as in the run config)
+    [data]                          # where this site's data are: the task's SiteData.options
+    path = "data/site-a.csv"        # (relative paths: relative to this file's directory)
+
     [policy]                        # fedsilo.client.policy.SitePolicy fields, plus the code
     # policy (fedsilo.client.app_code.CodePolicy; empty lists: only fedsilo's own ClientApp)
     accepted_app_digests = ["sha256:<64 hex>"]   # app bundles this site runs, by content digest
@@ -88,8 +96,12 @@ class SiteConfig:
     ----------
     path : the file it came from (absolute).
     site_id : the site's stable id.
-    trainer : ``module:function`` entry point returning a `fedsilo.client.Trainer`.
+    trainer : ``module:function`` entry point returning a `fedsilo.client.Trainer`
+        ("" when the site names a ``task``).
     trainer_options : keyword arguments passed to that function.
+    task : the site's task (a built-in name or ``module:object``; None: ``trainer``).
+    task_options : the task's options.
+    data : the ``[data]`` table, passed to the task as `SiteData.options`.
     key : the site's Ed25519 lineage signing key.
     ledger : the site's ledger file (JSON Lines).
     policy : the rules the site enforces on every round.
@@ -107,10 +119,14 @@ class SiteConfig:
     policy: SitePolicy = field(default_factory=SitePolicy)
     supernode: SuperNodeSettings = field(default_factory=SuperNodeSettings)
     code_policy: CodePolicy = field(default_factory=CodePolicy)
+    task: str | None = None
+    task_options: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 _CODE_KEYS = ("accepted_app_digests", "trusted_app_keys")
-_TOP = {"site_id", "trainer", "trainer_options", "key", "ledger", "policy", "supernode"}
+_TOP = {"site_id", "trainer", "trainer_options", "key", "ledger", "policy", "supernode",
+        "task", "task_options", "data"}
 _SUPERNODE = {"superlink", "ca_cert", "auth_key", "runtime_port", "log_dir", "insecure",
               "max_wait_time"}
 
@@ -123,16 +139,22 @@ def read_site_config(path: Path) -> SiteConfig:
     unknown = sorted(set(data) - _TOP)
     if unknown:
         raise SiteConfigError(f"{where}: unknown keys {unknown}; accepted: {sorted(_TOP)}")
-    for name in ("site_id", "trainer"):
-        if name not in data:
-            raise SiteConfigError(f"{where}: {name} is missing")
+    if "site_id" not in data:
+        raise SiteConfigError(f"{where}: site_id is missing")
+    if ("trainer" in data) == ("task" in data):
+        raise SiteConfigError(f"{where}: set either task (a built-in task or 'module:object') "
+                              "or trainer ('module:function'), not both" if "task" in data
+                              else f"{where}: trainer is missing (or set task)")
     base = path.parent
     site_id = _get(where, data, "site_id", str)
     if not site_id.strip():
         raise SiteConfigError(f"{where}: site_id must not be empty")
-    trainer = _get(where, data, "trainer", str)
-    if trainer.count(":") != 1 or not all(trainer.split(":")):
+    trainer = _get(where, data, "trainer", str, "")
+    if "trainer" in data and (trainer.count(":") != 1 or not all(trainer.split(":"))):
         raise SiteConfigError(f"{where}: trainer must be 'module:function', got {trainer!r}")
+    task = _get(where, data, "task", str, None)
+    if task is not None and not task.strip():
+        raise SiteConfigError(f"{where}: task must not be empty")
     rules = dict(_get(where, data, "policy", dict, {}))
     code = {k: rules.pop(k) for k in _CODE_KEYS if k in rules}
     try:
@@ -170,6 +192,9 @@ def read_site_config(path: Path) -> SiteConfig:
         policy=policy,
         supernode=supernode,
         code_policy=code_policy,
+        task=task,
+        task_options=_get(where, data, "task_options", dict, {}),
+        data=_get(where, data, "data", dict, {}),
     )
 
 
@@ -201,7 +226,16 @@ def build_site(cfg: SiteConfig) -> Site:
     from fedsilo.lineage.keys import load_or_create_key
     from fedsilo.lineage.ledger import SiteLedger
 
-    trainer = load_trainer(cfg.trainer, cfg.trainer_options, str(cfg.path))
+    task = None
+    if cfg.task is not None:
+        from fedsilo.tasks import TaskError, resolve_task
+
+        try:
+            task = resolve_task(cfg.task, cfg.task_options)
+        except TaskError as exc:
+            raise SiteConfigError(f"{cfg.path}: {exc}") from None
+    else:
+        trainer = load_trainer(cfg.trainer, cfg.trainer_options, str(cfg.path))
     try:
         key = load_or_create_key(cfg.key)
     except (LineageError, OSError) as exc:
@@ -209,8 +243,25 @@ def build_site(cfg: SiteConfig) -> Site:
     if not os.access(cfg.ledger.parent if cfg.ledger.parent.exists() else cfg.path.parent, os.W_OK):
         raise SiteConfigError(f"{cfg.path}: ledger {cfg.ledger}: directory is not writable")
     cfg.ledger.parent.mkdir(parents=True, exist_ok=True)
+    if task is not None:
+        return _task_site(cfg, task, key, SiteLedger(cfg.ledger))
     return Site(site_id=cfg.site_id, trainer=trainer, key=key, ledger=SiteLedger(cfg.ledger),
                 policy=cfg.policy)
+
+
+def _task_site(cfg: SiteConfig, task: Any, key: Any, ledger: Any) -> Site:
+    """The site's Trainer built by its task from ``[data]``; a failure is one line."""
+    from fedsilo.client.task_site import task_site
+    from fedsilo.tasks import SiteData
+
+    seed = cfg.data.get("seed", 0)
+    data = SiteData(site_id=cfg.site_id, options=dict(cfg.data), base_dir=cfg.path.parent,
+                    seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
+    try:
+        return task_site(task, data, key=key, ledger=ledger, policy=cfg.policy)
+    except (ValueError, KeyError, OSError) as exc:
+        raise SiteConfigError(f"{cfg.path}: task {cfg.task!r} cannot build the site's "
+                              f"Trainer from [data]: {exc}") from None
 
 
 _CACHE: dict[tuple[str, int], Site] = {}

@@ -1,79 +1,11 @@
-"""The `Trainer` protocol: what a data-holding site implements for its own data."""
+"""The `Trainer` protocol of the site SDK (defined in `fedsilo.tasks.trainer`, re-exported).
+
+A Task builds each site's Trainer, so the protocol and its result types live below the
+client in `fedsilo.tasks`; site code keeps importing them from here.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from fedsilo.tasks.trainer import DeclaresExamples, EvalResult, FitResult, Trainer, Weights
 
-import numpy as np
-
-Weights = dict[str, np.ndarray]
-
-
-@dataclass
-class FitResult:
-    """Result of local training.
-
-    Parameters
-    ----------
-    weights : the new local model, one array per layer name: exactly the names, shapes
-        and dtypes of the weights received (an extra, missing, reshaped or retyped layer
-        is refused by the SDK, never flattened or dropped).
-    num_examples : how many local examples the training used (the site's weight
-        in weighted aggregation): a positive integer no larger than the count the
-        site declared at the handshake (`DeclaresExamples.num_examples`).
-    metrics : scalar training metrics, for example ``{"train_loss": 0.41}``.
-    """
-
-    weights: Weights
-    num_examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class EvalResult:
-    """Result of local evaluation: loss, number of examples, scalar metrics."""
-
-    loss: float
-    num_examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@runtime_checkable
-class Trainer(Protocol):
-    """A site's local training and evaluation on its own data.
-
-    fedsilo calls `fit` with the global model and the round's config and sends the
-    difference between the returned weights and the global ones (never the data).
-    ``config`` holds at least ``server_round``, ``local_epochs``, ``lr`` and
-    ``proximal_mu`` (FedProx; 0 disables the proximal term).
-    """
-
-    def fit(self, weights: Weights, config: Mapping[str, Any]) -> FitResult: ...
-
-    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult: ...
-
-    def data_fingerprint(self) -> str:
-        """A digest of the local data (or its manifest) and declared preprocessing."""
-        ...
-
-
-@runtime_checkable
-class DeclaresExamples(Protocol):
-    """A `Trainer` that says how many training examples its site holds.
-
-    The site declares this count at the handshake, signed with its key; the server
-    records it in the genesis record and rejects any round reply whose ``num_examples``
-    exceeds it, so that no site can outweigh the others by claiming more data than it
-    declared. A site whose Trainer does not implement it (and whose `Site` sets no
-    ``num_examples``) is refused at the handshake.
-
-    Kept apart from `Trainer` so that ``isinstance(x, Trainer)`` still accepts trainers
-    written before the declaration existed (they then fail at the handshake with a
-    one-line reason instead of at import).
-    """
-
-    def num_examples(self) -> int:
-        """The number of local training examples (a positive integer)."""
-        ...
+__all__ = ["DeclaresExamples", "EvalResult", "FitResult", "Trainer", "Weights"]

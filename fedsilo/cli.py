@@ -27,10 +27,14 @@ def _add_simulate(sub: Any) -> None:
         description="Run a federation on Flower's simulation engine. Flags override --config.",
     )
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with run options")
-    p.add_argument("--dataset", help="digits | breast_cancer | wine | mnist1d (default digits)")
+    p.add_argument("--task", help="what is learned: digits | breast_cancer | wine | mnist1d | "
+                                  "tabular | module:object (default digits)")
+    p.add_argument("--dataset", help="the old name of --task")
+    p.add_argument("--init-model", metavar="FILE", help="initial model (.npz or torch .pt state_dict)")
     p.add_argument("--sites", type=int, help="number of sites (default 10)")
     p.add_argument("--rounds", type=int, help="number of rounds (default 20)")
-    p.add_argument("--partition", help="iid | dirichlet:ALPHA | shards:K (default dirichlet:0.5)")
+    p.add_argument("--partition", help="iid | dirichlet:ALPHA | shards:K | column:NAME (a column "
+                   "of task_options.data naming each row's site) (default dirichlet:0.5)")
     p.add_argument("--fraction", type=float, help="fraction of sites sampled per round, (0, 1]")
     p.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
     p.add_argument("--lr", type=float, help="local learning rate (default 0.1)")
@@ -41,6 +45,9 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--optimizer", help="server optimiser spec, e.g. fedadam:eta=0.01 (default fedavg)")
     p.add_argument("--proximal-mu", type=float, help="FedProx proximal term at the sites (default 0)")
     p.add_argument("--min-sites", type=int, help="replies needed for a round to change the model")
+    p.add_argument("--eval-every", type=int,
+                   help="each sampled site scores the global model on its own held-out split "
+                        "every N rounds and the last (default 1; 0: off)")
     p.add_argument("--min-rounds-changed", type=int,
                    help="rounds that must change the model for the run to end 'completed' "
                         "(default 1; fewer: 'no_progress', exit 3)")
@@ -202,6 +209,11 @@ def _summary(run: Any) -> int:
     result = run.result
     acc = run.final_accuracy
     acc_text = f"test accuracy {acc:.4f}" if acc is not None else "no evaluation"
+    if run.rounds and run.rounds[-1].site_eval:  # the sites' own scores of the final model
+        from fedsilo.progress import site_scores
+
+        acc_text = f"{acc_text}, {site_scores(run.rounds[-1])}" if acc is not None \
+            else str(site_scores(run.rounds[-1]))
     resumed = ""
     if run.resumed_from:
         resumed = f", resumed from round {', '.join(str(r) for r in run.resumed_from)}"

@@ -141,11 +141,16 @@ def _server_run(args: argparse.Namespace) -> int:
             raise ConfigError("--config: required (a run.toml), unless --resume RUN_DIR is given")
         else:
             config = RunConfig.load(args.config, {"run_id": args.run_id})
+            from fedsilo.server.task_setup import check_deployable
             from fedsilo.simulations.runner import check_feasible, new_run_id
 
+            check_deployable(config)  # simulation-only options, the task and init_model
             check_feasible(config)
+            # the ServerApp runs in the SuperLink's process tree: absolute paths only
+            init_model = str(Path(config.init_model).resolve()) if config.init_model else None
             config = RunConfig.from_dict({**config.to_dict(), "run_id": config.run_id or new_run_id(),
-                                          "out": str(Path(config.out).resolve())})
+                                          "out": str(Path(config.out).resolve()),
+                                          **({"init_model": init_model} if init_model else {})})
     except (DeployError, ConfigError) as exc:
         return _fail("server run", str(exc))
     try:

@@ -210,6 +210,20 @@ def _validate_contribution(c: Any, where: str) -> None:
     raise AssertionError(f"{where}: fast and generic contribution checks disagree")
 
 
+_validate_evaluation = _validator(
+    {
+        "site_id": (_is_str, "a non-empty string"),
+        "model_digest": (_is_digest, _D),
+        "loss": (_is_number, "a finite number"),
+        "num_examples": (_is_count, "an int >= 0"),
+        "metrics": (_is_number_map, "an object metric name -> finite number"),
+        "signature": (_is_sig, "128 lowercase hex (the site's signature over its evaluation)"),
+    }
+)
+validate_evaluation = _validate_evaluation
+"""Check one per-site evaluation entry (dict form): ``validate_evaluation(entry, where)``."""
+
+
 _validate_genesis_fields = _validator(
     {
         "run_id": (_is_str, "a non-empty string"),
@@ -220,41 +234,72 @@ _validate_genesis_fields = _validator(
         "server_public_key": (_is_hex64, "64 lowercase hex (raw Ed25519 public key)"),
         "sites": _list_of(_validate_site),
         "notes": (_is_str_list, "a list of strings"),
+        "task": (lambda v: v is None or _is_task(v), "null or a JSON object with name and "
+                 "version (non-empty strings), layout_digest and schema_digest "
+                 f"({_D}) and optionally statistics (digest, sites, values)"),
     }
 )
 
 
+def _is_task(v: Any) -> bool:
+    """A genesis ``task``: the task identity, optionally its summed statistics' record."""
+    if type(v) is not dict or not set(v) <= {"name", "version", "layout_digest",
+                                             "schema_digest", "statistics"}:
+        return False
+    if not (_is_str(v.get("name")) and _is_str(v.get("version"))
+            and _is_digest(v.get("layout_digest")) and _is_digest(v.get("schema_digest"))):
+        return False
+    stats = v.get("statistics")
+    if stats is None:
+        return "statistics" not in v
+    return (type(stats) is dict and set(stats) <= {"digest", "sites", "values"}
+            and _is_digest(stats.get("digest")) and _is_count(stats.get("sites"))
+            and ("values" not in stats or _is_obj(stats["values"])))
+
+
 def _validate_genesis(obj: Any, where: str) -> None:
-    """``notes`` is optional: chains without notes (all chains before it existed) stay valid."""
-    if type(obj) is dict and "notes" not in obj:
-        obj = {**obj, "notes": []}
+    """``notes`` and ``task`` are optional: chains written before they existed stay valid."""
+    if type(obj) is dict and ("notes" not in obj or "task" not in obj):
+        obj = {"notes": [], "task": None, **obj}
     _validate_genesis_fields(obj, where)
+
+
+# ``evaluations`` is optional: chains written before sites signed their evaluations (and
+# rounds without any) stay valid; `RoundRecord.to_dict` leaves it out when empty.
+_validate_round_fields = _validator(
+    {
+        "round": (_is_count, "an int >= 0"),
+        "sampled": (_is_str_list, "a list of site ids"),
+        "replied": (_is_str_list, "a list of site ids"),
+        "accepted": (_is_str_list, "a list of site ids"),
+        "rejected": (_is_str_map, "an object site id -> reason"),
+        "dropped": (_is_str_list, "a list of site ids"),
+        "contributions": _list_of(_validate_contribution),
+        "model_in": (_is_digest, _D),
+        "model_out": (_is_digest, _D),
+        "strategy": (_is_obj, "a JSON object"),
+        "metrics": (_is_obj, "a JSON object"),
+        "timings": (_is_number_map, "an object name -> seconds"),
+        "status": (_one_of("completed", "skipped"), "'completed' or 'skipped'"),
+        "reason": (_is_opt_str, "a string or null"),
+        "privacy": (_is_opt_obj, "a JSON object or null"),
+        "secagg": (_is_opt_obj, "a JSON object or null"),
+        "extra": (_is_obj, "a JSON object"),
+        "evaluations": _list_of(_validate_evaluation),
+    }
+)
+
+
+def _validate_round(obj: Any, where: str) -> None:
+    if type(obj) is dict and "evaluations" not in obj:
+        obj = {**obj, "evaluations": []}
+    _validate_round_fields(obj, where)
 
 
 _BODY_VALIDATORS: dict[str, Callable[[Any, str], None]] = {
     "genesis": _validate_genesis,
     "site_join": _validator({"site": _validate_site, "round": (_is_count, "an int >= 0")}),
-    "round": _validator(
-        {
-            "round": (_is_count, "an int >= 0"),
-            "sampled": (_is_str_list, "a list of site ids"),
-            "replied": (_is_str_list, "a list of site ids"),
-            "accepted": (_is_str_list, "a list of site ids"),
-            "rejected": (_is_str_map, "an object site id -> reason"),
-            "dropped": (_is_str_list, "a list of site ids"),
-            "contributions": _list_of(_validate_contribution),
-            "model_in": (_is_digest, _D),
-            "model_out": (_is_digest, _D),
-            "strategy": (_is_obj, "a JSON object"),
-            "metrics": (_is_obj, "a JSON object"),
-            "timings": (_is_number_map, "an object name -> seconds"),
-            "status": (_one_of("completed", "skipped"), "'completed' or 'skipped'"),
-            "reason": (_is_opt_str, "a string or null"),
-            "privacy": (_is_opt_obj, "a JSON object or null"),
-            "secagg": (_is_opt_obj, "a JSON object or null"),
-            "extra": (_is_obj, "a JSON object"),
-        }
-    ),
+    "round": _validate_round,
     "resume": _validator(
         {
             "resumed_at": (_is_str, "a non-empty string (ISO 8601 time)"),
@@ -391,6 +436,33 @@ class SiteContribution:
 
 
 @dataclass
+class SiteEvaluation:
+    """One site's score of a round's global model on its own held-out split.
+
+    Attributes:
+        site_id: who evaluated.
+        model_digest: :func:`arrays_digest` of the model the site evaluated, as the site
+            computed it from the weights it received (the round's ``model_out``).
+        loss: the site's loss on its held-out split.
+        num_examples: how many held-out examples it evaluated.
+        metrics: the task's other metrics (e.g. ``{"accuracy": 0.93}``).
+        signature: the site's Ed25519 signature (hex) over
+            :func:`fedsilo.lineage.signing.evaluation_message`.
+    """
+
+    site_id: str
+    model_digest: str
+    loss: float
+    num_examples: int
+    metrics: dict[str, float]
+    signature: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict form."""
+        return asdict(self)
+
+
+@dataclass
 class GenesisRecord(_Record):
     """First record of every chain.
 
@@ -404,6 +476,9 @@ class GenesisRecord(_Record):
         sites: the sites known at the start (from the handshake).
         notes: what the run knowingly does outside a guarantee (e.g. more simulated
             attackers than the aggregator tolerates); stored only when not empty.
+        task: the task identity every site presented (name, version, layout_digest,
+            schema_digest) and, when the task has federated statistics, their sum's
+            record (``statistics``: digest, sites, values when small); stored when set.
     """
 
     TYPE: ClassVar[str] = "genesis"
@@ -415,13 +490,17 @@ class GenesisRecord(_Record):
     server_public_key: str
     sites: list[SiteIdentity] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    task: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The body; without ``notes`` when there are none (as before notes existed)."""
+        """The body; without ``notes`` when there are none (as before notes existed), and
+        without ``task`` when the run has none (as before tasks existed)."""
         body = asdict(self)
         body["sites"] = [s.to_dict() for s in self.sites]
         if not body["notes"]:
             del body["notes"]
+        if body["task"] is None:
+            del body["task"]
         return body
 
     @classmethod
@@ -475,6 +554,8 @@ class RoundRecord(_Record):
         privacy: DP parameters and epsilon (round and cumulative), filled by the DP feature.
         secagg: SecAgg parameters and recovered dropouts, filled by the SecAgg feature.
         extra: anything else.
+        evaluations: the sites' signed scores of ``model_out`` on their own held-out
+            splits (every ``eval_every`` rounds); stored only when not empty.
     """
 
     TYPE: ClassVar[str] = "round"
@@ -495,13 +576,22 @@ class RoundRecord(_Record):
     privacy: dict[str, Any] | None = None
     secagg: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    evaluations: list[SiteEvaluation] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body; without ``evaluations`` when there are none (as before they existed)."""
+        body = asdict(self)
+        if not body["evaluations"]:
+            del body["evaluations"]
+        return body
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoundRecord:
         """Validate and build from the dict form (raises ``ValueError``)."""
         validate_body(cls.TYPE, dict(data))
         contributions = [SiteContribution(**c) for c in data["contributions"]]
-        return cls(**{**data, "contributions": contributions})
+        evaluations = [SiteEvaluation(**e) for e in data.get("evaluations", [])]
+        return cls(**{**data, "contributions": contributions, "evaluations": evaluations})
 
 
 @dataclass

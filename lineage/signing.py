@@ -243,3 +243,106 @@ def verify_declaration(
     except (ValueError, InvalidSignature):
         return False
     return True
+
+
+# --- per-site evaluation ----------------------------------------------------------------
+# Each sampled site scores the round's global model on its own held-out split and signs
+# what it reports, so that a round record's per-site metrics are the sites' statements,
+# not the server's. Its own schema tag keeps it apart from every other signed message.
+
+EVALUATION_SCHEMA = "fedsilo.evaluation/1"
+"""Domain-separation tag inside every signed per-site evaluation message."""
+
+
+def evaluation_message(
+    run_id: str,
+    round: int,
+    model_digest: str,
+    loss: float,
+    metrics: dict[str, float],
+    num_examples: int,
+) -> bytes:
+    """The canonical bytes a site signs for its evaluation of one global model.
+
+    ``canonical_json({"schema": "fedsilo.evaluation/1", "run_id": run_id, "round": round,
+    "model_digest": model_digest, "loss": loss, "metrics": metrics,
+    "num_examples": num_examples})``
+
+    Args:
+        run_id: the run's id from the genesis record.
+        round: the round whose global model was evaluated (``int`` >= 0).
+        model_digest: :func:`fedsilo.lineage.arrays_digest` of the model the site evaluated
+            (computed by the site from the weights it received).
+        loss: the site's loss on its held-out split (a finite number).
+        metrics: the task's other metrics, name -> finite number (canonical JSON: key
+            order does not matter).
+        num_examples: how many held-out examples the site evaluated (``int`` >= 0).
+
+    Raises:
+        ValueError: naming the first argument with a wrong type or format.
+    """
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
+    if not isinstance(round, int) or isinstance(round, bool) or round < 0:
+        raise ValueError(f"round must be an int >= 0, got {round!r}")
+    if not isinstance(model_digest, str) or not _DIGEST.fullmatch(model_digest):
+        raise ValueError(f"model_digest must be 'sha256:<64 hex>', got {model_digest!r}")
+    if not _finite(loss):
+        raise ValueError(f"loss must be a finite number, got {loss!r}")
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str) and _finite(v) for k, v in metrics.items()
+    ):
+        raise ValueError(f"metrics must map names to finite numbers, got {metrics!r:.120}")
+    if type(num_examples) is not int or num_examples < 0:
+        raise ValueError(f"num_examples must be an int >= 0, got {num_examples!r}")
+    return canonical_json(
+        {
+            "schema": EVALUATION_SCHEMA,
+            "run_id": run_id,
+            "round": round,
+            "model_digest": model_digest,
+            "loss": loss,
+            "metrics": metrics,
+            "num_examples": num_examples,
+        }
+    )
+
+
+def _finite(value: object) -> bool:
+    return type(value) in (int, float) and bool(np.isfinite(value))  # type: ignore[arg-type]
+
+
+def sign_evaluation(
+    key: Ed25519PrivateKey,
+    run_id: str,
+    round: int,
+    model_digest: str,
+    loss: float,
+    metrics: dict[str, float],
+    num_examples: int,
+) -> str:
+    """Sign a per-site evaluation (see :func:`evaluation_message`); 128 hex characters."""
+    message = evaluation_message(run_id, round, model_digest, loss, metrics, num_examples)
+    return key.sign(message).hex()
+
+
+def verify_evaluation(
+    public_key_hex: str,
+    signature_hex: str,
+    run_id: str,
+    round: int,
+    model_digest: str,
+    loss: float,
+    metrics: dict[str, float],
+    num_examples: int,
+) -> bool:
+    """Check a site's evaluation signature; ``False`` for any malformed input."""
+    if not isinstance(signature_hex, str) or not _SIG.fullmatch(signature_hex):
+        return False
+    try:
+        public = load_public_key(public_key_hex)
+        message = evaluation_message(run_id, round, model_digest, loss, metrics, num_examples)
+        public.verify(bytes.fromhex(signature_hex), message)
+    except (ValueError, InvalidSignature):
+        return False
+    return True

@@ -24,11 +24,12 @@ from .records import (
     ResumeRecord,
     RoundRecord,
     SiteContribution,
+    SiteEvaluation,
     SiteIdentity,
     SiteJoinRecord,
 )
 from .runs import DB_NAME, MODEL_NAME
-from .signing import sign_contribution, sign_declaration
+from .signing import sign_contribution, sign_declaration, sign_evaluation
 from .store import LineageWriter
 
 
@@ -65,6 +66,7 @@ def build_synthetic_run(
     close: bool = True,
     ledgers: bool = True,
     durable: bool = True,
+    evaluations: bool = False,
 ) -> SyntheticRun:
     """Write a synthetic, fully signed run into ``run_dir`` (created if missing).
 
@@ -84,6 +86,8 @@ def build_synthetic_run(
         close: write a closing record and ``model.npz``.
         ledgers: keep each site's ledger under ``sites/<site_id>/ledger.jsonl``.
         durable: fsync each record and ledger line (off for large benchmark chains).
+        evaluations: every contributing site also signs an evaluation of the round's
+            ``model_out`` (the round record's ``evaluations``).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +131,11 @@ def build_synthetic_run(
                 sites=identities[:sites],
                 # a note, so that tamper tests cover every genesis field
                 notes=["synthetic run: no real sites or training"],
+                # a task identity with statistics, for the same reason
+                task={"name": "synthetic", "version": "1",
+                      "layout_digest": "sha256:" + "1" * 64, "schema_digest": "sha256:" + "2" * 64,
+                      "statistics": {"digest": "sha256:" + "3" * 64, "sites": sites,
+                                     "values": {"count": [float(sites)]}}},
             )
         )
     )
@@ -209,6 +218,8 @@ def build_synthetic_run(
                     strategy={"name": "fedavg"},
                     metrics={"loss": round(1.0 / r, 6)},
                     timings={"aggregate": 0.001},
+                    evaluations=_evaluations(keys, contributions, run_id, r,
+                                             result.model_digests[-1]) if evaluations else [],
                 )
             )
         )
@@ -238,3 +249,14 @@ def build_synthetic_run(
         np.savez(run_dir / MODEL_NAME, **model)  # after the closing record, see verify
     writer.close()
     return result
+
+
+def _evaluations(keys: dict[str, Ed25519PrivateKey], contributions: list[SiteContribution],
+                 run_id: str, r: int, model_out: str) -> list[SiteEvaluation]:
+    """Each contributing site's signed score of ``model_out`` (deterministic values)."""
+    out = []
+    for i, c in enumerate(contributions):
+        loss, metrics, n = round(1.0 / (r + i), 6), {"accuracy": round(0.5 + 0.01 * i, 6)}, 20 + i
+        signature = sign_evaluation(keys[c.site_id], run_id, r, model_out, loss, metrics, n)
+        out.append(SiteEvaluation(c.site_id, model_out, loss, n, metrics, signature))
+    return out

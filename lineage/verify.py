@@ -18,6 +18,9 @@ Checks, in chain order, naming the first record that fails:
    the update digest is the masked vector's, and ``detail.secagg`` may carry the site's
    signature over its unmask reply (:func:`fedsilo.lineage.signing.unmask_message`), checked
    and counted too;
+   each per-site evaluation (optional ``evaluations``) is from a known site, once per
+   round, of the round's ``model_out``, and its site signature
+   (:func:`fedsilo.lineage.signing.evaluation_message`) is checked and counted too;
 7. rounds increase; ``model_in`` of each round equals the model the previous round left
    (or the initial model, or the model after the round a resume record names); a skipped
    round keeps the model;
@@ -60,7 +63,12 @@ from .errors import LineageError
 from .keys import key_fingerprint, load_public_key
 from .records import RECORD_TYPES, validate_body
 from .runs import locate_run
-from .signing import CONTRIBUTION_SCHEMA, unmask_message, verify_declaration
+from .signing import (
+    CONTRIBUTION_SCHEMA,
+    evaluation_message,
+    unmask_message,
+    verify_declaration,
+)
 from .store import parse_json, read_rows
 
 _SIGNED_KEY_SET = frozenset(SIGNED_KEYS)
@@ -549,6 +557,32 @@ class _Checker:
                 f"accepted list {sorted(body['accepted'])} does not match the accepted "
                 f"contributions {sorted(accepted)}",
             )
+        self._evaluations(i, r, body)
+
+    def _evaluations(self, i: int, r: int, body: dict[str, Any]) -> None:
+        """The sites' signed evaluations of the round's model (optional field): each from
+        a known site, once, of ``model_out``, with its signature checked and counted."""
+        seen: set[str] = set()
+        for e in body.get("evaluations", ()):
+            site_id = e["site_id"]
+            entry = self.sites.get(site_id)
+            if entry is None or entry[1] > r:
+                why = "unknown" if entry is None else "not yet joined"
+                raise _Failure(i, "round", f"evaluation from {why} site {site_id!r}")
+            if site_id in seen:
+                raise _Failure(i, "round", f"site {site_id!r} evaluates twice in round {r}")
+            seen.add(site_id)
+            if e["model_digest"] != body["model_out"]:
+                raise _Failure(
+                    i, "round", f"site {site_id!r} evaluation is of model {e['model_digest']}, "
+                    f"not the round's model_out {body['model_out']}"
+                )
+            if self.check_sites:
+                message = evaluation_message(self.run_id, r, e["model_digest"], e["loss"],
+                                             e["metrics"], e["num_examples"])
+                what = f"site signature of {site_id!r} over its evaluation invalid"
+                self._queue((i, "round", what, entry[0], bytes.fromhex(e["signature"]), message))
+                self.site_signatures += 1
 
     def _secagg_contribution(
         self, i: int, r: int, site_id: str, secagg: Any, public: Ed25519PublicKey

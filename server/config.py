@@ -88,7 +88,12 @@ class RunConfig:
 
     Parameters
     ----------
-    dataset : bundled dataset: digits, breast_cancer, wine or mnist1d.
+    task : what is learned: a built-in task (digits, breast_cancer, wine, mnist1d,
+        tabular) or ``module:object`` (see `fedsilo.tasks.resolve_task`); ``dataset`` is
+        accepted as its old name.
+    task_options : the task's own options (the ``[task_options]`` table).
+    init_model : a file holding the initial model instead of the task's (``.npz`` of named
+        arrays, or a torch ``state_dict`` saved as ``.pt``); its layers must match the task's.
     sites : number of simulated sites.
     rounds : number of federated rounds.
     partition : iid, dirichlet:ALPHA or shards:K.
@@ -101,6 +106,8 @@ class RunConfig:
     aggregator, optimizer : strategy specs, ``name:param=value,...``.
     proximal_mu : FedProx proximal term at the sites (0 = off).
     min_sites : replies needed for a round to change the model.
+    eval_every : every this many rounds (and the last round) each sampled site scores the
+        round's global model on its own held-out split, signed, in lineage; 0: never.
     min_rounds_changed : rounds that must change the model (with at least one site's
         update) for the run to end ``completed``; with fewer it ends ``no_progress`` (the
         CLI exits 3). Default 1: a run in which no round changed the model did not succeed.
@@ -117,7 +124,9 @@ class RunConfig:
     run_id : run directory name and lineage run id (default: generated).
     """
 
-    dataset: str = "digits"
+    task: str = "digits"
+    task_options: dict[str, Any] = field(default_factory=dict)
+    init_model: str | None = None
     sites: int = 10
     rounds: int = 20
     partition: str = "dirichlet:0.5"
@@ -132,6 +141,7 @@ class RunConfig:
     proximal_mu: float = 0.0
     min_sites: int = 1
     min_rounds_changed: int = 1
+    eval_every: int = 1
     round_timeout: float = 600.0
     max_update_norm: float = 1e4
     attack: str | None = None
@@ -162,6 +172,9 @@ class RunConfig:
                     raise ConfigError(f"config: {table} must be a table")
                 data[table][sub] = value
             else:
+                if key in ("task", "dataset"):  # a flag overrides the file's task, by either name
+                    data.pop("task", None)
+                    data.pop("dataset", None)
                 data[key] = value
         return cls.from_dict(data)
 
@@ -170,6 +183,9 @@ class RunConfig:
         """Build from a (TOML-shaped) mapping; unknown keys and wrong types are errors."""
         top = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
+        if "dataset" in data and "task" not in data:  # the old name: its own flag and wording
+            _check_task(data["dataset"], "--dataset", "dataset")
+        data = _task_alias(data)
         for key, value in data.items():
             name = key.replace("-", "_")
             if name not in top:
@@ -196,8 +212,7 @@ class RunConfig:
         """Raise `ConfigError` naming the first invalid option and what is accepted."""
         from fedsilo.simulations.partition import PartitionError, PartitionSpec
 
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"--dataset: unknown dataset {self.dataset!r}; accepted: {', '.join(DATASETS)}")
+        _check_task(self.task)
         _positive_int("--sites", self.sites)
         _positive_int("--rounds", self.rounds)
         _positive_int("--local-epochs", self.local_epochs)
@@ -205,6 +220,9 @@ class RunConfig:
         _positive_int("--hidden", self.hidden)
         _positive_int("--min-sites", self.min_sites)
         _positive_int("--min-rounds-changed", self.min_rounds_changed)
+        if self.eval_every < 0:
+            raise ConfigError(f"--eval-every: must be an integer >= 0 (0: no per-site "
+                              f"evaluation), got {self.eval_every}")
         if self.min_rounds_changed > self.rounds:
             raise ConfigError(f"--min-rounds-changed: {self.min_rounds_changed} exceeds "
                               f"--rounds {self.rounds}")
@@ -315,6 +333,11 @@ class RunConfig:
             raise ConfigError(f"{flag}: {message.strip()}") from None
 
     @property
+    def dataset(self) -> str:
+        """The task's old name (``--dataset``): the task spec."""
+        return self.task
+
+    @property
     def sites_per_round(self) -> int:
         """How many sites are sampled each round."""
         return max(1, round(self.fraction * self.sites))
@@ -367,6 +390,10 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
         if math.isnan(out):
             raise ConfigError(f"{flag}: expected a number, got NaN")
         return out
+    if text.startswith("dict"):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config: [{name}] must be a table, got {value!r}")
+        return dict(value)
     if text.startswith("str"):
         if not isinstance(value, str):
             raise ConfigError(f"{flag}: expected a string, got {value!r}")
@@ -411,6 +438,34 @@ def check_run_id(run_id: str) -> None:
     if RUN_ID_PATTERN.fullmatch(run_id) is None:
         shown = repr(run_id) if len(run_id) <= 40 else f"{run_id[:40]!r}... ({len(run_id)} characters)"
         raise ConfigError(f"--run-id: {shown} is not accepted; expected {RUN_ID_ACCEPTED}")
+
+
+def _task_alias(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``dataset`` (the old name) -> ``task``; both, naming different tasks, is an error."""
+    if "dataset" not in data:
+        return data
+    out = dict(data)
+    alias = out.pop("dataset")
+    if "task" in out and out["task"] != alias:
+        raise ConfigError(f"--dataset: {alias!r} conflicts with --task {out['task']!r}; "
+                          "--dataset is the old name of --task, give one")
+    out["task"] = alias
+    return out
+
+
+def _check_task(task: Any, flag: str = "--task", noun: str = "task") -> None:
+    """The task spec's form (a built-in name or ``module:object``); importing and building
+    it is `fedsilo.tasks.resolve_task`'s job, when the run starts."""
+    from fedsilo.tasks.registry import BUILTINS
+
+    if not isinstance(task, str):
+        raise ConfigError(f"{flag}: expected a string, got {task!r}")
+    if task in BUILTINS:
+        return
+    module, _, obj = task.partition(":")
+    if not module or not obj or ":" in obj:
+        raise ConfigError(f"{flag}: unknown {noun} {task!r}; accepted: {', '.join(BUILTINS)}, "
+                          "or your own task as 'module:object'")
 
 
 def _positive_int(flag: str, value: int) -> None:

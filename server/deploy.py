@@ -61,8 +61,8 @@ CONNECTION = "fedsilo"
 """Name of the SuperLink connection written to the flwr CLI's config."""
 
 APP_COMPONENTS = {
-    "serverapp": "fedsilo.simulations.flower_app:server_app",
-    "clientapp": "fedsilo.simulations.flower_app:client_app",
+    "serverapp": "fedsilo.server.flower_app:server_app",
+    "clientapp": "fedsilo.server.flower_app:client_app",
 }
 FINISHED = "finished"
 _PROGRESS = re.compile(r"Using SuperLink|Listing |Flower configuration not found|Created default")

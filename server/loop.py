@@ -26,7 +26,7 @@ from fedsilo import lineage
 from fedsilo.lineage.records import _is_digest as is_digest
 from fedsilo.lineage.signing import verify_declaration
 from fedsilo.privacy.screening import ScreeningPolicy, example_count
-from fedsilo.server import outcome
+from fedsilo.server import outcome, site_eval, task_round
 from fedsilo.server.checkpoint import (
     CHECKPOINT_NAME,
     Checkpoint,
@@ -116,6 +116,9 @@ class RoundSummary:
     model_digest: str
     epsilon: float | None = None
     reason: str | None = None
+    site_eval: dict[str, Any] | None = None
+    """The sampled sites' scores of the round's model on their own held-out splits, with
+    mean and worst site (`fedsilo.server.site_eval.summarise`); None: not evaluated."""
 
 
 @dataclass
@@ -139,6 +142,12 @@ class ServerSpec:
     node_wait_timeout : seconds to wait for ``expected_sites`` nodes to connect.
     resume : continue the run in ``run_dir`` from its last checkpoint (after a crash).
     simulation : a simulated federation (seeded DP noise unless configured otherwise).
+    task_identity : the task's `fedsilo.tasks.TaskIdentity` as a dict: every site must
+        present the same at the handshake; recorded in genesis (None: not checked).
+    frozen_layers : layers of ``initial_weights`` the sites neither send back nor the
+        server aggregates (they stay as initialised).
+    statistics : ask every site for the task's statistics before round 1 and send their
+        sum with every train and evaluate message (`fedsilo.server.task_round`).
     """
 
     config: RunConfig
@@ -155,6 +164,9 @@ class ServerSpec:
     node_wait_timeout: float = 120.0
     resume: bool = False
     simulation: bool = True
+    task_identity: dict[str, str] | None = None
+    frozen_layers: tuple[str, ...] = ()
+    statistics: bool = False
 
 
 @dataclass
@@ -182,12 +194,16 @@ class FederationServer:
     def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
         cfg = spec.config
-        self.layout = codec.ModelLayout.from_arrays(spec.initial_weights)
+        # the server aggregates the trainable layers; the task's frozen ones ride along
+        self.parts = task_round.ModelParts.split(spec.initial_weights, spec.frozen_layers)
+        self.layout = self.parts.trainable
+        self.statistics: dict[str, np.ndarray] | None = None
+        self.statistics_record: dict[str, Any] | None = None
         if self.layout.size >= LARGE_MODEL_VALUES:
             # reuse last round's model-sized buffers instead of page-faulting fresh ones;
             # small models gain nothing, and the fixed thresholds made Ray rounds jitter
             keep_freed_memory()
-        self.model = self.layout.flatten(spec.initial_weights)
+        self.model = self.layout.flatten({k: spec.initial_weights[k] for k in self.layout.names})
         self.aggregator = registry.make_aggregator(cfg.aggregator)
         self.optimizer = registry.make_optimizer(cfg.optimizer)
         self.aggregator.validate(cfg.sites_per_round)
@@ -236,6 +252,7 @@ class FederationServer:
             self._open_lineage()
         try:
             self.sites = self._handshake(grid)
+            self._query_statistics(grid)
             if spec.resume:
                 self._check_resumed_sites()
                 for summary in self.recovered:
@@ -278,7 +295,7 @@ class FederationServer:
                 self._persist_pool.shutdown(wait=True)
                 self._close_lineage(closing, detail, self.rounds_completed)
         fault_point("after_closing", self.last_round)
-        weights = self.layout.unflatten(self.model.copy())
+        weights = self.parts.weights(self.model.copy())
         return RunResult(summaries, weights, lineage.arrays_digest(weights), closing, self.sites,
                          detail=detail, rounds_changed=self.progress.changed)
 
@@ -286,7 +303,7 @@ class FederationServer:
         """Write ``model.npz`` atomically (before the closing record: see `run`)."""
         fault_point("before_model", self.last_round)
         if self.spec.run_dir is not None:
-            write_model(self.spec.run_dir, self.layout.unflatten(self.model.copy()))
+            write_model(self.spec.run_dir, self.parts.weights(self.model.copy()))
         fault_point("before_closing", self.last_round)
 
     def _announce_budget(self) -> None:
@@ -362,7 +379,8 @@ class FederationServer:
                 problems.append(f"node {node} ({info.site_id}): app digest "
                                 f"{info.app_digest!r:.80} is not 'sha256:<64 hex>'")
                 continue
-            declared = self._declared_examples(rec, info)
+            declared = task_round.identity_problem(self.spec.task_identity, rec) or \
+                self._declared_examples(rec, info)
             if isinstance(declared, str):  # the site is refused: say why, in one line
                 problems.append(f"node {node} ({info.site_id}): {declared}")
                 continue
@@ -460,7 +478,7 @@ class FederationServer:
             "proximal_mu": cfg.proximal_mu,
             "aggregator": cfg.aggregator,
             "optimizer": cfg.optimizer,
-            "layout": self.layout.to_json(),
+            **self.parts.layout_config(),
             "server_key_fingerprint": self._server_key_fingerprint(),
             "secagg": cfg.secagg.enabled,
             **({f"dp_{k}": v for k, v in self.dp.round_config(server_round).items()}
@@ -481,9 +499,11 @@ class FederationServer:
         model_in = self._model_digest or self._digest(self.model)
         content = RecordDict(
             {
-                codec.GLOBAL_RECORD: ArrayRecord({codec.MODEL_KEY: codec.encode_flat(self.model)}),
+                codec.GLOBAL_RECORD: ArrayRecord(
+                    {codec.MODEL_KEY: codec.encode_flat(self.parts.wire(self.model))}),
                 codec.CONFIG_RECORD: ConfigRecord(self.round_config(server_round)),
                 codec.FEDERATION_RECORD: ConfigRecord(self._federation()),
+                **task_round.statistics_records(self.statistics),
             }
         )
         if not sampled:
@@ -503,8 +523,10 @@ class FederationServer:
         t_eval = time.perf_counter()
         test_loss = test_acc = None
         if self.spec.evaluate_fn is not None:
-            test_loss, test_acc = self.spec.evaluate_fn(self.layout.unflatten(self.model))
+            test_loss, test_acc = self.spec.evaluate_fn(self.parts.weights(self.model))
         model_out = self._model_digest = self._digest(self.model)
+        t_site = time.perf_counter()
+        evaluations, eval_problems = self._site_evaluations(grid, server_round, sampled, model_out)
         t_end = time.perf_counter()
 
         epsilon = None
@@ -519,7 +541,12 @@ class FederationServer:
         metrics = {k: v for k, v in (("train_loss", ex.train_loss), ("test_loss", test_loss),
                                       ("test_accuracy", test_acc), ("epsilon", epsilon))
                    if v is not None and np.isfinite(v)}
-        timings = {**ex.timings, "evaluate": t_end - t_eval, "total": t_end - t0}
+        timings = {**ex.timings, "evaluate": t_site - t_eval, "total": t_end - t0}
+        if evaluations or eval_problems:
+            timings["site_evaluate"] = t_end - t_site
+        extra = self._first_round_extra(server_round)
+        if eval_problems:
+            extra["evaluation_problems"] = eval_problems
         record = self._round_record(
             server_round=server_round, sampled=[s.site_id for s in sampled], replied=ex.replied,
             accepted=ex.accepted if status == "completed" else [], rejected=ex.rejected,
@@ -528,7 +555,7 @@ class FederationServer:
                   for c in ex.contributions],
             model_in=model_in, model_out=model_out, metrics=metrics, timings=timings,
             status=status, reason=reason, privacy=ex.privacy, secagg=ex.secagg,
-            extra=self._first_round_extra(server_round),
+            extra=extra, evaluations=[e for e in evaluations if e["signature"]],
         )
         summary = RoundSummary(
             round=server_round, status=status, sampled=len(sampled), replied=len(ex.replied),
@@ -536,7 +563,7 @@ class FederationServer:
             if status == "completed" else 0, rejected=ex.rejected,
             train_loss=ex.train_loss, test_loss=test_loss, test_accuracy=test_acc,
             wall_time=time.perf_counter() - t0, model_digest=model_out, epsilon=epsilon,
-            reason=reason,
+            reason=reason, site_eval=site_eval.summarise(evaluations),
         )
         # Checkpoint first, carrying the round's record; then append the record. A crash
         # before the checkpoint re-runs the round; a crash after it re-appends the record
@@ -553,6 +580,27 @@ class FederationServer:
         self._persisting = self._persist_pool.submit(self._persist, server_round, record, ckpt)
         self.rounds_completed += status == "completed"
         return summary
+
+    def _site_evaluations(self, grid: Grid, server_round: int, sampled: list[SiteInfo],
+                          model_out: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Every ``eval_every`` rounds: the sampled sites' signed scores of the round's
+        model on their own held-out splits (see `fedsilo.server.site_eval`)."""
+        cfg = self.spec.config
+        if not sampled or not site_eval.evaluation_due(cfg.eval_every, server_round, cfg.rounds):
+            return [], {}
+        content = RecordDict({
+            codec.GLOBAL_RECORD: ArrayRecord(
+                {codec.MODEL_KEY: codec.encode_flat(self.parts.wire(self.model))}),
+            **task_round.statistics_records(self.statistics),
+            codec.CONFIG_RECORD: ConfigRecord({
+                "run_id": self.spec.run_id, "server_round": server_round,
+                "layout": self.parts.full.to_json(),
+                "server_key_fingerprint": self._server_key_fingerprint()}),
+            codec.FEDERATION_RECORD: ConfigRecord(self._federation()),
+        })
+        return site_eval.exchange(grid, sampled, content, run_id=self.spec.run_id,
+                                  server_round=server_round, model_digest=model_out,
+                                  timeout=cfg.round_timeout)
 
     def _first_round_extra(self, server_round: int) -> dict[str, Any]:
         """Round 1's record states how many rounds the privacy budget fits (DP runs)."""
@@ -648,7 +696,7 @@ class FederationServer:
         if self.spec.attack_fn is not None and batch.n:
             batch = self.spec.attack_fn(server_round, batch)
         if self.spec.root_update_fn is not None and batch.n:
-            batch.root_update = self.spec.root_update_fn(self.layout.unflatten(self.model), server_round)
+            batch.root_update = self.spec.root_update_fn(self.parts.weights(self.model), server_round)
         t_agg = time.perf_counter()
         fates: dict[str, str] = {}
         scores: dict[str, float] = {}
@@ -809,7 +857,7 @@ class FederationServer:
 
     # -------------------------------------------------------------- lineage
     def _digest(self, flat: np.ndarray) -> str:
-        return lineage.arrays_digest(self.layout.unflatten(flat))
+        return lineage.arrays_digest(self.parts.weights(flat))
 
     def _server_key_fingerprint(self) -> str:
         if self.server_key is None:
@@ -850,8 +898,31 @@ class FederationServer:
                     for s in self.sites
                 ],
                 notes=self._genesis_notes() + list(problems or []),
+                **self._genesis_task(),
             )
         )
+
+    def _genesis_task(self) -> dict[str, Any]:
+        """Genesis's ``task``: the task identity and, when queried, the summed statistics."""
+        if self.spec.task_identity is None:
+            return {}
+        task: dict[str, Any] = dict(self.spec.task_identity)
+        if self.statistics_record is not None:
+            task["statistics"] = self.statistics_record
+        return {"task": task}
+
+    def _query_statistics(self, grid: Grid) -> None:
+        """Before round 1 (and again on a resume): the sum of the sites' statistics."""
+        if not self.spec.statistics:
+            return
+        from fedsilo.tasks.statistics import StatisticsError
+
+        nodes = {s.node_id: s.site_id for s in self.sites}
+        try:
+            self.statistics, self.statistics_record = task_round.query_statistics(
+                grid, nodes, self._federation(), self.spec.config.round_timeout)
+        except StatisticsError as exc:
+            raise FederationError(str(exc)) from None
 
     def _genesis_notes(self) -> list[str]:
         """What this run knowingly does outside a guarantee (recorded in genesis)."""
@@ -862,10 +933,13 @@ class FederationServer:
         return [f"outside the aggregator's guarantee: {found[0]}; {how}"]
 
     def _round_record(self, *, server_round: int, contributions: list[dict[str, Any]],
-                      **fields: Any) -> Any:
+                      evaluations: list[dict[str, Any]], **fields: Any) -> Any:
+        from fedsilo.lineage.records import SiteEvaluation
+
         return lineage.RoundRecord(
             round=server_round,
             contributions=[lineage.SiteContribution(**c) for c in contributions],
+            evaluations=[SiteEvaluation(**e) for e in evaluations],
             strategy={"aggregator": _describe(self.aggregator),
                       "optimizer": _describe(self.optimizer)},
             **fields,

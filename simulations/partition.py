@@ -13,25 +13,32 @@ class PartitionError(ValueError):
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """How samples are distributed: ``iid``, ``dirichlet:ALPHA`` or ``shards:K``.
+    """How samples are distributed: ``iid``, ``dirichlet:ALPHA``, ``shards:K`` or ``column:NAME``.
 
     Parameters
     ----------
-    kind : ``"iid"``, ``"dirichlet"`` (label skew, smaller alpha = more skew) or
-        ``"shards"`` (sort by label, cut into shards, give each site K of them).
-    value : alpha for dirichlet, K for shards, unused for iid.
+    kind : ``"iid"``, ``"dirichlet"`` (label skew, smaller alpha = more skew),
+        ``"shards"`` (sort by label, cut into shards, give each site K of them) or
+        ``"column"`` (a user's file whose column NAME names each row's site: the natural
+        partition of cross-silo data; `fedsilo.simulations.user_data` applies it).
+    value : alpha for dirichlet, K for shards, unused for iid and column.
+    column : the column's name (column only).
     """
 
     kind: str
     value: float = 0.0
+    column: str = ""
 
     @classmethod
     def parse(cls, text: str) -> PartitionSpec:
-        accepted = "accepted: iid, dirichlet:ALPHA (ALPHA > 0), shards:K (K >= 1)"
+        accepted = ("accepted: iid, dirichlet:ALPHA (ALPHA > 0), shards:K (K >= 1), "
+                    "column:NAME (a column of task_options.data naming each row's site)")
         head, _, tail = str(text).strip().partition(":")
         try:
             if head == "iid" and not tail:
                 return cls("iid")
+            if head == "column" and tail.strip():
+                return cls("column", column=tail.strip())
             if head == "dirichlet" and tail and float(tail) > 0 and np.isfinite(float(tail)):
                 return cls("dirichlet", float(tail))
             if head == "shards" and tail and int(tail) >= 1 and int(tail) == float(tail):
@@ -43,6 +50,8 @@ class PartitionSpec:
     def __str__(self) -> str:
         if self.kind == "iid":
             return "iid"
+        if self.kind == "column":
+            return f"column:{self.column}"
         value = int(self.value) if self.kind == "shards" else self.value
         return f"{self.kind}:{value}"
 
@@ -52,6 +61,10 @@ def partition(labels: np.ndarray, num_sites: int, spec: PartitionSpec, seed: int
 
     The result depends only on (labels, num_sites, spec, seed).
     """
+    if spec.kind == "column":
+        raise PartitionError(f"{spec} splits a data file by its column (task_options.data); "
+                             "this task's data has no such column: use iid, dirichlet:ALPHA or "
+                             "shards:K")
     n = len(labels)
     if num_sites < 1:
         raise PartitionError(f"sites must be >= 1, got {num_sites}")

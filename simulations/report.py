@@ -73,6 +73,7 @@ def write_report(path: Path, config: Any, result: Any,
         for k, v in sorted(totals.items())
     )
 
+    site_section = _site_section(result.rounds)
     rows = "".join(
         f"<tr><td>{r.round}</td><td>{r.status}</td><td>{r.sampled}</td><td>{r.replied}</td>"
         f"<td>{r.accepted}</td><td>{_fmt(r.train_loss)}</td><td>{_fmt(r.test_loss)}</td>"
@@ -94,6 +95,7 @@ th{{background:#f3f3f3}}</style></head><body>
 Run ended: <b>{html.escape(result.closing_reason)}</b>; {len(result.rounds)} rounds; sites: {len(result.sites)}.<br>
 {html.escape(getattr(result, "detail", "") or "")}{_resumes_text(resumed_from)}</p>
 <h2>Accuracy and loss per round</h2><img alt="accuracy and loss per round" src="data:image/png;base64,{curves}">
+{site_section}
 <h2>Sites' data</h2><img alt="{sites_alt}" src="data:image/png;base64,{sites_png}">
 <table><tr><th>site</th><th>{count_head}</th></tr>{site_rows}</table>
 <h2>Rounds</h2><table><tr><th>round</th><th>status</th><th>sampled</th><th>replied</th><th>accepted</th>
@@ -102,6 +104,60 @@ Run ended: <b>{html.escape(result.closing_reason)}</b>; {len(result.rounds)} rou
 </body></html>
 """
     path.write_text(page)
+
+
+def _site_section(rounds: list[Any]) -> str:
+    """"Per-site evaluation": each site's score of the global model on its own held-out
+    split per round (a curve per site), the mean over sites and the spread (the band from
+    the worst to the best site), then the last evaluated round's table. Empty when no
+    round was evaluated at the sites."""
+    from fedsilo.server.site_eval import headline, lower_is_better
+
+    evaluated = [r for r in rounds if getattr(r, "site_eval", None)]
+    if not evaluated:
+        return ""
+    name = headline(evaluated[-1].site_eval) or "loss"
+    sites = sorted({s for r in evaluated for s in r.site_eval["sites"]})
+    xs = [r.round for r in evaluated]
+    fig, ax = plt.subplots(figsize=(11, 4.0))
+    for site in sites:
+        ys = [r.site_eval["sites"].get(site, {}).get(name, np.nan) for r in evaluated]
+        ax.plot(xs, ys, lw=0.9, alpha=0.7, marker=".", ms=3, label=site)
+    values = [[m[name] for m in r.site_eval["sites"].values() if name in m] for r in evaluated]
+    ax.fill_between(xs, [min(v) for v in values], [max(v) for v in values], color="grey",
+                    alpha=0.2, label="spread (worst to best site)")
+    ax.plot(xs, [r.site_eval["mean"][name] for r in evaluated], color="black", lw=2,
+            label="mean over sites")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"{name} (site's held-out split)")
+    ax.set_title(f"per-site {name} of the global model, each site on its own held-out split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    png = _png(fig)
+    last = evaluated[-1]
+    names = ["loss", *sorted(n for n in last.site_eval["mean"] if n != "loss")]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(
+        f"<tr><td>{html.escape(s)}</td><td>{m['num_examples']}</td>"
+        + "".join(f"<td>{_fmt(m.get(n))}</td>" for n in names) + "</tr>"
+        for s, m in sorted(last.site_eval["sites"].items())
+    )
+    mean = "".join(f"<td>{_fmt(last.site_eval['mean'].get(n))}</td>" for n in names)
+    worst = "".join(
+        f"<td>{_fmt(last.site_eval['worst'].get(n))} "
+        f"({html.escape(last.site_eval['worst_site'].get(n, ''))})</td>" for n in names
+    )
+    direction = "highest" if lower_is_better(name) else "lowest"
+    return (
+        f'<h2>Per-site evaluation</h2><img alt="per-site {html.escape(name)} per round" '
+        f'src="data:image/png;base64,{png}">\n'
+        f"<p>Round {last.round}: each sampled site's score of the global model on its own "
+        f"held-out split (signed by the site, in lineage); worst = {direction} "
+        f"{html.escape(name)}.</p>"
+        f"<table><tr><th>site</th><th>held-out examples</th>{head}</tr>{body}"
+        f"<tr><th>mean over sites</th><td></td>{mean}</tr>"
+        f"<tr><th>worst site</th><td></td>{worst}</tr></table>"
+    )
 
 
 def _label_chart(label_counts: dict[str, list[int]]) -> str:

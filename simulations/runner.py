@@ -27,12 +27,13 @@ from fedsilo.client.app import make_client_app
 from fedsilo.server.app import ServerOutcome, make_server_app
 from fedsilo.server.config import ConfigError, RunConfig
 from fedsilo.server.loop import RoundSummary, RunResult, ServerSpec
-from fedsilo.simulations.datasets import Dataset, load_dataset
+from fedsilo.server.task_setup import server_task, task_options
 from fedsilo.simulations.engine import run_on_simulation_engine
-from fedsilo.simulations.models import evaluate_arrays, get_weights, make_mlp, set_weights
 from fedsilo.simulations.partition import PartitionError, PartitionSpec, partition
 from fedsilo.simulations.scenario import malicious_sites, site_id
 from fedsilo.simulations.sites import simulated_site
+from fedsilo.simulations.user_data import resolve_config as resolve_user_data
+from fedsilo.tasks.datasets import DATASETS, Dataset, load_dataset
 
 
 @dataclass
@@ -61,14 +62,28 @@ def new_run_id() -> str:
 
 
 def check_feasible(config: RunConfig) -> None:
-    """Checks that need the data (sites vs samples, shards); `ConfigError` on failure."""
-    data = load_dataset(config.dataset, seed=config.seed)
-    try:
-        partition(data.y_train, config.sites, PartitionSpec.parse(config.partition), config.seed)
-    except PartitionError as exc:
-        flag = "--sites" if "exceeds" in str(exc) else "--partition"
-        raise ConfigError(f"{flag}: {exc}") from None
+    """Checks that need the task or the data (the task builds, ``init_model`` fits it,
+    sites vs samples, shards); `ConfigError` on failure, before anything is written."""
+    config = resolve_user_data(config)  # a user's files: readable, sites found
+    server_task(config)
+    data = bundled_data(config)
+    if data is not None:
+        try:
+            partition(data.y_train, config.sites, PartitionSpec.parse(config.partition), config.seed)
+        except PartitionError as exc:
+            flag = "--sites" if "exceeds" in str(exc) else "--partition"
+            raise ConfigError(f"{flag}: {exc}") from None
+    elif config.aggregator.split(":")[0] == "fltrust":
+        raise ConfigError(f"--aggregator: fltrust needs a server root set, which only the "
+                          f"bundled tasks provide ({', '.join(DATASETS)}); --task is {config.task}")
     _strategy_check(config)
+
+
+def bundled_data(config: RunConfig) -> Dataset | None:
+    """The bundled dataset of the run's task (None for any other task)."""
+    if config.task not in DATASETS:
+        return None
+    return load_dataset(config.task, seed=int(task_options(config)["seed"]))
 
 
 def _strategy_check(config: RunConfig) -> None:
@@ -138,6 +153,7 @@ def run_federation(
     """
     if engine not in ("ray", "inprocess"):
         raise ValueError(f"engine must be 'ray' or 'inprocess', got {engine!r}")
+    config = resolve_user_data(config)  # absolute data path; sites named by the data
     check_feasible(config)
     run_id = config.run_id or new_run_id()
     run_dir = Path(config.out) / run_id
@@ -199,16 +215,16 @@ def finish_outputs(run_dir: Path, config: RunConfig, *, simulated: bool) -> Simu
     from fedsilo.server.checkpoint import MODEL_NAME, read_checkpoint, write_model
     from fedsilo.server.loop import SiteInfo
     from fedsilo.server.outcome import RunProgress
-    from fedsilo.strategies.codec import ModelLayout
+    from fedsilo.server.task_round import ModelParts
 
     chain = lineage.read_chain(run_dir / "lineage.sqlite")
     closing = chain[-1]["body"]
     expected = closing["final_model_digest"]
     spec = build_server_spec(config, run_dir)
-    layout = ModelLayout.from_arrays(spec.initial_weights)
+    parts = ModelParts.split(spec.initial_weights, spec.frozen_layers)
     weights = _saved_model(run_dir / MODEL_NAME)
     if weights is None or lineage.arrays_digest(weights) != expected:
-        weights = layout.unflatten(read_checkpoint(run_dir).model.astype(np.float32))
+        weights = parts.weights(read_checkpoint(run_dir).model.astype(np.float32))
         if lineage.arrays_digest(weights) != expected:
             raise ConfigError(f"--resume: {run_dir}: the checkpoint's model is not the final model "
                               f"{expected} of the closing record; cannot finish the outputs")
@@ -222,7 +238,7 @@ def finish_outputs(run_dir: Path, config: RunConfig, *, simulated: bool) -> Simu
     progress = RunProgress.from_bodies([r["body"] for r in chain if r["type"] == "round"])
     result = RunResult([], weights, expected, closing["reason"], sites,
                        detail=closing["detail"], rounds_changed=progress.changed)
-    data = load_dataset(config.dataset, seed=config.seed) if simulated else None
+    data = bundled_data(config) if simulated else None
     result = write_outputs(run_dir, config, result, data)
     return SimulationRun(str(config.run_id), run_dir, result, expected, _resumes(run_dir, config))
 
@@ -285,7 +301,7 @@ def _read_round_log(log: Path) -> dict[int, dict[str, Any]]:
 
 def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: bool,
              engine: str = "ray") -> SimulationRun:
-    data = load_dataset(resolved.dataset, seed=resolved.seed)
+    data = bundled_data(resolved)
     outcome = ServerOutcome()
     spec.on_round = round_logger(run_dir, spec.on_round)
     server_app = make_server_app(lambda _ctx: spec, outcome)
@@ -325,18 +341,19 @@ def build_server_spec(
     on_round: Callable[[RoundSummary], None] | None = None,
     expected_sites: int | None = None,
 ) -> ServerSpec:
-    """The server side of a simulated federation: initial model, central test set, attacks.
+    """The server side of a simulated federation: the task's initial model (or
+    ``init_model``), identity and central evaluator, and the simulated attacks.
 
-    Used by `run_federation` and by the Flower App (``fedsilo.simulations.flower_app``)
-    that runs the same federation on Flower's deployment runtime.
+    Used by `run_federation` and by the Flower App (``fedsilo.server.flower_app``)
+    when it runs a simulated federation on Flower's deployment runtime.
     """
     if config.run_id is None:
         raise ValueError("build_server_spec needs a resolved config with run_id set")
-    data = load_dataset(config.dataset, seed=config.seed)
-    model = make_mlp(data.num_features, data.num_classes, hidden=config.hidden, seed=config.seed)
+    st = server_task(config)
     bad_sites = malicious_sites(config.sites, config.malicious, config.seed)
     federation: dict[str, Any] = {
-        "dataset": config.dataset, "sites": config.sites, "partition": config.partition,
+        "task": config.task, "task_options": json.dumps(task_options(config), sort_keys=True),
+        "sites": config.sites, "partition": config.partition,
         "seed": config.seed, "batch_size": config.batch_size, "sim_run_dir": str(run_dir.resolve()),
         "label_flip_sites": ",".join(bad_sites) if config.attack == "label_flip" else "",
     }
@@ -345,25 +362,18 @@ def build_server_spec(
     return ServerSpec(
         config=config,
         run_id=config.run_id,
-        initial_weights=get_weights(model),
+        initial_weights=st.initial_weights,
         run_dir=run_dir,
         federation=federation,
-        evaluate_fn=_central_evaluator(data, config),
+        evaluate_fn=st.evaluate_fn,
         attack_fn=_attack_fn(config, bad_sites),
-        root_update_fn=_root_update_fn(data, config),
+        root_update_fn=_root_update_fn(bundled_data(config), config),
         on_round=on_round,
         expected_sites=expected_sites,
+        task_identity=st.identity,
+        frozen_layers=st.frozen_layers,
+        statistics=st.wants_statistics,
     )
-
-
-def _central_evaluator(data: Dataset, config: RunConfig) -> Callable[[dict[str, np.ndarray]], tuple[float, float]]:
-    model = make_mlp(data.num_features, data.num_classes, hidden=config.hidden, seed=config.seed)
-
-    def evaluate(weights: dict[str, np.ndarray]) -> tuple[float, float]:
-        set_weights(model, weights)
-        return evaluate_arrays(model, data.x_test, data.y_test)
-
-    return evaluate
 
 
 def _attack_fn(config: RunConfig, bad_sites: list[str]) -> Callable[..., Any] | None:
@@ -385,12 +395,12 @@ def _attack_fn(config: RunConfig, bad_sites: list[str]) -> Callable[..., Any] | 
     return attack
 
 
-def _root_update_fn(data: Dataset, config: RunConfig) -> Callable[..., np.ndarray] | None:
+def _root_update_fn(data: Dataset | None, config: RunConfig) -> Callable[..., np.ndarray] | None:
     """FLTrust's server update: one local epoch on a small root set drawn from the training split."""
-    if config.aggregator.split(":")[0] != "fltrust":
+    if config.aggregator.split(":")[0] != "fltrust" or data is None:
         return None
-    from fedsilo.simulations.trainer import TorchTrainer
     from fedsilo.strategies.codec import ModelLayout
+    from fedsilo.tasks.torch_trainer import TorchTrainer
 
     rng = np.random.default_rng([config.seed, 0x2007])
     idx = rng.choice(len(data.y_train), size=max(20, len(data.y_train) // 20), replace=False)
@@ -426,6 +436,9 @@ def write_outputs(run_dir: Path, config: RunConfig, result: RunResult,
         "closing_detail": result.detail,
         "rounds_changed": result.rounds_changed,
         "resumed_from": _resumes(run_dir, config),
+        # the sites' scores of the last model they evaluated (per site, mean, worst site)
+        "site_evaluation": next((r.site_eval for r in reversed(result.rounds) if r.site_eval),
+                                None),
         "rounds": [asdict(r) for r in result.rounds],
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -466,6 +479,7 @@ def whole_run_rounds(run_dir: Path, config: RunConfig,
 
 
 def _summary_of_record(body: dict[str, Any]) -> RoundSummary:
+    from fedsilo.server import site_eval
     from fedsilo.server.outcome import body_accepted
 
     m = body.get("metrics") or {}
@@ -477,4 +491,5 @@ def _summary_of_record(body: dict[str, Any]) -> RoundSummary:
         test_loss=m.get("test_loss"), test_accuracy=m.get("test_accuracy"),
         wall_time=float((body.get("timings") or {}).get("total", 0.0)),
         model_digest=body["model_out"], epsilon=m.get("epsilon"), reason=body.get("reason"),
+        site_eval=site_eval.summarise(body.get("evaluations") or []),
     )

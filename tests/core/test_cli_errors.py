@@ -69,7 +69,8 @@ def test_entry_point_exit_code_and_no_traceback(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip() == (
         "fedsilo simulate: error: --partition: invalid partition 'zipf:1'; "
-        "accepted: iid, dirichlet:ALPHA (ALPHA > 0), shards:K (K >= 1)"
+        "accepted: iid, dirichlet:ALPHA (ALPHA > 0), shards:K (K >= 1), "
+        "column:NAME (a column of task_options.data naming each row's site)"
     )
     assert list(tmp_path.iterdir()) == []
 

@@ -50,4 +50,8 @@ def test_flwr_run_example_app_two_rounds(tmp_path: Path, startup: Startup) -> No
         assert arrays_digest(dict(saved)) == metrics["final_model_digest"]
     report = verify_run(run_dir)
     assert report.ok, report.summary
-    assert (report.rounds, report.site_signatures, report.closed) == (2, 3 + 6, True)
+    # declarations + contributions + each site's signed score of each round's model
+    assert (report.rounds, report.site_signatures, report.closed) == (2, 3 + 6 + 6, True)
+    for r in rounds:  # the sites' own scores came through the deployment runtime
+        assert sorted(r["site_eval"]["sites"]) == ["site-000", "site-001", "site-002"]
+        assert r["site_eval"]["mean"]["accuracy"] > 0.3

@@ -73,6 +73,7 @@ def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path, startup:
     assert report.ok, report.summary
     # 3 sites x 2 rounds x (masked input, unmask reply), each signed in its own ClientApp
     # process with the site's key
-    assert report.site_signatures == 3 + 12, report.summary  # declarations + 2 per site-round
+    # declarations + 2 per site-round + each site's signed evaluation of each round's model
+    assert report.site_signatures == 3 + 12 + 6, report.summary
     for site in ("site-000", "site-001", "site-002"):
         assert lineage.reconcile(run_dir, run_dir / "sites" / site / "ledger.jsonl") == []

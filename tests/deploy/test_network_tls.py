@@ -135,7 +135,12 @@ def test_tls_federation_three_rounds(tmp_path: Path, startup: Startup) -> None:
     assert cli.returncode == 0, cli.stdout + cli.stderr
     report = verify_run(run_dir, expected_server_key=server_pub)
     assert report.ok, report.summary
-    assert (report.rounds, report.site_signatures, report.closed) == (3, 3 + 8, True)
+    # declarations + contributions + the sites' signed scores of each round's model
+    evaluations = [len(r["body"].get("evaluations", []))
+                   for r in load_chain(run_dir).of_type("round")]
+    assert all(n >= 1 for n in evaluations), evaluations
+    assert (report.rounds, report.site_signatures, report.closed) == \
+        (3, 3 + 8 + sum(evaluations), True)
     genesis = load_chain(run_dir).genesis
     assert sorted(s["site_id"] for s in genesis["sites"]) == list(SITES)
     refusal = "round 3 exceeds the site's max_rounds 2"

@@ -80,7 +80,8 @@ def test_secagg_round_matches_plain_aggregation_within_quantisation(tmp_path: Pa
     assert [(c["site_id"], c["fate"], c["num_examples"]) for c in rec["contributions"]] == [
         (f"site-{i:03d}", "accepted", None) for i in range(5)]
     report = lineage.verify_run(secure.run_dir)
-    assert report.ok and report.site_signatures == 5 + 5 * 2 * 2  # declarations; masked input + unmask reply
+    # declarations; masked input + unmask reply; each site's evaluation of each round's model
+    assert report.ok and report.site_signatures == 5 + 5 * 2 * 2 + 5 * 2
     # ...and every site in the secure sums contributed to the final model, with its data
     from fedsilo.lineage.query import contributors
 

@@ -49,7 +49,7 @@ def test_run_directory_contents(twin_runs: tuple) -> None:
     d = run.run_dir
     cfg = tomllib.loads((d / "config.toml").read_text())
     assert cfg["sites"] == 5 and cfg["rounds"] == 3 and cfg["run_id"] == "a"
-    assert cfg["dataset"] == "digits" and cfg["aggregator"] == "mean"
+    assert cfg["task"] == "digits" and cfg["aggregator"] == "mean"
     metrics = json.loads((d / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
     for r in metrics["rounds"]:
@@ -58,7 +58,8 @@ def test_run_directory_contents(twin_runs: tuple) -> None:
     with np.load(d / "model.npz") as saved:
         assert lineage.arrays_digest(dict(saved)) == run.final_digest == metrics["final_model_digest"]
     html = (d / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2 and "a" in html
+    # curves, per-site evaluation (eval_every defaults to 1), sites' data
+    assert html.count("data:image/png;base64,") == 3 and "a" in html
     for sid in (f"site-{i:03d}" for i in range(5)):
         assert (d / "sites" / sid / "key.pem").stat().st_mode & 0o777 == 0o600
 

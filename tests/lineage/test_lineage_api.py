@@ -68,6 +68,7 @@ def test_record_field_order() -> None:
         "privacy",
         "secagg",
         "extra",
+        "evaluations",  # optional, last: records built positionally before it still work
     ]
     assert params(lineage.SiteContribution) == [
         "site_id",
@@ -88,6 +89,7 @@ def test_record_field_order() -> None:
         "server_public_key",
         "sites",
         "notes",
+        "task",  # optional, last: the task identity (issue 20)
     ]
     assert params(lineage.ClosingRecord) == [
         "reason",

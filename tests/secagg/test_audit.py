@@ -27,7 +27,9 @@ from fedsilo.server.config import RunConfig
 from fedsilo.simulations.runner import run_federation
 
 SITES = [f"site-00{i}" for i in range(3)]
-SIGNATURES = 3 + 3 * 2 * 2  # declarations; sites x rounds x (masked input, unmask reply)
+# declarations; sites x rounds x (masked input, unmask reply); each site's signed evaluation
+# of each round's model (eval_every defaults to 1)
+SIGNATURES = 3 + 3 * 2 * 2 + 3 * 2
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,165 @@
+"""fedsilo's ServerApp and ClientApp as a Flower App, for ``flwr run`` and SuperLink deployments.
+
+``[tool.flwr.app.components]`` of a Flower App points here::
+
+    serverapp = "fedsilo.server.flower_app:server_app"
+    clientapp = "fedsilo.server.flower_app:client_app"
+
+(``fedsilo.simulations.flower_app`` re-exports both, for apps written before the move.)
+
+The run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``) takes the
+options of `RunConfig` by name (``rounds``, ``task``, ``sites``...; hyphens or
+underscores; nested tables such as ``dp.enabled`` or ``task_options.hidden`` as dotted
+keys). Two deployment-only keys are taken out before `RunConfig` sees them:
+``server-key``, the path of the server's Ed25519 lineage signing key (empty: a fresh key
+per run, in the run directory), and an empty ``run-id`` means "use Flower's run id".
+The server's initial model is the task's (or ``init_model``'s); simulation-only options
+(attacks, simulated sites' privacy ceilings) are refused. Results go to
+``<out>/<run-id>/``: the lineage chain, checkpoint and ``rounds.jsonl`` while running,
+then ``model.npz`` (before the closing record), ``metrics.json`` and ``report.html``.
+
+A SuperNode tells its ClientApp which site it serves through its node config:
+
+* ``site-config='/abs/site.toml'``: a real site; `fedsilo.client.site_config.load_site`
+  builds it (task or Trainer entry point, key, ledger, policy) from that file;
+* ``partition-id=N``: a simulated site that derives its share of a bundled dataset from
+  the federation settings the server sends (demos and tests).
+
+Heavy modules (torch, the datasets) are imported only when a site or the server spec
+is built, since the deployment runtime starts a fresh process per message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsilo.client.app import Site, make_client_app
+from fedsilo.client.site_config import SITE_CONFIG_KEY
+
+if TYPE_CHECKING:
+    from fedsilo.server.config import RunConfig
+    from fedsilo.server.loop import ServerSpec
+
+
+def spec_from_context(context: Context) -> ServerSpec:
+    """Resolve the run config from Flower's run config and build the server spec."""
+    import tomli_w
+
+    from fedsilo.server.config import ConfigError, RunConfig
+    from fedsilo.server.task_setup import check_deployable
+
+    raw = run_config_dict(context.run_config)
+    server_key = str(raw.pop("server_key", "") or "")
+    resume = bool(raw.pop("resume", False))
+    if not raw.get("run_id"):
+        raw["run_id"] = f"flwr-{context.run_id}"
+    config = RunConfig.from_dict(raw)
+    run_dir = Path(config.out) / str(config.run_id)
+    if resume:
+        # Continue a crashed run: its own config.toml, checkpoint and chain decide.
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError(f"resume: {run_dir} has no config.toml; not a fedsilo run directory")
+        config = RunConfig.load(run_dir / "config.toml")
+    else:
+        check_deployable(config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
+    spec = deployment_spec(config, run_dir)
+    spec.resume = resume
+    if server_key:
+        spec.server_key_path = Path(server_key)
+    return spec
+
+
+def deployment_spec(config: RunConfig, run_dir: Path) -> ServerSpec:
+    """The deployed server's spec: the task's model, identity and (optional) central
+    evaluator; the federation record tells ``partition-id`` nodes their share."""
+    from fedsilo.server.loop import ServerSpec
+    from fedsilo.server.task_setup import server_task, task_options
+
+    st = server_task(config)
+    federation = {
+        "task": config.task, "task_options": json.dumps(task_options(config), sort_keys=True),
+        "sites": config.sites, "partition": config.partition, "seed": config.seed,
+        "batch_size": config.batch_size, "sim_run_dir": str(run_dir.resolve()),
+    }
+    return ServerSpec(
+        config=config, run_id=str(config.run_id), initial_weights=st.initial_weights,
+        run_dir=run_dir, federation=federation, evaluate_fn=st.evaluate_fn,
+        task_identity=st.identity, frozen_layers=st.frozen_layers,
+        statistics=st.wants_statistics,
+        simulation=False,  # deployment: DP noise from a CSPRNG unless configured otherwise
+    )
+
+
+def run_config_dict(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Flower's flat run config -> a `RunConfig`-shaped dict (``dp.x`` -> ``{"dp": {"x": ...}}``)."""
+    out: dict[str, Any] = {}
+    for key, value in run_config.items():
+        name = str(key).replace("-", "_")
+        if "." in name:
+            table, sub = name.split(".", 1)
+            out.setdefault(table, {})[sub] = value
+        else:
+            out[name] = value
+    return out
+
+
+def node_site(context: Context, federation: Mapping[str, Any]) -> Site:
+    """The ClientApp's `SiteFactory`: a configured site (``site-config``) or a simulated one."""
+    path = context.node_config.get(SITE_CONFIG_KEY)
+    if path:
+        from fedsilo.client.site_config import load_site
+
+        return load_site(Path(str(path)))
+    # demo and test nodes only (``partition-id``): a share of a bundled dataset
+    from fedsilo.simulations.sites import simulated_site
+
+    return simulated_site(context, federation)
+
+
+def _serve(grid: Grid, context: Context) -> None:
+    """The ServerApp's main: run the federation, then write the run directory's outputs.
+
+    The server writes ``model.npz`` before its closing record; ``metrics.json`` and
+    ``report.html`` (whose sites' data chart shows the sites of the handshake and the
+    example counts they declared) follow. A resumed run whose chain is already closed
+    only finishes those outputs.
+    """
+    from fedsilo.server.checkpoint import read_checkpoint
+    from fedsilo.server.loop import FederationServer
+
+    # the run directory's outputs (metrics, report) are still written by the runner's
+    # helpers; they hold no simulation logic for a deployment (data=None)
+    from fedsilo.simulations.runner import (
+        closed_run,
+        finish_outputs,
+        prune_round_log,
+        round_logger,
+        write_outputs,
+    )
+
+    spec = spec_from_context(context)
+    run_dir = spec.run_dir
+    if run_dir is None:
+        FederationServer(spec).run(grid)
+        return
+    if spec.resume:
+        if closed_run(run_dir, spec.config) is not None:
+            finish_outputs(run_dir, spec.config, simulated=False)
+            return
+        prune_round_log(run_dir, read_checkpoint(run_dir).round)
+    spec.on_round = round_logger(run_dir, spec.on_round)
+    result = FederationServer(spec).run(grid)
+    write_outputs(run_dir, spec.config, result, None)
+
+
+server_app = ServerApp()
+server_app.main()(_serve)
+client_app = make_client_app(node_site)

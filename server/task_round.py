@@ -1,0 +1,144 @@
+"""The Task's part of a run on the server: identity check, statistics query, frozen layers.
+
+* `identity_problem`: the handshake compares each site's task identity with the
+  server's; a differing site is refused with one line naming what differs.
+* `query_statistics`: when the task asks for federated statistics, one query to every
+  site before round 1 collects each site's sums; the server adds them up (`sum_statistics`)
+  and sends the sum with every train and evaluate message (`statistics_records`).
+  The sum's digest (and its values when small) go into the genesis record's ``task``.
+  Under SecAgg+ the per-site sums are still sent in the clear (a sum of counts and
+  moments, not updates); summing them securely is left for later.
+* `ModelParts`: the global model split into the layers the sites train (the server's
+  aggregation layout) and the task's frozen layers (sent, never sent back or aggregated).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsilo.server.messaging import send_and_receive
+from fedsilo.strategies import codec
+from fedsilo.tasks.base import TaskIdentity, statistics_digest
+from fedsilo.tasks.statistics import (
+    STATISTICS_KEY,
+    STATISTICS_RECORD,
+    StatisticsError,
+    decode_statistics,
+    encode_statistics,
+    record_form,
+    sum_statistics,
+)
+
+
+def identity_problem(expected: Mapping[str, str] | None, rec: Mapping[str, Any]) -> str | None:
+    """Why a site's handshake reply ``rec`` does not carry the server's task identity
+    (one phrase, e.g. ``"task differs: layout_digest sha256:ab.. != sha256:cd.."``, the
+    server's value first), or None when it matches or the server checks no task.
+
+    A site that sends no identity at all runs a `Trainer` entry point of its own
+    (``trainer =`` in ``site.toml``, no ``task``): it is not compared here; every update
+    it sends is still checked against the model's layout, round by round."""
+    if expected is None:
+        return None
+    ours = TaskIdentity.from_dict(expected)
+    text = rec.get("task_identity")
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        return f"task differs: malformed task identity {text!r:.60}"
+    try:
+        theirs = TaskIdentity.from_dict(json.loads(text))
+    except (ValueError, TypeError, AttributeError) as exc:
+        return f"task differs: malformed task identity ({exc})"
+    diffs = ours.differences(theirs)
+    return f"task differs: {'; '.join(diffs)}" if diffs else None
+
+
+def query_statistics(grid: Grid, nodes: Mapping[int, str], federation: Mapping[str, Any],
+                     timeout: float) -> tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]:
+    """Ask every site (node id -> site id) for its statistics; return (sum, lineage form),
+    or (None, None) when no site has any (the task's `site_statistics` returned None).
+
+    `StatisticsError` (one line naming the site) when a site does not answer, sends none
+    while others do, or sends sums that cannot be added to the others'."""
+    content = RecordDict({codec.FEDERATION_RECORD: ConfigRecord(dict(federation))})
+    msgs = [Message(content, dst_node_id=n, message_type=f"{MessageType.QUERY}.statistics")
+            for n in sorted(nodes)]
+    replies = send_and_receive(grid, msgs, timeout=timeout)
+    by_node = {int(r.metadata.src_node_id): r for r in replies}
+    per_site: list[tuple[str, dict[str, np.ndarray]]] = []
+    without: list[str] = []
+    for node, site in sorted(nodes.items(), key=lambda kv: kv[1]):
+        reply = by_node.get(node)
+        if reply is None:
+            raise StatisticsError(f"statistics: site {site} did not answer the statistics query")
+        if reply.has_error():
+            raise StatisticsError(f"statistics: site {site}: {reply.error.reason}")
+        rec = codec.record(reply.content, STATISTICS_RECORD, ConfigRecord)
+        text = "" if rec is None else str(rec.get(STATISTICS_KEY, ""))
+        if not text:
+            without.append(site)
+            continue
+        per_site.append((site, decode_statistics(text, f"statistics: site {site}")))
+    if not per_site:
+        return None, None
+    if without:
+        raise StatisticsError(f"statistics: site {without[0]} sent no statistics, site "
+                              f"{per_site[0][0]} did")
+    total = sum_statistics(per_site)
+    return total, record_form(total, statistics_digest(total), len(per_site))
+
+
+def statistics_records(stats: Mapping[str, np.ndarray] | None) -> dict[str, ConfigRecord]:
+    """The record carrying the summed statistics in a train or evaluate message ({} if none)."""
+    if stats is None:
+        return {}
+    return {STATISTICS_RECORD: ConfigRecord({STATISTICS_KEY: encode_statistics(stats)})}
+
+
+@dataclass
+class ModelParts:
+    """The global model as the sites receive it (``full``) and as the server aggregates
+    it (``trainable``: every layer but the task's frozen ones, in the model's order)."""
+
+    full: codec.ModelLayout
+    trainable: codec.ModelLayout
+    frozen: dict[str, np.ndarray]
+
+    @classmethod
+    def split(cls, weights: Mapping[str, np.ndarray], frozen_names: Sequence[str]) -> ModelParts:
+        unknown = sorted(set(frozen_names) - set(weights))
+        if unknown:
+            raise ValueError(f"frozen_layers: {unknown} are not layers of the task's model "
+                             f"(layers: {list(weights)})")
+        frozen = {k: np.array(weights[k], copy=True) for k in weights if k in frozen_names}
+        if len(frozen) == len(weights):
+            raise ValueError("frozen_layers: every layer is frozen; nothing left to train")
+        trainable = {k: v for k, v in weights.items() if k not in frozen}
+        return cls(codec.ModelLayout.from_arrays(weights), codec.ModelLayout.from_arrays(trainable),
+                   frozen)
+
+    def weights(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """The whole model (frozen layers included, in order) from the trainable vector."""
+        if not self.frozen:
+            return self.trainable.unflatten(flat)
+        parts = self.trainable.unflatten(flat)
+        return {k: self.frozen[k] if k in self.frozen else parts[k] for k in self.full.names}
+
+    def wire(self, flat: np.ndarray) -> np.ndarray:
+        """The whole model's flat vector, as sent to the sites."""
+        return flat if not self.frozen else self.full.flatten(self.weights(flat))
+
+    def layout_config(self) -> dict[str, str]:
+        """The round config's layouts: the model sent and, with frozen layers, the update's."""
+        out = {"layout": self.full.to_json()}
+        if self.frozen:
+            out["update_layout"] = self.trainable.to_json()
+        return out

@@ -1,0 +1,124 @@
+"""The bundled datasets (digits, breast_cancer, wine, mnist1d) as built-in Tasks.
+
+Each is a classification task on a bundled data set with a two-layer MLP
+(`fedsilo.tasks.models.make_mlp`). The data's held-out split (stratified 20 %, seeded)
+is the server's central validation set; the sites hold rows of the training split.
+Which rows a site holds is its `SiteData.options["indices"]` (a simulation computes them
+from its partition); without ``indices`` a site holds the whole training split.
+
+Task options (``[task_options]``): ``hidden`` (hidden units, default 64) and ``seed``
+(initialisation and data split seed, default 0); a run passes its own ``hidden`` and
+``seed`` unless the table sets them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from fedsilo.tasks.base import SiteData, Task, Weights
+from fedsilo.tasks.datasets import DATASETS, Dataset, load_dataset
+from fedsilo.tasks.trainer import Trainer
+
+OPTIONS = ("hidden", "seed")
+
+# Local shuffling seed of a site: the run seed and the site's partition id, as before
+# the Task interface existed (same models, same digests).
+SITE_SEED_STRIDE = 100_003
+
+
+class BundledTask(Task):
+    """Classification of a bundled dataset with an MLP (see the module docstring)."""
+
+    frozen_layers: tuple[str, ...] = ()
+
+    def __init__(self, dataset: str, options: Mapping[str, Any] | None = None) -> None:
+        if dataset not in DATASETS:
+            raise ValueError(f"unknown bundled dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ValueError(f"task {dataset}: unknown task_options {unknown}; accepted: {list(OPTIONS)}")
+        self.name = dataset
+        self.hidden = _int_option(dataset, options, "hidden", 64)
+        self.seed = _int_option(dataset, options, "seed", 0)
+        self._weights: Weights | None = None
+
+    @property
+    def data(self) -> Dataset:
+        return load_dataset(self.name, seed=self.seed)
+
+    def initial_weights(self) -> Weights:
+        from fedsilo.tasks.models import get_weights, make_mlp
+
+        if self._weights is None:
+            data = self.data
+            model = make_mlp(data.num_features, data.num_classes, hidden=self.hidden, seed=self.seed)
+            self._weights = get_weights(model)
+        return {k: v.copy() for k, v in self._weights.items()}
+
+    def schema(self) -> dict[str, Any]:
+        data = self.data
+        return {"dataset": self.name, "features": data.num_features,
+                "classes": data.num_classes, "test_split": "stratified 20%", "seed": self.seed}
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("loss", "accuracy")
+
+    def build_trainer(self, data: SiteData,
+                      statistics: Mapping[str, np.ndarray] | None = None) -> Trainer:
+        from fedsilo import lineage
+        from fedsilo.tasks.torch_trainer import TorchTrainer
+
+        ds = self.data
+        opts = data.options
+        idx = np.asarray(opts["indices"], dtype=np.int64) if "indices" in opts else \
+            np.arange(len(ds.y_train))
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        preprocessing: dict[str, Any] = {
+            "source": f"sklearn.datasets.load_{ds.name}",
+            "test_split": "stratified 20%, seed",
+            "standardise": "train-split mean/std",
+            **dict(opts.get("provenance") or {}),
+        }
+        transform = opts.get("label_transform")
+        if transform is not None:  # a simulated data attack (label flipping)
+            y = transform(y, ds.num_classes)
+        fingerprint = lineage.data_fingerprint({"x": x, "y": y}, preprocessing=preprocessing)
+        pid = int(opts.get("partition_id", 0))
+        # the site's held-out split: its share of the central test rows (a simulation deals
+        # them out with `fedsilo.simulations.holdout`); without it, evaluate scores its rows
+        held = opts.get("held_out_indices")
+        held_idx = None if held is None else np.asarray(held, dtype=np.int64)
+        return TorchTrainer(x, y, ds.num_classes, seed=int(data.seed) * SITE_SEED_STRIDE + pid,
+                            batch_size=int(opts.get("batch_size") or 32), fingerprint=fingerprint,
+                            eval_x=None if held_idx is None else ds.x_test[held_idx],
+                            eval_y=None if held_idx is None else ds.y_test[held_idx])
+
+    def central_evaluator(self) -> Callable[[Weights], dict[str, float]]:
+        from fedsilo.tasks.models import evaluate_arrays, make_mlp, set_weights
+
+        ds = self.data
+        model = make_mlp(ds.num_features, ds.num_classes, hidden=self.hidden, seed=self.seed)
+
+        def evaluate(weights: Weights) -> dict[str, float]:
+            set_weights(model, weights)
+            loss, acc = evaluate_arrays(model, ds.x_test, ds.y_test)
+            return {"loss": loss, "accuracy": acc}
+
+        return evaluate
+
+
+def _int_option(task: str, options: Mapping[str, Any], name: str, default: int) -> int:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "hidden" else 0):
+        raise ValueError(f"task {task}: task_options.{name} must be an integer "
+                         f"{'>= 1' if name == 'hidden' else '>= 0'}, got {value!r}")
+    return value
+
+
+def bundled_task(name: str) -> Callable[[Mapping[str, Any]], Task]:
+    """The factory the registry calls for built-in ``name`` (options -> Task)."""
+    return lambda options: BundledTask(name, options)
