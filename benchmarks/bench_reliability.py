@@ -60,8 +60,10 @@ def main() -> int:
                     f"| {fuzz_wall:.0f} s |")
     crash_out, crash_wall, crash_rc = outputs["crash"]
     passed, failed = passed_failed(crash_out)
-    rows.append(f"| crash points (SIGKILL, then `--resume`) | {passed} cases passed, {failed} failed "
-                f"(every fault point, plus a closed chain without model.npz) | "
+    from fedsilo.server.faults import POINTS
+
+    rows.append(f"| crash points (SIGKILL, then `--resume`) | {len(POINTS)} fault points "
+                f"({', '.join(POINTS)}); {passed} test cases passed, {failed} failed | "
                 f"{'uninterrupted digest, chain verifies' if crash_rc == 0 else 'FAILED'} "
                 f"| {crash_wall:.0f} s |")
     tamper_out, tamper_wall, tamper_rc = outputs["tamper"]

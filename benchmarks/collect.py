@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-ORDER = ["quality", "overhead", "lineage", "aggregation", "robustness", "dp", "dp_simulate", "secagg",
-         "secagg_rounds", "deploy", "reliability"]
+ORDER = ["quality", "tasks", "overhead", "lineage", "aggregation", "robustness", "dp",
+         "dp_simulate", "secagg", "secagg_rounds", "deploy", "reliability"]
 
 HEADER = """# Benchmarks
 

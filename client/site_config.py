@@ -230,8 +230,13 @@ def build_site(cfg: SiteConfig) -> Site:
     if cfg.task is not None:
         from fedsilo.tasks import TaskError, resolve_task
 
+        options = cfg.task_options
+        if cfg.task == "torch":  # its module file: relative to site.toml, like [data] paths
+            from fedsilo.tasks.torch_module import module_path_absolute
+
+            options = module_path_absolute(options, cfg.path.parent)
         try:
-            task = resolve_task(cfg.task, cfg.task_options)
+            task = resolve_task(cfg.task, options)
         except TaskError as exc:
             raise SiteConfigError(f"{cfg.path}: {exc}") from None
     else:

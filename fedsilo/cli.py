@@ -238,12 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     from fedsilo.app_cli import add_app_parser
     from fedsilo.deploy_cli import add_deploy_parsers
+    from fedsilo.evaluate_cli import add_evaluate_parser
     from fedsilo.lineage.cli import add_lineage_parser
     from fedsilo.privacy.cli import add_privacy_parser
     from fedsilo.strategies.registry import add_strategies_parser
 
-    for register in (add_lineage_parser, add_strategies_parser, add_privacy_parser, add_deploy_parsers,
-                     add_app_parser):
+    for register in (add_evaluate_parser, add_lineage_parser, add_strategies_parser,
+                     add_privacy_parser, add_deploy_parsers, add_app_parser):
         register(sub)
     return parser
 

@@ -80,6 +80,9 @@ def _add_server(sub: Any) -> None:
                      help="continue the crashed run in RUN_DIR from its last checkpoint")
     run.add_argument("--config", metavar="run.toml",
                      help="run options (as for fedsilo simulate --config)")
+    run.add_argument("--evaluate", metavar="MODEL",
+                     help="no training: every site scores MODEL (.npz or torch .pt "
+                          "state_dict) on its own held-out split (see fedsilo evaluate)")
     run.add_argument("--server", default="server.toml", metavar="server.toml")
     run.add_argument("--run-id", help="run id / run directory name (default: generated)")
     run.add_argument("--wait", action="store_true",
@@ -135,12 +138,14 @@ def _server_run(args: argparse.Namespace) -> int:
 
     try:
         settings = read_server_settings(Path(args.server))
+        if args.resume and args.evaluate:
+            raise ConfigError("--evaluate: an evaluation-only run cannot --resume (start it again)")
         if args.resume:
             config = _resumable(Path(args.resume))
         elif not args.config:
             raise ConfigError("--config: required (a run.toml), unless --resume RUN_DIR is given")
         else:
-            config = RunConfig.load(args.config, {"run_id": args.run_id})
+            config = RunConfig.load(args.config, {"run_id": args.run_id, **_evaluate(args)})
             from fedsilo.server.task_setup import check_deployable
             from fedsilo.simulations.runner import check_feasible, new_run_id
 
@@ -150,11 +155,16 @@ def _server_run(args: argparse.Namespace) -> int:
             init_model = str(Path(config.init_model).resolve()) if config.init_model else None
             config = RunConfig.from_dict({**config.to_dict(), "run_id": config.run_id or new_run_id(),
                                           "out": str(Path(config.out).resolve()),
-                                          **({"init_model": init_model} if init_model else {})})
+                                          **({"init_model": init_model} if init_model else {}),
+                                          **_absolute_task_options(config)})
     except (DeployError, ConfigError) as exc:
-        return _fail("server run", str(exc))
+        message = str(exc)
+        if args.evaluate and message.startswith("--init-model: "):  # MODEL's, not the config's
+            message = "--evaluate: " + message.removeprefix("--init-model: ")
+        return _fail("server run", message)
     try:
-        run = submit_run(settings, config, resume=bool(args.resume))
+        run = submit_run(settings, config, resume=bool(args.resume),
+                         evaluate_only=bool(args.evaluate))
         print(f"fedsilo server: submitted run {run.run_id} (Flower run {run.flwr_run_id}) -> {run.run_dir}",
               flush=True)
         if args.wait:
@@ -168,6 +178,23 @@ def _server_run(args: argparse.Namespace) -> int:
     except DeployError as exc:
         return _fail("server run", str(exc), EXIT_FAILED)
     return 0
+
+
+def _absolute_task_options(config: RunConfig) -> dict[str, Any]:
+    """``{"task_options": ...}`` with the torch task's module file made absolute (the
+    ServerApp runs elsewhere), or nothing for any other task."""
+    if config.task != "torch":
+        return {}
+    from fedsilo.tasks.torch_module import module_path_absolute
+
+    return {"task_options": module_path_absolute(config.task_options, Path.cwd())}
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """``--evaluate MODEL``: the run's overrides (MODEL as its model; one scoring round)."""
+    if not args.evaluate:
+        return {}
+    return {"init_model": args.evaluate, "rounds": 1, "eval_every": 1, "min_rounds_changed": 1}
 
 
 def _resumable(run_dir: Path) -> RunConfig:

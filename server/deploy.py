@@ -300,14 +300,21 @@ def write_app_dir(app_dir: Path, run_config: Mapping[str, Any]) -> Path:
     return app_dir
 
 
-def app_run_config(config: RunConfig, *, server_key: str = "", resume: bool = False) -> dict[str, Any]:
+def app_run_config(config: RunConfig, *, server_key: str = "", resume: bool = False,
+                   evaluate_only: bool = False) -> dict[str, Any]:
     """The Flower App's run config for ``config``: its options (hyphenated) plus the two
     deployment-only keys, ``server-key`` (lineage key path; empty: a new key per run) and
-    ``resume`` (continue the crashed run ``<out>/<run_id>``)."""
+    ``resume`` (continue the crashed run ``<out>/<run_id>``); ``evaluate-only`` (no
+    training: the sites score ``init_model``) only when set."""
     values: dict[str, Any] = dict(config.to_dict())
+    # one JSON string: Flower's run config holds no lists (a tabular schema's categories)
+    # and its keys lose their case and hyphens; `flower_app.run_config_dict` decodes it
+    values["task_options"] = json.dumps(config.task_options, sort_keys=True)
     values["run_id"] = str(config.run_id or "")
     values["server_key"] = server_key
     values["resume"] = resume
+    if evaluate_only:
+        values["evaluate_only"] = True
     return {k.replace("_", "-"): v for k, v in values.items()}
 
 
@@ -321,14 +328,16 @@ class SubmittedRun:
 
 
 def submit_run(s: ServerSettings, config: RunConfig, app_dir: Path | None = None,
-               timeout: float = 120.0, *, resume: bool = False) -> SubmittedRun:
+               timeout: float = 120.0, *, resume: bool = False,
+               evaluate_only: bool = False) -> SubmittedRun:
     """``flwr run`` fedsilo's apps with ``config`` (a resolved `RunConfig`) on this SuperLink.
 
     ``config.out`` should be absolute (the ServerApp runs in the SuperLink's process tree).
     With ``resume`` the ServerApp continues the crashed run ``<out>/<run_id>`` from its
     last checkpoint instead of starting a new one.
     """
-    values = app_run_config(config, server_key=str(s.lineage_key or ""), resume=resume)
+    values = app_run_config(config, server_key=str(s.lineage_key or ""), resume=resume,
+                            evaluate_only=evaluate_only)
     app = write_app_dir(app_dir or s.state_dir / "app", values)
     sign_bundle(s, app)
     res = flwr(s, ["run", str(app), CONNECTION, "--format", "json"], timeout=timeout, check=False)

@@ -10,7 +10,9 @@
 The run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``) takes the
 options of `RunConfig` by name (``rounds``, ``task``, ``sites``...; hyphens or
 underscores; nested tables such as ``dp.enabled`` or ``task_options.hidden`` as dotted
-keys). Two deployment-only keys are taken out before `RunConfig` sees them:
+keys; ``task_options`` may also be one JSON string, as ``fedsilo server run`` sends it,
+since Flower's run config holds no lists). Two deployment-only keys are taken out
+before `RunConfig` sees them:
 ``server-key``, the path of the server's Ed25519 lineage signing key (empty: a fresh key
 per run, in the run directory), and an empty ``run-id`` means "use Flower's run id".
 The server's initial model is the task's (or ``init_model``'s); simulation-only options
@@ -57,6 +59,7 @@ def spec_from_context(context: Context) -> ServerSpec:
     raw = run_config_dict(context.run_config)
     server_key = str(raw.pop("server_key", "") or "")
     resume = bool(raw.pop("resume", False))
+    evaluate_only = bool(raw.pop("evaluate_only", False))  # fedsilo server run --evaluate
     if not raw.get("run_id"):
         raw["run_id"] = f"flwr-{context.run_id}"
     config = RunConfig.from_dict(raw)
@@ -72,6 +75,7 @@ def spec_from_context(context: Context) -> ServerSpec:
         (run_dir / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
     spec = deployment_spec(config, run_dir)
     spec.resume = resume
+    spec.evaluate_only = evaluate_only
     if server_key:
         spec.server_key_path = Path(server_key)
     return spec
@@ -108,6 +112,8 @@ def run_config_dict(run_config: Mapping[str, Any]) -> dict[str, Any]:
             out.setdefault(table, {})[sub] = value
         else:
             out[name] = value
+    if isinstance(out.get("task_options"), str):  # `server.deploy.app_run_config`'s JSON form
+        out["task_options"] = json.loads(out["task_options"] or "{}")
     return out
 
 

@@ -167,6 +167,8 @@ class ServerSpec:
     task_identity: dict[str, str] | None = None
     frozen_layers: tuple[str, ...] = ()
     statistics: bool = False
+    evaluate_only: bool = False
+    """``fedsilo evaluate``: no training; every site scores ``initial_weights`` once."""
 
 
 @dataclass
@@ -261,7 +263,12 @@ class FederationServer:
             else:
                 self._append_genesis()
                 self._announce_budget()
-            for server_round in range(self.start_round, cfg.rounds + 1):
+            if spec.evaluate_only:  # a separate path: the sites score the model, nothing trains
+                summaries.append(self._scorecard(grid))
+                if spec.on_round is not None:
+                    spec.on_round(summaries[-1])
+            for server_round in range(self.start_round,
+                                      (0 if spec.evaluate_only else cfg.rounds) + 1):
                 check_stop()  # a stop requested during the last round ends the run here
                 summary = self._round(grid, server_round)
                 summaries.append(summary)
@@ -271,6 +278,8 @@ class FederationServer:
                 # collections that would otherwise pause later rounds (see `collector`)
                 frozen.freeze()
             closing, detail = outcome.closing_status(self.progress, cfg.min_rounds_changed)
+            if spec.evaluate_only:
+                closing, detail = outcome.COMPLETED, str(summaries[0].reason)
         except BudgetExhausted as exc:
             closing, detail = outcome.closing_status(self.progress, cfg.min_rounds_changed, str(exc))
         except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
@@ -588,6 +597,11 @@ class FederationServer:
         cfg = self.spec.config
         if not sampled or not site_eval.evaluation_due(cfg.eval_every, server_round, cfg.rounds):
             return [], {}
+        return self._evaluate_at(grid, server_round, sampled, model_out)
+
+    def _evaluate_at(self, grid: Grid, server_round: int, sites: list[SiteInfo],
+                     model_out: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """``sites``' signed scores of the current model (`site_eval.exchange`)."""
         content = RecordDict({
             codec.GLOBAL_RECORD: ArrayRecord(
                 {codec.MODEL_KEY: codec.encode_flat(self.parts.wire(self.model))}),
@@ -598,9 +612,46 @@ class FederationServer:
                 "server_key_fingerprint": self._server_key_fingerprint()}),
             codec.FEDERATION_RECORD: ConfigRecord(self._federation()),
         })
-        return site_eval.exchange(grid, sampled, content, run_id=self.spec.run_id,
+        return site_eval.exchange(grid, sites, content, run_id=self.spec.run_id,
                                   server_round=server_round, model_digest=model_out,
-                                  timeout=cfg.round_timeout)
+                                  timeout=self.spec.config.round_timeout)
+
+    def _scorecard(self, grid: Grid) -> RoundSummary:
+        """An evaluation-only run's one record (round 1): every site of the handshake
+        scores the model, which stays as given (``model_in == model_out``, no
+        contributions), so `lineage verify` checks the scorecard's site signatures as it
+        checks any round's evaluations."""
+        t0 = time.perf_counter()
+        digest = self._model_digest = self._digest(self.model)
+        test_loss = test_acc = None
+        if self.spec.evaluate_fn is not None:
+            test_loss, test_acc = self.spec.evaluate_fn(self.parts.weights(self.model))
+        sites = sorted(self.sites, key=lambda s: s.site_id)
+        evaluations, problems = self._evaluate_at(grid, 1, sites, digest)
+        scored = [e["site_id"] for e in evaluations]
+        reason = f"evaluation only: {len(scored)} of {len(sites)} sites scored the model"
+        if problems:
+            why = "; ".join(f"{k}: {v}" for k, v in sorted(problems.items()))
+            reason += f" ({len(problems)} left out: {why})"
+        metrics = {k: v for k, v in (("test_loss", test_loss), ("test_accuracy", test_acc))
+                   if v is not None and np.isfinite(v)}
+        extra: dict[str, Any] = {"evaluation_only": True}
+        if problems:
+            extra["evaluation_problems"] = problems
+        wall = time.perf_counter() - t0
+        self._append(self._round_record(
+            server_round=1, sampled=[s.site_id for s in sites], replied=scored, accepted=[],
+            rejected={}, dropped=sorted(set(s.site_id for s in sites) - set(scored)),
+            contributions=[], model_in=digest, model_out=digest, metrics=metrics,
+            timings={"site_evaluate": wall, "total": wall}, status="completed", reason=None,
+            privacy=None, secagg=None, extra=extra,
+            evaluations=[e for e in evaluations if e["signature"]]))
+        self.last_round = 1
+        return RoundSummary(
+            round=1, status="completed", sampled=len(sites), replied=len(scored), accepted=0,
+            rejected=problems, train_loss=None, test_loss=test_loss, test_accuracy=test_acc,
+            wall_time=wall, model_digest=digest, reason=reason,
+            site_eval=site_eval.summarise(evaluations))
 
     def _first_round_extra(self, server_round: int) -> dict[str, Any]:
         """Round 1's record states how many rounds the privacy budget fits (DP runs)."""

@@ -25,6 +25,10 @@ def task_options(config: RunConfig) -> dict[str, Any]:
     and ``seed`` unless ``[task_options]`` sets them; otherwise ``[task_options]`` as given."""
     if config.task in DATASETS:
         return {"hidden": config.hidden, "seed": config.seed, **config.task_options}
+    if config.task == "torch":  # sites in other processes (Ray workers) import it by path
+        from fedsilo.tasks.torch_module import module_path_absolute
+
+        return module_path_absolute(config.task_options, Path.cwd())
     return dict(config.task_options)
 
 

@@ -139,6 +139,7 @@ def run_federation(
     on_round: Callable[[RoundSummary], None] | None = None,
     verbose: bool = False,
     engine: str = "ray",
+    evaluate_only: bool = False,
 ) -> SimulationRun:
     """Run ``config`` and write the run directory.
 
@@ -150,6 +151,8 @@ def run_federation(
     engine : ``"ray"`` (Flower's simulation engine, the default) or ``"inprocess"``
         (the same apps on `fedsilo.simulations.inprocess.InProcessGrid`, no Ray:
         for benchmark sweeps of many small runs).
+    evaluate_only : no training: every site scores the initial model (``init_model``)
+        once (``fedsilo evaluate``).
     """
     if engine not in ("ray", "inprocess"):
         raise ValueError(f"engine must be 'ray' or 'inprocess', got {engine!r}")
@@ -164,6 +167,7 @@ def run_federation(
     (run_dir / "config.toml").write_text(tomli_w.dumps(resolved.to_dict()))
 
     spec = build_server_spec(resolved, run_dir, on_round=on_round)
+    spec.evaluate_only = evaluate_only
     return _execute(spec, resolved, run_dir, verbose=verbose, engine=engine)
 
 

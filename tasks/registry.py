@@ -1,9 +1,10 @@
 """`resolve_task`: a task spec (a built-in name or ``module:object``) -> a `Task`.
 
 Built-in names: the bundled datasets (``digits``, ``breast_cancer``, ``wine``,
-``mnist1d``) and ``tabular`` (`fedsilo.tasks.tabular:TabularTask`, imported only when
-asked for). ``module:object`` names a `Task` instance, a `Task` subclass (called with
-the options) or a callable ``options -> Task``. Every failure is a `TaskError` of one
+``mnist1d``), ``tabular`` (`fedsilo.tasks.tabular:TabularTask`) and ``torch`` (a user
+module's model, loss and data loader: `fedsilo.tasks.torch_module`), the last two
+imported only when asked for. ``module:object`` names a `Task` instance, a `Task`
+subclass (called with the options) or a callable ``options -> Task``. Every failure is a `TaskError` of one
 line naming the spec and what was expected.
 """
 
@@ -17,7 +18,8 @@ from typing import Any
 from fedsilo.tasks.base import Task
 from fedsilo.tasks.datasets import DATASETS
 
-LAZY_BUILTINS = {"tabular": "fedsilo.tasks.tabular:TabularTask"}
+LAZY_BUILTINS = {"tabular": "fedsilo.tasks.tabular:TabularTask",
+                 "torch": "fedsilo.tasks.torch_module:TorchModuleTask"}
 BUILTINS = (*DATASETS, *LAZY_BUILTINS)
 
 

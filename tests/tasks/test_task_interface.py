@@ -46,7 +46,7 @@ def _saved(run: Any) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------ resolution
 def test_builtins_resolve_to_bundled_tasks() -> None:
-    assert BUILTINS == ("digits", "breast_cancer", "wine", "mnist1d", "tabular")
+    assert BUILTINS == ("digits", "breast_cancer", "wine", "mnist1d", "tabular", "torch")
     for name in ("digits", "breast_cancer", "wine"):
         task = resolve_task(name, {"hidden": 8})
         assert isinstance(task, BundledTask) and task.name == name
@@ -63,7 +63,7 @@ def test_module_object_builds_a_user_task(obj: str) -> None:
 
 @pytest.mark.parametrize(("spec", "expected"), [
     ("mnist", "task: unknown task 'mnist'; built-in tasks: digits, breast_cancer, wine, "
-              "mnist1d, tabular; or name your own as 'module:object'"),
+              "mnist1d, tabular, torch; or name your own as 'module:object'"),
     ("no_such_module_x:T", "task 'no_such_module_x:T': cannot import module 'no_such_module_x' "
                            "(ModuleNotFoundError: No module named 'no_such_module_x')"),
     ("user_task:Missing", "task 'user_task:Missing': module 'user_task' has no attribute 'Missing'"),
