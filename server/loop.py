@@ -231,6 +231,10 @@ class FederationServer:
         self.start_round = 1
         self.recovered: list[RoundSummary] = []  # rounds whose report a crash interrupted
         self._model_digest: str | None = None  # digest of self.model, set after each round
+        # the model digest the chain's last record leaves current (what a closing record
+        # must name): a round interrupted after its step but before its record leaves
+        # self.model ahead of the chain, and is re-run on resume
+        self._chain_model: str | None = None
         # SecAgg+ keys the sites advertised for the next secure round, with their handshake
         # or the previous round's unmask replies (not checkpointed: a resumed run asks
         # for them again with its handshake)
@@ -686,6 +690,7 @@ class FederationServer:
         if self.writer is not None:
             self.writer.before_commit = lambda _type: fault_point("lineage_write", server_round)
         self._append(record)
+        self._chain_model = record.model_out
         fault_point("after_round", server_round)
 
     def _persist_wait(self) -> None:
@@ -936,7 +941,7 @@ class FederationServer:
                 created_at=_now(),
                 config=self.spec.config.to_dict(),
                 code_version=code_version(),
-                initial_model_digest=self._digest(self.model),
+                initial_model_digest=self._initial_digest(),
                 server_public_key=lineage.public_key_hex(self.server_key),
                 sites=[
                     lineage.SiteIdentity(
@@ -1000,6 +1005,10 @@ class FederationServer:
         if self.writer is not None:
             self.writer.append(record)
 
+    def _initial_digest(self) -> str:
+        self._chain_model = self._digest(self.model)
+        return self._chain_model
+
     def _close_lineage(self, reason: str, detail: str, rounds_completed: int) -> None:
         if self.writer is None:
             return
@@ -1010,7 +1019,7 @@ class FederationServer:
             self.writer.append(
                 lineage.ClosingRecord(
                     reason=reason, detail=detail, rounds_completed=rounds_completed,
-                    final_model_digest=self._digest(self.model),
+                    final_model_digest=self._chain_model or self._digest(self.model),
                     epsilon_spent=self.dp.accountant.get_epsilon() if self.dp is not None else None,
                 )
             )
@@ -1095,6 +1104,7 @@ class FederationServer:
             rounds_in_chain.append(record.to_dict())
         if "progress" not in ckpt.extra:  # a checkpoint written before progress was kept
             self.progress = RunProgress.from_bodies(rounds_in_chain)
+        self._chain_model = self._digest(self.model)  # the checkpoint's model: round ckpt.round's
         self.writer.append(
             lineage.ResumeRecord(
                 resumed_at=_now(), from_round=ckpt.round,

@@ -375,3 +375,39 @@ def test_sigterm_to_the_deployed_serverapp_closes_interrupted_and_resume_continu
     assert [r["body"]["round"] for r in _chain(run_dir) if r["type"] == "round"] == [1, 2, 3]
     report = lineage.verify_run(run_dir)
     assert report.ok, report.summary
+
+
+def test_a_stop_while_sites_score_the_new_model_closes_on_the_last_recorded_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop that arrives after a round's step but before its record (while the sites
+    score the new model) must close the chain on the model the chain last recorded: the
+    round is re-run on resume (it failed under CI load: closing named the stepped model)."""
+    from fedsilo.server import site_eval, stopping
+    from fedsilo.simulations.runner import resume_federation
+
+    real = site_eval.send_and_receive
+
+    def stop_in_round_2(grid: Any, msgs: Any, timeout: Any = None) -> Any:
+        if msgs and msgs[0].content["config"]["server_round"] == 2:
+            stopping.request_stop()  # what the first SIGTERM does, mid-exchange
+            stopping.check_stop()
+        return real(grid, msgs, timeout=timeout)
+
+    opts = {"sites": 3, "rounds": 3, "seed": 2, "out": str(tmp_path)}
+    monkeypatch.setattr(site_eval, "send_and_receive", stop_in_round_2)
+    try:
+        with pytest.raises(stopping.RunInterrupted):
+            run_federation(RunConfig.load(None, {**opts, "run_id": "cut"}), engine="inprocess")
+    finally:
+        stopping.STOP.clear()
+    monkeypatch.setattr(site_eval, "send_and_receive", real)
+    run_dir = tmp_path / "cut"
+    chain = _chain(run_dir)
+    rounds = [r["body"] for r in chain if r["type"] == "round"]
+    assert [r["round"] for r in rounds] == [1] and chain[-1]["body"]["reason"] == "interrupted"
+    assert chain[-1]["body"]["final_model_digest"] == rounds[-1]["model_out"]
+    assert lineage.verify_run(run_dir).ok
+    resumed = resume_federation(run_dir, engine="inprocess")
+    reference = run_federation(RunConfig.load(None, {**opts, "run_id": "ref"}), engine="inprocess")
+    assert resumed.final_digest == reference.final_digest
+    assert lineage.verify_run(run_dir).ok
