@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -47,6 +49,20 @@ def contribution_message(
     return _message(run_id, round, update_digest, data_fingerprint)
 
 
+def _verifies(public_key_hex: str, signature_hex: str, message: Callable[..., bytes],
+              *fields: Any) -> bool:
+    """One check for every signed site statement: the signature in its one canonical
+    encoding (128 lower-case hex), the key usable, ``message(*fields)`` well formed and
+    signed by that key; ``False`` for anything else."""
+    if not isinstance(signature_hex, str) or not _SIG.fullmatch(signature_hex):
+        return False
+    try:
+        load_public_key(public_key_hex).verify(bytes.fromhex(signature_hex), message(*fields))
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
 def _message(run_id: str, round: int, update_digest: str, data_fingerprint: str) -> bytes:
     """:func:`contribution_message` without argument checks (for already-validated input)."""
     return canonical_json(
@@ -87,15 +103,8 @@ def verify_contribution(
         signature_hex: the signature (128 hex characters) from the round record.
         run_id, round, update_digest, data_fingerprint: see :func:`contribution_message`.
     """
-    if not isinstance(signature_hex, str) or not _SIG.fullmatch(signature_hex):
-        return False
-    try:
-        public = load_public_key(public_key_hex)
-        message = contribution_message(run_id, round, update_digest, data_fingerprint)
-        public.verify(bytes.fromhex(signature_hex), message)
-    except (ValueError, InvalidSignature):
-        return False
-    return True
+    return _verifies(public_key_hex, signature_hex, contribution_message,
+                     run_id, round, update_digest, data_fingerprint)
 
 
 # --- SecAgg+ unmask replies -------------------------------------------------------------
@@ -170,14 +179,7 @@ def verify_unmask(
 ) -> bool:
     """Check a site's unmask signature; ``False`` for any malformed input (including a
     signature that is not 128 lower-case hex characters)."""
-    if not isinstance(signature_hex, str) or not _SIG.fullmatch(signature_hex):
-        return False
-    try:
-        public = load_public_key(public_key_hex)
-        public.verify(bytes.fromhex(signature_hex), unmask_message(run_id, round, digest))
-    except (ValueError, InvalidSignature):
-        return False
-    return True
+    return _verifies(public_key_hex, signature_hex, unmask_message, run_id, round, digest)
 
 
 DECLARATION_SCHEMA = "fedsilo.declaration/1"
@@ -234,15 +236,8 @@ def verify_declaration(
     num_examples: int,
 ) -> bool:
     """Check a site's handshake declaration signature; ``False`` for any malformed input."""
-    if not isinstance(signature_hex, str) or not _SIG.fullmatch(signature_hex):
-        return False
-    try:
-        public = load_public_key(public_key_hex)
-        message = declaration_message(run_id, site_id, data_fingerprint, num_examples)
-        public.verify(bytes.fromhex(signature_hex), message)
-    except (ValueError, InvalidSignature):
-        return False
-    return True
+    return _verifies(public_key_hex, signature_hex, declaration_message,
+                     run_id, site_id, data_fingerprint, num_examples)
 
 
 # --- per-site evaluation ----------------------------------------------------------------
@@ -337,12 +332,5 @@ def verify_evaluation(
     num_examples: int,
 ) -> bool:
     """Check a site's evaluation signature; ``False`` for any malformed input."""
-    if not isinstance(signature_hex, str) or not _SIG.fullmatch(signature_hex):
-        return False
-    try:
-        public = load_public_key(public_key_hex)
-        message = evaluation_message(run_id, round, model_digest, loss, metrics, num_examples)
-        public.verify(bytes.fromhex(signature_hex), message)
-    except (ValueError, InvalidSignature):
-        return False
-    return True
+    return _verifies(public_key_hex, signature_hex, evaluation_message,
+                     run_id, round, model_digest, loss, metrics, num_examples)
