@@ -41,7 +41,7 @@ from flwr.supercore.primitives.asymmetric import (  # noqa: E402
     private_key_to_bytes,
 )
 
-from fedsilo.cpus import usable_cpus  # noqa: E402
+from fedsilo.common.cpus import usable_cpus  # noqa: E402
 from fedsilo.privacy.secagg import (  # noqa: E402
     SecAggAbort,
     SecAggClient,

@@ -50,11 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsilo import tomlfile
 from fedsilo.client.app import Site
 from fedsilo.client.app_code import AppCodeError, CodePolicy
 from fedsilo.client.policy import SitePolicy
 from fedsilo.client.trainer import Trainer
+from fedsilo.common import tomlfile
 
 SITE_CONFIG_KEY = "site-config"
 """SuperNode node-config key holding the absolute path of the site's ``site.toml``."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsilo import tomlfile
+from fedsilo.common import tomlfile
 
 DATASETS = ("digits", "breast_cancer", "wine", "mnist1d")
 

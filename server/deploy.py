@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
-from fedsilo import tomlfile
+from fedsilo.common import tomlfile
 from fedsilo.server.certs import CertsError, check_server_tls, load_auth_public_key
 from fedsilo.server.deploy_procs import (
     DeployError,

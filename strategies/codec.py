@@ -21,7 +21,7 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from .. import npy
+from ..common import npy
 
 FLAT_DTYPE = np.dtype("<f4")
 _Record = TypeVar("_Record", ArrayRecord, ConfigRecord, MetricRecord)

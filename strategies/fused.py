@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, uint64
 from numba.typed import List
 
-from ..cpus import usable_cpus
+from ..common.cpus import usable_cpus
 
 _BLOCK = 1 << 18  # accumulator block: 1 MiB of float32, stays in L2/L3 while all rows pass
 _CHUNK = 1 << 14  # float32 partial sums of squares over this many values, then float64

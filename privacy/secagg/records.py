@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from ... import npy
+from ...common import npy
 from .config import SecAggConfig
 from .messages import (
     KeyAdvert,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...cpus import usable_cpus
+from ...common.cpus import usable_cpus
 from . import crypto, shamir
 from .client import share_points
 from .config import SecAggConfig

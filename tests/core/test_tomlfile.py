@@ -1,4 +1,4 @@
-"""`fedsilo.tomlfile.read_toml`: every way a named TOML file can fail is one line that
+"""`fedsilo.common.tomlfile.read_toml`: every way a named TOML file can fail is one line that
 names the file, raised as the caller's own error type."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsilo.tomlfile import read_toml
+from fedsilo.common.tomlfile import read_toml
 
 
 class MyError(ValueError):
