@@ -4,7 +4,7 @@ Runs the three test modules that carry these figures, each as its own pytest pro
 and writes ``benchmarks/results/reliability.md``:
 
 - ``tests/integration/test_fuzz_replies.py``: hypothesis-generated malformed and extreme
-  replies through the server's real round (``FederationServer._round``); it prints how
+  replies through the server's real round (``fedsilo.server.round.run_round``); it prints how
   many replies it fuzzed and how many reply kinds it reached;
 - ``tests/integration/test_crash_points.py``: a SIGKILL at every interruption point the
   server names, then ``--resume``; each case checks the uninterrupted model digest and a

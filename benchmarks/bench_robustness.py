@@ -29,7 +29,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from fedsilo.server.config import RunConfig  # noqa: E402
+from fedsilo.simulations.config import SimulationConfig  # noqa: E402
 from fedsilo.simulations.runner import run_federation  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -112,7 +112,7 @@ def run_one(args: argparse.Namespace, partition: str, aggregator: str, attack: s
         "allow_overreach": True,
         "lineage": False, "out": out, "run_id": f"r{zlib.crc32(key(partition, aggregator, attack).encode()):08x}",
     }
-    run = run_federation(RunConfig.load(None, overrides), engine="inprocess")
+    run = run_federation(SimulationConfig.load(None, overrides), engine="inprocess")
     return float(run.final_accuracy or 0.0)
 
 

@@ -48,11 +48,15 @@ from fedsilo.privacy.secagg import (  # noqa: E402
     SecAggConfig,
     SecAggServer,
     crypto,
-    run_round,
     shamir,
 )
 from fedsilo.privacy.secagg.graph import ring_order  # noqa: E402
+from fedsilo.privacy.secagg.reconstruct import reconstruct_all  # noqa: E402
 from fedsilo.privacy.secagg.unmask import _context  # noqa: E402
+
+# the in-memory protocol driver is a test helper (the server's driver is SecAggSession)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from secagg.memory_driver import run_round  # noqa: E402
 
 D = 100_000
 RUN_ID = "bench"
@@ -244,12 +248,12 @@ def unmask_components(srv: SecAggServer, replies: dict[int, object]) -> list[str
     pts_b, pts_sk = timed("validate + decode the share replies",
                           lambda: s.unmask_shares(replies))  # type: ignore[misc]
     sks = timed("Shamir: reconstruct + verify all secrets (numpy batch)",
-                lambda: s._reconstruct_all(
-                    "mask key", dropped, pts_sk,
+                lambda: reconstruct_all(
+                    s._x, s.t, s.reasons, "mask key", dropped, pts_sk,
                     lambda i, v: crypto.public_from_private(v) == s.keys[i].s_pk))
     seeds = timed("Shamir: reconstruct + verify all secrets (numpy batch)",
-                  lambda: s._reconstruct_all(
-                      "mask seed", sorted(u3), pts_b,
+                  lambda: reconstruct_all(
+                      s._x, s.t, s.reasons, "mask seed", sorted(u3), pts_b,
                       lambda i, v: crypto.commit(v, RUN_ID, 1, i) == s.commitments[i]))
     t = s.t
     rows = [sorted(p)[:t] for p in [*pts_b.values(), *pts_sk.values()]]

@@ -61,6 +61,7 @@ import fedsilo.privacy.secagg.crypto as secagg_crypto  # noqa: E402
 import fedsilo.privacy.secagg.server as secagg_server  # noqa: E402
 import fedsilo.privacy.secagg.shamir as secagg_shamir  # noqa: E402
 import fedsilo.server.secagg_round as secagg_round  # noqa: E402
+import fedsilo.server.secagg_stages as secagg_stages  # noqa: E402
 from fedsilo.privacy.secagg import SecAggConfig  # noqa: E402
 from fedsilo.server.config import RunConfig  # noqa: E402
 from fedsilo.simulations.inprocess import InProcessGrid  # noqa: E402
@@ -233,10 +234,10 @@ _SPLIT_PARTS: list[tuple[Any, str, str]] = [
     (secagg_handler, "decode_request", "site: records, decode requests"),
     (secagg_handler, "encode", "site: records, encode replies (incl. masked vector)"),
     (secagg_handler, "_handle", "site: handler rest (Flower glue, fit_update extras)"),
-    (secagg_round, "encode", "server: records, encode requests"),
-    (secagg_round, "decode_reply", "server: records, decode replies"),
-    (secagg_round, "_exchange", "server: message handling rest (Message objects, grid)"),
-    (secagg_round, "run_secagg_round", "server: round driver rest"),
+    (secagg_stages, "encode", "server: records, encode requests"),
+    (secagg_stages, "decode_reply", "server: records, decode replies"),
+    (secagg_round, "exchange", "server: message handling rest (Message objects, grid)"),
+    (secagg_round.SecAggSession, "exchange", "server: round driver rest"),
     *[(secagg_server.SecAggServer, m, f"server: {m} (incl. its crypto)")
       for m in ("on_keys", "on_shares", "on_masked", "on_unmask")],
 ]

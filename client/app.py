@@ -5,12 +5,16 @@ The ClientApp answers three kinds of message:
 * ``query.handshake``: the site's stable id, public key, data fingerprint, policy and
   declared example count, with its signature over (run id, site id, data fingerprint,
   count) (`lineage.signing.sign_declaration`);
-* ``train``: train on the global model, reply with the flat model delta, its digest,
-  the layout it was flattened with and the site's signature over (run id, round,
-  update digest, data fingerprint), after checking the round against the site's policy
-  and the Trainer's result against the global model's layout and the declared count (a
-  refusal is a normal reply with the reason, recorded in the site's ledger and, by the
-  server, in lineage);
+* ``train``: the site's update through the one update path
+  (`fedsilo.client.update.site_reply`): the site's policy and its own privacy budget,
+  training on the global model (the Trainer's result checked against the global model's
+  layout and the declared count), DP clipping when the round asks for it, then the flat
+  model delta with its digest, the layout it was flattened with and the site's signature
+  over (run id, round, update digest, data fingerprint) (`fedsilo.common.protocol.
+  TrainReply`), recorded in the site's ledger. A refusal is a normal reply with the
+  reason (`Refusal`), recorded in the site's ledger and, by the server, in lineage. Under
+  SecAgg+ the same path runs at the masked stage, with masking as its encoding
+  (`fedsilo.client.secagg_handler`);
 * ``evaluate``: score the global model on the site's own held-out split, signed over
   (run id, round, model digest, loss, metrics, count) (`fedsilo.client.evaluation`).
 """
@@ -23,30 +27,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsilo import lineage
 from fedsilo.client.app_code import app_digest_field
 from fedsilo.client.policy import SitePolicy
 from fedsilo.client.trainer import DeclaresExamples, Trainer
+from fedsilo.client.update import (  # noqa: F401 - ContributionError, local_delta: public here too
+    ContributionError,
+    LocalUpdate,
+    global_model,
+    local_delta,
+    plain_encoder,
+    site_reply,
+    train_update,
+)
+from fedsilo.common import codec
+from fedsilo.common.protocol import Refusal, RoundConfig, TrainReply
 from fedsilo.lineage.signing import sign_declaration
-from fedsilo.privacy.screening import example_count, layout_problem
-from fedsilo.strategies import codec
+from fedsilo.privacy.screening import example_count
 from fedsilo.tasks.statistics import (
     STATISTICS_KEY,
     STATISTICS_RECORD,
     decode_statistics,
     encode_statistics,
 )
-
-
-class ContributionError(ValueError):
-    """What the Trainer returned cannot be sent (wrong layout or example count); one line.
-
-    The SDK replies with a refusal carrying this reason (the server records it in
-    lineage) instead of flattening a scrambled update or crashing the ClientApp.
-    """
 
 
 @dataclass
@@ -127,12 +133,9 @@ def _config(msg: Message, name: str) -> dict[str, Any]:
     return dict(rec) if rec is not None else {}
 
 
-def _global_model(msg: Message) -> Array:
-    """The global model's flat array; KeyError if the message does not carry one."""
-    rec = codec.record(msg.content, codec.GLOBAL_RECORD, ArrayRecord)
-    if rec is None:
-        raise KeyError(codec.GLOBAL_RECORD)
-    return rec[codec.MODEL_KEY]
+def _round(msg: Message) -> RoundConfig:
+    """The message's round config (`RoundConfig`; empty if it carries none)."""
+    return RoundConfig.from_record(_config(msg, codec.CONFIG_RECORD))
 
 
 def _first_secagg_keys(msg: Message, context: Context) -> tuple[str, ConfigRecord] | None:
@@ -197,32 +200,18 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
         site = site_factory(context, _config(msg, codec.FEDERATION_RECORD)).apply_statistics(msg)
         config = _config(msg, codec.CONFIG_RECORD)
         layout = codec.ModelLayout.from_json(str(config["layout"]))
-        flat = codec.decode_flat(_global_model(msg), expected_size=layout.size)
+        flat = codec.decode_flat(global_model(msg), expected_size=layout.size)
         return Message(evaluation_content(site, layout.unflatten(flat), config), reply_to=msg)
 
     try:  # secure aggregation stages, when that module is present
-        from fedsilo.client.secagg_handler import LocalUpdate, register_secagg
+        from fedsilo.client.secagg_handler import register_secagg
     except ImportError:  # pragma: no cover - only while secagg is being built
         return app
 
-    def fit_update(msg: Message, context: Context) -> LocalUpdate:
+    def fit_update(msg: Message, context: Context) -> LocalUpdate | Refusal:
+        # the masked stage's training step; the handler encodes it through `site_reply`
         site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
-        config = _config(msg, codec.CONFIG_RECORD)
-        reason = site.policy.refusal(config) or _privacy_refusal(site, config)
-        if reason is not None:
-            raise RuntimeError(f"site {site.site_id} refused: {reason}")
-        delta, num_examples, metrics = local_delta(site, msg, config)
-        _record_privacy_participation(site, config)
-        if str(config.get("dp_where", "")) == "site":
-            # DP under secure aggregation: the site clips (and caps its weight) itself and
-            # enters the sum with weight 1, so the server's noise covers the sum's sensitivity.
-            from fedsilo.privacy.dp import site_contribution
-
-            clipped, _unclipped = site_contribution(delta, _dp_round_config(config), weight=num_examples)
-            return LocalUpdate(delta=clipped, weight=1.0, metrics=metrics,
-                               num_examples=num_examples)
-        return LocalUpdate(delta=delta, weight=float(num_examples), metrics=metrics,
-                           num_examples=num_examples)
+        return train_update(site, msg, _round(msg), secure=True)
 
     def identify(msg: Message, context: Context) -> Site:
         # the site signs its masked input and unmask reply with its key, as a plain update
@@ -230,59 +219,6 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
 
     register_secagg(app, fit_update, identify)
     return app
-
-
-def local_delta(site: Site, msg: Message, config: Mapping[str, Any]) -> tuple[np.ndarray, int, dict[str, float]]:
-    """Train on the message's global model; return (flat float32 delta, examples, metrics).
-
-    `ContributionError` (one line) when the Trainer's weights do not have the global
-    model's layout or its example count is not a positive integer within the declared one.
-    """
-    layout = codec.ModelLayout.from_json(str(config["layout"]))
-    global_flat = codec.decode_flat(
-        _global_model(msg), expected_size=layout.size
-    )
-    global_weights = layout.unflatten(global_flat)
-    fit = site.apply_statistics(msg).trainer.fit(global_weights, config)
-    weights = _checked_weights(fit.weights, layout)
-    num_examples = _checked_count(fit.num_examples, site.declared_examples)
-    if "update_layout" in config:
-        # the task's frozen layers are not sent back: the update covers the trainable ones
-        sent = codec.ModelLayout.from_json(str(config["update_layout"]))
-        delta = sent.flatten({k: weights[k] for k in sent.names}) - sent.flatten(
-            {k: global_weights[k] for k in sent.names})
-    else:
-        delta = layout.flatten(weights) - global_flat
-    return delta.astype(np.float32, copy=False), num_examples, dict(fit.metrics)
-
-
-def _checked_weights(weights: Any, layout: codec.ModelLayout) -> dict[str, np.ndarray]:
-    """The Trainer's weights as arrays, if every layer's name, shape and dtype is the global
-    model's; else `ContributionError`. Flattening alone would drop an extra layer and
-    accept a transposed one of the same size as a scrambled update."""
-    if not isinstance(weights, Mapping):
-        raise ContributionError(f"layout: the Trainer returned weights as a "
-                                f"{type(weights).__name__}; expected a mapping layer name -> array")
-    try:
-        arrays = {str(k): np.asarray(v) for k, v in weights.items()}
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ContributionError(f"layout: a layer the Trainer returned is not an array ({exc})") from None
-    problem = layout_problem(layout, codec.ModelLayout.from_arrays(arrays), ordered=False)
-    if problem is not None:
-        raise ContributionError(f"layout: {problem}")
-    return arrays
-
-
-def _checked_count(value: Any, declared: int | None) -> int:
-    """The Trainer's example count if it is a positive integer within the declared one."""
-    try:
-        n = example_count(value)
-    except ValueError as exc:
-        raise ContributionError(f"num-examples {exc}") from None
-    if declared is not None and n > declared:
-        raise ContributionError(f"num-examples {n} exceeds the {declared} examples the site "
-                                "declared at the handshake")
-    return n
 
 
 def _declaration(site: Site, run_id: str) -> dict[str, Any]:
@@ -307,95 +243,16 @@ def _declaration(site: Site, run_id: str) -> dict[str, Any]:
     return out
 
 
-def _site_side_clip(delta: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
-    """Clip the update at the site when the round asks for site-side DP clipping."""
-    if str(config.get("dp_where", "")) != "site":
-        return delta
-    from fedsilo.privacy.dp import clip_update
-
-    clipped, _norm, _was_clipped = clip_update(delta, float(config["dp_clip_norm"]))
-    return clipped
-
-
-def _refusal(site: Site, msg: Message, run_id: str, server_round: int, reason: str) -> Message:
-    """A refusal reply (and its ledger entry): the site sends no update this round."""
-    if site.ledger is not None:
-        site.ledger.append(
-            {"run_id": run_id, "site_id": site.site_id, "round": server_round,
-             "status": "refused", "reason": reason, "time": _now_iso(), **app_digest_field()}
-        )
-    refusal = ConfigRecord({"site_id": site.site_id, "reason": reason})
-    return Message(RecordDict({codec.REFUSAL_RECORD: refusal}), reply_to=msg)
-
-
 def _train_reply(site: Site, msg: Message) -> Message:
-    config = _config(msg, codec.CONFIG_RECORD)
-    run_id = str(config.get("run_id", ""))
-    server_round = int(config.get("server_round", 0))
-    reason = site.policy.refusal(config)
-    if reason is None:
-        reason = _privacy_refusal(site, config)
-    if reason is not None:
-        return _refusal(site, msg, run_id, server_round, reason)
-
-    try:
-        delta, num_examples, metrics = local_delta(site, msg, config)
-    except ContributionError as exc:  # the Trainer's result cannot be sent as it is
-        return _refusal(site, msg, run_id, server_round, f"update not sent: {exc}")
-    delta = _site_side_clip(delta, config)
-    digest = lineage.update_digest(delta)
-    signature = (
-        lineage.sign_contribution(site.key, run_id, server_round, digest, site.data_fingerprint)
-        if site.key is not None
-        else ""
-    )
-    if site.ledger is not None:
-        site.ledger.append(
-            {"run_id": run_id, "site_id": site.site_id, "round": server_round,
-             "update_digest": digest, "data_fingerprint": site.data_fingerprint,
-             "num_examples": num_examples, "signature": signature, "status": "sent",
-             "time": _now_iso(), **app_digest_field()}
-        )
-    _record_privacy_participation(site, config)
-    content = RecordDict(
-        {
-            codec.UPDATE_RECORD: ArrayRecord({codec.DELTA_KEY: codec.encode_flat(delta)}),
-            codec.METRICS_RECORD: MetricRecord({codec.NUM_EXAMPLES_KEY: num_examples, **metrics}),
-            codec.SITE_RECORD: ConfigRecord(
-                {"site_id": site.site_id, "update_digest": digest,
-                 "data_fingerprint": site.data_fingerprint, "signature": signature,
-                 "layout": str(config.get("update_layout", config["layout"]))}
-            ),
-        }
-    )
-    return Message(content, reply_to=msg)
-
-
-def _privacy_refusal(site: Site, config: Mapping[str, Any]) -> str | None:
-    """Refuse a DP round that would take the site past its own epsilon ceiling."""
-    if site.policy.max_epsilon is None or "dp_noise_multiplier" not in config:
-        return None
-    from fedsilo.privacy.site_budget import SiteBudget
-
-    budget = site.state.get("budget")
-    if budget is None:
-        budget = site.state["budget"] = SiteBudget(site.policy.max_epsilon)
-    ok, _eps, reason = budget.admit(_dp_round_config(config))
-    return None if ok else reason
-
-
-def _record_privacy_participation(site: Site, config: Mapping[str, Any]) -> None:
-    budget = site.state.get("budget")
-    if budget is not None and "dp_noise_multiplier" in config:
-        budget.record_participation(_dp_round_config(config))
-
-
-def _dp_round_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The DP parameters the server sent, without the ``dp_`` prefix."""
-    return {k[3:]: v for k, v in config.items() if k.startswith("dp_")}
-
-
-def _now_iso() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """A plain round's reply: the site's update (`site_reply`, plain encoding) as a
+    `TrainReply`, or its `Refusal`."""
+    cfg = _round(msg)
+    out = site_reply(site, cfg, lambda: train_update(site, msg, cfg), plain_encoder)
+    if isinstance(out, Refusal):
+        return Message(out.to_record(), reply_to=msg)
+    reply = TrainReply(
+        site_id=site.site_id, update=out.payload, num_examples=out.num_examples,
+        metrics=out.metrics, update_digest=out.digest,
+        data_fingerprint=site.data_fingerprint, signature=out.signature,
+        layout=str(cfg.sent_layout))
+    return Message(reply.to_record(), reply_to=msg)

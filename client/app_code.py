@@ -22,117 +22,37 @@ signature travels inside the bundle.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 import re
-import tomllib
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fedsilo.lineage.app_bundle import (
+    SIGNATURE_FILE,
+    AppCodeError,
+    Bundle,
+    app_dir_files,
+    content_digest,
+    read_bundle,
+    sign_app_dir,
+    signer,
+)
 
-OWN_CLIENTAPP = "fedsilo.server.flower_app:client_app"
-# the same installed ClientApp under the name app bundles used before it moved out of
-# fedsilo.simulations (still re-exported there)
-OWN_CLIENTAPPS = (OWN_CLIENTAPP, "fedsilo.simulations.flower_app:client_app")
+__all__ = ["APP_DIGEST_ENV", "OWN_CLIENTAPP", "OWN_CLIENTAPPS", "SIGNATURE_FILE", "AppCodeError",
+           "Bundle", "CodePolicy", "app_dir_files", "app_digest_field", "content_digest",
+           "read_bundle", "runs_own_clientapp", "sign_app_dir", "signer"]
+
+OWN_CLIENTAPP = "fedsilo.client.flower_app:client_app"
+# the same installed ClientApp under the names older app bundles carry: the site's runner
+# (`fedsilo.client.app_runner`) loads it from its own module whatever the bundle calls it
+OWN_CLIENTAPPS = (OWN_CLIENTAPP, "fedsilo.server.flower_app:client_app",
+                  "fedsilo.simulations.flower_app:client_app")
 """The ClientApp installed with fedsilo (``[tool.flwr.app.components].clientapp``)."""
-SIGNATURE_FILE = "fedsilo-app-signature.json"
-"""Where ``fedsilo app sign`` puts the signature inside the app directory (and so the bundle)."""
-_NOT_CONTENT = {SIGNATURE_FILE, ".info/CONTENT"}
-# files a Python process may import or load: a bundle with any of them carries code
-_CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".so", ".pth", ".pyx")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _FINGERPRINT = re.compile(r"ed25519:[0-9a-f]{16}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 APP_DIGEST_ENV = "FEDSILO_APP_DIGEST"
 """Set by `fedsilo.client.app_runner` to the digest of the bundle the process runs."""
-_CONTEXT = b"fedsilo app bundle v1\n"  # domain separation: this signature means "run this bundle"
-
-
-class AppCodeError(ValueError):
-    """A bundle, signature or code policy that cannot be read (one line)."""
-
-
-@dataclass
-class Bundle:
-    """What a site needs to know about an app bundle before running anything from it."""
-
-    digest: str
-    clientapp: str
-    code_files: list[str]
-    signature: dict[str, Any] | None
-
-
-def content_digest(files: dict[str, bytes]) -> str:
-    """``sha256:<hex>`` over the bundle's files (path -> bytes), signature and manifest excluded."""
-    lines = sorted(f"{name} {hashlib.sha256(data).hexdigest()}\n" for name, data in files.items()
-                   if name not in _NOT_CONTENT)
-    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def read_bundle(fab: bytes) -> Bundle:
-    """Read a FAB's files (nothing is extracted to disk, nothing imported); `AppCodeError`."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(fab)) as zf:
-            files = {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise AppCodeError(f"the app bundle is not a readable zip ({exc})") from None
-    try:
-        doc = tomllib.loads(files.get("pyproject.toml", b"").decode())
-        clientapp = str(doc["tool"]["flwr"]["app"]["components"]["clientapp"])
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
-        clientapp = ""
-    signature = None
-    if SIGNATURE_FILE in files:
-        try:
-            signature = json.loads(files[SIGNATURE_FILE])
-        except (UnicodeDecodeError, ValueError):
-            signature = {}
-    code = sorted(n for n in files if n.lower().endswith(_CODE_SUFFIXES))
-    return Bundle(content_digest(files), clientapp, code, signature)
-
-
-def app_dir_files(app_dir: Path) -> dict[str, bytes]:
-    """The files Flower's own builder puts into the bundle of ``app_dir`` (as ``flwr run`` does)."""
-    from flwr.cli.build import build_fab_from_disk
-
-    if not (Path(app_dir) / "pyproject.toml").is_file():
-        raise AppCodeError(f"{app_dir}: no pyproject.toml (not a Flower app directory)")
-    with zipfile.ZipFile(io.BytesIO(build_fab_from_disk(Path(app_dir)))) as zf:
-        return {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
-
-
-def sign_app_dir(app_dir: Path, key: Ed25519PrivateKey, out: Path | None = None) -> dict[str, Any]:
-    """Sign the content digest of ``app_dir``'s bundle; write `SIGNATURE_FILE` (or ``out``)."""
-    from fedsilo.lineage.keys import key_fingerprint, public_key_hex
-
-    digest = content_digest(app_dir_files(app_dir))
-    public = public_key_hex(key)
-    doc = {"digest": digest, "public_key": public, "key": key_fingerprint(public),
-           "signature": key.sign(_CONTEXT + digest.encode()).hex()}
-    target = Path(out) if out is not None else Path(app_dir) / SIGNATURE_FILE
-    target.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    return doc
-
-
-def signer(bundle: Bundle) -> str | None:
-    """The public key (hex) whose valid signature over this bundle's digest it carries, or None."""
-    from fedsilo.lineage.keys import load_public_key
-
-    sig = bundle.signature or {}
-    if sig.get("digest") != bundle.digest:
-        return None  # signed another content (tampered after signing) or no signature
-    try:
-        key = load_public_key(str(sig.get("public_key", "")))
-        key.verify(bytes.fromhex(str(sig.get("signature", ""))), _CONTEXT + bundle.digest.encode())
-    except (ValueError, InvalidSignature):
-        return None
-    return str(sig["public_key"])
 
 
 @dataclass

@@ -70,7 +70,7 @@ def check_bundle(fab: bytes, context: Any) -> tuple[Bundle | None, str | None]:
 def load_app(bundle: Bundle, run: Any, fab: Any) -> Any:
     """The ClientApp to run for an accepted bundle (see the module docstring)."""
     if runs_own_clientapp(bundle):
-        from fedsilo.server.flower_app import client_app
+        from fedsilo.client.flower_app import client_app
 
         return client_app
     from flwr.cli.install import install_from_fab

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from fedsilo.client.app_runner import write_wrapper
 from fedsilo.client.site_config import SITE_CONFIG_KEY, SiteConfig, build_site, read_site_config
-from fedsilo.server.certs import CertsError, load_auth_private_key, load_certificate
-from fedsilo.server.deploy_procs import (
+from fedsilo.common.keyfiles import CertsError, load_auth_private_key, load_certificate
+from fedsilo.common.procs import (
     DeployError,
     ManagedProcess,
     Supervisor,

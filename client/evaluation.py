@@ -23,14 +23,16 @@ import numpy as np
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from fedsilo import lineage
+from fedsilo.common import codec
+from fedsilo.common.errors import FedsiloError
+from fedsilo.common.protocol import Refusal
 from fedsilo.lineage.signing import sign_evaluation
-from fedsilo.strategies import codec
 
 EVALUATION_KEY = "evaluation"
 """Key of the canonical JSON evaluation in the reply's ``site`` ConfigRecord."""
 
 
-class EvaluationError(ValueError):
+class EvaluationError(FedsiloError, ValueError):
     """The Trainer's evaluation result cannot be sent as it is; one line."""
 
 
@@ -71,8 +73,7 @@ def evaluation_content(site: Any, weights: dict[str, np.ndarray],
     try:
         loss, n, metrics = checked_evaluation(site.trainer.evaluate(weights, config))
     except EvaluationError as exc:
-        refusal = ConfigRecord({"site_id": site.site_id, "reason": f"evaluation not sent: {exc}"})
-        return RecordDict({codec.REFUSAL_RECORD: refusal})
+        return Refusal(site.site_id, f"evaluation not sent: {exc}").to_record()
     if n == 0:  # no held-out rows at this site: no evaluation to sign (the server ignores it)
         return RecordDict({codec.METRICS_RECORD: MetricRecord({codec.NUM_EXAMPLES_KEY: 0})})
     digest = lineage.arrays_digest(weights)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fedsilo.common.protocol import RoundConfig
+
 
 @dataclass
 class SitePolicy:
@@ -41,20 +43,25 @@ class SitePolicy:
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
-    def refusal(self, round_config: Mapping[str, Any]) -> str | None:
-        """The reason to refuse a round with this config, or None to take part."""
-        server_round = int(round_config.get("server_round", 0))
-        if self.max_rounds and server_round > self.max_rounds:
-            return f"round {server_round} exceeds the site's max_rounds {self.max_rounds}"
-        agg = str(round_config.get("aggregator", "")).split(":")[0]
+    def refusal(self, round_config: RoundConfig | Mapping[str, Any]) -> str | None:
+        """The reason to refuse a round with this config, or None to take part.
+
+        ``round_config``: the round as the server sent it (a `RoundConfig`, or its record
+        as a mapping).
+        """
+        cfg = (round_config if isinstance(round_config, RoundConfig)
+               else RoundConfig.from_record(round_config))
+        if self.max_rounds and cfg.round > self.max_rounds:
+            return f"round {cfg.round} exceeds the site's max_rounds {self.max_rounds}"
+        agg = (cfg.aggregator or "").split(":")[0]
         if self.allowed_aggregators and agg not in self.allowed_aggregators:
             return f"aggregator {agg!r} is not in the site's allowed_aggregators {self.allowed_aggregators}"
-        opt = str(round_config.get("optimizer", "")).split(":")[0]
+        opt = (cfg.optimizer or "").split(":")[0]
         if self.allowed_optimizers and opt not in self.allowed_optimizers:
             return f"optimizer {opt!r} is not in the site's allowed_optimizers {self.allowed_optimizers}"
-        fp = str(round_config.get("server_key_fingerprint", ""))
+        fp = cfg.server_key_fingerprint or ""
         if self.server_key_fingerprints and fp not in self.server_key_fingerprints:
             return f"server key {fp or '(none)'} is not one the site accepts"
-        if self.require_secagg and not bool(round_config.get("secagg", False)):
+        if self.require_secagg and not cfg.secagg:
             return "the site requires secure aggregation and this round is not securely aggregated"
         return None

@@ -17,13 +17,19 @@ The next round rides on this one's messages, so that a round needs fewer exchang
   exchanges per round instead of four). Without a share request, the next round's setup
   state becomes the node's state and that round starts at the share stage.
 
-With ``identify`` (the site: its id, Ed25519 key, data fingerprint and ledger), the site
-signs what it sends as it signs a plain update: at the masked stage the digest of the exact
-masked uint32 vector (`fedsilo.lineage.update_digest`) with its data fingerprint, at the
-unmask stage the digest of its unmask reply (`fedsilo.lineage.signing.unmask_digest`).
-The signatures travel under ``ATTEST_KEY``; the site's ledger gets a ``sent`` entry (with
-its real example count) and an ``unmasked`` entry, so ``fedsilo lineage reconcile`` works
-under SecAgg+ too.
+At the masked stage the site's update goes through the one update path
+(`fedsilo.client.update.site_reply`, with the masking as its encoding; see
+`fedsilo.client.secagg_site`): with ``identify`` (the site: its id, Ed25519 key, data
+fingerprint and ledger), the site signs the digest of the exact masked uint32 vector
+(`fedsilo.lineage.update_digest`) with its data fingerprint, as it signs a plain update,
+and its ledger gets a ``sent`` entry (with its real example count); at the unmask stage it
+signs the digest of its unmask reply (`fedsilo.lineage.signing.unmask_digest`), recorded as
+an ``unmasked`` entry. The signatures travel under ``ATTEST_KEY``, so ``fedsilo lineage
+reconcile`` works under SecAgg+ too. A site that refuses the round (``fit_update`` returns
+a `fedsilo.common.protocol.Refusal`: its policy, its budget, an update it cannot send)
+records the refusal in its ledger and answers with `Refusal.to_error`: the server takes it
+as the site leaving the round, with the reason. Its state for the round is dropped, as it
+is for any stage that fails.
 
 A problem with the next round's part only costs that round: it is logged and left out of
 the reply, and this round's reply stands. The run's handshake query may carry the first
@@ -36,31 +42,29 @@ claimed and a new setup is refused.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
 
-import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.clientapp import ClientApp
 
-from fedsilo import lineage
-from fedsilo.client.app_code import app_digest_field
-from fedsilo.lineage.keys import key_file
-from fedsilo.lineage.signing import sign_unmask, unmask_digest
+from fedsilo.client.secagg_site import (
+    SIGNER_KEY,
+    FitUpdate,
+    Identify,
+    Refused,
+    masked_stage,
+    signed_unmask,
+)
+from fedsilo.client.update import LocalUpdate, SiteSigner
+from fedsilo.common.protocol import SECAGG_ERROR_CODE
 from fedsilo.privacy.secagg import SecAggClient, SecAggClientError
 from fedsilo.privacy.secagg.client import forget_keys
 from fedsilo.privacy.secagg.messages import (
     KeyAdvert,
-    MaskedReply,
     SetupRequest,
     ShareReply,
-    UnmaskReply,
 )
 from fedsilo.privacy.secagg.records import (
     ATTEST_KEY,
-    MASKED_DTYPE,
     MESSAGE_TYPES,
     NEXT_KEY,
     RECORD_KEY,
@@ -72,45 +76,12 @@ from fedsilo.privacy.secagg.records import (
 )
 
 STATE_KEY = "secagg_state"
-SIGNER_KEY = "secagg_signer"  # where the site's key and ledger files are (`_remember_signer`)
 NEXT_STATE_KEY = "secagg_next_state"  # the next round's state, set up during this round
 ROUNDS_KEY = "secagg_rounds"  # run id -> last round this node set up (replay protection)
 METRICS_KEY = "metrics"
-SECAGG_ERROR_CODE = 1001  # application-level refusal (outside Flower's ErrorCode range)
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LocalUpdate:
-    """What a site's training step returns under SecAgg.
-
-    delta: flat float32 model update (length = number of model parameters).
-    weight: aggregation weight (e.g. example count), in [0, config.max_weight].
-    metrics: plaintext training metrics (they are NOT protected by SecAgg).
-    """
-
-    delta: np.ndarray
-    weight: float
-    metrics: dict[str, float] = field(default_factory=dict)
-    num_examples: int | None = None  # for the site's ledger (default: the weight)
-
-
-FitUpdate = Callable[[Message, Context], LocalUpdate]
-
-
-class SiteSigner(Protocol):
-    """What the handler needs of a site to sign its replies (`fedsilo.client.Site` is one)."""
-
-    site_id: str
-    key: Any  # Ed25519PrivateKey | None
-    ledger: Any  # fedsilo.lineage.SiteLedger | None
-
-    @property
-    def data_fingerprint(self) -> str: ...
-
-
-Identify = Callable[[Message, Context], SiteSigner | None]
-
+__all__ = ["SECAGG_ERROR_CODE", "SIGNER_KEY", "FitUpdate", "Identify", "LocalUpdate", "SiteSigner",
+           "advertise_first_keys", "register_secagg"]
 
 # node id -> (the state blob last saved, the client object it was dumped from). The
 # context's blob stays the source of truth: the object is reused only while the context
@@ -311,102 +282,11 @@ def advertise_first_keys(message: Message, context: Context, run_id: str) -> Con
     return encode(advert, client.st["round"])[RECORD_KEY]  # type: ignore[return-value]
 
 
-def _masked(client: SecAggClient, req: object, message: Message, context: Context,
-            fit_update: FitUpdate, identify: Identify | None
-            ) -> tuple[MaskedReply, dict[str, float], ConfigRecord | None]:
-    """The masked stage: train, mask, and sign (and record in the site's ledger) exactly
-    the masked vector sent."""
-    site = identify(message, context) if identify is not None else None  # before any change
-    update = fit_update(message, context)
-    reply = client.masked_input(req, update.delta, update.weight)  # type: ignore[arg-type]
-    metrics = {k: float(v) for k, v in update.metrics.items()}
-    if client.st.get("clipped"):
-        log.warning("secagg: %d update coordinates clipped to +-%s",
-                    client.st["clipped"], client.st["config"]["clip_range"])
-    attest = None
-    if site is not None and site.key is not None:
-        run_id, rnd = client.st["run_id"], client.st["round"]
-        digest = lineage.update_digest(np.asarray(reply.masked, dtype=MASKED_DTYPE))
-        fingerprint = site.data_fingerprint
-        signature = lineage.sign_contribution(site.key, run_id, rnd, digest, fingerprint)
-        if site.ledger is not None:
-            count = update.num_examples if update.num_examples is not None else update.weight
-            site.ledger.append({
-                "run_id": run_id, "site_id": site.site_id, "round": rnd, "status": "sent",
-                "update_digest": digest, "data_fingerprint": fingerprint,
-                "num_examples": int(count), "signature": signature, "secagg": "masked_input",
-                **app_digest_field(),
-            })
-        attest = ConfigRecord({"digest": digest, "signature": signature,
-                               "data_fingerprint": fingerprint})
-        _remember_signer(context, site, run_id, rnd)
-    return reply, metrics, attest
-
-
-@dataclass
-class _Recalled:
-    """A site's signing identity rebuilt from `SIGNER_KEY` (key and ledger files)."""
-
-    site_id: str
-    key: Any
-    ledger: Any
-    data_fingerprint: str = ""
-
-
-def _remember_signer(context: Context, site: SiteSigner, run_id: str, rnd: int) -> None:
-    """Note where the site's key and ledger live, for its unmask stage.
-
-    On Flower's deployment runtime every message runs in a fresh ClientApp process:
-    building the site again there (its trainer, its data) only to sign the unmask reply
-    took seconds. The files are named in the node's state (paths only, no secret); a
-    site whose key did not come from a file is asked again (``identify``).
-    """
-    path = key_file(site.key)
-    if path is None:
-        context.state.pop(SIGNER_KEY, None)
-        return
-    ledger = getattr(site.ledger, "path", None)
-    context.state[SIGNER_KEY] = ConfigRecord({
-        "run_id": run_id, "round": rnd, "site_id": site.site_id, "key": str(path),
-        "ledger": "" if ledger is None else str(ledger),
-        "fsync": bool(getattr(site.ledger, "fsync", True))})
-
-
-def _recall_signer(context: Context, run_id: str, rnd: int) -> SiteSigner | None:
-    """The signing identity `_remember_signer` noted for this round, if its key file is
-    still there (it is taken out of the state either way)."""
-    rec = context.state.pop(SIGNER_KEY, None)
-    if not isinstance(rec, ConfigRecord) or (rec.get("run_id"), rec.get("round")) != (run_id, rnd):
-        return None
-    path = Path(str(rec["key"]))
-    if not path.is_file():
-        return None
-    try:
-        key = lineage.load_or_create_key(path)
-    except lineage.LineageError:
-        return None
-    ledger = lineage.SiteLedger(Path(str(rec["ledger"])), fsync=bool(rec["fsync"])) \
-        if rec["ledger"] else None
-    return _Recalled(str(rec["site_id"]), key, ledger)
-
-
-def _signed_unmask(client: SecAggClient, reply: UnmaskReply, message: Message,
-                   context: Context, identify: Identify | None) -> ConfigRecord | None:
-    """The site's signature over the unmask reply (the shares it reveals), recorded in its
-    ledger; None for a site without a key."""
-    if identify is None:
-        return None
-    run_id, rnd = client.st["run_id"], client.st["round"]
-    site = _recall_signer(context, run_id, rnd) or identify(message, context)
-    if site is None or site.key is None:
-        return None
-    digest = unmask_digest(reply.b_owners, reply.b_shares, reply.sk_owners, reply.sk_shares)
-    signature = sign_unmask(site.key, run_id, rnd, digest)
-    if site.ledger is not None:
-        site.ledger.append({"run_id": run_id, "site_id": site.site_id, "round": rnd,
-                            "status": "unmasked", "unmask_digest": digest,
-                            "signature": signature})
-    return ConfigRecord({"digest": digest, "signature": signature})
+def _forget_round(context: Context) -> None:
+    """The round is over for this site: drop its protocol state and its keys."""
+    context.state.pop(STATE_KEY, None)
+    _LIVE.pop(int(context.node_id), None)
+    forget_keys(int(context.node_id))
 
 
 def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdate,
@@ -426,19 +306,21 @@ def _handle(stage: str, message: Message, context: Context, fit_update: FitUpdat
             if stage == "share":
                 reply = client.share(req)  # type: ignore[arg-type]
             elif stage == "masked":
-                reply, metrics, attest = _masked(client, req, message, context, fit_update,
+                reply, metrics, attest = masked_stage(client, req, message, context, fit_update,
                                                  identify)
                 ahead = _setup_next(message, context, client.st["run_id"], rnd + 1)
             else:
                 reply = client.unmask(req)  # type: ignore[arg-type]
-                attest = _signed_unmask(client, reply, message, context, identify)
+                attest = signed_unmask(client, reply, message, context, identify)
                 ahead = _share_next(message, context, client.st["run_id"], rnd + 1)
     except (SecAggClientError, ValueError) as e:
         if not isinstance(e, _OtherRound):
-            context.state.pop(STATE_KEY, None)  # a refused round is over for this site
-            _LIVE.pop(int(context.node_id), None)
-            forget_keys(int(context.node_id))
-        return Message(Error(SECAGG_ERROR_CODE, str(e)), reply_to=message)
+            _forget_round(context)  # a refused round is over for this site
+        error = e.refusal.to_error() if isinstance(e, Refused) else Error(SECAGG_ERROR_CODE, str(e))
+        return Message(error, reply_to=message)
+    except Exception:
+        _forget_round(context)  # e.g. the site's training crashed: no half-done state left
+        raise
     if stage != "unmask":
         _save(context, client)
         if ahead is not None:
@@ -468,12 +350,14 @@ def register_secagg(app: ClientApp, fit_update: FitUpdate,
     app:
         The site's ClientApp.
     fit_update:
-        Called at the masked stage with the message (carrying the global model as the
-        ArrayRecord "arrays" and the ConfigRecord "config") and the context; returns the
-        site's `LocalUpdate` to be masked.
+        Called at the masked stage with the message (carrying the server's training
+        content: the global model and the round config) and the context; returns the
+        site's `LocalUpdate` to be masked, or its `fedsilo.common.protocol.Refusal`
+        (recorded in the site's ledger and answered with `Refusal.to_error`).
     identify:
         Called at the masked stage with the message and the context (and at the unmask
-        stage if the site's key did not come from a key file, see `_remember_signer`);
+        stage if the site's key did not come from a key file, see
+        `fedsilo.client.secagg_signer`);
         returns the site (`SiteSigner`: id, Ed25519 key, data fingerprint, ledger). The site then
         signs the digest of its masked vector (as it signs a plain update) and of its
         unmask reply, sends the signatures under ``ATTEST_KEY`` and records both in its

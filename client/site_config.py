@@ -55,12 +55,13 @@ from fedsilo.client.app_code import AppCodeError, CodePolicy
 from fedsilo.client.policy import SitePolicy
 from fedsilo.client.trainer import Trainer
 from fedsilo.common import tomlfile
+from fedsilo.common.errors import FedsiloError
 
 SITE_CONFIG_KEY = "site-config"
 """SuperNode node-config key holding the absolute path of the site's ``site.toml``."""
 
 
-class SiteConfigError(ValueError):
+class SiteConfigError(FedsiloError, ValueError):
     """``site.toml`` is missing, malformed or names something that does not work (one line)."""
 
 

@@ -1,7 +1,7 @@
 """1-D vectors as the bytes of a ``.npy`` file (how Flower stores an `Array`), without copies.
 
 Flower's `Array.numpy()` goes through `np.load` (a copy) and `Array.from_numpy` through
-`np.save`. The model codec (`strategies.codec`) and SecAgg's masked vectors
+`np.save`. The model codec (`common.codec`) and SecAgg's masked vectors
 (`privacy.secagg.records`) instead write header + data with one copy and read a reply
 back as an `np.frombuffer` view, checking every header field of the (untrusted) bytes.
 """
@@ -14,10 +14,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from .errors import FedsiloError
+
 NPY_MAGIC = b"\x93NUMPY"
 
 
-class NpyError(ValueError):
+class NpyError(FedsiloError, ValueError):
     """The bytes are not a well-formed ``.npy`` file."""
 
 

@@ -2,7 +2,7 @@
 
 ``sign`` signs the content digest of the bundle Flower builds from ``APP_DIR`` (the one
 ``flwr run APP_DIR`` submits) with an Ed25519 key and writes the signature into the app
-directory (`fedsilo.client.app_code.SIGNATURE_FILE`), so that it travels in the bundle;
+directory (`fedsilo.lineage.app_bundle.SIGNATURE_FILE`), so that it travels in the bundle;
 a site whose ``[policy] trusted_app_keys`` lists the key runs it. ``digest`` prints the
 content digest, for a site's ``[policy] accepted_app_digests``. Exit codes: 0 done, 2 bad
 input.
@@ -36,22 +36,13 @@ def add_app_parser(sub: Any) -> None:
     p.set_defaults(handler=lambda _args: _fail("app", "a command is required: sign or digest"))
 
 
-def load_signing_key(path: Path, option: str) -> Any:
-    """The Ed25519 private key at ``path``; `AppCodeError` naming ``option`` (never creates one)."""
-    from fedsilo.client.app_code import AppCodeError
-    from fedsilo.lineage.errors import LineageError
-    from fedsilo.lineage.keys import load_or_create_key
-
-    if not Path(path).is_file():
-        raise AppCodeError(f"{option} {path}: file not found (an Ed25519 private key, PEM)")
-    try:
-        return load_or_create_key(Path(path))
-    except (LineageError, OSError, ValueError) as exc:
-        raise AppCodeError(f"{option} {path}: not an Ed25519 private key ({exc})") from None
-
-
 def _sign(args: argparse.Namespace) -> int:
-    from fedsilo.client.app_code import SIGNATURE_FILE, AppCodeError, sign_app_dir
+    from fedsilo.lineage.app_bundle import (
+        SIGNATURE_FILE,
+        AppCodeError,
+        load_signing_key,
+        sign_app_dir,
+    )
 
     app_dir = Path(args.app_dir)
     try:
@@ -65,7 +56,7 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _digest(args: argparse.Namespace) -> int:
-    from fedsilo.client.app_code import AppCodeError, app_dir_files, content_digest
+    from fedsilo.lineage.app_bundle import AppCodeError, app_dir_files, content_digest
 
     try:
         print(content_digest(app_dir_files(Path(args.app_dir))))

@@ -97,7 +97,8 @@ _NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command", "resume", "en
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from fedsilo.server.config import ConfigError, RunConfig
+    from fedsilo.server.config import ConfigError
+    from fedsilo.simulations.config import SimulationConfig
 
     overrides: dict[str, Any] = {}
     for key, value in vars(args).items():
@@ -111,7 +112,7 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.resume:
         return _resume(args, overrides)
     try:
-        config = RunConfig.load(args.config, overrides)
+        config = SimulationConfig.load(args.config, overrides)
         from fedsilo.simulations.runner import check_feasible
 
         check_feasible(config)
@@ -135,7 +136,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from fedsilo.server.config import ConfigError, RunConfig
+    from fedsilo.server.config import ConfigError
+    from fedsilo.simulations.config import SimulationConfig
     from fedsilo.simulations.runner import resume_federation
 
     if overrides or args.config:
@@ -149,7 +151,7 @@ def _resume(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     except LeftoverOwnerAlive as exc:
         return _fail("simulate", f"--resume: {exc}")
     try:
-        config = RunConfig.load(Path(args.resume) / "config.toml")
+        config = SimulationConfig.load(Path(args.resume) / "config.toml")
         from fedsilo.progress import RoundProgress
 
         with SignalGuard(raise_first=True), \

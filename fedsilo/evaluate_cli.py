@@ -51,7 +51,8 @@ def add_evaluate_parser(sub: Any) -> None:
 
 def evaluate(args: argparse.Namespace) -> int:
     """Check MODEL and the config (nothing written on failure), run, print one line."""
-    from fedsilo.server.config import ConfigError, RunConfig
+    from fedsilo.server.config import ConfigError
+    from fedsilo.simulations.config import SimulationConfig
     from fedsilo.simulations.runner import check_feasible, run_federation
 
     overrides: dict[str, Any] = {k: getattr(args, k) for k in _CONFIG_KEYS
@@ -59,10 +60,10 @@ def evaluate(args: argparse.Namespace) -> int:
     # one scoring round: the config.toml of the run says so, whatever --config trains for
     overrides.update(init_model=args.model, rounds=1, eval_every=1, min_rounds_changed=1)
     try:
-        config = RunConfig.load(args.config, overrides)
+        config = SimulationConfig.load(args.config, overrides)
         check_feasible(config)  # the task builds and MODEL fits its model
-        config = RunConfig.from_dict({**config.to_dict(),
-                                      "init_model": str(Path(args.model).resolve())})
+        config = SimulationConfig.from_dict({**config.to_dict(),
+                                             "init_model": str(Path(args.model).resolve())})
         run = run_federation(config, verbose=args.verbose, engine=args.engine,
                              evaluate_only=True)
     except ConfigError as exc:

@@ -8,6 +8,7 @@ from .chain import LoadedChain, load_chain
 from .digests import arrays_digest, npz_digest, update_digest
 from .errors import LineageError
 from .export import export_jsonl, export_prov_json, prov_document, read_jsonl
+from .fates import Fate, SecAggFate
 from .fingerprint import data_fingerprint, manifest_for
 from .keys import key_fingerprint, load_or_create_key, load_public_key, public_key_hex
 from .ledger import SiteLedger, validate_ledger_entry
@@ -38,6 +39,7 @@ __all__ = [
     "RECORD_TYPES",
     "SCHEMA_VERSION",
     "ClosingRecord",
+    "Fate",
     "Contributor",
     "GenesisRecord",
     "LineageError",
@@ -47,6 +49,7 @@ __all__ = [
     "ResumeRecord",
     "RoundRecord",
     "RunPaths",
+    "SecAggFate",
     "SiteContribution",
     "SiteIdentity",
     "SiteJoinRecord",

@@ -12,6 +12,7 @@ from typing import IO, Any
 from .canonical import canonical_json_parsed
 from .chain import load_chain
 from .errors import LineageError
+from .fates import Fate
 from .keys import key_fingerprint
 from .runs import locate_run
 from .store import parse_json, read_chain
@@ -185,7 +186,7 @@ def prov_document(run_dir: Path) -> dict[str, Any]:
             }
             relation("wasGeneratedBy", entity=update, activity=train)
             relation("wasAttributedTo", entity=update, agent=site_agent)
-            if c["fate"] == "accepted":
+            if c["fate"] == Fate.ACCEPTED:
                 relation("used", activity=activity, entity=update)
                 if model_out is not None:
                     relation("wasDerivedFrom", generatedEntity=model_out, usedEntity=update)

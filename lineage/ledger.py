@@ -10,7 +10,10 @@ from typing import Any
 
 from .canonical import canonical_json
 from .errors import LineageError
-from .records import _is_count, _is_digest, _is_sig, _is_str
+from .schema import is_count as _is_count
+from .schema import is_digest as _is_digest
+from .schema import is_sig as _is_sig
+from .schema import is_str as _is_str
 from .store import parse_json
 
 _SENT_FIELDS: dict[str, tuple[Any, str]] = {

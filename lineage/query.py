@@ -8,6 +8,7 @@ from typing import Any
 
 from .chain import LoadedChain, load_chain
 from .errors import LineageError
+from .fates import Fate
 from .ledger import SiteLedger
 
 SECURE_SUM = "secagg:not-reported"
@@ -85,7 +86,7 @@ def contributors(run_dir: Path, model_digest: str | None = None) -> list[Contrib
             break  # broken back-link; `verify` reports it
         body = rounds[position][1]
         keys_in = [(c["site_id"], c["data_fingerprint"])
-                   for c in body["contributions"] if c["fate"] == "accepted"]
+                   for c in body["contributions"] if c["fate"] == Fate.ACCEPTED]
         # a site in a secure sum without a signed contribution (a site without a key, or
         # a chain written before sites signed under SecAgg+) still fed the model
         signed = {site for site, _ in keys_in}

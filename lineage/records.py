@@ -1,244 +1,55 @@
 """Lineage record bodies: genesis, site join, round, resume and closing.
 
-Each record is a dataclass with ``to_dict()`` / ``from_dict()``. The dict form is what is
-stored (inside the envelope, see :mod:`fedsilo.lineage.envelope`) and what
-:func:`validate_body` checks field by field; ``from_dict`` validates before building.
+These dataclasses are the lineage schema, and the only one: field names, type hints,
+defaults and the per-field rules declared with :func:`~fedsilo.lineage.schema.checked` are
+what :func:`validate_body` checks (derived by :mod:`fedsilo.lineage.schema`), what
+``to_dict`` writes and what ``from_dict`` reads. The dict form is what is stored (inside the
+envelope, see :mod:`fedsilo.lineage.envelope`); ``from_dict`` validates before building.
 Optional ``privacy``, ``secagg`` and ``extra`` dicts on round records are the space other
 features fill in (DP parameters and epsilon, SecAgg parameters and recovered dropouts).
+
+A new field: add it to its dataclass with a type hint and, when older chains lack it,
+``checked(..., omit_empty=True)`` (written only when set, so old records keep their digests)
+or ``absent_ok=True`` (always written, read as its default when absent).
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Self, get_args
 
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-_HEX64_RE = re.compile(r"[0-9a-f]{64}")
-_SIG_RE = re.compile(r"[0-9a-f]{128}")
+from .fates import Fate, SecAggFate
+from .schema import (
+    COUNT,
+    DIGEST,
+    HEX64,
+    NON_EMPTY,
+    SIGNATURE,
+    D,
+    Rule,
+    body_of,
+    build,
+    checked,
+    is_count,
+    is_digest,
+    is_obj,
+    is_sig,
+    is_str,
+    validator_for,
+)
 
-Check = Callable[[Any], bool]
+# the predicates other modules imported from here before fedsilo.lineage.schema existed
+_is_count, _is_digest, _is_sig, _is_str = is_count, is_digest, is_sig, is_str
 
-
-def _is_str(v: Any) -> bool:
-    return type(v) is str and v != ""
-
-
-def _is_any_str(v: Any) -> bool:
-    return type(v) is str
-
-
-def _is_opt_str(v: Any) -> bool:
-    return v is None or type(v) is str
-
-
-def _is_count(v: Any) -> bool:
-    return type(v) is int and v >= 0
-
-
-def _is_number(v: Any) -> bool:
-    return (type(v) is int or type(v) is float) and math.isfinite(v)
-
-
-def _is_opt_number(v: Any) -> bool:
-    return v is None or _is_number(v)
-
-
-def _is_digest(v: Any) -> bool:
-    return type(v) is str and _DIGEST_RE.fullmatch(v) is not None
-
-
-def _is_opt_digest(v: Any) -> bool:
-    return v is None or _is_digest(v)
-
-
-def _is_hex64(v: Any) -> bool:
-    return type(v) is str and _HEX64_RE.fullmatch(v) is not None
-
-
-def _is_sig(v: Any) -> bool:
-    return type(v) is str and _SIG_RE.fullmatch(v) is not None
-
-
-def _is_obj(v: Any) -> bool:
-    return type(v) is dict
-
-
-def _is_opt_obj(v: Any) -> bool:
-    return v is None or type(v) is dict
-
-
-def _is_str_list(v: Any) -> bool:
-    return type(v) is list and all(type(x) is str for x in v)
-
-
-def _is_str_map(v: Any) -> bool:
-    return type(v) is dict and all(type(x) is str for x in v.values())
-
-
-def _is_number_map(v: Any) -> bool:
-    return type(v) is dict and all(_is_number(x) for x in v.values())
-
-
-def _one_of(*values: str) -> Check:
-    allowed = frozenset(values)
-    return lambda v: type(v) is str and v in allowed
-
-
-def _list_of(validate: Callable[[Any, str], None]) -> Callable[[Any, str], None]:
-    def check(v: Any, where: str) -> None:
-        if type(v) is not list:
-            raise ValueError(f"{where}: expected a list, got {type(v).__name__}")
-        for i, item in enumerate(v):
-            validate(item, f"{where}[{i}]")
-
-    return check
-
-
-Spec = dict[str, tuple[Check, str] | Callable[[Any, str], None]]
-
-
-def _validator(spec: Spec) -> Callable[[Any, str], None]:
-    """Build a validator for a JSON object with exactly the keys of ``spec``."""
-    keys = frozenset(spec)
-    simple = [(k, v[0], v[1]) for k, v in spec.items() if isinstance(v, tuple)]
-    nested = [(k, v) for k, v in spec.items() if not isinstance(v, tuple)]
-
-    def validate(obj: Any, where: str) -> None:
-        if type(obj) is not dict:
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        if obj.keys() != keys:
-            missing = sorted(keys - obj.keys())
-            unknown = sorted(obj.keys() - keys)
-            raise ValueError(f"{where}: missing fields {missing}, unknown fields {unknown}")
-        for name, check, expected in simple:
-            if not check(obj[name]):
-                raise ValueError(f"{where}.{name}: expected {expected}, got {obj[name]!r:.80}")
-        for name, check_nested in nested:
-            check_nested(obj[name], f"{where}.{name}")
-
-    return validate
-
-
-_D = "'sha256:<64 lowercase hex>'"
+ClosingReason = Literal["completed", "no_progress", "budget_exhausted", "error", "interrupted",
+                        "rounds_done"]
 # why a run ended (fedsilo.server.outcome explains each); "rounds_done" is the legacy name of
 # "completed", kept so that chains written before the distinction still verify
-CLOSING_REASONS = ("completed", "no_progress", "budget_exhausted", "error", "interrupted",
-                   "rounds_done")
+CLOSING_REASONS: tuple[str, ...] = get_args(ClosingReason)
 
-_validate_site_fields = _validator(
-    {
-        "site_id": (_is_str, "a non-empty string"),
-        "public_key": (_is_hex64, "64 lowercase hex (raw Ed25519 public key)"),
-        "data_fingerprint": (_is_digest, _D),
-        "policy": (_is_obj, "a JSON object"),
-        "num_examples": (lambda v: v is None or (_is_count(v) and v >= 1),
-                         "an int >= 1 (the example count the site declared) or null"),
-        "declaration": (lambda v: v is None or _is_sig(v),
-                        "128 lowercase hex (the site's signature over its declaration) or null"),
-        "app_digest": (lambda v: v is None or _is_digest(v),
-                       "'sha256:<64 hex>' (the app bundle the site ran) or null"),
-    }
-)
-
-
-def _validate_site(obj: Any, where: str) -> None:
-    """``num_examples`` is optional: chains written before sites declared their example
-    count at the handshake stay valid."""
-    if type(obj) is dict:
-        obj = {"num_examples": None, "declaration": None, "app_digest": None, **obj}
-    _validate_site_fields(obj, where)
-
-_validate_contribution_generic = _validator(
-    {
-        "site_id": (_is_str, "a non-empty string"),
-        "update_digest": (_is_digest, _D),
-        "num_examples": (
-            lambda v: v is None or _is_count(v),
-            "an int >= 0, or null (secure sum: the count stays secret)",
-        ),
-        "data_fingerprint": (_is_digest, _D),
-        "signature": (_is_sig, "128 lowercase hex (Ed25519 signature)"),
-        "fate": (_one_of("accepted", "rejected"), "'accepted' or 'rejected'"),
-        "score": (_is_opt_number, "a finite number or null"),
-        "detail": (_is_obj, "a JSON object"),
-    }
-)
-
-_CONTRIBUTION_KEYS = frozenset(
-    {
-        "site_id",
-        "update_digest",
-        "num_examples",
-        "data_fingerprint",
-        "signature",
-        "fate",
-        "score",
-        "detail",
-    }
-)
-_CONTRIBUTION_HEX_RE = re.compile(r"sha256:[0-9a-f]{64}sha256:[0-9a-f]{64}[0-9a-f]{128}")
-_FATES = frozenset({"accepted", "rejected"})
-
-
-def _validate_contribution(c: Any, where: str) -> None:
-    """Fast path for the most numerous object (one per site per round); falls back to the
-    generic validator to produce the precise error message."""
-    if type(c) is dict and c.keys() == _CONTRIBUTION_KEYS:
-        ud, fp, sig, fate = c["update_digest"], c["data_fingerprint"], c["signature"], c["fate"]
-        n, score = c["num_examples"], c["score"]
-        if (
-            type(ud) is str
-            and type(fp) is str
-            and type(sig) is str
-            and len(ud) == 71
-            and len(fp) == 71
-            and len(sig) == 128
-            and _CONTRIBUTION_HEX_RE.fullmatch(ud + fp + sig) is not None
-            and type(c["site_id"]) is str
-            and c["site_id"] != ""
-            and (n is None or (type(n) is int and n >= 0))
-            and type(fate) is str
-            and fate in _FATES
-            and (score is None or _is_number(score))
-            and type(c["detail"]) is dict
-        ):
-            return
-    _validate_contribution_generic(c, where)
-    raise AssertionError(f"{where}: fast and generic contribution checks disagree")
-
-
-_validate_evaluation = _validator(
-    {
-        "site_id": (_is_str, "a non-empty string"),
-        "model_digest": (_is_digest, _D),
-        "loss": (_is_number, "a finite number"),
-        "num_examples": (_is_count, "an int >= 0"),
-        "metrics": (_is_number_map, "an object metric name -> finite number"),
-        "signature": (_is_sig, "128 lowercase hex (the site's signature over its evaluation)"),
-    }
-)
-validate_evaluation = _validate_evaluation
-"""Check one per-site evaluation entry (dict form): ``validate_evaluation(entry, where)``."""
-
-
-_validate_genesis_fields = _validator(
-    {
-        "run_id": (_is_str, "a non-empty string"),
-        "created_at": (_is_str, "a non-empty string (ISO 8601 time)"),
-        "config": (_is_obj, "a JSON object"),
-        "code_version": (_is_obj, "a JSON object"),
-        "initial_model_digest": (_is_digest, _D),
-        "server_public_key": (_is_hex64, "64 lowercase hex (raw Ed25519 public key)"),
-        "sites": _list_of(_validate_site),
-        "notes": (_is_str_list, "a list of strings"),
-        "task": (lambda v: v is None or _is_task(v), "null or a JSON object with name and "
-                 "version (non-empty strings), layout_digest and schema_digest "
-                 f"({_D}) and optionally statistics (digest, sites, values)"),
-    }
-)
+_SITE_IDS = "a list of site ids"
+_ISO_TIME = "a non-empty string (ISO 8601 time)"
 
 
 def _is_task(v: Any) -> bool:
@@ -246,115 +57,43 @@ def _is_task(v: Any) -> bool:
     if type(v) is not dict or not set(v) <= {"name", "version", "layout_digest",
                                              "schema_digest", "statistics"}:
         return False
-    if not (_is_str(v.get("name")) and _is_str(v.get("version"))
-            and _is_digest(v.get("layout_digest")) and _is_digest(v.get("schema_digest"))):
+    if not (is_str(v.get("name")) and is_str(v.get("version"))
+            and is_digest(v.get("layout_digest")) and is_digest(v.get("schema_digest"))):
         return False
     stats = v.get("statistics")
     if stats is None:
         return "statistics" not in v
     return (type(stats) is dict and set(stats) <= {"digest", "sites", "values"}
-            and _is_digest(stats.get("digest")) and _is_count(stats.get("sites"))
-            and ("values" not in stats or _is_obj(stats["values"])))
+            and is_digest(stats.get("digest")) and is_count(stats.get("sites"))
+            and ("values" not in stats or is_obj(stats["values"])))
 
 
-def _validate_genesis(obj: Any, where: str) -> None:
-    """``notes`` and ``task`` are optional: chains written before they existed stay valid."""
-    if type(obj) is dict and ("notes" not in obj or "task" not in obj):
-        obj = {"notes": [], "task": None, **obj}
-    _validate_genesis_fields(obj, where)
-
-
-# ``evaluations`` is optional: chains written before sites signed their evaluations (and
-# rounds without any) stay valid; `RoundRecord.to_dict` leaves it out when empty.
-_validate_round_fields = _validator(
-    {
-        "round": (_is_count, "an int >= 0"),
-        "sampled": (_is_str_list, "a list of site ids"),
-        "replied": (_is_str_list, "a list of site ids"),
-        "accepted": (_is_str_list, "a list of site ids"),
-        "rejected": (_is_str_map, "an object site id -> reason"),
-        "dropped": (_is_str_list, "a list of site ids"),
-        "contributions": _list_of(_validate_contribution),
-        "model_in": (_is_digest, _D),
-        "model_out": (_is_digest, _D),
-        "strategy": (_is_obj, "a JSON object"),
-        "metrics": (_is_obj, "a JSON object"),
-        "timings": (_is_number_map, "an object name -> seconds"),
-        "status": (_one_of("completed", "skipped"), "'completed' or 'skipped'"),
-        "reason": (_is_opt_str, "a string or null"),
-        "privacy": (_is_opt_obj, "a JSON object or null"),
-        "secagg": (_is_opt_obj, "a JSON object or null"),
-        "extra": (_is_obj, "a JSON object"),
-        "evaluations": _list_of(_validate_evaluation),
-    }
-)
-
-
-def _validate_round(obj: Any, where: str) -> None:
-    if type(obj) is dict and "evaluations" not in obj:
-        obj = {**obj, "evaluations": []}
-    _validate_round_fields(obj, where)
-
-
-_BODY_VALIDATORS: dict[str, Callable[[Any, str], None]] = {
-    "genesis": _validate_genesis,
-    "site_join": _validator({"site": _validate_site, "round": (_is_count, "an int >= 0")}),
-    "round": _validate_round,
-    "resume": _validator(
-        {
-            "resumed_at": (_is_str, "a non-empty string (ISO 8601 time)"),
-            "from_round": (_is_count, "an int >= 0"),
-            "reason": (_is_any_str, "a string"),
-        }
-    ),
-    "closing": _validator(
-        {
-            "reason": (
-                _one_of(*CLOSING_REASONS),
-                "'completed', 'no_progress', 'budget_exhausted', 'error', 'interrupted' "
-                "or (legacy) 'rounds_done'",
-            ),
-            "detail": (_is_any_str, "a string"),
-            "rounds_completed": (_is_count, "an int >= 0"),
-            "final_model_digest": (_is_opt_digest, f"{_D} or null"),
-            "epsilon_spent": (_is_opt_number, "a finite number or null"),
-        }
-    ),
-}
-
-RECORD_TYPES: tuple[str, ...] = tuple(_BODY_VALIDATORS)
-"""Record type names, as stored in the envelope's ``type`` field."""
-
-
-def validate_body(record_type: str, body: Any, where: str = "body") -> None:
-    """Check a record body (dict form) against its schema.
-
-    Args:
-        record_type: one of :data:`RECORD_TYPES`.
-        body: the dict to check.
-        where: prefix for error messages (e.g. ``"record 3 (round) body"``).
-
-    Raises:
-        ValueError: naming the first field that is missing, unknown or of the wrong form.
-    """
-    validator = _BODY_VALIDATORS.get(record_type)
-    if validator is None:
-        raise ValueError(f"unknown record type {record_type!r}; expected one of {RECORD_TYPES}")
-    validator(body, where)
+_TASK = Rule(_is_task, "null or a JSON object with name and version (non-empty strings), "
+             f"layout_digest and schema_digest ({D}) and optionally statistics (digest, "
+             "sites, values)")
 
 
 class _Record:
-    """Mixin: dict conversion with validation."""
+    """Mixin: the dict form and its validation, both derived from the dataclass."""
 
     TYPE: ClassVar[str]
+    #: where a validation error of ``from_dict`` says it is (``"body.run_id: ..."``)
+    WHERE: ClassVar[str] = "body"
 
     def to_dict(self) -> dict[str, Any]:
         """The record body as a plain JSON-ready dict (a deep copy)."""
-        return asdict(self)  # type: ignore[call-overload]
+        return body_of(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Validate and build from the dict form (raises ``ValueError``)."""
+        data = dict(data)
+        validator_for(cls)(data, cls.WHERE)
+        return build(cls, data)  # type: ignore[no-any-return]
 
 
 @dataclass
-class SiteIdentity:
+class SiteIdentity(_Record):
     """A site as the federation knows it.
 
     Attributes:
@@ -374,32 +113,24 @@ class SiteIdentity:
             site that did not report one, or in older chains.
     """
 
-    site_id: str
-    public_key: str
-    data_fingerprint: str
+    WHERE: ClassVar[str] = "site"
+    site_id: str = checked(NON_EMPTY)
+    public_key: str = checked(HEX64)
+    data_fingerprint: str = checked(DIGEST)
     policy: dict[str, Any] = field(default_factory=dict)
-    num_examples: int | None = None
-    declaration: str | None = None
-    app_digest: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict form (``declaration`` and ``app_digest`` only when set, so older chains
-        keep their digests)."""
-        out = asdict(self)
-        for name in ("declaration", "app_digest"):
-            if out[name] is None:
-                del out[name]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SiteIdentity:
-        """Validate and build from the dict form (raises ``ValueError``)."""
-        _validate_site(dict(data), "site")
-        return cls(**data)
+    num_examples: int | None = checked(
+        Rule(lambda v: is_count(v) and v >= 1, "an int >= 1"), absent_ok=True, default=None,
+        expected="an int >= 1 (the example count the site declared) or null")
+    declaration: str | None = checked(
+        SIGNATURE, omit_empty=True, default=None,
+        expected="128 lowercase hex (the site's signature over its declaration) or null")
+    app_digest: str | None = checked(
+        DIGEST, omit_empty=True, default=None,
+        expected="'sha256:<64 hex>' (the app bundle the site ran) or null")
 
 
 @dataclass
-class SiteContribution:
+class SiteContribution(_Record):
     """One site's reply in a round, as the server recorded it.
 
     Attributes:
@@ -410,33 +141,27 @@ class SiteContribution:
             under SecAgg+, where it is inside the secure sum (``detail["secagg"]``).
         data_fingerprint: fingerprint the site declared for this round.
         signature: the site's Ed25519 signature (hex) over :func:`contribution_message`.
-        fate: ``"accepted"`` (went into the aggregate) or ``"rejected"`` (screened out).
+        fate: :attr:`Fate.ACCEPTED` (went into the aggregate) or :attr:`Fate.REJECTED`
+            (screened out); a plain ``"accepted"``/``"rejected"`` string is accepted too.
         score: optional robustness/screening score.
-        detail: free-form JSON detail (e.g. the screening reason).
+        detail: free-form JSON detail (e.g. the screening reason; under SecAgg+
+            ``detail["secagg"]["fate"]`` is a :class:`SecAggFate`).
     """
 
-    site_id: str
-    update_digest: str
-    num_examples: int | None
-    data_fingerprint: str
-    signature: str
-    fate: Literal["accepted", "rejected"] = "accepted"
+    WHERE: ClassVar[str] = "contribution"
+    site_id: str = checked(NON_EMPTY)
+    update_digest: str = checked(DIGEST)
+    num_examples: int | None = checked(
+        COUNT, expected="an int >= 0, or null (secure sum: the count stays secret)")
+    data_fingerprint: str = checked(DIGEST)
+    signature: str = checked(SIGNATURE)
+    fate: Fate = Fate.ACCEPTED
     score: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SiteContribution:
-        """Validate and build from the dict form (raises ``ValueError``)."""
-        _validate_contribution(dict(data), "contribution")
-        return cls(**data)
-
 
 @dataclass
-class SiteEvaluation:
+class SiteEvaluation(_Record):
     """One site's score of a round's global model on its own held-out split.
 
     Attributes:
@@ -450,16 +175,14 @@ class SiteEvaluation:
             :func:`fedsilo.lineage.signing.evaluation_message`.
     """
 
-    site_id: str
-    model_digest: str
-    loss: float
-    num_examples: int
-    metrics: dict[str, float]
-    signature: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict form."""
-        return asdict(self)
+    WHERE: ClassVar[str] = "evaluation"
+    site_id: str = checked(NON_EMPTY)
+    model_digest: str = checked(DIGEST)
+    loss: float = checked()
+    num_examples: int = checked(COUNT)
+    metrics: dict[str, float] = checked(expected="an object metric name -> finite number")
+    signature: str = checked(
+        SIGNATURE, expected="128 lowercase hex (the site's signature over its evaluation)")
 
 
 @dataclass
@@ -482,32 +205,16 @@ class GenesisRecord(_Record):
     """
 
     TYPE: ClassVar[str] = "genesis"
-    run_id: str
-    created_at: str
-    config: dict[str, Any]
-    code_version: dict[str, Any]
-    initial_model_digest: str
-    server_public_key: str
+    run_id: str = checked(NON_EMPTY)
+    created_at: str = checked(NON_EMPTY, expected=_ISO_TIME)
+    config: dict[str, Any] = checked()
+    code_version: dict[str, Any] = checked()
+    initial_model_digest: str = checked(DIGEST)
+    server_public_key: str = checked(HEX64)
     sites: list[SiteIdentity] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    task: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The body; without ``notes`` when there are none (as before notes existed), and
-        without ``task`` when the run has none (as before tasks existed)."""
-        body = asdict(self)
-        body["sites"] = [s.to_dict() for s in self.sites]
-        if not body["notes"]:
-            del body["notes"]
-        if body["task"] is None:
-            del body["task"]
-        return body
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> GenesisRecord:
-        """Validate and build from the dict form (raises ``ValueError``)."""
-        validate_body(cls.TYPE, dict(data))
-        return cls(**{**data, "sites": [SiteIdentity(**s) for s in data["sites"]]})
+    notes: list[str] = checked(omit_empty=True, default_factory=list)
+    task: dict[str, Any] | None = checked(_TASK, omit_empty=True, default=None,
+                                          expected=_TASK.expected)
 
 
 @dataclass
@@ -521,13 +228,7 @@ class SiteJoinRecord(_Record):
 
     TYPE: ClassVar[str] = "site_join"
     site: SiteIdentity
-    round: int
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SiteJoinRecord:
-        """Validate and build from the dict form (raises ``ValueError``)."""
-        validate_body(cls.TYPE, dict(data))
-        return cls(site=SiteIdentity(**data["site"]), round=data["round"])
+    round: int = checked(COUNT)
 
 
 @dataclass
@@ -559,39 +260,24 @@ class RoundRecord(_Record):
     """
 
     TYPE: ClassVar[str] = "round"
-    round: int
-    sampled: list[str]
-    replied: list[str]
-    accepted: list[str]
-    rejected: dict[str, str]
-    dropped: list[str]
-    contributions: list[SiteContribution]
-    model_in: str
-    model_out: str
-    strategy: dict[str, Any]
-    metrics: dict[str, Any]
-    timings: dict[str, float]
+    round: int = checked(COUNT)
+    sampled: list[str] = checked(expected=_SITE_IDS)
+    replied: list[str] = checked(expected=_SITE_IDS)
+    accepted: list[str] = checked(expected=_SITE_IDS)
+    rejected: dict[str, str] = checked(expected="an object site id -> reason")
+    dropped: list[str] = checked(expected=_SITE_IDS)
+    contributions: list[SiteContribution] = checked()
+    model_in: str = checked(DIGEST)
+    model_out: str = checked(DIGEST)
+    strategy: dict[str, Any] = checked()
+    metrics: dict[str, Any] = checked()
+    timings: dict[str, float] = checked(expected="an object name -> seconds")
     status: Literal["completed", "skipped"] = "completed"
     reason: str | None = None
     privacy: dict[str, Any] | None = None
     secagg: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    evaluations: list[SiteEvaluation] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The body; without ``evaluations`` when there are none (as before they existed)."""
-        body = asdict(self)
-        if not body["evaluations"]:
-            del body["evaluations"]
-        return body
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RoundRecord:
-        """Validate and build from the dict form (raises ``ValueError``)."""
-        validate_body(cls.TYPE, dict(data))
-        contributions = [SiteContribution(**c) for c in data["contributions"]]
-        evaluations = [SiteEvaluation(**e) for e in data.get("evaluations", [])]
-        return cls(**{**data, "contributions": contributions, "evaluations": evaluations})
+    evaluations: list[SiteEvaluation] = checked(omit_empty=True, default_factory=list)
 
 
 @dataclass
@@ -607,15 +293,9 @@ class ResumeRecord(_Record):
     """
 
     TYPE: ClassVar[str] = "resume"
-    resumed_at: str
-    from_round: int
-    reason: str
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ResumeRecord:
-        """Validate and build from the dict form (raises ``ValueError``)."""
-        validate_body(cls.TYPE, dict(data))
-        return cls(**data)
+    resumed_at: str = checked(NON_EMPTY, expected=_ISO_TIME)
+    from_round: int = checked(COUNT)
+    reason: str = checked()
 
 
 @dataclass
@@ -637,18 +317,13 @@ class ClosingRecord(_Record):
     """
 
     TYPE: ClassVar[str] = "closing"
-    reason: Literal["completed", "no_progress", "budget_exhausted", "error", "interrupted",
-                    "rounds_done"]
-    detail: str
-    rounds_completed: int
-    final_model_digest: str | None
+    reason: ClosingReason = checked(
+        expected="'completed', 'no_progress', 'budget_exhausted', 'error', 'interrupted' "
+        "or (legacy) 'rounds_done'")
+    detail: str = checked()
+    rounds_completed: int = checked(COUNT)
+    final_model_digest: str | None = checked(DIGEST)
     epsilon_spent: float | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ClosingRecord:
-        """Validate and build from the dict form (raises ``ValueError``)."""
-        validate_body(cls.TYPE, dict(data))
-        return cls(**data)
 
 
 Record = GenesisRecord | SiteJoinRecord | RoundRecord | ResumeRecord | ClosingRecord
@@ -658,10 +333,58 @@ RECORD_CLASSES: dict[str, type[Record]] = {
     for cls in (GenesisRecord, SiteJoinRecord, RoundRecord, ResumeRecord, ClosingRecord)
 }
 
+RECORD_TYPES: tuple[str, ...] = tuple(RECORD_CLASSES)
+"""Record type names, as stored in the envelope's ``type`` field."""
+
+_BODY_VALIDATORS: dict[str, Callable[[Any, str], None]] = {
+    name: validator_for(cls) for name, cls in RECORD_CLASSES.items()
+}
+
+validate_evaluation = validator_for(SiteEvaluation)
+"""Check one per-site evaluation entry (dict form): ``validate_evaluation(entry, where)``."""
+
+
+def validate_body(record_type: str, body: Any, where: str = "body") -> None:
+    """Check a record body (dict form) against its schema (its dataclass).
+
+    Args:
+        record_type: one of :data:`RECORD_TYPES`.
+        body: the dict to check.
+        where: prefix for error messages (e.g. ``"record 3 (round) body"``).
+
+    Raises:
+        ValueError: naming the first field that is missing, unknown or of the wrong form.
+    """
+    validator = _BODY_VALIDATORS.get(record_type)
+    if validator is None:
+        raise ValueError(f"unknown record type {record_type!r}; expected one of {RECORD_TYPES}")
+    validator(body, where)
+
 
 def record_from_dict(record_type: str, body: Mapping[str, Any]) -> Record:
     """Build the record dataclass of ``record_type`` from its validated dict body."""
     cls = RECORD_CLASSES.get(record_type)
     if cls is None:
         raise ValueError(f"unknown record type {record_type!r}; expected one of {RECORD_TYPES}")
-    return cls.from_dict(body)
+    return cls.from_dict(body)  # type: ignore[no-any-return]
+
+
+__all__ = [
+    "CLOSING_REASONS",
+    "RECORD_CLASSES",
+    "RECORD_TYPES",
+    "ClosingRecord",
+    "Fate",
+    "GenesisRecord",
+    "Record",
+    "ResumeRecord",
+    "RoundRecord",
+    "SecAggFate",
+    "SiteContribution",
+    "SiteEvaluation",
+    "SiteIdentity",
+    "SiteJoinRecord",
+    "record_from_dict",
+    "validate_body",
+    "validate_evaluation",
+]

@@ -15,6 +15,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .digests import arrays_digest, update_digest
+from .fates import Fate
 from .fingerprint import data_fingerprint
 from .keys import load_or_create_key, public_key_hex
 from .ledger import SiteLedger
@@ -169,8 +170,8 @@ def build_synthetic_run(
             n = int(rng.integers(10, 100))
             signature = sign_contribution(keys[site_id], run_id, r, digest, fingerprints[site_id])
             counter += 1
-            fate = "rejected" if reject_every and counter % reject_every == 0 else "accepted"
-            if fate == "rejected":
+            fate = Fate.REJECTED if reject_every and counter % reject_every == 0 else Fate.ACCEPTED
+            if fate == Fate.REJECTED:
                 rejected[site_id] = "norm bound exceeded"
             else:
                 accepted_updates.append(update)
@@ -183,7 +184,7 @@ def build_synthetic_run(
                     signature,
                     fate=fate,
                     score=None,
-                    detail={} if fate == "accepted" else {"norm": 99.0},
+                    detail={} if fate == Fate.ACCEPTED else {"norm": 99.0},
                 )
             )
             if ledgers:
@@ -209,7 +210,7 @@ def build_synthetic_run(
                     round=r,
                     sampled=list(active),
                     replied=[c.site_id for c in contributions],
-                    accepted=[c.site_id for c in contributions if c.fate == "accepted"],
+                    accepted=[c.site_id for c in contributions if c.fate == Fate.ACCEPTED],
                     rejected=rejected,
                     dropped=[],
                     contributions=contributions,

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from ..strategies.codec import LayoutError, ModelLayout, decode_flat
+from fedsilo.common.errors import FedsiloError
+
+from ..common.codec import LayoutError, ModelLayout, decode_flat
 
 REPLY_KEYS = frozenset({"update", "metrics", "site"})
 SITE_KEYS = frozenset({"site_id", "update_digest", "data_fingerprint", "signature", "layout"})
@@ -37,7 +39,7 @@ MAX_EXAMPLES = 2**53
 """Largest example count accepted anywhere: float64 weights hold every integer up to it."""
 
 
-class ScreeningError(ValueError):
+class ScreeningError(FedsiloError, ValueError):
     """A reply failed screening; ``reason`` says why in one line."""
 
     def __init__(self, reason: str) -> None:

@@ -116,8 +116,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def resumable_config(run_dir: Path) -> RunConfig:
+def resumable_config(run_dir: Path, config_type: type[RunConfig] | None = None) -> RunConfig:
     """The saved config of the crashed run in ``run_dir``; `ConfigError` if it cannot resume.
+
+    ``config_type``: the config class to read it as (default `RunConfig`; a simulation
+    passes `fedsilo.simulations.config.SimulationConfig`, whose attack fields it holds).
 
     A run can resume when its directory has the resolved ``config.toml``, a checkpoint
     (round 1 finished) and no ``report.html`` (written last: the run did not finish, or
@@ -133,4 +136,4 @@ def resumable_config(run_dir: Path) -> RunConfig:
     if (run_dir / "report.html").exists():
         raise ConfigError(f"--resume: {run_dir} holds a finished run (its report.html is "
                           "written); nothing to resume")
-    return RunConfig.load(run_dir / "config.toml")
+    return (config_type or RunConfig).load(run_dir / "config.toml")

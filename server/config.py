@@ -1,8 +1,13 @@
 """The run configuration: defaults < TOML file < command-line flags, validated once.
 
-`RunConfig` is the one resolved, validated config of a run. It is written to the run
-directory as ``config.toml`` and recorded in the lineage genesis record. Validation
-happens here, at the boundary; everything downstream trusts it.
+`RunConfig` is the one resolved, validated config of a run: what a server needs (the
+task, rounds, sampling, local training settings sent to the sites, aggregation, privacy,
+outputs). It is written to the run directory as ``config.toml`` and recorded in the
+lineage genesis record. Validation happens here, at the boundary; everything downstream
+trusts it. Options that only a simulation can honour (simulated attackers, the simulated
+sites' own privacy ceilings: `SIMULATION_ONLY`) are not fields of it:
+`fedsilo.simulations.config.SimulationConfig` extends it with them, and a deployment's
+config that sets one is refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -13,78 +18,34 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fedsilo.common import tomlfile
+from fedsilo.server.config_fields import (
+    ConfigError,
+    DPSettings,
+    RecordDPSettings,
+    SecAggSettings,
+    build_table,
+    coerce,
+    drop_none,
+    positive_int,
+)
 
-DATASETS = ("digits", "breast_cancer", "wine", "mnist1d")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, malformed or out of range (one line, names the option)."""
-
-
-@dataclass
-class DPSettings:
-    """Client-level differential privacy (``[dp]`` table; off unless ``enabled``).
-
-    Fields as in `fedsilo.privacy.dp.DPConfig` (``accountant`` is its ``method``);
-    ``secure_noise`` None means: seeded noise in ``fedsilo simulate`` (reproducible),
-    a cryptographically secure generator in deployments.
-    """
-
-    enabled: bool = False
-    epsilon: float | None = None
-    delta: float = 1e-5
-    noise_multiplier: float | None = None
-    clip_norm: float = 1.0
-    clipping: str = "fixed"
-    target_quantile: float = 0.5
-    where: str = "server"
-    sampling: str = "poisson"
-    accountant: str = "rdp"
-    secure_noise: bool | None = None
-    weighting: str = "uniform"
-    weight_cap: float | None = None
+__all__ = ["SIMULATION_ONLY", "ConfigError", "DPSettings", "RecordDPSettings", "RunConfig",
+           "SecAggSettings", "check_run_id", "overreach", "read_toml"]
 
 
-@dataclass
-class RecordDPSettings:
-    """Record-level DP-SGD at each site through Opacus (``[record_dp]`` table).
-
-    epsilon : each site's own target epsilon over the whole run (noise calibrated to it
-    when ``noise_multiplier`` is not given); delta : record-level delta; max_grad_norm :
-    per-sample gradient clipping norm.
-    """
-
-    enabled: bool = False
-    epsilon: float | None = None
-    noise_multiplier: float | None = None
-    delta: float = 1e-5
-    max_grad_norm: float = 1.0
-
-
-@dataclass
-class SecAggSettings:
-    """Secure aggregation (``[secagg]`` table; off unless ``enabled``).
-
-    degree : SecAgg+ graph degree (None: 2*ceil(log2 n)); threshold : shares needed to
-    reconstruct a secret (None: a strict majority of each site's neighbours);
-    clip_range : each coordinate of ``weight / max_weight * update`` is clipped to
-    ``[-clip_range, clip_range]`` before quantisation; max_weight : the largest example
-    count a site may weigh its update with.
-    """
-
-    enabled: bool = False
-    degree: int | None = None
-    threshold: int | None = None
-    clip_range: float = 1.0
-    max_weight: float = 1000.0
+# Run options that only a simulation can honour (simulated attacks and the simulated
+# sites' own privacy ceilings), with their defaults: fields of `SimulationConfig` only; a
+# deployment's config that sets one to anything but its default is refused.
+SIMULATION_ONLY: dict[str, Any] = {"attack": None, "malicious": 0, "allow_overreach": False,
+                                   "site_max_epsilon": None}
 
 
 @dataclass
 class RunConfig:
-    """Everything that determines a run.
+    """Everything that determines a run on a server (simulated or deployed).
 
     Parameters
     ----------
@@ -94,9 +55,11 @@ class RunConfig:
     task_options : the task's own options (the ``[task_options]`` table).
     init_model : a file holding the initial model instead of the task's (``.npz`` of named
         arrays, or a torch ``state_dict`` saved as ``.pt``); its layers must match the task's.
-    sites : number of simulated sites.
+    sites : number of sites (simulated, or the nodes a deployment waits for and samples from).
     rounds : number of federated rounds.
-    partition : iid, dirichlet:ALPHA or shards:K.
+    partition : how a bundled task's data is split over its sites (iid, dirichlet:ALPHA,
+        shards:K; column:NAME for a user's file): simulated sites and a deployment's demo
+        ``partition-id`` nodes load their share with `fedsilo.tasks.partition`.
     fraction : fraction of sites sampled per round, in (0, 1].
     local_epochs : local epochs per round at each site.
     lr : local SGD learning rate.
@@ -113,12 +76,6 @@ class RunConfig:
         CLI exits 3). Default 1: a run in which no round changed the model did not succeed.
     round_timeout : seconds to wait for replies in a round.
     max_update_norm : screening bound on a site's update norm (absurd-norm rejection).
-    attack, malicious : simulated attack name and number of malicious sites.
-    allow_overreach : simulation: run even when more sites attack than the aggregator
-        tolerates (its ``f``, trimming fraction or breakdown point); the genesis record
-        then says the run is outside the aggregator's guarantee. Off: such a run is refused.
-    site_max_epsilon : simulation: every site's own privacy ceiling (its policy refuses
-        DP rounds that would take it past this epsilon).
     lineage : write the signed lineage chain (on by default).
     out : parent directory of run directories.
     run_id : run directory name and lineage run id (default: generated).
@@ -144,16 +101,15 @@ class RunConfig:
     eval_every: int = 1
     round_timeout: float = 600.0
     max_update_norm: float = 1e4
-    attack: str | None = None
-    malicious: int = 0
-    allow_overreach: bool = False
-    site_max_epsilon: float | None = None
     lineage: bool = True
     out: str = "runs"
     run_id: str | None = None
     dp: DPSettings = field(default_factory=DPSettings)
     record_dp: RecordDPSettings = field(default_factory=RecordDPSettings)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
+
+    # options this config refuses as simulation-only (`SimulationConfig` accepts them)
+    refused: ClassVar[Mapping[str, Any]] = SIMULATION_ONLY
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -188,6 +144,11 @@ class RunConfig:
         data = _task_alias(data)
         for key, value in data.items():
             name = key.replace("-", "_")
+            if name in cls.refused and name not in top:
+                if value == cls.refused[name]:
+                    continue  # a default (as a simulation's config.toml holds): nothing asked
+                raise ConfigError(f"--config: {name} = {value!r} is a simulation option (fedsilo "
+                                  "simulate); a deployment's run config must not set it")
             if name not in top:
                 raise ConfigError(
                     f"config: unknown option {key!r}; accepted: {', '.join(sorted(top))}"
@@ -196,36 +157,55 @@ class RunConfig:
                 sub_cls = {"dp": DPSettings, "secagg": SecAggSettings, "record_dp": RecordDPSettings}[name]
                 if not isinstance(value, Mapping):
                     raise ConfigError(f"config: [{name}] must be a table")
-                kwargs[name] = _build(sub_cls, value, prefix=f"{name}.")
+                kwargs[name] = build_table(sub_cls, value, prefix=f"{name}.")
             else:
-                kwargs[name] = _coerce(f"{name}", top[name].type, value)
+                kwargs[name] = coerce(f"{name}", top[name].type, value)
         cfg = cls(**kwargs)
         cfg.validate()
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (TOML-able: None values dropped)."""
-        return _drop_none(dataclasses.asdict(self))
+        return drop_none(dataclasses.asdict(self))
 
     # -------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid option and what is accepted."""
-        from fedsilo.simulations.partition import PartitionError, PartitionSpec
+        from fedsilo.tasks.partition import PartitionError, PartitionSpec
 
         _check_task(self.task)
-        _positive_int("--sites", self.sites)
-        _positive_int("--rounds", self.rounds)
-        _positive_int("--local-epochs", self.local_epochs)
-        _positive_int("--batch-size", self.batch_size)
-        _positive_int("--hidden", self.hidden)
-        _positive_int("--min-sites", self.min_sites)
-        _positive_int("--min-rounds-changed", self.min_rounds_changed)
+        self._validate_counts()
+        self._validate_numbers()
+        try:
+            PartitionSpec.parse(self.partition)
+        except PartitionError as exc:
+            raise ConfigError(f"--partition: {exc}") from None
+        if self.run_id is not None:
+            check_run_id(self.run_id)
+        if self.min_sites > self.sites:
+            raise ConfigError(f"--min-sites: {self.min_sites} exceeds --sites {self.sites}")
+        self.check_rounds_possible()
+        if self.dp.enabled:
+            self._validate_dp()
+        if self.record_dp.enabled:
+            self._validate_record_dp()
+
+    def _validate_counts(self) -> None:
+        for flag, value in (("--sites", self.sites), ("--rounds", self.rounds),
+                            ("--local-epochs", self.local_epochs), ("--batch-size", self.batch_size),
+                            ("--hidden", self.hidden), ("--min-sites", self.min_sites),
+                            ("--min-rounds-changed", self.min_rounds_changed)):
+            positive_int(flag, value)
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every: must be an integer >= 0 (0: no per-site "
                               f"evaluation), got {self.eval_every}")
         if self.min_rounds_changed > self.rounds:
             raise ConfigError(f"--min-rounds-changed: {self.min_rounds_changed} exceeds "
                               f"--rounds {self.rounds}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed: must be >= 0, got {self.seed}")
+
+    def _validate_numbers(self) -> None:
         if not (0.0 < self.fraction <= 1.0) or math.isnan(self.fraction):
             raise ConfigError(f"--fraction: {self.fraction} is outside (0, 1]")
         for name, value in (("--lr", self.lr), ("--round-timeout", self.round_timeout),
@@ -234,36 +214,18 @@ class RunConfig:
                 raise ConfigError(f"{name}: must be a positive number, got {value}")
         if self.proximal_mu < 0 or not math.isfinite(self.proximal_mu):
             raise ConfigError(f"--proximal-mu: must be >= 0, got {self.proximal_mu}")
-        if self.seed < 0:
-            raise ConfigError(f"--seed: must be >= 0, got {self.seed}")
-        try:
-            PartitionSpec.parse(self.partition)
-        except PartitionError as exc:
-            raise ConfigError(f"--partition: {exc}") from None
-        if self.malicious < 0 or self.malicious >= self.sites:
-            raise ConfigError(f"--malicious: must be in [0, sites), got {self.malicious}")
-        if self.malicious and not self.attack:
-            raise ConfigError("--malicious: needs --attack NAME")
-        if self.attack and self.malicious == 0:
-            raise ConfigError("--attack: needs --malicious F with F >= 1")
-        if self.run_id is not None:
-            check_run_id(self.run_id)
-        if self.min_sites > self.sites:
-            raise ConfigError(f"--min-sites: {self.min_sites} exceeds --sites {self.sites}")
-        self.check_rounds_possible()
-        if self.dp.enabled:
-            self._validate_dp()
+
+    def _validate_record_dp(self) -> None:
         rd = self.record_dp
-        if rd.enabled:
-            if rd.epsilon is None and rd.noise_multiplier is None:
-                raise ConfigError("--record-dp-epsilon: set a per-site epsilon or --record-dp-noise-multiplier")
-            for flag, value in (("--record-dp-epsilon", rd.epsilon),
-                                ("--record-dp-noise-multiplier", rd.noise_multiplier),
-                                ("--record-dp-max-grad-norm", rd.max_grad_norm)):
-                if value is not None and not (value > 0 and math.isfinite(value)):
-                    raise ConfigError(f"{flag}: must be a positive number, got {value}")
-            if not 0 < rd.delta < 1:
-                raise ConfigError(f"--record-dp-delta: must be in (0, 1), got {rd.delta}")
+        if rd.epsilon is None and rd.noise_multiplier is None:
+            raise ConfigError("--record-dp-epsilon: set a per-site epsilon or --record-dp-noise-multiplier")
+        for flag, value in (("--record-dp-epsilon", rd.epsilon),
+                            ("--record-dp-noise-multiplier", rd.noise_multiplier),
+                            ("--record-dp-max-grad-norm", rd.max_grad_norm)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{flag}: must be a positive number, got {value}")
+        if not 0 < rd.delta < 1:
+            raise ConfigError(f"--record-dp-delta: must be in (0, 1), got {rd.delta}")
 
     def check_rounds_possible(self) -> None:
         """`ConfigError` when no round could ever finish or change the model: a run that
@@ -337,6 +299,10 @@ class RunConfig:
         """The task's old name (``--dataset``): the task spec."""
         return self.task
 
+    def overreach(self) -> tuple[str, bool] | None:
+        """Attackers beyond the aggregator's tolerance: none in a server's own config."""
+        return None
+
     @property
     def sites_per_round(self) -> int:
         """How many sites are sampled each round."""
@@ -349,81 +315,14 @@ def read_toml(path: Path) -> dict[str, Any]:
     return tomlfile.read_toml(path, ConfigError, "--config")
 
 
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            raise ConfigError(
-                f"config: unknown option {prefix}{key!r}; accepted: {', '.join(sorted(fields))}"
-            )
-        kwargs[name] = _coerce(prefix + name, fields[name].type, value)
-    return cls(**kwargs)
-
-
-def _coerce(name: str, annotation: Any, value: Any) -> Any:
-    text = str(annotation)
-    optional = "None" in text
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"config: {name} must not be empty")
-    flag = "--" + name.replace("_", "-")
-    if text.startswith("bool"):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{flag}: expected true or false, got {value!r}")
-    if text.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                return int(value)
-            raise ConfigError(f"{flag}: expected an integer, got {value!r}")
-        return value
-    if text.startswith("float"):
-        if isinstance(value, bool):
-            raise ConfigError(f"{flag}: expected a number, got {value!r}")
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{flag}: expected a number, got {value!r}") from None
-        if math.isnan(out):
-            raise ConfigError(f"{flag}: expected a number, got NaN")
-        return out
-    if text.startswith("dict"):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config: [{name}] must be a table, got {value!r}")
-        return dict(value)
-    if text.startswith("str"):
-        if not isinstance(value, str):
-            raise ConfigError(f"{flag}: expected a string, got {value!r}")
-        return value
-    return value
-
-
 def overreach(config: RunConfig) -> tuple[str, bool] | None:
     """More simulated attackers than the aggregator tolerates: (what, refusable), else None.
 
-    The worst case is counted: every attacking site sampled in the same round. ``refusable``
-    is True when the aggregator states a tolerance (its ``f``, trimming fraction or breakdown
-    point); a rule that states none (plain mean...) is run as asked, but the run still
-    records that it is outside any guarantee.
+    A deployment's config has no simulated attackers (None); a simulation's
+    (`fedsilo.simulations.config.SimulationConfig.overreach`) says what and whether the
+    run may be refused.
     """
-    if not config.attack or config.malicious <= 0:
-        return None
-    from fedsilo.strategies import registry
-
-    try:
-        agg = registry.make_aggregator(config.aggregator)
-    except ValueError:  # reported, with its flag, by the aggregator check
-        return None
-    n = config.sites_per_round
-    attackers = min(config.malicious, n)
-    if attackers <= agg.tolerance(n):
-        return None
-    what = (f"{attackers} attacking sites of {n} sampled exceed what --aggregator {config.aggregator} "
-            f"tolerates ({agg.tolerance(n)}: {agg.tolerance_text(n)})")
-    return what, agg.states_tolerance
+    return config.overreach()
 
 
 # A run id names the run directory and goes into lineage, logs and shell commands: a safe,
@@ -466,14 +365,3 @@ def _check_task(task: Any, flag: str = "--task", noun: str = "task") -> None:
     if not module or not obj or ":" in obj:
         raise ConfigError(f"{flag}: unknown {noun} {task!r}; accepted: {', '.join(BUILTINS)}, "
                           "or your own task as 'module:object'")
-
-
-def _positive_int(flag: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{flag}: must be a positive integer, got {value}")
-
-
-def _drop_none(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
-    return obj

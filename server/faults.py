@@ -3,7 +3,8 @@
 Points: ``mid_round`` (replies received, nothing aggregated), ``before_checkpoint``
 (model aggregated, nothing saved), ``before_lineage`` (checkpoint saved, round record
 not yet appended), ``lineage_write`` (inside the SQLite transaction of the round record,
-after its INSERT, before its COMMIT), ``after_round``; at the end of the run, with the
+after its INSERT, before its COMMIT), ``after_round`` (the round on disk and reported to
+the run's ``on_round``, e.g. ``rounds.jsonl``); at the end of the run, with the
 run's last round: ``before_model`` (every round on disk, ``model.npz`` not yet written),
 ``before_closing`` (``model.npz`` written, the closing record not) and ``after_closing`` (``model.npz`` and the closing record written, ``metrics.json`` and
 ``report.html`` not). Unset (the default) costs one dict lookup.

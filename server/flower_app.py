@@ -1,11 +1,14 @@
-"""fedsilo's ServerApp and ClientApp as a Flower App, for ``flwr run`` and SuperLink deployments.
+"""fedsilo's ServerApp as a Flower App, for ``flwr run`` and SuperLink deployments.
 
 ``[tool.flwr.app.components]`` of a Flower App points here::
 
     serverapp = "fedsilo.server.flower_app:server_app"
-    clientapp = "fedsilo.server.flower_app:client_app"
+    clientapp = "fedsilo.client.flower_app:client_app"
 
-(``fedsilo.simulations.flower_app`` re-exports both, for apps written before the move.)
+The ClientApp lives on the site's side (`fedsilo.client.flower_app`), so the ServerApp's
+process never imports the site's code. (``fedsilo.simulations.flower_app`` re-exports
+both, for apps written before the move; a fedsilo site runs its own ClientApp whichever
+of these names a bundle carries.)
 
 The run config (``[tool.flwr.app.config]`` or ``flwr run --run-config``) takes the
 options of `RunConfig` by name (``rounds``, ``task``, ``sites``...; hyphens or
@@ -16,19 +19,15 @@ before `RunConfig` sees them:
 ``server-key``, the path of the server's Ed25519 lineage signing key (empty: a fresh key
 per run, in the run directory), and an empty ``run-id`` means "use Flower's run id".
 The server's initial model is the task's (or ``init_model``'s); simulation-only options
-(attacks, simulated sites' privacy ceilings) are refused. Results go to
-``<out>/<run-id>/``: the lineage chain, checkpoint and ``rounds.jsonl`` while running,
-then ``model.npz`` (before the closing record), ``metrics.json`` and ``report.html``.
+(attacks, simulated sites' privacy ceilings) are refused by name. Results go to
+``<out>/<run-id>/`` (`fedsilo.server.outputs`): the lineage chain, checkpoint and
+``rounds.jsonl`` while running, then ``model.npz`` (before the closing record),
+``metrics.json`` and ``report.html``. The federation record sent to the sites carries
+``sites``, ``partition``, ``seed`` and ``batch_size`` for demo ``partition-id`` nodes
+(`fedsilo.client.flower_app`).
 
-A SuperNode tells its ClientApp which site it serves through its node config:
-
-* ``site-config='/abs/site.toml'``: a real site; `fedsilo.client.site_config.load_site`
-  builds it (task or Trainer entry point, key, ledger, policy) from that file;
-* ``partition-id=N``: a simulated site that derives its share of a bundled dataset from
-  the federation settings the server sends (demos and tests).
-
-Heavy modules (torch, the datasets) are imported only when a site or the server spec
-is built, since the deployment runtime starts a fresh process per message.
+Heavy modules (torch, the datasets) are imported only when the server spec is built,
+since the deployment runtime starts a fresh process per message.
 """
 
 from __future__ import annotations
@@ -41,12 +40,11 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsilo.client.app import Site, make_client_app
-from fedsilo.client.site_config import SITE_CONFIG_KEY
-
 if TYPE_CHECKING:
     from fedsilo.server.config import RunConfig
     from fedsilo.server.loop import ServerSpec
+
+__all__ = ["deployment_spec", "run_config_dict", "server_app", "spec_from_context"]
 
 
 def spec_from_context(context: Context) -> ServerSpec:
@@ -117,19 +115,6 @@ def run_config_dict(run_config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def node_site(context: Context, federation: Mapping[str, Any]) -> Site:
-    """The ClientApp's `SiteFactory`: a configured site (``site-config``) or a simulated one."""
-    path = context.node_config.get(SITE_CONFIG_KEY)
-    if path:
-        from fedsilo.client.site_config import load_site
-
-        return load_site(Path(str(path)))
-    # demo and test nodes only (``partition-id``): a share of a bundled dataset
-    from fedsilo.simulations.sites import simulated_site
-
-    return simulated_site(context, federation)
-
-
 def _serve(grid: Grid, context: Context) -> None:
     """The ServerApp's main: run the federation, then write the run directory's outputs.
 
@@ -140,10 +125,7 @@ def _serve(grid: Grid, context: Context) -> None:
     """
     from fedsilo.server.checkpoint import read_checkpoint
     from fedsilo.server.loop import FederationServer
-
-    # the run directory's outputs (metrics, report) are still written by the runner's
-    # helpers; they hold no simulation logic for a deployment (data=None)
-    from fedsilo.simulations.runner import (
+    from fedsilo.server.outputs import (
         closed_run,
         finish_outputs,
         prune_round_log,
@@ -158,14 +140,13 @@ def _serve(grid: Grid, context: Context) -> None:
         return
     if spec.resume:
         if closed_run(run_dir, spec.config) is not None:
-            finish_outputs(run_dir, spec.config, simulated=False)
+            finish_outputs(run_dir, spec.config, spec)
             return
         prune_round_log(run_dir, read_checkpoint(run_dir).round)
     spec.on_round = round_logger(run_dir, spec.on_round)
     result = FederationServer(spec).run(grid)
-    write_outputs(run_dir, spec.config, result, None)
+    write_outputs(run_dir, spec.config, result)
 
 
 server_app = ServerApp()
 server_app.main()(_serve)
-client_app = make_client_app(node_site)

@@ -46,7 +46,7 @@ from fedsilo.server.deploy_procs import (
 )
 
 if TYPE_CHECKING:
-    from fedsilo.server.deploy import ServerSettings
+    from fedsilo.server.deploy_settings import ServerSettings
 
 PROXIES = ("nginx",)
 """Values of ``fedsilo server start --proxy``."""

@@ -27,10 +27,11 @@ from typing import Any
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedsilo.common import codec
+from fedsilo.common.protocol import REFUSAL_PREFIX, Refusal
 from fedsilo.lineage.records import validate_evaluation
 from fedsilo.lineage.signing import verify_evaluation
 from fedsilo.server.messaging import send_and_receive
-from fedsilo.strategies import codec
 
 EVALUATION_KEY = "evaluation"
 """Key of the canonical JSON evaluation in a reply's ``site`` record (the wire format of
@@ -90,9 +91,9 @@ def _checked(reply: Message, info: Any, run_id: str, server_round: int, model_di
     """One reply's evaluation (or None: the site sent none) and why it is left out."""
     if reply.has_error():
         return None, f"evaluation failed at the site: {reply.error.reason:.200}"
-    refusal = codec.record(reply.content, codec.REFUSAL_RECORD, ConfigRecord)
+    refusal = Refusal.from_record(reply.content)
     if refusal is not None:
-        return None, f"refused by site: {str(refusal.get('reason', '')):.200}"
+        return None, f"{REFUSAL_PREFIX}{refusal.reason:.200}"
     rec = codec.record(reply.content, codec.SITE_RECORD, ConfigRecord)
     if rec is None or EVALUATION_KEY not in rec:
         return None, None  # no evaluation sent: ignored, not rejected

@@ -23,8 +23,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedsilo.common import codec
 from fedsilo.server.messaging import send_and_receive
-from fedsilo.strategies import codec
 from fedsilo.tasks.base import TaskIdentity, statistics_digest
 from fedsilo.tasks.statistics import (
     STATISTICS_KEY,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsilo.server.config import ConfigError, RunConfig
+from fedsilo.server.config import SIMULATION_ONLY, ConfigError, RunConfig
 from fedsilo.tasks import Task, TaskError, resolve_task
 from fedsilo.tasks.datasets import DATASETS
 
@@ -139,17 +139,16 @@ def _read_model_file(path: Path) -> Weights:
     raise ConfigError(f"--init-model: {path}: expected a .npz or a torch .pt state_dict file")
 
 
-# Run options that only a simulation can honour (simulated attacks and the simulated
-# sites' own privacy ceilings), with their defaults: a deployment refuses them when set.
-SIMULATION_ONLY: dict[str, Any] = {"attack": None, "malicious": 0, "allow_overreach": False,
-                                   "site_max_epsilon": None}
-
-
 def check_deployable(config: RunConfig) -> None:
     """`ConfigError` (one line) when ``config`` sets a simulation-only option, or its
-    task (or ``init_model``) cannot be built: before the deployment starts a run."""
+    task (or ``init_model``) cannot be built: before the deployment starts a run.
+
+    A server `RunConfig` has no simulation-only fields (`RunConfig.from_dict` refuses them
+    by name); a simulation's config handed to a deployment is refused here the same way.
+    """
     for name, default in SIMULATION_ONLY.items():
-        if getattr(config, name) != default:
-            raise ConfigError(f"--config: {name} = {getattr(config, name)!r} is a simulation "
-                              "option (fedsilo simulate); a deployment's run config must not set it")
+        value = getattr(config, name, default)
+        if value != default:
+            raise ConfigError(f"--config: {name} = {value!r} is a simulation option (fedsilo "
+                              "simulate); a deployment's run config must not set it")
     server_task(config)

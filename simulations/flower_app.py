@@ -1,4 +1,5 @@
-"""Compatibility and demos: the Flower App moved to `fedsilo.server.flower_app`.
+"""Compatibility and demos: the Flower App moved to `fedsilo.server.flower_app` (the
+ServerApp) and `fedsilo.client.flower_app` (the ClientApp).
 
 Apps written before the move name ``fedsilo.simulations.flower_app:server_app`` and
 ``:client_app``; both are re-exported here. `bundled_trainer` (a site Trainer on one
@@ -10,10 +11,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from fedsilo.client.flower_app import client_app, node_site
 from fedsilo.server.flower_app import (
-    client_app,
     deployment_spec,
-    node_site,
     run_config_dict,
     server_app,
     spec_from_context,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from fedsilo.tasks.partition import site_id
 
-def site_id(partition_id: int) -> str:
-    """Stable id of the simulated site holding partition ``partition_id``."""
-    return f"site-{partition_id:03d}"
+__all__ = ["malicious_sites", "site_id"]
 
 
 def malicious_sites(num_sites: int, num_malicious: int, seed: int) -> list[str]:

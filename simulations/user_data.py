@@ -30,9 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedsilo.simulations.partition import PartitionError, PartitionSpec, partition
-from fedsilo.simulations.scenario import site_id
 from fedsilo.tasks.base import SiteData
+from fedsilo.tasks.partition import PartitionError, PartitionSpec, partition, site_id
 
 if TYPE_CHECKING:
     from fedsilo.server.config import RunConfig
@@ -81,7 +80,8 @@ def resolve_config(config: RunConfig) -> RunConfig:
         raise ConfigError(f"{flag}: {exc}") from None
     except TabularError as exc:
         raise ConfigError(f"task_options.data: {exc}") from None
-    if config.attack and (found.how == "directory" or found.how.startswith("column:")):
+    # a deployment's config (`fedsilo server run` checks it here too) has no attackers
+    if getattr(config, "attack", None) and (found.how == "directory" or found.how.startswith("column:")):
         raise ConfigError("--attack: simulated attacks pick sites site-000...; with sites named "
                           "by the data, use a synthetic --partition (iid, dirichlet, shards)")
     return type(config).from_dict({**config.to_dict(), "task_options": options,

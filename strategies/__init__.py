@@ -6,7 +6,7 @@ into one delta with a fate per site, a `ServerOptimizer` applies it to the model
 The registry's listing functions are `fedsilo.strategies.registry.aggregators()` and
 `.optimizers()` (the package attributes of those names are the sub-packages).
 
-Exports load lazily: a ClientApp needs only `fedsilo.strategies.codec`, and Flower's
+Exports load lazily: a ClientApp needs only `fedsilo.common.codec`, and Flower's
 deployment runtime starts a process per message, so importing the kernels (and scipy)
 there would be paid on every message.
 """

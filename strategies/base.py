@@ -15,10 +15,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fedsilo.common.errors import FedsiloError
+
 from .batch import UpdateBatch
 
 
-class SettingError(ValueError):
+class SettingError(FedsiloError, ValueError):
     """A strategy parameter is impossible (alone or for the number of updates)."""
 
 
@@ -116,18 +118,24 @@ def require(condition: bool, message: str) -> None:
 class Aggregator(_Configurable, ABC):
     """Turns an `UpdateBatch` of deltas into one delta.
 
-    Subclasses set ``name``, ``summary``, ``params`` and
-    ``needs_individual_updates`` (False only when a weighted sum suffices, so the
-    rule can run under secure aggregation). Rules that work on pairwise distances set
-    ``uses_gram``: the server then computes the updates' Gram matrix in its screening
-    pass (`UpdateBatch.precomputed_gram`) instead of a separate norm pass. Rules that
-    start from the coordinate-wise median set ``uses_median``: large rounds then get
-    it from the screening pass (`UpdateBatch.precomputed_median`).
+    Subclasses set ``name``, ``summary``, ``params`` and ``sum_only`` (True only when
+    the weighted sum of the updates suffices, so the rule can run under secure
+    aggregation, where the server sees nothing else). They read what they need from
+    the batch (``batch.weighted_mean``, ``batch.gram``, ``batch.median``...), which
+    computes each reduction once; they declare nothing about precomputation.
     """
 
+    sum_only: ClassVar[bool] = False
+    # The old spelling of ``not sum_only``, still honoured for plug-ins that set it.
     needs_individual_updates: ClassVar[bool] = True
-    uses_gram: ClassVar[bool] = False
-    uses_median: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__
+        if "needs_individual_updates" in own and "sum_only" not in own:
+            cls.sum_only = not own["needs_individual_updates"]  # a plugin of the old spelling
+        cls.needs_individual_updates = not cls.sum_only
+
     states_tolerance: ClassVar[bool] = False
     """True when the rule guarantees something against up to `tolerance` attackers
     (its ``f``, its trimming fraction, its breakdown point); a simulation with more

@@ -1,15 +1,24 @@
-"""`UpdateBatch`: one round's accepted site updates, decoded once."""
+"""`UpdateBatch`: one round's accepted site updates, and the reductions of them that
+aggregators ask for, each computed on first use and kept.
+
+Aggregators declare nothing about precomputation: they read ``batch.sq_norms``,
+``batch.weighted_mean``, ``batch.gram``, ``batch.median`` or ``batch.stacked``, and
+whatever is read is computed once per batch (screening reads ``sq_norms`` first, so an
+aggregator that needs the norms gets them for free). A batch never changes after it is
+built; `subset`, `with_updates` and `with_root_update` return new batches, carrying over
+the reductions that stay valid.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import FrozenInstanceError, dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # numba-free import for type checkers only
-    from .median_kernels import MedianPass
+from . import kernels
 
 
 def mean_coefficients(weights: np.ndarray) -> tuple[np.ndarray, float]:
@@ -34,82 +43,68 @@ def mean_coefficients(weights: np.ndarray) -> tuple[np.ndarray, float]:
     return coeffs, 1.0 / float(np.ldexp(total, -int(exponent)))
 
 
-@dataclass
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """``array``, flagged read-only: a cached reduction is shared by every reader."""
+    array.setflags(write=False)
+    return array
+
+
+# the lazily computed reductions (names of the cached properties below)
+_PER_ROW = ("sq_norms",)  # one value per row: any subset keeps its entries
+_OF_ROWS = ("gram",)  # n x n over the rows: a subset keeps its sub-matrix
+_OF_ALL = ("median", "stacked", "weighted_mean")  # of every row (and weight) as they are
+
+
+@dataclass(eq=False)
 class UpdateBatch:
-    """The accepted updates of one round, as flat float32 model deltas.
+    """The accepted updates of one round, as flat float32 model deltas. Immutable.
+
+    Reductions (`sq_norms`, `weighted_mean`, `gram`, `median`, `stacked`) are computed
+    on first read, kept, and read-only: copy one before changing it.
 
     Parameters
     ----------
-    updates : one flat float32 vector per site, ``new_local_model - global_model``.
-        Usually zero-copy views of the reply messages' bytes: never write to them.
-    weights : one non-negative weight per site (its example count), float64.
+    updates : one flat float32 vector per site, ``new_local_model - global_model``
+        (held as a tuple). Usually zero-copy views of the reply messages' bytes: never
+        write to them.
+    weights : one non-negative weight per site (its example count), float64 (held as a
+        read-only copy).
     site_ids : stable site ids, aligned with ``updates``.
     node_ids : Flower node ids, aligned with ``updates`` (0 where unknown).
-    root_update : the server's own update on its root dataset (FLTrust), if any.
-    weighted_sum : ``sum_i coeffs[i] * updates[i]`` (float32) with ``coeffs`` the first half
-        of `mean_coefficients(weights)`, when the decoder computed it in its screening pass
-        (`batch_from_replies(..., accumulate=True)`); read it through `precomputed_sum`,
-        which ignores it once rows or weights were replaced.
-    gram : the n x n float64 inner products of the updates when the decoder computed them
-        in its screening pass (`batch_from_replies(..., gram=True)`: the diagonal gave the
-        norms); read it through `precomputed_gram`, which ignores it once rows changed.
-    gram_sum : ``sum_i weights[i] * updates[i]`` in float64, when the decoder computed it
-        with the Gram matrix (`batch_from_replies(..., gram=True)`); read it through
-        `precomputed_gram_sum`, which ignores it once rows or weights were replaced.
-    median : the coordinate-wise median and each row's squared distance to it when the
-        decoder computed them in its screening pass (`batch_from_replies(...,
-        median=True)`, a `median_kernels.MedianPass`); read it through
-        `precomputed_median`, which ignores it once rows changed.
+    root_update : the server's own update on its root dataset (FLTrust), if any (set
+        through `with_root_update`).
     """
 
-    updates: list[np.ndarray]
+    updates: Sequence[np.ndarray]
     weights: np.ndarray
-    site_ids: list[str]
-    node_ids: list[int] = field(default_factory=list)
+    site_ids: Sequence[str]
+    node_ids: Sequence[int] = field(default_factory=tuple)
     root_update: np.ndarray | None = None
-    weighted_sum: np.ndarray | None = None
-    gram: np.ndarray | None = None
-    gram_sum: np.ndarray | None = None
-    median: MedianPass | None = None
 
     def __post_init__(self) -> None:
-        self.weights = np.asarray(self.weights, dtype=np.float64).reshape(-1)
-        if not self.node_ids:
-            self.node_ids = [0] * len(self.updates)
+        weights = np.array(self.weights, dtype=np.float64).reshape(-1)  # a private copy
+        weights.setflags(write=False)
         n = len(self.updates)
+        put = object.__setattr__
+        put(self, "updates", tuple(self.updates))
+        put(self, "weights", weights)
+        put(self, "site_ids", tuple(self.site_ids))
+        put(self, "node_ids", tuple(self.node_ids) if self.node_ids else (0,) * n)
         if not (len(self.weights) == len(self.site_ids) == len(self.node_ids) == n):
             raise ValueError(
                 f"UpdateBatch fields disagree: {n} updates, {len(self.weights)} weights, "
                 f"{len(self.site_ids)} site ids, {len(self.node_ids)} node ids"
             )
-        # the rows (held, so their identity cannot be reused) and weights the sum is of
-        self._sum_of = (tuple(self.updates), self.weights.copy())
+        put(self, "_sealed", True)
 
-    def _rows_unchanged(self) -> bool:
-        rows, _ = self._sum_of
-        return len(rows) == len(self.updates) and all(
-            a is b for a, b in zip(rows, self.updates, strict=True)
-        )
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_sealed", False):
+            raise FrozenInstanceError(f"UpdateBatch is immutable: cannot assign {name!r} "
+                                      "(use subset, with_updates or with_root_update)")
+        object.__setattr__(self, name, value)
 
-    def _sums_valid(self) -> bool:
-        """Rows and weights are still those the screening pass summed."""
-        return self._rows_unchanged() and np.array_equal(self._sum_of[1], self.weights)
-
-    def precomputed_sum(self) -> np.ndarray | None:
-        """`weighted_sum` if it still matches the current rows and weights, else None."""
-        return self.weighted_sum if self.weighted_sum is not None and self._sums_valid() else None
-
-    def precomputed_gram(self) -> np.ndarray | None:
-        """`gram` if it still matches the current rows, else None."""
-        return self.gram if self.gram is not None and self._rows_unchanged() else None
-
-    def precomputed_gram_sum(self) -> np.ndarray | None:
-        """`gram_sum` if it still matches the current rows and weights, else None."""
-        return self.gram_sum if self.gram_sum is not None and self._sums_valid() else None
-
-    def precomputed_median(self) -> MedianPass | None:
-        """`median` if it still matches the current rows, else None."""
-        return self.median if self.median is not None and self._rows_unchanged() else None
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"UpdateBatch is immutable: cannot delete {name!r}")
 
     @property
     def n(self) -> int:
@@ -121,27 +116,97 @@ class UpdateBatch:
         """Length of each flat update."""
         return int(self.updates[0].size) if self.updates else 0
 
+    # --- reductions, each computed on first use -----------------------------------
+
+    @cached_property
+    def sq_norms(self) -> np.ndarray:
+        """Squared L2 norm of each row, float64 (float32-accumulated: NaN/Inf where a row
+        is not finite or overflows float32 when squared). Screening reads these."""
+        if kernels.accelerated() and self.n and self.weights.sum() > 0:
+            # the compiled kernel sums the rows in the same pass as their norms (memory
+            # bound: the sum is nearly free); keep the mean it gives
+            coeffs, factor = mean_coefficients(self.weights)
+            total, sq = kernels.norms_and_sum(self.updates, coeffs)
+            self.__dict__["weighted_mean"] = _read_only(total * np.float32(factor))
+            return _read_only(sq)
+        return _read_only(kernels.row_dots(self.updates))
+
+    @cached_property
+    def weighted_mean(self) -> np.ndarray:
+        """The example-weighted mean of the rows, float32 (the plain mean when every
+        weight is zero; zeros of length `dim` when empty).
+
+        Summed with `mean_coefficients` (weights scaled below 1 by a power of two), then
+        scaled by its factor: the same arithmetic however the batch was built.
+        """
+        if self.weights.sum() > 0:
+            coeffs, factor = mean_coefficients(self.weights)
+            total = kernels.weighted_sum(self.updates, coeffs) * np.float32(factor)
+        else:
+            total = kernels.weighted_sum(self.updates, kernels.normalized(self.weights))
+        return _read_only(total)
+
+    @cached_property
+    def gram(self) -> np.ndarray:
+        """The n x n float64 matrix of inner products of the rows."""
+        if kernels.accelerated():  # the compiled kernel reads the rows where they are
+            return _read_only(kernels.gram_of_rows(self.updates))
+        return _read_only(kernels.gram(self.stacked))  # one sgemm; the stacked rows serve others too
+
+    @cached_property
+    def median(self) -> np.ndarray:
+        """The coordinate-wise median of the rows (mean of the two middle values for an
+        even count), float32, unweighted."""
+        return _read_only(kernels.coordinate_median(self.stacked))
+
     @cached_property
     def stacked(self) -> np.ndarray:
         """The n x d float32 matrix, built once, for kernels that need every row."""
         out = np.empty((self.n, self.dim), dtype=np.float32)
         for i, row in enumerate(self.updates):  # one memcpy per row into the matrix
             out[i] = row
+        return _read_only(out)
+
+    # --- new batches from this one --------------------------------------------------
+
+    def _cached(self, name: str) -> Any:
+        return self.__dict__.get(name)
+
+    def _derive(self, **changes: Any) -> UpdateBatch:
+        fields = {"updates": self.updates, "weights": self.weights, "site_ids": self.site_ids,
+                  "node_ids": self.node_ids, "root_update": self.root_update, **changes}
+        return UpdateBatch(**fields)
+
+    def subset(self, index: Iterable[int] | np.ndarray) -> UpdateBatch:
+        """A batch with only the rows at ``index`` (in that order).
+
+        Per-row reductions already computed (norms, Gram matrix) are carried over; the
+        whole batch in its own order is returned as is.
+        """
+        idx = [int(i) for i in index]
+        if idx == list(range(self.n)):
+            return self
+        out = self._derive(updates=[self.updates[i] for i in idx], weights=self.weights[idx],
+                           site_ids=[self.site_ids[i] for i in idx],
+                           node_ids=[self.node_ids[i] for i in idx])
+        for name in _PER_ROW:
+            if (value := self._cached(name)) is not None:
+                out.__dict__[name] = _read_only(value[idx])
+        for name in _OF_ROWS:
+            if (value := self._cached(name)) is not None:
+                out.__dict__[name] = _read_only(value[np.ix_(idx, idx)])
         return out
 
-    def subset(self, index: np.ndarray | list[int]) -> UpdateBatch:
-        """A batch with only the rows at ``index`` (in that order)."""
-        idx = [int(i) for i in index]
-        return UpdateBatch(
-            updates=[self.updates[i] for i in idx],
-            weights=self.weights[idx],
-            site_ids=[self.site_ids[i] for i in idx],
-            node_ids=[self.node_ids[i] for i in idx],
-            root_update=self.root_update,
-            # keeping every row in order keeps a still-valid precomputed sum
-            weighted_sum=self.precomputed_sum() if idx == list(range(self.n)) else None,
-            gram_sum=self.precomputed_gram_sum() if idx == list(range(self.n)) else None,
-            gram=None if (g := self.precomputed_gram()) is None else g[np.ix_(idx, idx)],
-            # a median is of all rows: it survives only a subset that keeps all of them
-            median=self.precomputed_median() if sorted(idx) == list(range(self.n)) else None,
-        )
+    def with_updates(self, updates: Sequence[np.ndarray]) -> UpdateBatch:
+        """The same sites and weights with other rows (e.g. an attack's); nothing cached
+        is carried over."""
+        return self._derive(updates=updates)
+
+    def with_root_update(self, root_update: np.ndarray | None) -> UpdateBatch:
+        """The same batch with the server's root update (FLTrust); reductions already
+        computed are carried over (none depends on the root update)."""
+        out = self._derive(root_update=root_update)
+        for name in (*_PER_ROW, *_OF_ROWS, *_OF_ALL):
+            if (value := self._cached(name)) is not None:
+                out.__dict__[name] = value
+        return out

@@ -1,4 +1,8 @@
-"""Single-pass kernels over a round's rows, compiled with numba.
+"""Optional compiled (numba) twins of the row-streaming kernels in `kernels`.
+
+Nothing imports this module unless `kernels.use_accelerator("numba")` (or
+``FEDSILO_KERNELS=numba``) asked for it: the numpy kernels are the reference and the
+default, and a default run compiles nothing. Tests check these equal to them.
 
 The weighted mean needs, for every reply, its squared norm (screening: finiteness and
 the absurd-norm bound) and its contribution ``w_i * x_i`` to the sum. Two numpy/BLAS
@@ -19,15 +23,11 @@ coefficient per row (`screen_and_sum` checks the shapes once at the boundary).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 
 import numpy as np
 from numba import njit, uint64
 from numba.typed import List
-
-from ..common.cpus import usable_cpus
 
 _BLOCK = 1 << 18  # accumulator block: 1 MiB of float32, stays in L2/L3 while all rows pass
 _CHUNK = 1 << 14  # float32 partial sums of squares over this many values, then float64
@@ -220,267 +220,32 @@ _GRAM_CHUNK = 4096  # 8 rows x 16 KiB per sweep: the chunks stay in L2 while til
 
 
 @njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _axpy4_f64(x0, x1, x2, x3, acc, c0, c1, c2, c3, s, e):  # pragma: no cover - compiled
-    # float64 accumulator: sums that will have rows subtracted again must not cancel
-    for j in range(s, e):
-        acc[j] += c0 * x0[j] + c1 * x1[j] + c2 * x2[j] + c3 * x3[j]
-
-
-@njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _gram(rows, c, acc, start, stop, accumulate):  # pragma: no cover - compiled
-    # upper block triangle of the inner products over values [start, stop); with
-    # accumulate, also acc += sum_i c[i] * rows[i] there (float64), while the rows of
-    # each diagonal tile are in cache
+def _gram(rows, d):  # pragma: no cover - compiled
+    # upper block triangle of the inner products, four rows against four per sweep
     m = len(rows)  # the caller pads the list to a multiple of four
     g = np.zeros((m, m))
-    for s in range(start, stop, _GRAM_CHUNK):
-        e = min(s + _GRAM_CHUNK, stop)
+    for s in range(0, d, _GRAM_CHUNK):
+        e = min(s + _GRAM_CHUNK, d)
         for a in range(0, m, 4):
             a0, a1, a2, a3 = rows[a], rows[a + 1], rows[a + 2], rows[a + 3]
-            if accumulate:
-                _axpy4_f64(a0, a1, a2, a3, acc, c[a], c[a + 1], c[a + 2], c[a + 3],
-                           uint64(s), uint64(e))
             for b in range(a, m, 4):
                 _dot_4x4(a0, a1, a2, a3, rows[b], rows[b + 1], rows[b + 2], rows[b + 3],
                          s, e, g, a, b)
     return g
 
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The module's worker threads, started on first use and kept (starting threads
-    for every call cost ~1.5 ms, a tenth of a pass over a 50 x 10^6 round)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fedsilo-kernels")
-        return _POOL
-
-
-def gram(rows: Sequence[np.ndarray], threads: int | None = None) -> np.ndarray:
+def gram(rows: Sequence[np.ndarray]) -> np.ndarray:
     """The n x n float64 matrix of inner products of the rows, without stacking them.
 
     Each product is summed in float32 over chunks of ``_GRAM_CHUNK`` values and in
     float64 across chunks (as accurate as a float32 BLAS ``X @ X.T``). Four rows meet
     four rows per sweep, so every value read from cache feeds four multiply-adds.
-
-    The work is compute-bound (n^2 d / 2 multiply-adds), so it is split over
-    ``threads`` column ranges (default: the usable CPUs, at most 8), each a compiled
-    loop that runs without the GIL; the partial matrices are summed.
     """
-    return _gram_pass(rows, None, threads)[0]
-
-
-def gram_and_sum(
-    rows: Sequence[np.ndarray], coeffs: np.ndarray, threads: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """`gram` and, in the same pass, ``sum_i coeffs[i] * rows[i]`` in float64.
-
-    The sum costs a few percent of the Gram matrix's time. It is float64 so that
-    rows can be subtracted from it again without cancellation (Multi-Krum's mean of
-    all but the rejected rows), even when those rows are orders of magnitude larger.
-    """
-    c = np.ascontiguousarray(coeffs, dtype=np.float64)
-    if c.shape != (len(rows),):
-        raise ValueError(f"gram_and_sum: {c.size} coefficients for {len(rows)} rows")
-    G, total = _gram_pass(rows, c, threads)
-    assert total is not None
-    return G, total
-
-
-@njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _scaled_difference(total, rows, c, scale, out):  # pragma: no cover - compiled
-    # out = scale * (total - sum_i c[i] * rows[i]), float64 within a block of _CHUNK
-    tmp = np.empty(_CHUNK)
-    for s in range(uint64(0), uint64(out.size), uint64(_CHUNK)):
-        e = min(s + uint64(_CHUNK), uint64(out.size))
-        for j in range(s, e):
-            tmp[j - s] = total[j]
-        for i in range(len(rows)):
-            row = rows[i]
-            ci = c[i]
-            for j in range(s, e):
-                tmp[j - s] -= ci * row[j]
-        for j in range(s, e):
-            out[j] = np.float32(scale * tmp[j - s])
-
-
-def scaled_difference(
-    total: np.ndarray, rows: Sequence[np.ndarray], coeffs: np.ndarray, scale: float
-) -> np.ndarray:
-    """``scale * (total - sum_i coeffs[i] * rows[i])`` as float32, one pass, float64 inside.
-
-    ``total`` is a float64 sum of many rows (`gram_and_sum`); taking a few rows out of
-    it in float64 cannot cancel, however large those rows are.
-    """
-    out = np.empty(total.size, dtype=np.float32)
-    c = np.ascontiguousarray(coeffs, dtype=np.float64)
-    _scaled_difference(np.ascontiguousarray(total, dtype=np.float64), as_numba_list(rows),
-                       c, float(scale), out)
-    return out
-
-
-def _gram_pass(
-    rows: Sequence[np.ndarray], coeffs: np.ndarray | None, threads: int | None
-) -> tuple[np.ndarray, np.ndarray | None]:
     n = len(rows)
     if n == 0:
-        return np.zeros((0, 0)), None if coeffs is None else np.zeros(0)
+        return np.zeros((0, 0))
     d = common_length(rows, "gram")
-    pad = -n % 4
     zero = np.zeros(d, dtype=np.float32)  # padding rows: products with them are 0
-    padded = as_numba_list([*rows, *([zero] * pad)])
-    accumulate = coeffs is not None
-    c = np.concatenate([coeffs, np.zeros(pad)]) if accumulate else np.zeros(n + pad)
-    acc = np.zeros(d if accumulate else 0)
-
-    def part(start: int, stop: int) -> np.ndarray:  # each part adds to its own columns of acc
-        return _gram(padded, c, acc, start, stop, accumulate)
-
-    g = run_over_ranges(part, *column_ranges(d, _GRAM_CHUNK, threads))
+    g = _gram(as_numba_list([*rows, *([zero] * (-n % 4))]), d)
     upper = np.triu(g)  # every 4x4 block at or above the diagonal, mirrored below
-    return (upper + np.triu(g, 1).T)[:n, :n], (acc if accumulate else None)
-
-
-# --- helpers for kernels split over column ranges -----------------------------------
-
-
-_PIECES_PER_WORKER = 4  # finer pieces, taken as workers free up: a busy core costs a piece
-
-
-def column_ranges(d: int, align: int, threads: int | None) -> tuple[list[tuple[int, int]], int]:
-    """``[start, stop)`` column ranges on multiples of ``align``, and how many workers.
-
-    ``threads`` workers (None: the usable CPUs, at most 8) take the ranges one by one
-    (`run_over_ranges`); there are a few ranges per worker, so that on a shared machine
-    a worker whose core is busy elsewhere holds up a small piece, not half the work.
-    """
-    units = -(-d // align)
-    workers = max(1, min(threads or min(usable_cpus(), 8), units))
-    pieces = 1 if workers == 1 else min(units, workers * _PIECES_PER_WORKER)
-    edges = [min(d, (units * k // pieces) * align) for k in range(pieces + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True)), workers
-
-
-def run_over_ranges(
-    kernel: Callable[[int, int], np.ndarray], ranges: list[tuple[int, int]], workers: int
-) -> np.ndarray:
-    """Sum of ``kernel(start, stop)`` over the ranges, run by ``workers`` threads.
-
-    Each call writes its own columns of the outputs and returns its partial sums; the
-    calling thread is one of the workers, the others come from the module's pool.
-    """
-    if workers == 1 or len(ranges) == 1:
-        return sum((kernel(*r) for r in ranges[1:]), kernel(*ranges[0]))
-    pending = iter(ranges)
-    lock = threading.Lock()
-
-    def drain() -> np.ndarray | None:
-        total = None
-        while True:
-            with lock:
-                piece = next(pending, None)
-            if piece is None:
-                return total
-            part = kernel(*piece)
-            total = part if total is None else total + part
-
-    helpers = [_pool().submit(drain) for _ in range(workers - 1)]
-    parts = [drain(), *(f.result() for f in helpers)]
-    return sum(p for p in parts if p is not None)
-
-
-# --- one Weiszfeld step: weighted sum and the distances to it, one pass ----------------
-
-# one block of all rows (2 MiB) is read from memory for the sum, then again from cache
-# for the distances; smaller blocks cost more in per-block overhead than they gain
-_STEP_CACHE_BYTES = 1 << 21
-
-
-@njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _axpy4(x0, x1, x2, x3, acc, c0, c1, c2, c3, s, e):  # pragma: no cover - compiled
-    # indices, not slices: a slice per row and block costs a reference count
-    for j in range(s, e):
-        acc[j] += c0 * x0[j] + c1 * x1[j] + c2 * x2[j] + c3 * x3[j]
-
-
-@njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _sq_dist4(x0, x1, x2, x3, z, sq, i, s, e):  # pragma: no cover - compiled
-    p0 = np.float32(0.0)
-    p1 = np.float32(0.0)
-    p2 = np.float32(0.0)
-    p3 = np.float32(0.0)
-    for j in range(s, e):
-        v = z[j]
-        a, b, c, f = x0[j] - v, x1[j] - v, x2[j] - v, x3[j] - v
-        p0 += a * a
-        p1 += b * b
-        p2 += c * c
-        p3 += f * f
-    sq[i] += p0
-    sq[i + 1] += p1
-    sq[i + 2] += p2
-    sq[i + 3] += p3
-
-
-@njit(nogil=True, cache=True, fastmath=_FASTMATH)
-def _sum_and_distances(rows, c, z, start, stop, block, compute_sum):  # pragma: no cover
-    # rows are padded to a multiple of four (zero rows, zero coefficients); unsigned
-    # indices so that numba emits no negative-index fix-up in the vectorised loops
-    m = len(rows)
-    sq = np.zeros(m)
-    for s in range(uint64(start), uint64(stop), uint64(block)):
-        e = min(s + uint64(block), uint64(stop))
-        if compute_sum:  # first sweep: the block of z, reading the rows from memory
-            for j in range(s, e):
-                z[j] = np.float32(0.0)
-            for i in range(0, m, 4):
-                _axpy4(rows[i], rows[i + 1], rows[i + 2], rows[i + 3], z,
-                       c[i], c[i + 1], c[i + 2], c[i + 3], s, e)
-        for i in range(0, m, 4):  # second sweep: the same rows, now from cache
-            _sq_dist4(rows[i], rows[i + 1], rows[i + 2], rows[i + 3], z, sq, i, s, e)
-    return sq
-
-
-def sum_and_distances(
-    rows: Sequence[np.ndarray],
-    coeffs: np.ndarray | None = None,
-    z: np.ndarray | None = None,
-    threads: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """``z = sum_i coeffs[i] * rows[i]`` and every row's squared distance to ``z``, one pass.
-
-    With ``coeffs``, z is computed (float32) block by block, each block of the rows
-    read once from memory for the sum and again from cache for the distances; with
-    ``z`` instead, only the distances to the given point are computed. This is one
-    Weiszfeld step of the geometric median at the cost of one pass over the rows.
-    Columns are split over ``threads`` (default: the usable CPUs, at most 8).
-
-    Returns ``(z, sq_distances)``: float32 (d,) and float64 (n,), squared distances
-    summed in float32 within a block and in float64 across blocks.
-    """
-    n = len(rows)
-    if n == 0 or (coeffs is None) == (z is None):
-        raise ValueError("sum_and_distances: give rows and exactly one of coeffs or z")
-    d = common_length(rows, "sum_and_distances")
-    pad = -n % 4
-    zero = np.zeros(d, dtype=np.float32)
-    padded = as_numba_list([*rows, *([zero] * pad)])
-    if coeffs is not None:
-        check_float32_coefficients(np.asarray(coeffs, dtype=np.float64), "sum_and_distances")
-        c = np.concatenate([np.asarray(coeffs, dtype=np.float64), np.zeros(pad)]).astype(np.float32)
-        point = np.empty(d, dtype=np.float32)
-    else:
-        c = np.zeros(n + pad, dtype=np.float32)
-        point = np.ascontiguousarray(z, dtype=np.float32)
-        if point.shape != (d,):
-            raise ValueError(f"sum_and_distances: z must have {d} values, got {point.shape}")
-    block = max(1024, (_STEP_CACHE_BYTES // (4 * (n + pad))) // 256 * 256)
-
-    def part(start: int, stop: int) -> np.ndarray:
-        return _sum_and_distances(padded, c, point, start, stop, block, coeffs is not None)
-
-    return point, run_over_ranges(part, *column_ranges(d, block, threads))[:n]
+    return (upper + np.triu(g, 1).T)[:n, :n]

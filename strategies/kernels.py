@@ -5,10 +5,15 @@ Conventions: ``X`` is the n x d float32 matrix of stacked updates (`UpdateBatch.
 float64. Column statistics are computed on cache-sized column tiles transposed so that
 each coordinate's n values are contiguous (numpy's vectorised sort then works on short
 contiguous rows); the tile loop is over blocks of coordinates, never over clients or layers.
+
+These numpy kernels are the reference and the default. `use_accelerator("numba")` (or
+``FEDSILO_KERNELS=numba``) routes the few row-streaming kernels through the compiled
+ones in `fused`, which tests check equal to these.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
@@ -19,10 +24,31 @@ from threadpoolctl import ThreadpoolController
 F32 = np.float32
 _TILE_BYTES = 4 << 20  # ~4 MiB per transposed tile: stays in the last-level cache
 _POOLS = ThreadpoolController()  # inspected once; limiting it later costs microseconds
-# Rounds of at least this many values (n x d) use the compiled single-pass kernels of
-# `fused`; below it, compiling them (about a second, once per process) costs more than
-# the second pass over the rows that they save.
-FUSED_MIN_VALUES = 1 << 22
+
+# The one door to compiled code: "numba" routes `weighted_sum`, `row_dots` (norms),
+# `norms_and_sum` and `gram_of_rows` through `fused` (numba kernels, compiled on first use: about a second
+# per process, cached on disk by numba). The default, "numpy", compiles nothing.
+ACCELERATORS = ("numpy", "numba")
+_accelerator = "numpy"
+
+
+def use_accelerator(name: str) -> str:
+    """Select the kernels: ``"numpy"`` (the reference, default) or ``"numba"`` (compiled,
+    same results within float32 rounding). Returns the previous choice. The environment
+    variable ``FEDSILO_KERNELS`` sets the choice at import."""
+    global _accelerator
+    if name not in ACCELERATORS:
+        raise ValueError(f"kernels: unknown accelerator {name!r}; choose from {ACCELERATORS}")
+    previous, _accelerator = _accelerator, name
+    return previous
+
+
+use_accelerator(os.environ.get("FEDSILO_KERNELS", "").strip().lower() or "numpy")
+
+
+def accelerated() -> bool:
+    """True when the numba accelerator is selected."""
+    return _accelerator == "numba"
 
 
 def single_threaded_blas() -> AbstractContextManager[object]:
@@ -30,30 +56,37 @@ def single_threaded_blas() -> AbstractContextManager[object]:
     return _POOLS.limit(limits=1, user_api="blas")
 
 
-def axpy(row: np.ndarray, acc: np.ndarray, a: float) -> np.ndarray:
-    """``acc += a * row`` in place (BLAS saxpy), returns ``acc``."""
-    return saxpy(row, acc, a=a)
-
-
 def weighted_sum(rows: Sequence[np.ndarray], coeffs: np.ndarray) -> np.ndarray:
     """``sum_i coeffs[i] * rows[i]`` as float32, streaming over rows without stacking.
 
-    Large inputs go through the compiled one-pass kernel (`fused.screen_and_sum`);
-    small ones take one BLAS ``saxpy`` per row (read the row once, update the
-    accumulator in place): the streaming accumulation the design allows over clients. BLAS
-    runs single-threaded here: a level-1 op is memory-bound, and on a shared machine
-    OpenBLAS's spinning worker threads made it several times slower.
+    One BLAS ``saxpy`` per row (read the row once, update the accumulator in place): the
+    streaming accumulation the design allows over clients. BLAS runs single-threaded
+    here: a level-1 op is memory-bound, and on a shared machine OpenBLAS's spinning
+    worker threads made it several times slower. Coefficients must fit float32.
     """
-    if rows and len(rows) * rows[0].size >= FUSED_MIN_VALUES:
-        from .fused import screen_and_sum  # one pass, compiled (numba)
+    c = np.asarray(coeffs, dtype=np.float64)
+    if rows and accelerated():
+        from .fused import screen_and_sum
 
-        return screen_and_sum(rows, np.asarray(coeffs, dtype=np.float64))[0]
+        return screen_and_sum(rows, c)[0]
     acc = np.zeros(rows[0].size if rows else 0, dtype=F32)
     with single_threaded_blas():
-        for row, c in zip(rows, np.asarray(coeffs, dtype=np.float64), strict=True):
-            if c != 0.0:
-                acc = saxpy(row, acc, a=float(c))
+        for row, ci in zip(rows, c, strict=True):
+            if ci != 0.0:
+                acc = saxpy(row, acc, a=float(ci))
     return acc
+
+
+def norms_and_sum(rows: Sequence[np.ndarray], coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(weighted_sum(rows, coeffs), row_dots(rows))``: one compiled pass when the numba
+    accelerator is on (`fused.screen_and_sum`), else the two numpy kernels."""
+    if rows and accelerated():
+        from .fused import screen_and_sum
+
+        total, sq = screen_and_sum(rows, np.asarray(coeffs, dtype=np.float64))
+        assert total is not None
+        return total, sq
+    return weighted_sum(rows, coeffs), row_dots(rows)
 
 
 def normalized(weights: np.ndarray) -> np.ndarray:
@@ -61,11 +94,6 @@ def normalized(weights: np.ndarray) -> np.ndarray:
     w = np.asarray(weights, dtype=np.float64)
     total = w.sum()
     return w / total if total > 0 else np.full(w.shape, 1.0 / max(w.size, 1))
-
-
-def weighted_mean(rows: Sequence[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """Weighted mean of the rows (weights need not be normalised), streaming."""
-    return weighted_sum(rows, normalized(weights))
 
 
 def gram(X: np.ndarray) -> np.ndarray:
@@ -80,49 +108,12 @@ def gram(X: np.ndarray) -> np.ndarray:
 
 
 def gram_of_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
-    """`gram` of the rows, without stacking them when the round is large.
-
-    Large inputs use the compiled kernel (`fused.gram`: no n x d copy, and faster than
-    OpenBLAS's sgemm for this skinny shape); small ones stack and call `gram`.
-    """
-    if rows and len(rows) * rows[0].size >= FUSED_MIN_VALUES:
+    """`gram` of a list of rows (stacked first; `fused.gram` reads them in place)."""
+    if rows and accelerated():
         from .fused import gram as rows_gram
 
         return rows_gram(rows)
     return gram(np.stack(rows)) if rows else np.zeros((0, 0))
-
-
-def gram_and_sum_of_rows(
-    rows: Sequence[np.ndarray], coeffs: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """`gram_of_rows` and ``sum_i coeffs[i] * rows[i]`` in float64, in one pass when large."""
-    c = np.asarray(coeffs, dtype=np.float64)
-    if rows and len(rows) * rows[0].size >= FUSED_MIN_VALUES:
-        from .fused import gram_and_sum
-
-        return gram_and_sum(rows, c)
-    if not rows:
-        return np.zeros((0, 0)), np.zeros(0)
-    X = np.stack(rows)
-    return gram(X), c @ X.astype(np.float64)
-
-
-def scaled_difference(
-    total: np.ndarray, rows: Sequence[np.ndarray], coeffs: np.ndarray, scale: float
-) -> np.ndarray:
-    """``scale * (total - sum_i coeffs[i] * rows[i])`` as float32, computed in float64.
-
-    ``total`` is a float64 sum of many rows; taking a few rows out again in float64
-    cannot cancel, however large those rows are. One compiled pass when large.
-    """
-    if rows and total.size * len(rows) >= FUSED_MIN_VALUES:
-        from .fused import scaled_difference as compiled
-
-        return compiled(total, rows, coeffs, scale)
-    out = np.array(total, dtype=np.float64, copy=True)
-    for row, c in zip(rows, np.asarray(coeffs, dtype=np.float64), strict=True):
-        out -= c * row.astype(np.float64)  # few rows: the streaming loop over clients
-    return (out * scale).astype(F32)
 
 
 # |a|^2 - 2 a.b + |b|^2 loses relative precision ~1e-7 * sqrt(d) of |a|^2 + |b|^2 in float32;
@@ -272,8 +263,17 @@ def closest_to_median_mean(X: np.ndarray, beta: int) -> np.ndarray:
 
 
 def row_dots(rows: Sequence[np.ndarray], v: np.ndarray | None = None) -> np.ndarray:
-    """Per row, ``row . v`` (or ``row . row`` when ``v`` is None), float64, without stacking."""
-    with single_threaded_blas():
+    """Per row, ``row . v`` (or ``row . row`` when ``v`` is None), float64, without stacking.
+
+    Accumulated in float32 (BLAS sdot): a row with NaN/Inf, or whose squares overflow
+    float32, gets a non-finite value, which is how screening sees it.
+    """
+    if v is None and rows and accelerated():
+        from .fused import screen_and_sum
+
+        return screen_and_sum(rows)[1]
+    # overflow is expected and reported: an Inf norm is how screening sees the row
+    with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
         if v is None:
             return np.array([np.dot(r, r) for r in rows], dtype=np.float64)
         return np.array([np.dot(r, v) for r in rows], dtype=np.float64)

@@ -95,7 +95,7 @@ def describe(cls: type[Aggregator] | type[ServerOptimizer]) -> list[str]:
     """Human-readable lines: name, summary, and each parameter with type, default and meaning."""
     lines = [f"{cls.name}  {cls.summary}"]
     if isinstance(cls, type) and issubclass(cls, Aggregator):
-        tag = "sum suffices (works under secure aggregation)" if not cls.needs_individual_updates \
+        tag = "sum suffices (works under secure aggregation)" if cls.sum_only \
             else "needs individual updates (not under secure aggregation)"
         lines.append(f"    [{tag}]")
     for key, p in cls.params.items():

@@ -88,8 +88,9 @@ class BundledTask(Task):
             y = transform(y, ds.num_classes)
         fingerprint = lineage.data_fingerprint({"x": x, "y": y}, preprocessing=preprocessing)
         pid = int(opts.get("partition_id", 0))
-        # the site's held-out split: its share of the central test rows (a simulation deals
-        # them out with `fedsilo.simulations.holdout`); without it, evaluate scores its rows
+        # the site's held-out split: its share of the central test rows (demo and simulated
+        # sites get it from `fedsilo.tasks.partition.held_out_split`); without it, evaluate
+        # scores its rows
         held = opts.get("held_out_indices")
         held_idx = None if held is None else np.asarray(held, dtype=np.int64)
         return TorchTrainer(x, y, ds.num_classes, seed=int(data.seed) * SITE_SEED_STRIDE + pid,

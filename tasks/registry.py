@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from fedsilo.common.errors import FedsiloError
 from fedsilo.tasks.base import Task
 from fedsilo.tasks.datasets import DATASETS
 
@@ -23,7 +24,7 @@ LAZY_BUILTINS = {"tabular": "fedsilo.tasks.tabular:TabularTask",
 BUILTINS = (*DATASETS, *LAZY_BUILTINS)
 
 
-class TaskError(ValueError):
+class TaskError(FedsiloError, ValueError):
     """A task spec cannot be resolved to a Task (one line, names the spec)."""
 
 

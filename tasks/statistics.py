@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fedsilo.common.errors import FedsiloError
+
 STATISTICS_RECORD = "fedsilo.task_statistics"
 """Name of the ConfigRecord carrying statistics (the site's, or the federation's sum)."""
 STATISTICS_KEY = "statistics"
@@ -23,7 +25,7 @@ STATISTICS_KEY = "statistics"
 RECORD_VALUES_LIMIT = 4096
 
 
-class StatisticsError(ValueError):
+class StatisticsError(FedsiloError, ValueError):
     """Statistics that cannot be read or summed (one line, names the site and array)."""
 
 

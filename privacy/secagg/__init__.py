@@ -1,14 +1,13 @@
 """fedsilo.privacy.secagg: SecAgg+ secure aggregation (Bell et al. 2020).
 
 Flower-independent: numpy + `cryptography`. `SecAggServer` and `SecAggClient` are the
-two state machines; `run_round` drives them in memory; `fedsilo.server.secagg_round`
-and `fedsilo.client.secagg_handler` carry the same messages over Flower's Message API.
+two state machines; `fedsilo.server.secagg_round` (the server's session and its driver)
+and `fedsilo.client.secagg_handler` carry their messages over Flower's Message API.
 """
 
 from . import crypto, shamir
 from .client import SecAggClient
 from .config import SecAggConfig
-from .driver import RoundReport, run_round
 from .errors import SecAggAbort, SecAggClientError, SecAggError
 from .messages import (
     STAGES,
@@ -27,9 +26,9 @@ from .quantize import check_no_overflow, error_bound
 from .server import AggregateResult, SecAggServer
 
 __all__ = [
-    "STAGES", "AggregateResult", "KeyAdvert", "MaskedReply", "MaskedRequest", "RoundReport",
+    "STAGES", "AggregateResult", "KeyAdvert", "MaskedReply", "MaskedRequest",
     "SecAggAbort", "SecAggClient", "SecAggClientError", "SecAggConfig", "SecAggError",
     "SecAggServer", "SetupRequest", "ShareReply", "ShareRequest", "SiteError", "UnmaskReply",
     "UnmaskRequest", "check_no_overflow", "crypto", "error_bound", "failure_bound",
-    "run_round", "shamir", "suggest_degree",
+    "shamir", "suggest_degree",
 ]

@@ -1,7 +1,9 @@
 """Errors raised by the SecAgg+ protocol."""
 
+from fedsilo.common.errors import FedsiloError
 
-class SecAggError(Exception):
+
+class SecAggError(FedsiloError):
     """Base class for SecAgg+ failures."""
 
 

@@ -10,7 +10,6 @@ outputting a sum.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -36,6 +35,7 @@ from .messages import (
     UnmaskRequest,
 )
 from .quantize import check_no_overflow, dequantize_sum, error_bound
+from .reconstruct import reconstruct_all
 from .unmask import (
     PairJob,
     PairMaskPool,
@@ -45,7 +45,6 @@ from .unmask import (
 )
 
 CIPHERTEXT_BYTES = crypto.NONCE_BYTES + 2 * shamir.SHARE_BYTES + 16
-MAX_RECONSTRUCTION_TRIES = 256
 
 
 @dataclass
@@ -293,8 +292,8 @@ class SecAggServer:
         length = self.d + 2
         # Dropped sites' keys first: their pairwise masks are the bulk of the work, so
         # workers start on them while this process reconstructs the seeds.
-        sks = self._reconstruct_all(
-            "mask key", dropped, pts_sk,
+        sks = reconstruct_all(
+            self._x, self.t, self.reasons, "mask key", dropped, pts_sk,
             lambda i, s: crypto.public_from_private(s) == self.keys[i].s_pk)
         jobs = [PairJob(sks[i], i, tuple((j, self.keys[j].s_pk) for j in self.graph[i]
                                          if j in u3)) for i in dropped]
@@ -307,8 +306,8 @@ class SecAggServer:
         try:
             if pool is not None:
                 pool.submit(jobs, run, rnd, length)
-            seeds = self._reconstruct_all(
-                "mask seed", sorted(u3), pts_b,
+            seeds = reconstruct_all(
+                self._x, self.t, self.reasons, "mask seed", sorted(u3), pts_b,
                 lambda i, s: crypto.commit(s, run, rnd, i) == self.commitments[i])
             assert self._acc is not None
             acc = self._acc
@@ -380,55 +379,3 @@ class SecAggServer:
             for o, y in zip(r.sk_owners, sk_vals, strict=True):
                 pts_sk[int(o)].append((j, y))
         return pts_b, pts_sk
-
-    def _reconstruct_all(self, what: str, owners: Sequence[int],
-                         pts: Mapping[int, list[tuple[int, int]]],
-                         verify: Callable[[int, bytes], bool]) -> dict[int, bytes]:
-        """Recover and verify each owner's secret; batched, with a per-owner fallback.
-
-        Every owner's first t shares (by holder id) are interpolated in one batch; an owner
-        whose result does not verify goes through `_reconstruct`, which searches for a
-        consistent subset and names the forgers.
-        """
-        t = self.t
-        for o in owners:
-            if len(pts[o]) < t:
-                raise SecAggAbort(f"secagg unmask: {what} of node {o}: {len(pts[o])} shares, "
-                                  f"need {t}")
-        rows = [pts[o][:t] for o in owners]  # the first t holders (lists sorted by holder)
-        xs = np.array([[self._x[j] for j, _ in row] for row in rows], dtype=np.int64)
-        got = shamir.combine_batch(xs.reshape(len(rows), t), [[y for _, y in row]
-                                                                for row in rows])
-        out = {}
-        for o, secret in zip(owners, got, strict=True):
-            if secret is not None and verify(o, secret):
-                out[o] = secret
-            else:
-                out[o] = self._reconstruct(o, what, pts[o], lambda s, o=o: verify(o, s))
-        return out
-
-    def _reconstruct(self, owner: int, what: str, pts: list[tuple[int, int]],
-                     verify: Callable[[bytes], bool]) -> bytes:
-        """Recover a secret from >= t shares and verify it; find and record forged shares."""
-        t = self.t
-        if len(pts) < t:
-            raise SecAggAbort(f"secagg unmask: {what} of node {owner}: {len(pts)} shares, "
-                              f"need {t}")
-        pts = sorted(pts)
-        for n_try, subset in enumerate(itertools.combinations(pts, t)):
-            if n_try >= MAX_RECONSTRUCTION_TRIES:
-                break
-            poly = [(self._x[j], y) for j, y in subset]
-            value = shamir.interpolate(poly)
-            if value >> (8 * shamir.SECRET_BYTES):
-                continue  # inconsistent shares (not a 32-byte secret)
-            secret = value.to_bytes(shamir.SECRET_BYTES, "big")
-            if not verify(secret):
-                continue
-            if n_try:  # some share is forged: name the holders off the polynomial
-                for j, y in pts:
-                    if y != shamir.interpolate(poly, self._x[j]):
-                        self.reasons[j] = f"unmask: forged share of node {owner}'s {what}"
-            return secret
-        raise SecAggAbort(f"secagg unmask: {what} of node {owner} could not be reconstructed "
-                          "from consistent shares (forged shares?); no sum is output")

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import closest_to_median_mean, gram, krum_scores, sq_distances
+from ..kernels import closest_to_median_mean, krum_scores, sq_distances
 
 SELECTIONS = ("iterative", "multikrum")
 
@@ -46,7 +46,6 @@ class Bulyan(Aggregator):
     }
     f: int
     selection: str
-    uses_gram: ClassVar[bool] = True
 
     def check_params(self) -> None:
         require(self.f >= 0, f"bulyan: f must be >= 0, got {self.f}")
@@ -73,8 +72,7 @@ class Bulyan(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         X = batch.stacked
-        G = batch.precomputed_gram()
-        D = sq_distances(gram(X) if G is None else G, X)
+        D = sq_distances(batch.gram, X)
         theta = batch.n - 2 * self.f
         beta = theta - 2 * self.f
         chosen = bulyan_select(D, self.f, theta, self.selection)

@@ -33,10 +33,13 @@ class FLTrust(Aggregator):
             raise SettingError(f"fltrust: root_update has shape {g0.shape}; expected ({batch.dim},)")
         g0 = np.asarray(g0, dtype=F32)
         g0_norm = float(np.sqrt(np.dot(g0, g0)))
-        norms = np.sqrt(row_dots(batch.updates))
-        safe = np.maximum(norms, 1e-30)
+        norms = np.sqrt(batch.sq_norms)
+        # a row whose squared norm underflows to 0 has no direction: it earns no trust
+        # (dividing by a floor instead would scale its tiny values up past the root norm)
+        zero = norms == 0
+        safe = np.where(zero, 1.0, norms)
         cos = row_dots(batch.updates, g0) / (safe * max(g0_norm, 1e-30))
-        trust = np.maximum(cos, 0.0)
+        trust = np.where(zero, 0.0, np.maximum(cos, 0.0))
         total = trust.sum()
         if total > 0:
             update = weighted_sum(batch.updates, trust * (g0_norm / safe) / total)

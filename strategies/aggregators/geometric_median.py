@@ -11,8 +11,6 @@ from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
 from ..kernels import (
     F32,
-    FUSED_MIN_VALUES,
-    coordinate_median,
     distances_to,
     normalized,
     single_threaded_blas,
@@ -127,7 +125,6 @@ class GeometricMedian(Aggregator):
     """
 
     name: ClassVar[str] = "geometric_median"
-    uses_median: ClassVar[bool] = True
     summary: ClassVar[str] = "weighted geometric median (RFA Weiszfeld from the coordinate-wise median)"
     params: ClassVar[dict[str, Param]] = {
         "nu": Param(float, 1e-6, "smoothing: rows closer than nu to the iterate coincide with it"),
@@ -156,14 +153,10 @@ class GeometricMedian(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         w = normalized(batch.weights)
-        if batch.n * batch.dim >= FUSED_MIN_VALUES:  # compiled passes over the unstacked rows
-            z, beta, iterations, objective = self._weiszfeld_on_rows(batch, w)
-        else:
-            X = batch.stacked
-            with single_threaded_blas():  # memory-bound matrix-vector products
-                z, beta, iterations, objective = smoothed_weiszfeld(
-                    X, w, coordinate_median(X), nu=self.nu, tol=self.tol, max_iter=self.max_iter
-                )
+        with single_threaded_blas():  # memory-bound matrix-vector products
+            z, beta, iterations, objective = smoothed_weiszfeld(
+                batch.stacked, w, batch.median, nu=self.nu, tol=self.tol, max_iter=self.max_iter
+            )
         ratio = np.asarray(beta) / np.maximum(w, 1e-300)
         cut = 0.5 * float(np.median(ratio))
         return AggregateResult(
@@ -172,29 +165,3 @@ class GeometricMedian(Aggregator):
             scores=beta.tolist(),
             info={"iterations": iterations, "objective": objective},
         )
-
-    def _weiszfeld_on_rows(
-        self, batch: UpdateBatch, w: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, int, float]:
-        """`weiszfeld` with one pass over the rows per iteration (large rounds).
-
-        The start (coordinate-wise median) and its distances come from one compiled
-        pass (`median_kernels`, usually done by the server's screening pass already);
-        each iteration's weighted sum and the distances to it from another
-        (`fused.sum_and_distances`), so an iteration reads the rows once.
-        """
-        from ..fused import sum_and_distances
-        from ..median_kernels import median_pass
-
-        rows = batch.updates
-        start, sq, _ = batch.precomputed_median() or median_pass(rows)
-
-        def step(beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            target, sq_to = sum_and_distances(rows, beta)
-            return target, np.sqrt(sq_to)
-
-        def distances(z: np.ndarray) -> np.ndarray:
-            return np.sqrt(sum_and_distances(rows, z=z)[1])
-
-        return weiszfeld(w, start, np.sqrt(sq), step, distances,
-                         nu=self.nu, tol=self.tol, max_iter=self.max_iter)

@@ -9,14 +9,7 @@ import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import (
-    gram,
-    gram_of_rows,
-    krum_scores,
-    scaled_difference,
-    sq_distances,
-    weighted_sum,
-)
+from ..kernels import gram, gram_of_rows, krum_scores, sq_distances, weighted_sum
 
 
 def krum_select(
@@ -24,9 +17,8 @@ def krum_select(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the ``m`` rows with the lowest Krum scores (stable order), and all scores.
 
-    Pairwise distances come from the Gram matrix ``G`` of the rows when given, else it
-    is computed (from a matrix, or from a list of rows that is never stacked for large
-    rounds).
+    Pairwise distances come from the Gram matrix ``G`` of the rows when given (an
+    aggregator passes ``batch.gram``), else it is computed from the rows.
     """
     if G is None:
         G = gram(rows) if isinstance(rows, np.ndarray) else gram_of_rows(rows)
@@ -47,7 +39,6 @@ class MultiKrum(Aggregator):
         "f": Param(int, 1, "number of Byzantine sites tolerated (needs n >= 2f + 3)"),
         "m": Param(int, 0, "number of updates averaged; 0 means n - f"),
     }
-    uses_gram: ClassVar[bool] = True
     f: int
     m: int
 
@@ -81,20 +72,12 @@ class MultiKrum(Aggregator):
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         m = self.selected_count(batch.n)
-        chosen, scores = krum_select(batch.updates, self.f, m, batch.precomputed_gram())
+        chosen, scores = krum_select(batch.updates, self.f, m, batch.gram)
         w = batch.weights[chosen]
-        rejected = np.setdiff1d(np.arange(batch.n), chosen)
-        total = batch.precomputed_gram_sum()
-        if total is not None and w.sum() > 0 and len(rejected) < m:
-            # the screening pass summed all rows (float64): take the few rejected ones
-            # out again instead of reading the many chosen ones
-            update = scaled_difference(total, [batch.updates[i] for i in rejected],
-                                       batch.weights[rejected], 1.0 / w.sum())
-        else:
-            coeffs = np.zeros(batch.n)
-            coeffs[chosen] = w / w.sum() if w.sum() > 0 else 1.0 / m
-            keep = np.sort(chosen)  # the pass reads only the chosen rows, in index order
-            update = weighted_sum([batch.updates[i] for i in keep], coeffs[keep])
+        coeffs = np.zeros(batch.n)
+        coeffs[chosen] = w / w.sum() if w.sum() > 0 else 1.0 / m
+        keep = np.sort(chosen)  # the pass reads only the chosen rows, in index order
+        update = weighted_sum([batch.updates[i] for i in keep], coeffs[keep])
         mask = np.zeros(batch.n, dtype=bool)
         mask[chosen] = True
         return AggregateResult(
@@ -120,7 +103,7 @@ class Krum(MultiKrum):
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
-        chosen, scores = krum_select(batch.updates, self.f, 1, batch.precomputed_gram())
+        chosen, scores = krum_select(batch.updates, self.f, 1, batch.gram)
         i = int(chosen[0])
         return AggregateResult(
             update=np.array(batch.updates[i], dtype=np.float32, copy=True),

@@ -7,15 +7,14 @@ from typing import ClassVar
 import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param
-from ..batch import UpdateBatch, mean_coefficients
+from ..batch import UpdateBatch
 from ..kernels import normalized, weighted_sum
 
 
 class Mean(Aggregator):
     """Example-weighted mean of the deltas (McMahan et al. 2017).
 
-    Streams over the rows, or reuses the sum `batch_from_replies(..., accumulate=True)`
-    computed in its screening pass when rows and weights are unchanged since.
+    Reads `UpdateBatch.weighted_mean`, which streams over the rows once.
     """
 
     name: ClassVar[str] = "mean"
@@ -23,23 +22,15 @@ class Mean(Aggregator):
     params: ClassVar[dict[str, Param]] = {
         "weighted": Param(bool, True, "weight each update by its example count (false: plain mean)"),
     }
-    needs_individual_updates: ClassVar[bool] = False
+    sum_only: ClassVar[bool] = True
     weighted: bool
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
         w = normalized(batch.weights if self.weighted else np.ones(batch.n))
-        if self.weighted and batch.weights.sum() > 0:
-            # coefficients below 1 (no count can overflow the sum), and the same arithmetic
-            # whether the screening pass summed the rows or not: a round's model does not
-            # depend on which path ran, e.g. on whether a reply failed its signature check
-            coeffs, factor = mean_coefficients(batch.weights)
-            total = batch.precomputed_sum()  # summed while screening, with these coeffs
-            if total is None:
-                total = weighted_sum(batch.updates, coeffs)
-            update = total * np.float32(factor)  # float32 * float32
-        else:
-            update = weighted_sum(batch.updates, w)
+        # weighted: the batch's own mean (summed once, with coefficients below 1 so no
+        # count can overflow); unweighted: a plain streaming sum
+        update = batch.weighted_mean if self.weighted else weighted_sum(batch.updates, w)
         return AggregateResult(
             update=update,
             fates=["accepted"] * batch.n,

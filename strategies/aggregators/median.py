@@ -6,14 +6,12 @@ from typing import ClassVar
 
 from ..base import AggregateResult, Aggregator, Param
 from ..batch import UpdateBatch
-from ..kernels import FUSED_MIN_VALUES, coordinate_median
 
 
 class Median(Aggregator):
     """Coordinate-wise median of the deltas, unweighted (as Flower's FedMedian)."""
 
     name: ClassVar[str] = "median"
-    uses_median: ClassVar[bool] = True
     summary: ClassVar[str] = "coordinate-wise median of the updates (unweighted)"
     params: ClassVar[dict[str, Param]] = {}
 
@@ -28,10 +26,4 @@ class Median(Aggregator):
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
-        if batch.n * batch.dim >= FUSED_MIN_VALUES:  # compiled network over the unstacked rows
-            from ..median_kernels import median_pass
-
-            update = (batch.precomputed_median() or median_pass(batch.updates)).median
-        else:
-            update = coordinate_median(batch.stacked)
-        return AggregateResult(update=update, fates=["accepted"] * batch.n)
+        return AggregateResult(update=batch.median, fates=["accepted"] * batch.n)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..base import AggregateResult, Aggregator, Param, require
 from ..batch import UpdateBatch
-from ..kernels import normalized, row_dots, weighted_sum
+from ..kernels import normalized, weighted_sum
 
 
 class NormBounding(Aggregator):
@@ -29,7 +29,7 @@ class NormBounding(Aggregator):
 
     def aggregate(self, batch: UpdateBatch) -> AggregateResult:
         self.validate(batch.n)
-        norms = np.sqrt(row_dots(batch.updates))
+        norms = np.sqrt(batch.sq_norms)
         factors = np.minimum(1.0, self.max_norm / np.maximum(norms, 1e-30))
         update = weighted_sum(batch.updates, normalized(batch.weights) * factors)
         return AggregateResult(

@@ -49,7 +49,8 @@ def set_weights(model: nn.Module, weights: Weights) -> None:
 
 def loss_fn(kind: str, output: torch.Tensor, target: torch.Tensor,
             event: torch.Tensor | None = None) -> torch.Tensor:
-    """The training loss of ``kind`` (mean over the batch)."""
+    """The training loss of ``kind``: a mean over the batch's rows (survival: the Cox
+    partial likelihood's event terms summed and divided by the rows, see `cox_partial_nll`)."""
     if kind == "binary":
         return nn.functional.binary_cross_entropy_with_logits(output[:, 0], target.float())
     if kind == "multiclass":
@@ -58,18 +59,30 @@ def loss_fn(kind: str, output: torch.Tensor, target: torch.Tensor,
         return nn.functional.mse_loss(output[:, 0], target)
     if event is None:
         raise ValueError("survival loss needs the event indicator")
-    return cox_partial_nll(output[:, 0], target, event)
+    # per row, like every other kind: FedAvg weights a site by its rows, so the federation
+    # then optimises the sum of every site's partial likelihood, one term per event
+    return cox_partial_nll(output[:, 0], target, event, per="row")
 
 
-def cox_partial_nll(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
-    """Negative Cox partial log-likelihood (Breslow's handling of ties), per observed event.
+def cox_partial_nll(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
+                    per: str = "event") -> torch.Tensor:
+    """Negative Cox partial log-likelihood (Breslow's handling of ties), per event or per row.
 
     For each event i: ``risk_i - log(sum over j with time_j >= time_i of exp(risk_j))``.
     Rows are sorted by decreasing time, so each risk set is a prefix and its log-sum-exp a
     running `torch.logcumsumexp`; a tied time takes the value at its last tied row (the
     whole risk set, ties included: Breslow). A batch without events gives 0 (with a
     gradient of 0), so such a batch leaves the model unchanged.
+
+    ``per``: ``"event"`` divides the sum by the events (the usual per-event figure that
+    evaluation reports); ``"row"`` divides it by the rows (training). Training must divide
+    by rows: FedAvg weights each site by its rows, and with a per-event loss a site's events
+    together would weigh as much as its rows (the one event of a site with 100 rows would
+    outweigh the 28 events of a site with 50), which on a skewed split cost the federated
+    model 0.05 of C-index (BENCHMARKS.md, "Tasks").
     """
+    if per not in ("event", "row"):
+        raise ValueError(f"per: expected 'event' or 'row', got {per!r}")
     order = torch.argsort(time, descending=True, stable=True)
     risk, time, event = risk[order], time[order], event[order]
     running = torch.logcumsumexp(risk, dim=0)
@@ -79,4 +92,4 @@ def cox_partial_nll(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor)
     events = event.sum()
     if float(events) == 0:
         return risk.sum() * 0.0
-    return -((risk - log_denominator) * event).sum() / events
+    return -((risk - log_denominator) * event).sum() / (events if per == "event" else len(event))

@@ -10,7 +10,9 @@
     # time = "days"; event = "died"  # survival instead of label (event: 0/1 or false/true)
     model = "mlp"                    # linear (logistic / linear / Cox) | mlp
     hidden = [32, 16]                # mlp only
-    batch_size = 32                  # default: the run's batch size (simulation), else 32
+    batch_size = 32                  # default: the run's batch size (simulation), else 32;
+                                     # survival: the site's whole training set (full batch:
+                                     # risk sets span the site; take a larger lr, e.g. 1.0)
     optimizer = "sgd"                # sgd | adam (learning rate and epochs: the round config)
     weight_decay = 0.0
     seed = 0                         # initial model
@@ -36,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsilo.common.errors import FedsiloError
+
 KINDS = ("binary", "multiclass", "regression", "survival")
 MODELS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adam")
@@ -50,7 +54,7 @@ KIND_METRICS = {
 }
 
 
-class TabularError(ValueError):
+class TabularError(FedsiloError, ValueError):
     """A tabular task's options or a site's data are not usable (one line)."""
 
 

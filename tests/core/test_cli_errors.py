@@ -81,3 +81,56 @@ class _no_raise:
 
     def __exit__(self, *exc: object) -> bool:
         return False
+
+
+# ------------------------------------------------- a deployment's config: no simulation fields
+SIMULATION_FIELDS = [("attack", '"sign_flip"', "'sign_flip'"), ("malicious", "2", "2"),
+                     ("allow_overreach", "true", "True"), ("site_max_epsilon", "8.0", "8.0")]
+
+
+@pytest.mark.parametrize(("name", "toml", "shown"), SIMULATION_FIELDS)
+def test_server_run_refuses_a_simulation_field(name: str, toml: str, shown: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``fedsilo server run --config run.toml`` naming a simulation-only field: one line
+    naming it, exit 2, before anything is submitted (no SuperLink is needed to refuse it)."""
+    server = tmp_path / "server.toml"
+    server.write_text('[superlink]\ninsecure = true\nport = 1\n')
+    run = tmp_path / "run.toml"
+    run.write_text(f'rounds = 1\nsites = 3\n{name} = {toml}\nout = "{tmp_path / "runs"}"\n')
+    assert main(["server", "run", "--server", str(server), "--config", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"fedsilo server run: error: --config: {name} = {shown} is a simulation "
+                   "option (fedsilo simulate); a deployment's run config must not set it\n")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_flower_run_config_refuses_a_simulation_field() -> None:
+    """``flwr run --run-config 'attack="sign_flip" malicious=1'``: the ServerApp refuses the
+    run config before it writes anything, naming the field."""
+    from types import SimpleNamespace
+
+    from fedsilo.server.config import ConfigError
+    from fedsilo.server.flower_app import spec_from_context
+
+    context = SimpleNamespace(run_config={"attack": "sign_flip", "malicious": 1}, run_id=7)
+    with pytest.raises(ConfigError, match=r"^--config: attack = 'sign_flip' is a simulation "
+                                          r"option \(fedsilo simulate\)"):
+        spec_from_context(context)  # type: ignore[arg-type]
+
+
+def test_simulation_fields_live_in_the_simulation_config(tmp_path: Path) -> None:
+    """The server's `RunConfig` has none of them (a simulation-only default is ignored, as a
+    simulation's config.toml holds it); `SimulationConfig` extends it with them."""
+    import dataclasses
+
+    from fedsilo.server.config import SIMULATION_ONLY, RunConfig
+    from fedsilo.simulations.config import SimulationConfig
+
+    server_fields = {f.name for f in dataclasses.fields(RunConfig)}
+    assert not server_fields & set(SIMULATION_ONLY)
+    assert {f.name for f in dataclasses.fields(SimulationConfig)} == server_fields | set(SIMULATION_ONLY)
+    assert RunConfig.from_dict({"malicious": 0, "allow_overreach": False}).to_dict() == RunConfig().to_dict()
+    sim = SimulationConfig.load(None, {"attack": "sign_flip", "malicious": 1, "rounds": 2})
+    assert (sim.attack, sim.malicious, sim.rounds) == ("sign_flip", 1, 2)
+    with pytest.raises(Exception, match=r"--malicious: needs --attack NAME"):
+        SimulationConfig.load(None, {"malicious": 1})

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from fedsilo.strategies import codec
-from fedsilo.strategies.codec import LayoutError, ModelLayout, decode_flat, encode_flat
+from fedsilo.common import codec
+from fedsilo.common.codec import LayoutError, ModelLayout, decode_flat, encode_flat
 
 
 def test_encode_matches_numpy_save_and_decode_is_zero_copy() -> None:

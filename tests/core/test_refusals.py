@@ -17,6 +17,7 @@ from fedsilo import lineage
 from fedsilo.cli import main
 from fedsilo.server.config import ConfigError, RunConfig, SecAggSettings, overreach
 from fedsilo.server.loop import FederationError, FederationServer, ServerSpec
+from fedsilo.simulations.config import SimulationConfig
 from fedsilo.simulations.runner import check_feasible, run_federation
 from fedsilo.strategies import registry
 
@@ -71,8 +72,8 @@ def test_refused_before_the_run_starts(argv: list[str], expected: str, tmp_path:
 def test_within_tolerance_or_no_stated_tolerance_is_not_refused(aggregator: str) -> None:
     # krum needs n >= 2f + 3, bulyan n >= 4f + 3
     sites, malicious = {"krum:f=4": (11, 4), "bulyan:f=1": (7, 1)}.get(aggregator, (10, 4))
-    config = RunConfig.load(None, {"aggregator": aggregator, "attack": "sign_flip",
-                                   "malicious": malicious, "sites": sites})
+    config = SimulationConfig.load(None, {"aggregator": aggregator, "attack": "sign_flip",
+                                          "malicious": malicious, "sites": sites})
     check_feasible(config)  # no ConfigError
     found = overreach(config)
     if aggregator in ("mean", "norm_bounding", "fltrust"):  # no stated tolerance: noted only
@@ -97,7 +98,7 @@ def test_allow_overreach_runs_and_genesis_says_it_is_outside_the_guarantee(
     toml = tmp_path / "run.toml"
     toml.write_text('sites = 5\nrounds = 1\naggregator = "krum:f=1"\nattack = "sign_flip"\n'
                     'malicious = 2\nallow_overreach = true\n')
-    config = RunConfig.load(toml, {"out": str(tmp_path), "run_id": "over"})
+    config = SimulationConfig.load(toml, {"out": str(tmp_path), "run_id": "over"})
     assert config.allow_overreach is True
     run = run_federation(config, engine="inprocess")
     genesis = lineage.read_chain(run.run_dir / "lineage.sqlite")[0]["body"]
@@ -110,9 +111,9 @@ def test_allow_overreach_runs_and_genesis_says_it_is_outside_the_guarantee(
 
 
 def test_a_run_within_tolerance_has_no_notes_in_genesis(tmp_path: Path) -> None:
-    config = RunConfig.load(None, {"sites": 5, "rounds": 1, "aggregator": "krum:f=1",
-                                   "attack": "sign_flip", "malicious": 1,
-                                   "out": str(tmp_path), "run_id": "within"})
+    config = SimulationConfig.load(None, {"sites": 5, "rounds": 1, "aggregator": "krum:f=1",
+                                          "attack": "sign_flip", "malicious": 1,
+                                          "out": str(tmp_path), "run_id": "within"})
     run = run_federation(config, engine="inprocess")
     assert "notes" not in lineage.read_chain(run.run_dir / "lineage.sqlite")[0]["body"]
 

@@ -34,6 +34,9 @@ def env_for(flwr_home: Path) -> dict[str, str]:
     """Environment of every test process: telemetry off, FLWR_HOME in tmp, tests importable."""
     env = child_env(flwr_home)
     env["NO_COLOR"] = "1"
+    # Flower's SuperExec checks for a ClientApp/ServerApp to start once a second by
+    # default; each message of a round waits for that poll, so poll faster here.
+    env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH", "")) if p)
     return env
 

@@ -78,7 +78,7 @@ def test_generated_app_is_a_valid_flower_app(tmp_path: Path) -> None:
     assert config is not None, warnings
     flwr_app = config["tool"]["flwr"]["app"]
     assert flwr_app["components"] == {"serverapp": "fedsilo.server.flower_app:server_app",
-                                      "clientapp": "fedsilo.server.flower_app:client_app"}
+                                      "clientapp": "fedsilo.client.flower_app:client_app"}
     assert flwr_app["config"]["rounds"] == 2 and flwr_app["config"]["dp"]["enabled"] is False
 
 
@@ -94,7 +94,7 @@ def test_example_app_is_valid_and_points_at_fedsilo() -> None:
     app = Path(__file__).resolve().parents[2] / "examples" / "flower-app"
     config, warnings = load_and_validate(app / "pyproject.toml")
     assert config is not None, warnings
-    assert config["tool"]["flwr"]["app"]["components"]["clientapp"] == "fedsilo.server.flower_app:client_app"
+    assert config["tool"]["flwr"]["app"]["components"]["clientapp"] == "fedsilo.client.flower_app:client_app"
     raw = run_config_dict(config["tool"]["flwr"]["app"]["config"])
     raw.pop("server_key")
     raw.pop("run_id")

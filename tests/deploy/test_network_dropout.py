@@ -64,7 +64,7 @@ def test_killed_supernodes_are_dropped_and_quorum_keeps_the_model(tmp_path: Path
         safety = 2 * round_timeout + now.scaled(120)  # start-up + one round, with margin
         submitted = time.monotonic()
         run_id = flwr_json(procs.env, "run", str(REPO / "examples" / "flower-app"), "t",
-                           "--run-config", f"rounds=3 min-sites=2 round-timeout={round_timeout:.1f} "
+                           "--run-config", f"rounds=3 min-sites=2 eval-every=0 round-timeout={round_timeout:.1f} "
                            f"out='{out}' run-id='drop'")["run-id"]
         wait_for(lambda: "genesis" in chain_types(run_dir), "every site's handshake (genesis)",
                  safety, state=lambda: chain_types(run_dir))

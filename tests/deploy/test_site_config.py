@@ -88,8 +88,8 @@ def test_load_site_builds_key_ledger_policy_and_answers_a_round(tmp_path: Path) 
     from helpers.messages import message  # tests/ is on sys.path (rootdir conftest)
 
     from fedsilo.client.app import _train_reply
+    from fedsilo.common import codec
     from fedsilo.lineage.signing import verify_contribution
-    from fedsilo.strategies import codec
 
     path = write_site_toml(tmp_path / "site.toml", trainer_options={"step": 0.5, "examples": 11},
                            policy={"allowed_aggregators": ["mean"]})

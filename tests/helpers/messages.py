@@ -20,7 +20,7 @@ from flwr.app import (
     RecordDict,
 )
 
-from fedsilo.strategies.codec import ModelLayout, encode_flat
+from fedsilo.common.codec import ModelLayout, encode_flat
 
 RUN_ID = 1
 

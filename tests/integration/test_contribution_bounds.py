@@ -21,13 +21,13 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from fedsilo import lineage
 from fedsilo.client import FitResult, Site, make_client_app
+from fedsilo.common import codec
 from fedsilo.server.app import ServerOutcome, make_server_app
 from fedsilo.server.checkpoint import read_checkpoint
 from fedsilo.server.config import RunConfig
 from fedsilo.simulations.inprocess import run_in_process
 from fedsilo.simulations.runner import build_server_spec
 from fedsilo.simulations.sites import simulated_site
-from fedsilo.strategies import codec
 
 Forge = Callable[[str, Message, Message], Message]
 """(site id, the server's message, the site's reply) -> the reply actually sent."""

@@ -177,8 +177,9 @@ def test_a_deployment_run_with_evaluate_scores_without_training(
     the SuperNodes (``partition-id`` sites)."""
     from flwr.app import Context, RecordDict
 
+    from fedsilo.client.flower_app import client_app
     from fedsilo.server.deploy import app_run_config
-    from fedsilo.server.flower_app import client_app, server_app
+    from fedsilo.server.flower_app import server_app
     from fedsilo.simulations.inprocess import InProcessGrid
 
     model = tmp_path / "model.npz"

@@ -8,7 +8,7 @@ the bound or overflowing float32, missing and extra records, fields, arrays and 
 wrong layouts, digests, signatures, fingerprints, a wrong round, a replay of the
 previous round, a duplicated message, error replies, refusals, silence, a stray node).
 
-Each round runs through `FederationServer._round`, the very function a plain round uses
+Each round runs through `fedsilo.server.round.run_round`, the very function a plain round uses
 (sampling, screening, signatures, aggregation, the server step, the round record), on a
 stand-in Grid that returns the generated replies. The properties:
 
@@ -36,10 +36,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedsilo import lineage
+from fedsilo.common import codec
 from fedsilo.lineage.canonical import canonical_json
 from fedsilo.server.config import RunConfig
 from fedsilo.server.loop import FederationServer, ServerSpec, SiteInfo
-from fedsilo.strategies import codec
+from fedsilo.server.round import run_round
 
 RUN_ID = "fuzz"
 ROUND = 2
@@ -236,18 +237,14 @@ def _server() -> FederationServer:
     server = FederationServer(ServerSpec(config=CONFIG, run_id=RUN_ID, initial_weights=INITIAL))
     server.sites = [SiteInfo(s, NODE[s], lineage.public_key_hex(KEYS[s]), FINGERPRINT[s], "{}",
                              num_examples=DECLARED[s]) for s in SITES]
-    server.writer = _Records()
+    server.store.writer = _Records()
     return server
 
 
 def _run_round(replies: list[Message]) -> tuple[FederationServer, Any]:
     server = _server()
-    try:
-        server._round(_Grid(replies), ROUND)
-        server._persist_wait()  # the record is appended on the persist thread
-    finally:
-        server._persist_pool.shutdown(wait=True)
-    (record,) = server.writer.records
+    run_round(server, _Grid(replies), ROUND)
+    (record,) = server.store.writer.records
     return server, record
 
 

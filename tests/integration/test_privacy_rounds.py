@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from fedsilo import lineage
-from fedsilo.server.config import RunConfig
+from fedsilo.simulations.config import SimulationConfig
 from fedsilo.simulations.runner import run_federation
 
 
 def _run(tmp_path: Path, run_id: str, **opts: object):
-    cfg = RunConfig.load(None, {"out": str(tmp_path), "run_id": run_id, **opts})
+    cfg = SimulationConfig.load(None, {"out": str(tmp_path), "run_id": run_id, **opts})
     return run_federation(cfg, engine="inprocess")
 
 

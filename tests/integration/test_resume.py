@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -75,23 +76,25 @@ def test_sigkill_at_several_points_then_resume_gives_the_same_model(tmp_path: Pa
 def test_checkpoint_holds_the_state_of_its_own_round_when_the_write_lags(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The persist thread writes round r's checkpoint while round r+1 already runs.
+    """`RunStore.commit_round` writes round r's checkpoint before round r+1 starts.
 
     A slow disk (here: a 0.4 s pause before each write) must not let round r+1's
     sampling draw leak into round r's checkpoint: a resume from it would sample
-    different sites and end with a different model (seen once on a loaded CI machine).
+    different sites and end with a different model (seen once on a loaded CI machine,
+    when a background thread wrote the checkpoints).
     """
-    from fedsilo.server import loop
+    from fedsilo.server import round as round_steps
+    from fedsilo.server import run_store
 
     after_sample: list[dict] = []
     model_before: list[np.ndarray] = []  # the model each round starts from
     written: list[tuple[int, dict, np.ndarray]] = []
-    sample = loop.FederationServer._sample
+    sample = round_steps.sample
 
-    def recording_sample(self: loop.FederationServer) -> list:
-        sites = sample(self)
-        after_sample.append(copy.deepcopy(self.rng.bit_generator.state))
-        model_before.append(self.model.copy())
+    def recording_sample(server: Any) -> list:
+        sites = sample(server)
+        after_sample.append(copy.deepcopy(server.rng.bit_generator.state))
+        model_before.append(server.model.copy())
         return sites
 
     def slow_fault_point(name: str, server_round: int) -> None:
@@ -102,9 +105,9 @@ def test_checkpoint_holds_the_state_of_its_own_round_when_the_write_lags(
         written.append((ckpt.round, copy.deepcopy(ckpt.rng_state), ckpt.model.copy()))
         return write_checkpoint(run_dir, ckpt)
 
-    monkeypatch.setattr(loop.FederationServer, "_sample", recording_sample)
-    monkeypatch.setattr(loop, "fault_point", slow_fault_point)
-    monkeypatch.setattr(loop, "write_checkpoint", recording_write)
+    monkeypatch.setattr(round_steps, "sample", recording_sample)
+    monkeypatch.setattr(run_store, "fault_point", slow_fault_point)
+    monkeypatch.setattr(run_store, "write_checkpoint", recording_write)
     run = run_federation(RunConfig.load(None, {**OPTS, "rounds": 3, "out": str(tmp_path), "run_id": "lag"}),
                          engine="inprocess")
     assert [r for r, _, _ in written] == [1, 2, 3]

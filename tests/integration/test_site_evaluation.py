@@ -35,8 +35,6 @@ from fedsilo.simulations.runner import SimulationRun, build_server_spec, run_fed
 from fedsilo.simulations.sites import simulated_site
 from fedsilo.tasks.datasets import load_dataset
 
-DEFAULT_DIGEST = "sha256:3cbb2c600b1df16522b9c0fe99caf218a557c1d2d5d0a37a41b1075cee331f16"
-
 
 def _rounds(run_dir: Path) -> list[dict[str, Any]]:
     return [e["body"] for e in lineage.read_chain(run_dir / "lineage.sqlite") if e["type"] == "round"]
@@ -64,10 +62,17 @@ def every_other(tmp_path_factory: pytest.TempPathFactory) -> SimulationRun:
     return run_federation(cfg, engine="inprocess")
 
 
-def test_the_default_run_keeps_its_model_digest(default_run: SimulationRun) -> None:
-    # held-out rows come from the central test split: no training row changed
-    assert default_run.final_digest == DEFAULT_DIGEST
-    assert default_run.final_accuracy == pytest.approx(0.9333, abs=5e-5)
+def test_site_evaluation_changes_no_training(default_run: SimulationRun,
+                                              tmp_path: Path) -> None:
+    """The sites' held-out rows come from the central test split and scoring draws no
+    randomness: the default run trains exactly the model of the same run without per-site
+    evaluation. (An absolute digest is not pinned: torch's CPU kernels differ by CPU, e.g.
+    AVX-512 and AVX2 machines give different low bits.)"""
+    quiet = run_federation(RunConfig.load(None, {"out": str(tmp_path), "run_id": "q",
+                                                 "eval_every": 0}), engine="inprocess")
+    assert default_run.final_digest == quiet.final_digest
+    assert default_run.final_accuracy == quiet.final_accuracy
+    assert default_run.final_accuracy > 0.9  # 10 classes; the README's run gives 0.9333
 
 
 def test_every_sampled_site_signs_its_score_of_each_rounds_model(default_run: SimulationRun) -> None:

@@ -18,11 +18,11 @@ from fedsilo.privacy.secagg import (
     UnmaskReply,
     UnmaskRequest,
     crypto,
-    run_round,
     shamir,
 )
 
 from .helpers import assert_exact_sum, make_inputs
+from .memory_driver import run_round
 
 CFG = SecAggConfig(max_weight=10.0)
 INPUTS = make_inputs(10, 200, seed=5)

@@ -1,4 +1,4 @@
-"""The Message API glue (run_secagg_round + register_secagg) over an in-process grid."""
+"""The Message API glue (`SecAggSession.exchange` + register_secagg) over an in-process grid."""
 
 from collections.abc import Iterator
 
@@ -9,10 +9,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsilo.privacy.secagg import SecAggConfig
 from fedsilo.privacy.secagg.records import MASKED_KEY, RECORD_KEY, ids_from_bytes
-from fedsilo.server.secagg_round import run_secagg_round
 
 from .apps import D, make_client_app, site_update, train_content
 from .fake_grid import FakeGrid
+from .helpers import run_secagg_round
 
 NODES = [7001 + 13 * i for i in range(8)]
 CFG = SecAggConfig(clip_range=0.5, bits=20, max_weight=100.0)

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from fedsilo.privacy.secagg import STAGES, SecAggConfig, run_round
+from fedsilo.privacy.secagg import STAGES, SecAggConfig
 
 from .helpers import assert_exact_sum, make_inputs
+from .memory_driver import run_round
 
 CFG = SecAggConfig(clip_range=1.0, bits=20, max_weight=10.0)
 

@@ -1,7 +1,7 @@
 """Issue 19 point 6: under SecAgg+ every site signs what it sends, and the server checks it.
 
 The real handler (`register_secagg` with ``identify``) and the real round driver
-(`run_secagg_round` with ``signers``) over the in-process grid: each site signs the digest
+(`SecAggSession.exchange` with ``signers``) over the in-process grid: each site signs the digest
 of the exact masked uint32 vector it sends and of its unmask reply; a reply whose signature
 is missing, altered, made with another key or not in lower-case hex excludes the site as
 a dropout would (its masks are then removed through its key shares), with the reason.
@@ -23,7 +23,8 @@ from fedsilo.lineage import SiteLedger, sign_contribution, update_digest, verify
 from fedsilo.lineage.signing import unmask_digest, verify_unmask
 from fedsilo.privacy.secagg import SecAggConfig
 from fedsilo.privacy.secagg.records import ATTEST_KEY, MASKED_KEY, RECORD_KEY, ids_from_bytes
-from fedsilo.server.secagg_round import SecAggOutcome, Signer, round_audit, run_secagg_round
+from fedsilo.server.secagg_round import SecAggOutcome, Signer
+from fedsilo.server.verify_replies import round_audit
 
 from .apps import (
     make_client_app,
@@ -34,6 +35,7 @@ from .apps import (
     write_site_key,
 )
 from .fake_grid import FakeGrid
+from .helpers import run_secagg_round
 
 NODES = [9001 + 17 * i for i in range(6)]
 CFG = SecAggConfig(clip_range=0.5, bits=20, max_weight=100.0)

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from helpers.waiting import Startup, wait_for
 
 from fedsilo.privacy.secagg import SecAggConfig
-from fedsilo.server.secagg_round import SecAggOutcome, run_secagg_round
+from fedsilo.server.secagg_round import SecAggOutcome, SecAggSession
 
 from .apps import site_update, train_content
 
@@ -53,11 +53,10 @@ def _server_app(timeout: float) -> ServerApp:
         # virtual nodes register asynchronously
         nodes: list[int] = wait_for(lambda: len(ids := sorted(grid.get_node_ids())) >= N and ids,
                                     f"{N} virtual nodes to register", timeout, poll=0.2)
+        session = SecAggSession(CFG, "sim-run", timeout=timeout)  # keeps round 2's keys
         for rnd in (1, 2):
-            OUTCOMES.append(run_secagg_round(
-                grid, nodes, train_content=train_content(rnd), config=CFG,
-                run_id="sim-run", server_round=rnd, timeout=timeout, announce_next=rnd == 1,
-                preadvertised=OUTCOMES[-1].next_keys if OUTCOMES else None))
+            OUTCOMES.append(session.exchange(grid, nodes, train_content=train_content(rnd),
+                                             server_round=rnd, announce_next=rnd == 1))
 
     return app
 

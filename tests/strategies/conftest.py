@@ -16,13 +16,11 @@ if _TESTS not in sys.path:
 import pytest  # noqa: E402
 
 
-@pytest.fixture(params=["numpy", "compiled"])
-def kernel_path(request, monkeypatch) -> str:
-    """Run a median/geometric-median test on the small-round numpy path and on the
-    compiled one (generated median network, one-pass Weiszfeld steps)."""
-    if request.param == "compiled":
-        from fedsilo.strategies.aggregators import geometric_median, median
+@pytest.fixture(params=["numpy", "numba"])
+def kernel_path(request):
+    """Run a test on the numpy reference kernels and on the numba accelerator."""
+    from fedsilo.strategies import kernels
 
-        monkeypatch.setattr(geometric_median, "FUSED_MIN_VALUES", 0)
-        monkeypatch.setattr(median, "FUSED_MIN_VALUES", 0)
-    return request.param
+    previous = kernels.use_accelerator(request.param)
+    yield request.param
+    kernels.use_accelerator(previous)

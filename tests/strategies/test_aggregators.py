@@ -63,7 +63,7 @@ def test_norm_bounding_clips_then_averages() -> None:
 def test_fltrust_formula_and_fates() -> None:
     X = np.array([[1, 0], [0, 2], [-1, 0], [2, 2]], np.float32)
     batch = batch_of(X)
-    batch.root_update = np.array([3, 0], np.float32)
+    batch = batch.with_root_update(np.array([3, 0], np.float32))
     result = make_aggregator("fltrust").aggregate(batch)
     ts = np.array([1.0, 0.0, 0.0, np.sqrt(0.5)])
     rescaled = X / np.linalg.norm(X, axis=1, keepdims=True) * 3
@@ -79,7 +79,7 @@ def test_fltrust_needs_a_root_update() -> None:
 
 def test_fltrust_all_untrusted_gives_zero_update() -> None:
     batch = batch_of(np.array([[-1, 0], [-2, 0]], np.float32))
-    batch.root_update = np.array([1, 0], np.float32)
+    batch = batch.with_root_update(np.array([1, 0], np.float32))
     result = make_aggregator("fltrust").aggregate(batch)
     assert result.info["all_untrusted"] is True
     np.testing.assert_array_equal(result.update, [0, 0])
@@ -149,8 +149,10 @@ def test_impossible_parameters_are_refused_at_construction(spec: str, message: s
 def test_secure_aggregation_compatibility_flags() -> None:
     from fedsilo.strategies.registry import aggregators
 
-    sum_only = {name for name, cls in aggregators().items() if not cls.needs_individual_updates}
+    sum_only = {name for name, cls in aggregators().items() if cls.sum_only}
     assert sum_only == {"mean"}
+    # the old spelling still reads (and, set by a plugin, still means) the same
+    assert all(cls.needs_individual_updates is not cls.sum_only for cls in aggregators().values())
 
 
 def test_bulyan_window_ties_resolve_towards_lower_values() -> None:

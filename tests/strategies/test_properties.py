@@ -74,7 +74,7 @@ def test_equal_inputs_give_that_input(x: np.ndarray, n: int) -> None:
         np.testing.assert_allclose(out, x, rtol=1e-5, atol=1e-4, err_msg=spec)
     if np.linalg.norm(x) > 0:
         batch = batch_of(X)
-        batch.root_update = x
+        batch = batch.with_root_update(x)
         np.testing.assert_allclose(make_aggregator("fltrust").aggregate(batch).update, x,
                                    rtol=1e-5, atol=1e-4)
 
@@ -154,7 +154,7 @@ def test_norm_bounding_and_fltrust_bound_the_norm(X: np.ndarray, bound: np.ndarr
     out = make_aggregator(f"norm_bounding:max_norm={bound[0]}").aggregate(batch_of(X)).update
     assert np.linalg.norm(out) <= bound[0] * (1 + 1e-5)
     batch = batch_of(X)
-    batch.root_update = X[0] if np.linalg.norm(X[0]) > 0 else np.ones(X.shape[1], np.float32)
+    batch = batch.with_root_update(X[0] if np.linalg.norm(X[0]) > 0 else np.ones(X.shape[1], np.float32))
     out = make_aggregator("fltrust").aggregate(batch).update
     assert np.linalg.norm(out) <= np.linalg.norm(batch.root_update) * (1 + 1e-5)
 

@@ -7,8 +7,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from helpers.messages import error_message, message, reply_content
 
+from fedsilo.common.codec import decode_flat, encode_flat
 from fedsilo.privacy.screening import ScreeningError, ScreeningPolicy, screen_reply
-from fedsilo.strategies.codec import decode_flat, encode_flat
 from fedsilo.strategies.pipeline import batch_from_replies, encode_model
 
 D = 8
@@ -93,8 +93,8 @@ def test_batch_from_replies_accepts_rejects_and_names_sites() -> None:
     ]
     site_of = {11: "hospital-a", 12: "hospital-b", 13: "hospital-c", 14: "hospital-d"}
     batch, rejected = batch_from_replies(replies, dim=D, site_of=site_of, policy=ScreeningPolicy())
-    assert batch.site_ids == ["hospital-a", "hospital-d"]
-    assert batch.node_ids == [11, 14]
+    assert batch.site_ids == ("hospital-a", "hospital-d")
+    assert batch.node_ids == (11, 14)
     np.testing.assert_array_equal(batch.weights, [5.0, 15.0])
     assert rejected == {
         "hospital-b": "update: 8 non-finite values (NaN or Inf)",
@@ -112,29 +112,25 @@ def test_encode_model_round_trips() -> None:
     np.testing.assert_array_equal(record["model"].numpy(), flat)
 
 
-def test_sum_accumulated_while_screening_equals_the_streamed_mean() -> None:
+def test_the_mean_is_the_same_whatever_the_server_passes_and_is_computed_once() -> None:
     from fedsilo.strategies import make_aggregator
 
     rng = np.random.default_rng(3)
     deltas = rng.standard_normal((5, D)).astype(np.float32)
     replies = [message(reply_content(deltas[i], 10 * (i + 1)), i + 1) for i in range(5)]
     kwargs = {"dim": D, "site_of": {}, "policy": ScreeningPolicy()}
-    fused, _ = batch_from_replies(replies, accumulate=True, **kwargs)
+    # the precomputation switches are accepted and ignored (until the server drops them)
+    flagged, _ = batch_from_replies(replies, accumulate=True, gram=True, median=True, **kwargs)
     plain, _ = batch_from_replies(replies, **kwargs)
-    assert fused.precomputed_sum() is not None and plain.precomputed_sum() is None
-    assert fused.subset(range(5)).precomputed_sum() is fused.weighted_sum
-    assert fused.subset([0, 1, 2, 4]).precomputed_sum() is None
+    assert "weighted_mean" not in vars(flagged) and "gram" not in vars(flagged)
     expected = (np.arange(1, 6) * 10 / 150) @ deltas.astype(np.float64)
     mean = make_aggregator("mean")
-    np.testing.assert_allclose(mean.aggregate(fused).update, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(mean.aggregate(plain).update, expected, rtol=1e-5, atol=1e-6)
-    # replacing a row (e.g. clipping) or a weight invalidates the precomputed sum
-    fused.updates[0] = np.zeros(D, np.float32)
-    assert fused.precomputed_sum() is None
+    first = mean.aggregate(flagged).update
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-6)
+    assert mean.aggregate(flagged).update is first  # computed once, kept on the batch
+    assert mean.aggregate(plain).update.tobytes() == first.tobytes()
+    # a subset is a new batch with its own mean
     np.testing.assert_allclose(
-        mean.aggregate(fused).update, (np.arange(2, 6) * 10 / 150) @ deltas[1:].astype(np.float64),
-        rtol=1e-5, atol=1e-6,
+        mean.aggregate(flagged.subset([1, 2, 3, 4])).update,
+        (np.arange(2, 6) * 10 / 140) @ deltas[1:].astype(np.float64), rtol=1e-5, atol=1e-6,
     )
-    again, _ = batch_from_replies(replies, accumulate=True, **kwargs)
-    again.weights = np.ones(5)
-    assert again.precomputed_sum() is None

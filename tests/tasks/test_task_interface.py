@@ -210,8 +210,8 @@ def test_sdk_drops_frozen_layers_from_the_update() -> None:
 
     from fedsilo.client.app import local_delta
     from fedsilo.client.task_site import task_site
+    from fedsilo.common import codec
     from fedsilo.server.task_round import ModelParts
-    from fedsilo.strategies import codec
 
     task = user_task.TinyTask()
     weights = task.initial_weights()

@@ -1,9 +1,11 @@
-"""In-memory protocol driver: runs one full SecAgg+ round without any transport.
+"""In-memory protocol driver for tests: one full SecAgg+ round without any transport.
 
-Used by unit tests and benchmarks; the Flower glue (`fedsilo.server.secagg_round`)
-does the same with `grid.send_and_receive`. Hooks let a test drop sites at a stage,
-tamper with requests (a malicious server / network) or replies (a malicious site),
-and record everything the server receives.
+The protocol's state machines (`SecAggServer`, `SecAggClient`) stepped directly, stage by
+stage; the server's one driver of secure rounds is `fedsilo.server.secagg_round.
+SecAggSession` (over Flower's Message API). Hooks let a test drop sites at a stage,
+tamper with requests (a malicious server / network) or replies (a malicious site), and
+record everything the server receives. ``benchmarks/bench_secagg.py`` times the protocol's
+compute with it.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .client import SecAggClient
-from .config import SecAggConfig
-from .errors import SecAggAbort, SecAggClientError
-from .messages import SiteError
-from .server import AggregateResult, SecAggServer
+from fedsilo.privacy.secagg.client import SecAggClient
+from fedsilo.privacy.secagg.config import SecAggConfig
+from fedsilo.privacy.secagg.errors import SecAggAbort, SecAggClientError
+from fedsilo.privacy.secagg.messages import SiteError
+from fedsilo.privacy.secagg.server import AggregateResult, SecAggServer
 
 Tamper = Callable[[str, int, object], object]
 

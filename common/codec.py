@@ -21,13 +21,14 @@ from typing import TypeVar
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from ..common import npy
+from . import npy
+from .errors import FedsiloError
 
 FLAT_DTYPE = np.dtype("<f4")
 _Record = TypeVar("_Record", ArrayRecord, ConfigRecord, MetricRecord)
 
 
-class LayoutError(ValueError):
+class LayoutError(FedsiloError, ValueError):
     """An array or a layout does not match what was expected."""
 
 
@@ -143,22 +144,21 @@ def decode_flat(array: Array, *, expected_size: int | None = None) -> np.ndarray
 
 
 
-# Wire format of fedsilo's messages (record names inside a Flower RecordDict).
-# Server -> site (train):  "global" ArrayRecord {"model": flat}, "config" ConfigRecord
-#                          (round config + "layout" JSON), "federation" ConfigRecord.
-# Site -> server (train):  "update" ArrayRecord {"delta": flat}, "metrics" MetricRecord
-#                          ({"num-examples", ...}), "site" ConfigRecord (site id, digests,
-#                          signature), or "refusal" ConfigRecord {"site_id", "reason"}.
-GLOBAL_RECORD = "global"
-MODEL_KEY = "model"
-CONFIG_RECORD = "config"
-FEDERATION_RECORD = "federation"
-UPDATE_RECORD = "update"
-DELTA_KEY = "delta"
-METRICS_RECORD = "metrics"
-SITE_RECORD = "site"
-REFUSAL_RECORD = "refusal"
-NUM_EXAMPLES_KEY = "num-examples"
+# Wire format of fedsilo's messages (record names inside a Flower RecordDict): defined
+# with the typed messages in `fedsilo.common.protocol`, re-exported here for the code
+# that has always imported them from the codec.
+from .protocol import (  # noqa: E402, F401
+    CONFIG_RECORD,
+    DELTA_KEY,
+    FEDERATION_RECORD,
+    GLOBAL_RECORD,
+    METRICS_RECORD,
+    MODEL_KEY,
+    NUM_EXAMPLES_KEY,
+    REFUSAL_RECORD,
+    SITE_RECORD,
+    UPDATE_RECORD,
+)
 
 
 def record(content: RecordDict, name: str, kind: type[_Record]) -> _Record | None:

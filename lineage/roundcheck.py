@@ -1,0 +1,169 @@
+"""The round-record side of ``lineage verify``: model chain, contributions, evaluations.
+
+:class:`RoundChecks` is the part of :class:`fedsilo.lineage.chaincheck.ChainChecker` that
+checks one round record whose body already matched its schema: rounds increase, ``model_in``
+is the model the chain is at, each contribution comes once from a known, joined site (its
+signature queued on the :class:`~fedsilo.lineage.sigcheck.SignaturePool`), ``accepted``
+equals the contributions whose fate is :attr:`Fate.ACCEPTED`, SecAgg+ detail only in SecAgg+
+rounds, and each evaluation is of the round's ``model_out``, once per site.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .fates import Fate, SecAggFate
+from .sigcheck import Failure, SignaturePool
+from .signing import CONTRIBUTION_SCHEMA, evaluation_message, unmask_message
+
+SIG_HEX = re.compile(r"[0-9a-f]{128}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_SECAGG_FATES = frozenset(f.value for f in SecAggFate)
+
+
+class RoundChecks:
+    """Round checks over the chain state kept by :class:`ChainChecker`.
+
+    Attributes (set by the checker):
+        check_sites: whether site signatures are checked.
+        signatures: the pool the site signature checks are queued on.
+        run_id: the genesis run id (signed messages name it).
+        sites: site id -> (public key, first round it may contribute to).
+        current: the model the chain is at; after_round: round -> model after it.
+        last_round: the last round seen; rounds, site_signatures: counters.
+    """
+
+    check_sites: bool
+    signatures: SignaturePool
+    run_id: str
+    _run_id_json: str
+    sites: dict[str, tuple[Ed25519PublicKey, int]]
+    current: str | None
+    after_round: dict[int, str]
+    last_round: int
+    rounds: int
+    site_signatures: int
+
+    def _round(self, i: int, body: dict[str, Any]) -> None:
+        r = body["round"]
+        self.rounds += 1
+        if r <= self.last_round:
+            raise Failure(i, "round", f"round {r} does not follow round {self.last_round}")
+        if body["model_in"] != self.current:
+            raise Failure(
+                i, "round",
+                f"round {r} model_in {body['model_in']} is not the current model {self.current}",
+            )
+        if body["status"] == "skipped":
+            if body["model_out"] != body["model_in"]:
+                raise Failure(i, "round", f"skipped round {r} changed the model")
+        else:
+            self.current = body["model_out"]
+        self.after_round[r] = self.current
+        self.last_round = r
+        accepted = self._contributions(i, r, body)
+        if accepted != set(body["accepted"]) or len(body["accepted"]) != len(accepted):
+            raise Failure(
+                i, "round",
+                f"accepted list {sorted(body['accepted'])} does not match the accepted "
+                f"contributions {sorted(accepted)}",
+            )
+        self._evaluations(i, r, body)
+
+    def _contributions(self, i: int, r: int, body: dict[str, Any]) -> set[str]:
+        """Check each contribution of round ``r``; return the accepted site ids."""
+        seen: set[str] = set()
+        accepted: set[str] = set()
+        # contribution_message's canonical JSON, built by hand: it runs once per contribution
+        prefix = '{"data_fingerprint":"'
+        middle = f'","round":{r},"run_id":{self._run_id_json},"schema":"{CONTRIBUTION_SCHEMA}"'
+        for c in body["contributions"]:
+            site_id = c["site_id"]
+            if site_id in seen:
+                raise Failure(i, "round", f"site {site_id!r} contributes twice in round {r}")
+            seen.add(site_id)
+            if c["fate"] == Fate.ACCEPTED:
+                accepted.add(site_id)
+            entry = self.sites.get(site_id)
+            if entry is None:
+                raise Failure(i, "round", f"contribution from unknown site {site_id!r}")
+            if entry[1] > r:
+                raise Failure(
+                    i, "round", f"site {site_id!r} contributes in round {r} before joining"
+                )
+            if self.check_sites:
+                message = (
+                    prefix + c["data_fingerprint"] + middle + ',"update_digest":"'
+                    + c["update_digest"] + '"}'
+                ).encode("utf-8")
+                what = f"site signature of {site_id!r} invalid"
+                self.signatures.queue(
+                    (i, "round", what, entry[0], bytes.fromhex(c["signature"]), message)
+                )
+                self.site_signatures += 1
+            secagg = c["detail"].get("secagg")
+            if (secagg is not None or c["num_examples"] is None) and body["secagg"] is None:
+                # a secret count or SecAgg+ detail belongs to secure rounds only
+                raise Failure(
+                    i, "round", f"site {site_id!r} contribution has a SecAgg+ form (null "
+                    "num_examples or detail.secagg) in a round without SecAgg+"
+                )
+            if secagg is not None:
+                self._secagg_contribution(i, r, site_id, secagg, entry[0])
+        return accepted
+
+    def _evaluations(self, i: int, r: int, body: dict[str, Any]) -> None:
+        """The sites' signed evaluations of the round's model (optional field): each from
+        a known site, once, of ``model_out``, with its signature checked and counted."""
+        seen: set[str] = set()
+        for e in body.get("evaluations", ()):
+            site_id = e["site_id"]
+            entry = self.sites.get(site_id)
+            if entry is None or entry[1] > r:
+                why = "unknown" if entry is None else "not yet joined"
+                raise Failure(i, "round", f"evaluation from {why} site {site_id!r}")
+            if site_id in seen:
+                raise Failure(i, "round", f"site {site_id!r} evaluates twice in round {r}")
+            seen.add(site_id)
+            if e["model_digest"] != body["model_out"]:
+                raise Failure(
+                    i, "round", f"site {site_id!r} evaluation is of model {e['model_digest']}, "
+                    f"not the round's model_out {body['model_out']}"
+                )
+            if self.check_sites:
+                message = evaluation_message(self.run_id, r, e["model_digest"], e["loss"],
+                                             e["metrics"], e["num_examples"])
+                what = f"site signature of {site_id!r} over its evaluation invalid"
+                self.signatures.queue(
+                    (i, "round", what, entry[0], bytes.fromhex(e["signature"]), message)
+                )
+                self.site_signatures += 1
+
+    def _secagg_contribution(
+        self, i: int, r: int, site_id: str, secagg: Any, public: Ed25519PublicKey
+    ) -> None:
+        """A SecAgg+ contribution's ``detail.secagg``: its fate, and the site's signature
+        over its unmask reply (checked like the contribution's own)."""
+        where = f"site {site_id!r} contribution detail.secagg"
+        if type(secagg) is not dict or secagg.get("fate") not in _SECAGG_FATES:
+            raise Failure(
+                i, "round", f"{where}: expected an object with a fate in {sorted(_SECAGG_FATES)}"
+            )
+        unmask = {k: secagg[k] for k in ("unmask_digest", "unmask_signature") if k in secagg}
+        if not unmask:
+            return
+        digest, signature = unmask.get("unmask_digest"), unmask.get("unmask_signature")
+        if not (isinstance(digest, str) and _DIGEST.fullmatch(digest)):
+            raise Failure(i, "round", f"{where}.unmask_digest: expected 'sha256:<64 hex>'")
+        if not (isinstance(signature, str) and SIG_HEX.fullmatch(signature)):
+            raise Failure(
+                i, "round", f"{where}.unmask_signature: expected 128 lower-case hex characters"
+            )
+        if self.check_sites:
+            message = unmask_message(self.run_id, r, digest)
+            what = f"site signature of {site_id!r} over its SecAgg+ unmask reply invalid"
+            self.signatures.queue((i, "round", what, public, bytes.fromhex(signature), message))
+            self.site_signatures += 1
