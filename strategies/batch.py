@@ -122,9 +122,9 @@ class UpdateBatch:
     def sq_norms(self) -> np.ndarray:
         """Squared L2 norm of each row, float64 (float32-accumulated: NaN/Inf where a row
         is not finite or overflows float32 when squared). Screening reads these."""
-        if kernels.accelerated() and self.n and self.weights.sum() > 0:
-            # the compiled kernel sums the rows in the same pass as their norms (memory
-            # bound: the sum is nearly free); keep the mean it gives
+        if self.n and self.weights.sum() > 0:
+            # the rows are summed in the same pass as their norms (memory bound: the sum
+            # is nearly free while a tile is in cache); keep the mean it gives
             coeffs, factor = mean_coefficients(self.weights)
             total, sq = kernels.norms_and_sum(self.updates, coeffs)
             self.__dict__["weighted_mean"] = _read_only(total * np.float32(factor))

@@ -77,16 +77,41 @@ def weighted_sum(rows: Sequence[np.ndarray], coeffs: np.ndarray) -> np.ndarray:
     return acc
 
 
+SUM_TILE = 1 << 15
+"""Values per tile of `norms_and_sum` (128 KB of float32: a row's tile and the
+accumulator's stay in cache between the norm and the sum). A multiple of every SIMD
+width, so each element's saxpy arithmetic is the same as over the whole row."""
+
+
 def norms_and_sum(rows: Sequence[np.ndarray], coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(weighted_sum(rows, coeffs), row_dots(rows))``: one compiled pass when the numba
-    accelerator is on (`fused.screen_and_sum`), else the two numpy kernels."""
+    """``(weighted_sum(rows, coeffs), row_dots(rows))`` in one pass over the rows.
+
+    numpy: tile by tile, each row's tile is read from memory once for its squared norm
+    (float32 dot per tile, summed in float64; a total beyond float32's range is Inf, as
+    `row_dots` reports it) and its share of the sum (the same saxpy as `weighted_sum`,
+    so the sum is bit-identical). With the numba accelerator: `fused.screen_and_sum`.
+    """
+    c = np.asarray(coeffs, dtype=np.float64)
     if rows and accelerated():
         from .fused import screen_and_sum
 
-        total, sq = screen_and_sum(rows, np.asarray(coeffs, dtype=np.float64))
+        total, sq = screen_and_sum(rows, c)
         assert total is not None
         return total, sq
-    return weighted_sum(rows, coeffs), row_dots(rows)
+    d = rows[0].size if rows else 0
+    acc = np.zeros(d, dtype=F32)
+    sq = np.zeros(len(rows), dtype=np.float64)
+    with single_threaded_blas(), np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, d, SUM_TILE):
+            tile = acc[start:start + SUM_TILE]
+            for i, (row, ci) in enumerate(zip(rows, c, strict=True)):
+                part = row[start:start + SUM_TILE]
+                sq[i] += float(np.dot(part, part))
+                if ci != 0.0:
+                    tile = saxpy(part, tile, a=float(ci))
+            acc[start:start + SUM_TILE] = tile
+    sq[sq > np.finfo(F32).max] = np.inf  # what a float32-accumulated dot gives
+    return acc, sq
 
 
 def normalized(weights: np.ndarray) -> np.ndarray:
