@@ -213,8 +213,8 @@ def render(all_rows: dict[int, list], d: int, reps: int, command: str, load: str
         "",
         "Where the time goes (fedsilo, n = 50): every kernel is the numpy reference "
         "(`strategies/kernels.py`; the default, nothing compiled). The mean step is one "
-        "BLAS pass for the screening norms (`UpdateBatch.sq_norms`) and one streaming "
-        "saxpy pass for the weighted sum (`UpdateBatch.weighted_mean`), plus decoding, "
+        "pass over the rows, tile by tile, for the screening norms and the weighted sum "
+        "together (`kernels.norms_and_sum`, behind `UpdateBatch.sq_norms`), plus decoding, "
         "the FedAvg step and the encode. Krum's Gram matrix is one single-threaded float32 "
         "sgemm over the stacked rows (`UpdateBatch.gram`). The median and trimmed mean "
         "sort cache-sized transposed tiles of the stacked rows. The legacy Krum reference "
