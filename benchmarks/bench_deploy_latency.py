@@ -133,13 +133,13 @@ def main() -> int:
             out = work / "runs"
             totals["fedsilo"].append(_run_app(
                 env, FEDSILO_APP,
-                f"rounds={ROUNDS} sites={SITES} partition='iid' out='{out}' run-id='bench-{rep}'",
+                f"rounds={ROUNDS} sites={SITES} task_options.partition='iid' out='{out}' run-id='bench-{rep}'",
                 args.timeout))
             metrics = json.loads((out / f"bench-{rep}" / "metrics.json").read_text())
             fedsilo_rounds += [r["wall_time"] for r in metrics["rounds"]]
             accuracy["fedsilo"] = metrics["rounds"][-1]["test_accuracy"]
             if args.secagg:
-                _run_app(env, FEDSILO_APP, f"rounds={ROUNDS} sites={SITES} partition='iid' "
+                _run_app(env, FEDSILO_APP, f"rounds={ROUNDS} sites={SITES} task_options.partition='iid' "
                          f"out='{out}' run-id='secagg-{rep}' secagg.enabled=true", args.timeout)
                 metrics = json.loads((out / f"secagg-{rep}" / "metrics.json").read_text())
                 secagg_first.append(metrics["rounds"][0]["wall_time"])

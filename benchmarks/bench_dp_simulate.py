@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedsilo.server.config import RunConfig
+from fedsilo.simulations.config import SimulationConfig
 from fedsilo.simulations.runner import run_federation
 
 CLIENT = {"sites": 100, "fraction": 0.1, "rounds": 100, "partition": "iid", "lr": 0.1}
@@ -53,7 +53,7 @@ def main() -> int:
             if any(k.startswith("record_dp.") for k in overrides):
                 overrides["record_dp.enabled"] = True
             t0 = time.perf_counter()
-            run = run_federation(RunConfig.load(None, {**overrides, "out": tmp, "run_id": f"r{i}"}),
+            run = run_federation(SimulationConfig.load(None, {**overrides, "out": tmp, "run_id": f"r{i}"}),
                                  engine="inprocess")
             last = run.rounds[-1]
             rows.append((kind, eps, run.final_accuracy, last.epsilon, len(run.rounds),

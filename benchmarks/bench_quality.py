@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsilo.server.config import RunConfig
+from fedsilo.simulations.config import SimulationConfig
 from fedsilo.simulations.datasets import load_dataset
 from fedsilo.simulations.models import evaluate_arrays, get_weights, make_mlp
 from fedsilo.simulations.runner import run_federation
@@ -57,7 +57,7 @@ def main() -> int:
             central = central_accuracy(dataset, args.rounds, args.lr, args.seed)
             for part in PARTITIONS:
                 t0 = time.perf_counter()
-                cfg = RunConfig.load(None, {
+                cfg = SimulationConfig.load(None, {
                     "dataset": dataset, "partition": part, "sites": 10, "rounds": args.rounds,
                     "seed": args.seed, "lr": args.lr, "out": tmp, "run_id": f"{dataset}-{part}",
                 })

@@ -64,6 +64,7 @@ import fedsilo.server.secagg_round as secagg_round  # noqa: E402
 import fedsilo.server.secagg_stages as secagg_stages  # noqa: E402
 from fedsilo.privacy.secagg import SecAggConfig  # noqa: E402
 from fedsilo.server.config import RunConfig  # noqa: E402
+from fedsilo.simulations.config import SimulationConfig  # noqa: E402
 from fedsilo.simulations.inprocess import InProcessGrid  # noqa: E402
 from fedsilo.simulations.runner import run_federation  # noqa: E402
 
@@ -479,7 +480,7 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
         on[0] = len(stamps) < rounds - 1
 
     try:
-        run_federation(RunConfig.load(None, {"sites": n, "rounds": rounds, "partition": "iid",
+        run_federation(SimulationConfig.load(None, {"sites": n, "rounds": rounds, "partition": "iid",
                                              "hidden": 1500, "out": out, "lineage": True,
                                              "run_id": f"split{n}", "secagg.enabled": True}),
                        engine="inprocess", on_round=on_round)
@@ -535,8 +536,8 @@ def main() -> int:
                 base = {"sites": n, "rounds": args.rounds, "partition": "iid", "hidden": 1500,
                         "out": tmp, "lineage": True}
                 p_run, s_run = interleaved([
-                    RunConfig.load(None, {**base, "run_id": f"p{n}-{rep}"}),
-                    RunConfig.load(None, {**base, "run_id": f"s{n}-{rep}", "secagg.enabled": True}),
+                    SimulationConfig.load(None, {**base, "run_id": f"p{n}-{rep}"}),
+                    SimulationConfig.load(None, {**base, "run_id": f"s{n}-{rep}", "secagg.enabled": True}),
                 ])
                 plain += p_run.wall
                 secure += s_run.wall

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsilo import lineage
@@ -44,14 +44,13 @@ from fedsilo.client.update import (  # noqa: F401 - ContributionError, local_del
     train_update,
 )
 from fedsilo.common import codec
-from fedsilo.common.protocol import Refusal, RoundConfig, TrainReply
+from fedsilo.common.protocol import SECAGG_ERROR_CODE, Refusal, RoundConfig, TrainReply
 from fedsilo.lineage.signing import sign_declaration
 from fedsilo.privacy.screening import example_count
 from fedsilo.tasks.statistics import (
     STATISTICS_KEY,
     STATISTICS_RECORD,
     decode_statistics,
-    encode_statistics,
 )
 
 
@@ -181,11 +180,20 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
 
     @app.query("statistics")
     def statistics(msg: Message, context: Context) -> Message:
-        site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
+        # under SecAgg+ (the run's, or the site's policy) only the sums' layout, never
+        # their values, is sent in clear (`fedsilo.client.secagg_statistics`)
+        from fedsilo.client.secagg_statistics import statistics_reply
+        from fedsilo.tasks.statistics import StatisticsError
+
+        federation = _config(msg, codec.FEDERATION_RECORD)
+        site = site_factory(context, federation)
         stats = site.statistics_fn() if site.statistics_fn is not None else None
-        record = ConfigRecord({"site_id": site.site_id,
-                               STATISTICS_KEY: "" if stats is None else encode_statistics(stats)})
-        return Message(RecordDict({STATISTICS_RECORD: record}), reply_to=msg)
+        try:
+            content = statistics_reply(site.site_id, stats, federation,
+                                       site.policy.require_secagg)
+        except StatisticsError as exc:
+            return Message(Error(SECAGG_ERROR_CODE, str(exc)), reply_to=msg)
+        return Message(content, reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -218,6 +226,15 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
         return site_factory(context, _config(msg, codec.FEDERATION_RECORD))
 
     register_secagg(app, fit_update, identify)
+
+    def site_statistics(msg: Message, context: Context) -> Mapping[str, np.ndarray] | None:
+        # the statistics' SecAgg+ exchange: the site's sums are its masked input
+        site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
+        return site.statistics_fn() if site.statistics_fn is not None else None
+
+    from fedsilo.client.secagg_statistics import register_secure_statistics
+
+    register_secure_statistics(app, site_statistics)
     return app
 
 

@@ -9,8 +9,10 @@
 2. the encoding: plain (the flat float32 delta, `fedsilo.common.codec.encode_flat`)
    or masked (`fedsilo.client.secagg_handler`), given as an `Encoder` that returns the
    digest of exactly what is sent and the encoded payload;
-3. the site's signature over (run id, round, digest, data fingerprint) and its ledger
-   entry (``sent``, with ``"secagg": "masked_input"`` under SecAgg+).
+3. the site's signature over (run id, round, digest, data fingerprint and, in a plain
+   round, ``prev``: its previous attestation, which it first checks against its own ledger)
+   and its ledger entry (``sent``, with ``prev`` and ``attestation`` when chained, with
+   ``"secagg": "masked_input"`` under SecAgg+).
 
 It returns a `Sent` update, or a `fedsilo.common.protocol.Refusal` when the policy or the
 budget says no or the Trainer's result cannot be sent (`ContributionError`); a refusal is
@@ -123,6 +125,14 @@ def site_reply(signer: SiteSigner | None, cfg: RoundConfig,
     secagg : the update is a SecAgg+ masked input (noted in the ledger entry).
     """
     site_id = signer.site_id if signer is not None else ""
+    # a plain round's attestation is chained onto the site's previous one (the server sends
+    # its digest); the site vouches only for a prev its own ledger holds
+    prev = None if secagg or signer is None or signer.key is None else cfg.attestation_prev
+    if prev is not None and signer is not None and signer.ledger is not None:
+        reason = signer.ledger.prev_refusal(cfg.run, prev)
+        if reason is not None:
+            _ledger(signer, cfg, {"status": "refused", "reason": reason})
+            return Refusal(signer.site_id, reason)
     try:
         outcome = train()
     except ContributionError as exc:  # the Trainer's result cannot be sent as it is
@@ -131,15 +141,18 @@ def site_reply(signer: SiteSigner | None, cfg: RoundConfig,
         _ledger(signer, cfg, {"status": "refused", "reason": outcome.reason})
         return outcome
     digest, payload = encode(outcome.delta, outcome.weight)
-    signature = ""
+    signature, chained = "", {}
     if signer is not None and signer.key is not None:
-        signature = lineage.sign_contribution(signer.key, cfg.run, cfg.round, digest,
-                                              signer.data_fingerprint)
+        message = lineage.contribution_message(cfg.run, cfg.round, digest,
+                                               signer.data_fingerprint, prev)
+        signature = signer.key.sign(message).hex()
+        if prev is not None:
+            chained = {"prev": prev, "attestation": lineage.attestation_digest(message)}
     count = int(outcome.num_examples if outcome.num_examples is not None else outcome.weight)
     if signer is not None and signer.ledger is not None:
         _ledger(signer, cfg, {"status": "sent", "update_digest": digest,
                               "data_fingerprint": signer.data_fingerprint,
-                              "num_examples": count, "signature": signature,
+                              "num_examples": count, "signature": signature, **chained,
                               **({"secagg": "masked_input"} if secagg else {})})
     metrics = {k: float(v) for k, v in outcome.metrics.items()} if secagg else dict(outcome.metrics)
     return Sent(payload, digest, signature, count, metrics)

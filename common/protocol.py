@@ -32,7 +32,7 @@ always imported from `fedsilo.common.codec` too (which re-exports them).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, MetricRecord, RecordDict
@@ -85,7 +85,7 @@ _ROUND_KEYS: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "server_round": (int,), "lr": _NUMBER, "local_epochs": (int,),
     "rounds_total": (int,), "proximal_mu": _NUMBER, "aggregator": (str,),
     "optimizer": (str,), "layout": (str,), "update_layout": (str,),
-    "server_key_fingerprint": (str,), "secagg": (bool,),
+    "server_key_fingerprint": (str,), "secagg": (bool,), "attestation_prev": (str,),
 }
 
 
@@ -110,6 +110,11 @@ class RoundConfig:
     dp : client-level DP parameters (`fedsilo.privacy.dp.ClientLevelDP.round_config`),
         sent as ``dp_<name>``; None: the round has no client-level DP.
     record_dp : record-level DP-SGD parameters, sent as ``record_dp_<name>``.
+    attestation_prev : in a plain round, the digest of this site's previous attestation in
+        the run as the server recorded it (``fedsilo.lineage.GENESIS_ATTESTATION`` for its
+        first): the site signs it into its contribution (a per-site chain, so that one
+        signature covers the site's whole chain) after checking it against its own ledger.
+        Set per site (`with_attestation_prev`); None: the unchained contribution.
     extra : keys this contract does not name, kept as sent (after the named ones).
     key_order : set by `from_record` only for a record whose keys came in another order
         than the server's: `to_dict` then keeps that order (not compared).
@@ -127,6 +132,7 @@ class RoundConfig:
     update_layout: str | None = None
     server_key_fingerprint: str | None = None
     secagg: bool | None = None
+    attestation_prev: str | None = None
     dp: Mapping[str, Any] | None = None
     record_dp: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -200,6 +206,17 @@ class RoundConfig:
             cfg = cls(**named, dp=dp or None, record_dp=record_dp or None, extra=extra,
                       key_order=order)
         return cfg
+
+
+def with_attestation_prev(content: RecordDict, prev: str) -> RecordDict:
+    """A copy of a train message's ``content`` whose round config also carries
+    ``attestation_prev`` (one site's chain head); the other records are shared, not copied."""
+    out = RecordDict(dict(content.items()))
+    config = content.get(CONFIG_RECORD)
+    cfg = RoundConfig.from_record(config if isinstance(config, ConfigRecord) else {})
+    # through RoundConfig, so the key takes its place in the contract's order
+    out[CONFIG_RECORD] = replace(cfg, attestation_prev=prev).to_record()
+    return out
 
 
 def _config(content: RecordDict, name: str) -> ConfigRecord:

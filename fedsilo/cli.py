@@ -34,7 +34,8 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--sites", type=int, help="number of sites (default 10)")
     p.add_argument("--rounds", type=int, help="number of rounds (default 20)")
     p.add_argument("--partition", help="iid | dirichlet:ALPHA | shards:K | column:NAME (a column "
-                   "of task_options.data naming each row's site) (default dirichlet:0.5)")
+                   "of task_options.data naming each row's site) (default dirichlet:0.5); for "
+                   "a bundled task it sets [task_options] partition")
     p.add_argument("--fraction", type=float, help="fraction of sites sampled per round, (0, 1]")
     p.add_argument("--local-epochs", type=int, help="local epochs per round (default 1)")
     p.add_argument("--lr", type=float, help="local learning rate (default 0.1)")
@@ -78,6 +79,9 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only the final summary line")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument("--mlflow", metavar="URI",
+                   help="log the run to MLflow as it goes (tracking URI, e.g. "
+                        "sqlite:///mlflow.db; needs fedsilo[mlflow])")
     p.add_argument("--engine", choices=["ray", "inprocess"], default="ray",
                    help="ray: Flower's simulation engine (default); inprocess: the same apps "
                         "in this process, one site after another (no Ray; tests, sweeps)")
@@ -93,7 +97,7 @@ _FLAG_TO_KEY = {
     "record_dp_max_grad_norm": "record_dp.max_grad_norm",
     "secagg": "secagg.enabled", "secagg_degree": "secagg.degree", "secagg_threshold": "secagg.threshold",
 }
-_NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command", "resume", "engine"}
+_NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command", "resume", "engine", "mlflow"}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -123,16 +127,39 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedsilo.server.stopping import RunInterrupted, SignalGuard
     from fedsilo.simulations.runner import run_federation
 
+    live = None
+    if args.mlflow:  # the store is probed before anything is written
+        from fedsilo.governance.mlflow_live import LiveMlflowRun
+        from fedsilo.governance.run_facts import GovernanceError
+
+        try:
+            live = LiveMlflowRun(args.mlflow)
+        except GovernanceError as exc:
+            return _fail("simulate", str(exc).replace("--tracking-uri", "--mlflow", 1))
     try:
         with SignalGuard(raise_first=True), \
                 RoundProgress(config.rounds, enabled=not args.quiet) as progress:
-            run = run_federation(config, on_round=progress.update, verbose=args.verbose,
+            on_round = progress.update if live is None else _both(progress.update, live.on_round)
+            run = run_federation(config, on_round=on_round, verbose=args.verbose,
                                  engine=args.engine)
     except ConfigError as exc:
         return _fail("simulate", str(exc))
     except RunInterrupted as exc:
+        if live is not None:
+            live.finish(getattr(exc, "run_dir", None), "interrupted")
         return _interrupted(exc)
+    if live is not None:
+        status = live.finish(run.run_dir, run.result.closing_reason)
+        print(f"fedsilo simulate: MLflow run {live.run_id} ({status}) at {args.mlflow}")
     return _summary(run)
+
+
+def _both(*callbacks: Any) -> Any:
+    """One per-round callback calling each of ``callbacks`` in order."""
+    def call(summary: Any) -> None:
+        for callback in callbacks:
+            callback(summary)
+    return call
 
 
 def _resume(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
@@ -241,12 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     from fedsilo.app_cli import add_app_parser
     from fedsilo.deploy_cli import add_deploy_parsers
     from fedsilo.evaluate_cli import add_evaluate_parser
+    from fedsilo.governance_cli import add_governance_parsers
     from fedsilo.lineage.cli import add_lineage_parser
     from fedsilo.privacy.cli import add_privacy_parser
     from fedsilo.strategies.registry import add_strategies_parser
 
     for register in (add_evaluate_parser, add_lineage_parser, add_strategies_parser,
-                     add_privacy_parser, add_deploy_parsers, add_app_parser):
+                     add_privacy_parser, add_deploy_parsers, add_app_parser,
+                     add_governance_parsers):
         register(sub)
     return parser
 
@@ -263,10 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(handler(args))
+        code = int(handler(args))
     except KeyboardInterrupt:
         print("fedsilo: interrupted", file=sys.stderr)
         return 130
+    if argv is None and args.command == "simulate":  # the process's own command, not a caller's
+        from fedsilo.simulations.runner import exit_now
+
+        return exit_now(code)  # the run is on disk: skip the interpreter's seconds of teardown
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,8 @@ from .records import (
 )
 from .runs import RunPaths, locate_run
 from .signing import (
+    GENESIS_ATTESTATION,
+    attestation_digest,
     contribution_message,
     sign_contribution,
     verify_contribution,
@@ -57,6 +59,8 @@ __all__ = [
     "VerifyReport",
     "arrays_digest",
     "canonical_json",
+    "GENESIS_ATTESTATION",
+    "attestation_digest",
     "contribution_message",
     "contributors",
     "data_fingerprint",

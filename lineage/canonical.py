@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 SCHEMA_VERSION = "fedsilo.lineage/1"
 """Version tag carried by every lineage record envelope and by the SQLite store."""
 
@@ -71,3 +73,31 @@ def sha256_hex(data: bytes) -> str:
 def prefixed_digest(data: bytes) -> str:
     """Return ``"sha256:" + sha256_hex(data)``, the form every lineage digest takes."""
     return DIGEST_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def is_canonical(obj: Any, data: bytes, residual: Any = None) -> bool:
+    """Whether ``data`` is exactly :func:`canonical_json_parsed` of ``obj`` (its parse).
+
+    Fast path: ``orjson`` re-encodes ``obj`` with sorted keys. It writes strings, ints,
+    ``true``/``false``/``null`` and the structure as Python's ``json`` does; floats are
+    where the two may differ (``orjson`` writes ``1e-7`` and ``0.00001`` where Python
+    writes ``1e-07`` and ``1e-05``). So: equal bytes, and both encoders agreeing on
+    ``residual`` (a part of ``obj`` holding every float of it, see
+    :func:`fedsilo.lineage.fastcheck.float_residual`; default ``obj`` itself), settle it;
+    anything else is decided by the reference encoder.
+    """
+    try:
+        fast = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        fast = None
+    if fast is not None and fast == data:
+        part = obj if residual is None else residual
+        try:
+            if orjson.dumps(part, option=orjson.OPT_SORT_KEYS) == canonical_json_parsed(part):
+                return True
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            pass
+    try:
+        return canonical_json_parsed(obj) == data
+    except ValueError:
+        return False

@@ -15,14 +15,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .canonical import SCHEMA_VERSION, canonical_json_parsed, prefixed_digest
+from .canonical import SCHEMA_VERSION, canonical_json_parsed, is_canonical, prefixed_digest
 from .envelope import SIGNED_KEYS
+from .fastcheck import float_residual, round_body_ok
 from .keys import key_fingerprint, load_public_key
 from .records import RECORD_TYPES, validate_body
-from .roundcheck import SIG_HEX, RoundChecks
+from .roundcheck import SIG_HEX, RoundChecks, _site_job
 from .sigcheck import Failure, SignaturePool
 from .signing import verify_declaration
-from .store import parse_json
+from .store import _DECODER, parse_json
 
 _SIGNED_KEY_SET = frozenset(SIGNED_KEYS)
 
@@ -38,13 +39,22 @@ class ChainChecker(RoundChecks):
         check_sites: check site signatures (declarations, contributions, evaluations).
         expected_server_key: the pinned server key (64 hex), or None.
         workers: signature-checking threads (default: ``os.cpu_count()``).
+        all_signatures: check every signature (the server's on every record, each chained
+            site attestation's); default: the server's on the head record only and each
+            site chain's last attestation (every digest and link is checked either way).
     """
 
     def __init__(
-        self, n: int, check_sites: bool, expected_server_key: str | None, workers: int | None
+        self, n: int, check_sites: bool, expected_server_key: str | None, workers: int | None,
+        all_signatures: bool = False,
     ) -> None:
         self.n = n
         self.check_sites = check_sites
+        self.all_signatures = all_signatures
+        self.attested: dict[str, list[str]] = {}
+        self.chain_heads: dict[str, Any] = {}
+        self.server_signatures = 0
+        self._head_job: Any = None
         self.expected_server_key = expected_server_key
         self.signatures = SignaturePool(workers)
         self.server: Ed25519PublicKey | None = None
@@ -86,17 +96,22 @@ class ChainChecker(RoundChecks):
         actual = prefixed_digest(data)
         if digest != actual:
             raise Failure(i, label, f"digest mismatch: stored {digest!r}, recomputed {actual}")
-        try:
-            canonical = canonical_json_parsed(env)
-        except ValueError as exc:
-            raise Failure(i, label, f"signed bytes cannot be canonical JSON ({exc})") from None
-        if canonical != data:
-            raise Failure(i, label, "signed bytes are not in canonical JSON form")
+        if not is_canonical(env, data, float_residual(env)):
+            # the reference: Python's own parse (orjson reads integers beyond 64 bits as
+            # floats) and encoder
+            env = _DECODER.decode(signed)
+            try:
+                canonical = canonical_json_parsed(env)
+            except ValueError as exc:
+                raise Failure(i, label, f"signed bytes cannot be canonical JSON ({exc})") from None
+            if canonical != data:
+                raise Failure(i, label, "signed bytes are not in canonical JSON form")
         body = env["body"]
-        try:
-            validate_body(rtype, body)
-        except ValueError as exc:
-            raise Failure(i, label, str(exc)) from None
+        if rtype != "round" or not round_body_ok(body):
+            try:
+                validate_body(rtype, body)
+            except ValueError as exc:
+                raise Failure(i, label, str(exc)) from None
         if rtype == "genesis":
             self._genesis(i, body)
         assert self.server is not None
@@ -106,13 +121,33 @@ class ChainChecker(RoundChecks):
             raise Failure(
                 i, label, "server signature is not 128 lower-case hex characters (its one encoding)"
             )
-        self.signatures.queue((i, label, "server signature invalid", self.server,
-                               bytes.fromhex(signature), actual.encode("ascii")))
+        job = (i, label, "server signature invalid", self.server, bytes.fromhex(signature),
+               actual.encode("ascii"))
+        if self.all_signatures:
+            self.signatures.queue(job)
+            self.server_signatures += 1
+        else:
+            # the head record's signature covers every record before it through the prev
+            # links (each digest covers its prev): checked once, at the end (`finish`)
+            self._head_job = job
         self.last_label = label
         handler = self._handlers.get(rtype)
         if handler is not None:
             handler(i, body)
         return actual
+
+    def finish(self) -> None:
+        """After a walk without failure: queue the deferred checks of default mode, the
+        server's signature on the head record and each site chain's last attestation."""
+        if self.all_signatures:
+            return
+        if self._head_job is not None:
+            self.signatures.queue(self._head_job)
+            self.server_signatures += 1
+        if self.check_sites:
+            for head in self.chain_heads.values():
+                self.signatures.queue(_site_job(*head))
+                self.site_signatures += 1
 
     @staticmethod
     def _envelope(i: int, label: str, signed: Any) -> tuple[dict[str, Any], bytes]:

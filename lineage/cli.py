@@ -90,6 +90,12 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not check contributions' site signatures (reported in the summary)",
     )
+    p.add_argument(
+        "--all-signatures",
+        action="store_true",
+        help="check every server and site signature (default: every digest and link, the "
+        "head record's server signature and each site chain's last attestation)",
+    )
     p.add_argument("--workers", type=int, default=None, help="signature-checking threads")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_guard(_verify))
@@ -140,6 +146,7 @@ def _verify(args: argparse.Namespace) -> int:
         check_site_signatures=not args.skip_site_signatures,
         expected_server_key=args.server_key,
         workers=args.workers,
+        all_signatures=args.all_signatures,
     )
     if args.json:
         print(json.dumps(report.__dict__, sort_keys=True))

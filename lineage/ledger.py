@@ -88,6 +88,7 @@ class SiteLedger:
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
+        self._attested: dict[str, set[str]] | None = None  # run id -> its attestations
 
     def append(self, entry: Mapping[str, Any]) -> dict[str, Any]:
         """Validate and durably append one entry; ``time`` defaults to now (UTC, ISO 8601).
@@ -117,7 +118,52 @@ class SiteLedger:
                 os.fsync(fd)
         finally:
             os.close(fd)
+        self._remember(stored)
         return stored
+
+    def attestations(self, run_id: str) -> set[str]:
+        """The digests of every chained attestation this site signed in run ``run_id``
+        (the ``attestation`` field of its ``sent`` entries); empty without a ledger file."""
+        if self._attested is None:  # read the file; this object's appends keep it current
+            self._attested = {}
+            raw = self.path.read_bytes() if self.path.exists() else b""
+            for line in raw.split(b"\n"):
+                try:  # a line torn by a crash holds no attestation: skip it, don't fail
+                    entry = parse_json(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("run_id"), str) \
+                        and isinstance(entry.get("attestation"), str):
+                    self._remember(entry)
+        return self._attested.get(run_id, set())
+
+    def _remember(self, entry: Mapping[str, Any]) -> None:
+        if self._attested is not None and entry.get("status") == "sent" \
+                and "attestation" in entry:
+            self._attested.setdefault(entry["run_id"], set()).add(entry["attestation"])
+
+    def prev_refusal(self, run_id: str, prev: str) -> str | None:
+        """Why this site refuses to chain an attestation onto ``prev``, or None.
+
+        ``prev`` must be the genesis value or an attestation this site itself signed in this
+        run (its ledger holds it). That is what makes checking only a chain's last signature
+        sound: a server cannot make the site vouch, through its next signature, for an
+        attestation the site never made. (An earlier attestation of its own than the last is
+        accepted: a reply that reached the ledger but not the chain — late, screened out
+        before recording, or lost in a server crash — must not lock the site out; the chain
+        then verifies without it, and ``reconcile`` reports it as missing.)
+        """
+        from .signing import GENESIS_ATTESTATION
+
+        if prev == GENESIS_ATTESTATION or prev in self.attestations(run_id):
+            return None
+        # another process may have appended since this object read the file (a simulated
+        # site built in several engine workers writes one ledger): read it again
+        self._attested = None
+        if prev in self.attestations(run_id):
+            return None
+        return (f"attestation prev {prev[:19]}… is not an attestation this site signed in run "
+                f"{run_id!r} (its ledger has no such entry)")
 
     def entries(self) -> list[dict[str, Any]]:
         """Read and validate every entry, in order (read-only).

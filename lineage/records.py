@@ -42,8 +42,8 @@ from .schema import (
 # the predicates other modules imported from here before fedsilo.lineage.schema existed
 _is_count, _is_digest, _is_sig, _is_str = is_count, is_digest, is_sig, is_str
 
-ClosingReason = Literal["completed", "no_progress", "budget_exhausted", "error", "interrupted",
-                        "rounds_done"]
+ClosingReason = Literal["completed", "no_progress", "budget_exhausted", "stopped_by_monitor",
+                        "error", "interrupted", "rounds_done"]
 # why a run ended (fedsilo.server.outcome explains each); "rounds_done" is the legacy name of
 # "completed", kept so that chains written before the distinction still verify
 CLOSING_REASONS: tuple[str, ...] = get_args(ClosingReason)
@@ -63,14 +63,16 @@ def _is_task(v: Any) -> bool:
     stats = v.get("statistics")
     if stats is None:
         return "statistics" not in v
-    return (type(stats) is dict and set(stats) <= {"digest", "sites", "values"}
+    # "summed": "secagg+" when the sum was taken under SecAgg+ (fedsilo.server.task_round)
+    return (type(stats) is dict and set(stats) <= {"digest", "sites", "values", "summed"}
             and is_digest(stats.get("digest")) and is_count(stats.get("sites"))
-            and ("values" not in stats or is_obj(stats["values"])))
+            and ("values" not in stats or is_obj(stats["values"]))
+            and stats.get("summed", "secagg+") == "secagg+")
 
 
 _TASK = Rule(_is_task, "null or a JSON object with name and version (non-empty strings), "
              f"layout_digest and schema_digest ({D}) and optionally statistics (digest, "
-             "sites, values)")
+             "sites, values, summed: \"secagg+\")")
 
 
 class _Record:
@@ -146,6 +148,10 @@ class SiteContribution(_Record):
         score: optional robustness/screening score.
         detail: free-form JSON detail (e.g. the screening reason; under SecAgg+
             ``detail["secagg"]["fate"]`` is a :class:`SecAggFate`).
+        prev: a chained attestation's link: ``attestation_digest`` of the site's previous
+            contribution message in this run (``GENESIS_ATTESTATION`` for its first), signed
+            in the ``fedsilo.contribution/2`` message. Absent for an unchained contribution
+            (older chains, SecAgg+ masked inputs), whose signature every mode checks.
     """
 
     WHERE: ClassVar[str] = "contribution"
@@ -158,6 +164,9 @@ class SiteContribution(_Record):
     fate: Fate = Fate.ACCEPTED
     score: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    prev: str | None = checked(
+        DIGEST, omit_empty=True, default=None,
+        expected="'sha256:<64 hex>' (the site's previous attestation) or absent")
 
 
 @dataclass

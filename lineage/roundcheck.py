@@ -11,17 +11,25 @@ rounds, and each evaluation is of the round's ``model_out``, once per site.
 from __future__ import annotations
 
 import re
+from hashlib import sha256
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .fates import Fate, SecAggFate
-from .sigcheck import Failure, SignaturePool
-from .signing import CONTRIBUTION_SCHEMA, evaluation_message, unmask_message
+from .sigcheck import Failure, Job, SignaturePool
+from .signing import (
+    CHAINED_CONTRIBUTION_SCHEMA,
+    CONTRIBUTION_SCHEMA,
+    GENESIS_ATTESTATION,
+    evaluation_message,
+    unmask_message,
+)
 
 SIG_HEX = re.compile(r"[0-9a-f]{128}")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _SECAGG_FATES = frozenset(f.value for f in SecAggFate)
+_ACCEPTED = Fate.ACCEPTED.value  # a plain str compares faster than the enum member
 
 
 class RoundChecks:
@@ -46,6 +54,12 @@ class RoundChecks:
     last_round: int
     rounds: int
     site_signatures: int
+    all_signatures: bool
+    #: site id -> its chained attestations' digests so far, in chain order
+    attested: dict[str, list[str]]
+    #: site id -> (record, site id, key, contribution, message) of its last chained
+    #: attestation, whose signature default mode checks at the end
+    chain_heads: dict[str, tuple[int, str, Ed25519PublicKey, dict[str, Any], bytes]]
 
     def _round(self, i: int, body: dict[str, Any]) -> None:
         r = body["round"]
@@ -74,45 +88,66 @@ class RoundChecks:
         self._evaluations(i, r, body)
 
     def _contributions(self, i: int, r: int, body: dict[str, Any]) -> set[str]:
-        """Check each contribution of round ``r``; return the accepted site ids."""
+        """Check each contribution of round ``r``; return the accepted site ids.
+
+        One tight loop: it runs once per contribution (500,000 in a 10,000 x 50 chain)."""
         seen: set[str] = set()
         accepted: set[str] = set()
-        # contribution_message's canonical JSON, built by hand: it runs once per contribution
-        prefix = '{"data_fingerprint":"'
-        middle = f'","round":{r},"run_id":{self._run_id_json},"schema":"{CONTRIBUTION_SCHEMA}"'
+        sites, attested, heads = self.sites, self.attested, self.chain_heads
+        queue_each = self.all_signatures and self.check_sites
+        run_id = self._run_id_json
+        secure = body["secagg"] is not None
         for c in body["contributions"]:
             site_id = c["site_id"]
             if site_id in seen:
                 raise Failure(i, "round", f"site {site_id!r} contributes twice in round {r}")
             seen.add(site_id)
-            if c["fate"] == Fate.ACCEPTED:
+            if c["fate"] == _ACCEPTED:
                 accepted.add(site_id)
-            entry = self.sites.get(site_id)
+            entry = sites.get(site_id)
             if entry is None:
                 raise Failure(i, "round", f"contribution from unknown site {site_id!r}")
             if entry[1] > r:
                 raise Failure(
                     i, "round", f"site {site_id!r} contributes in round {r} before joining"
                 )
-            if self.check_sites:
+            prev = c.get("prev")
+            if prev is not None:
+                # a chained attestation: prev must be the site's previous attestation
+                digests = attested.get(site_id)
+                if digests is None:
+                    digests = attested[site_id] = []
+                head = digests[-1] if digests else GENESIS_ATTESTATION
+                if prev != head:
+                    raise Failure(i, "round", _link_problem(site_id, r, prev, head, digests))
                 message = (
-                    prefix + c["data_fingerprint"] + middle + ',"update_digest":"'
-                    + c["update_digest"] + '"}'
-                ).encode("utf-8")
-                what = f"site signature of {site_id!r} invalid"
-                self.signatures.queue(
-                    (i, "round", what, entry[0], bytes.fromhex(c["signature"]), message)
-                )
+                    f'{{"data_fingerprint":"{c["data_fingerprint"]}","prev":"{prev}",'
+                    f'"round":{r},"run_id":{run_id},"schema":"{CHAINED_CONTRIBUTION_SCHEMA}",'
+                    f'"update_digest":"{c["update_digest"]}"}}'
+                ).encode()
+                digests.append("sha256:" + sha256(message).hexdigest())
+                if queue_each:
+                    self.signatures.queue(_site_job(i, site_id, entry[0], c, message))
+                    self.site_signatures += 1
+                else:  # checked at the end if it stays the site's last (`finish`)
+                    heads[site_id] = (i, site_id, entry[0], c, message)
+            elif self.check_sites:  # unchained: its own signature, in every mode
+                message = (
+                    f'{{"data_fingerprint":"{c["data_fingerprint"]}","round":{r},"run_id":'
+                    f'{run_id},"schema":"{CONTRIBUTION_SCHEMA}","update_digest":"'
+                    f'{c["update_digest"]}"}}'
+                ).encode()
+                self.signatures.queue(_site_job(i, site_id, entry[0], c, message))
                 self.site_signatures += 1
-            secagg = c["detail"].get("secagg")
-            if (secagg is not None or c["num_examples"] is None) and body["secagg"] is None:
-                # a secret count or SecAgg+ detail belongs to secure rounds only
-                raise Failure(
-                    i, "round", f"site {site_id!r} contribution has a SecAgg+ form (null "
-                    "num_examples or detail.secagg) in a round without SecAgg+"
-                )
-            if secagg is not None:
-                self._secagg_contribution(i, r, site_id, secagg, entry[0])
+            if not secure:
+                if c["detail"].get("secagg") is not None or c["num_examples"] is None:
+                    # a secret count or SecAgg+ detail belongs to secure rounds only
+                    raise Failure(
+                        i, "round", f"site {site_id!r} contribution has a SecAgg+ form (null "
+                        "num_examples or detail.secagg) in a round without SecAgg+"
+                    )
+            elif c["detail"].get("secagg") is not None:
+                self._secagg_contribution(i, r, site_id, c["detail"]["secagg"], entry[0])
         return accepted
 
     def _evaluations(self, i: int, r: int, body: dict[str, Any]) -> None:
@@ -167,3 +202,21 @@ class RoundChecks:
             what = f"site signature of {site_id!r} over its SecAgg+ unmask reply invalid"
             self.signatures.queue((i, "round", what, public, bytes.fromhex(signature), message))
             self.site_signatures += 1
+
+
+def _site_job(i: int, site_id: str, public: Ed25519PublicKey, c: dict[str, Any],
+              message: bytes) -> Job:
+    """The signature check of contribution ``c`` (record ``i``) over ``message``."""
+    return (i, "round", f"site signature of {site_id!r} invalid", public,
+            bytes.fromhex(c["signature"]), message)
+
+
+def _link_problem(site_id: str, r: int, prev: str, head: str, digests: list[str]) -> str:
+    """Why a chained attestation's ``prev`` is not the site's head: a fork (it links to an
+    attestation that another one already follows) or a break (dropped or altered)."""
+    if prev == GENESIS_ATTESTATION or prev in digests[:-1]:
+        return (f"site {site_id!r} attestation chain forked at round {r}: its prev "
+                f"{prev[:19]}… is already followed by another attestation")
+    return (f"site {site_id!r} attestation chain broken at round {r}: prev {prev[:19]}… is "
+            f"not its previous attestation {head[:19]}… (one dropped or altered, or the "
+            "link altered)")

@@ -136,15 +136,19 @@ def _map_of(check: Check, expected: str) -> Rule:
     return Rule(lambda v: type(v) is dict and all(check(x) for x in v.values()), expected)
 
 
+_STR = frozenset({str})
+
 # the rule each plain type hint stands for
 _TYPE_RULES: dict[Any, Rule] = {
     str: Rule(lambda v: type(v) is str, "a string"),
     int: Rule(lambda v: type(v) is int, "an int"),
     float: Rule(is_number, "a finite number"),
     dict[str, Any]: Rule(is_obj, "a JSON object"),
-    dict[str, str]: _map_of(lambda x: type(x) is str, "an object of strings"),
+    # set(map(type, ...)): the same check as all(type(x) is str ...) in one C-level pass
+    dict[str, str]: Rule(lambda v: type(v) is dict and set(map(type, v.values())) <= _STR,
+                         "an object of strings"),
     dict[str, float]: _map_of(is_number, "an object of finite numbers"),
-    list[str]: _list_of(lambda x: type(x) is str, "a list of strings"),
+    list[str]: Rule(lambda v: type(v) is list and set(map(type, v)) <= _STR, "a list of strings"),
 }
 
 

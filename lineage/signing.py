@@ -10,34 +10,49 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .canonical import canonical_json
+from .canonical import canonical_json, prefixed_digest
 from .digests import arrays_digest
 from .keys import load_public_key
 
 CONTRIBUTION_SCHEMA = "fedsilo.contribution/1"
-"""Domain-separation tag inside every signed contribution message."""
+"""Domain-separation tag inside every signed contribution message (unchained form)."""
+
+CHAINED_CONTRIBUTION_SCHEMA = "fedsilo.contribution/2"
+"""Tag of a chained contribution: the message also names the site's previous attestation
+(``prev``), so the site's attestations in a run form a hash chain and one signature (the
+last) covers every one before it (see docs/lineage.md, "Trust argument")."""
+
+GENESIS_ATTESTATION = "sha256:" + "0" * 64
+"""``prev`` of a site's first chained attestation in a run."""
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _SIG = re.compile(r"[0-9a-f]{128}")
 
 
 def contribution_message(
-    run_id: str, round: int, update_digest: str, data_fingerprint: str
+    run_id: str, round: int, update_digest: str, data_fingerprint: str,
+    prev: str | None = None,
 ) -> bytes:
     """The canonical bytes a site signs for one contribution.
 
     ``canonical_json({"schema": "fedsilo.contribution/1", "run_id": run_id,
-    "round": round, "update_digest": update_digest, "data_fingerprint": data_fingerprint})``
+    "round": round, "update_digest": update_digest, "data_fingerprint": data_fingerprint})``;
+    with ``prev`` (a chained attestation) the schema is ``"fedsilo.contribution/2"`` and the
+    object also holds ``"prev": prev``.
 
     Args:
         run_id: the run's id from the genesis record.
         round: the round number (``int`` >= 0) the update answers.
         update_digest: :func:`fedsilo.lineage.update_digest` of the update sent.
         data_fingerprint: :func:`fedsilo.lineage.data_fingerprint` of the site's data.
+        prev: the :func:`attestation_digest` of the site's previous attestation in this run
+            (:data:`GENESIS_ATTESTATION` for its first); None: the unchained form.
 
     Raises:
         ValueError: naming the first argument with a wrong type or format.
     """
+    if prev is not None and (not isinstance(prev, str) or not _DIGEST.fullmatch(prev)):
+        raise ValueError(f"prev must be 'sha256:<64 hex>', got {prev!r}")
     if not isinstance(run_id, str) or not run_id:
         raise ValueError(f"run_id must be a non-empty str, got {run_id!r}")
     if not isinstance(round, int) or isinstance(round, bool) or round < 0:
@@ -46,7 +61,13 @@ def contribution_message(
         raise ValueError(f"update_digest must be 'sha256:<64 hex>', got {update_digest!r}")
     if not isinstance(data_fingerprint, str) or not _DIGEST.fullmatch(data_fingerprint):
         raise ValueError(f"data_fingerprint must be 'sha256:<64 hex>', got {data_fingerprint!r}")
-    return _message(run_id, round, update_digest, data_fingerprint)
+    return _message(run_id, round, update_digest, data_fingerprint, prev)
+
+
+def attestation_digest(message: bytes) -> str:
+    """The digest naming one signed attestation: ``"sha256:" + sha256(message)`` over the
+    exact signed bytes (:func:`contribution_message`). The next attestation's ``prev``."""
+    return prefixed_digest(message)
 
 
 def _verifies(public_key_hex: str, signature_hex: str, message: Callable[..., bytes],
@@ -63,29 +84,34 @@ def _verifies(public_key_hex: str, signature_hex: str, message: Callable[..., by
     return True
 
 
-def _message(run_id: str, round: int, update_digest: str, data_fingerprint: str) -> bytes:
+def _message(run_id: str, round: int, update_digest: str, data_fingerprint: str,
+             prev: str | None = None) -> bytes:
     """:func:`contribution_message` without argument checks (for already-validated input)."""
-    return canonical_json(
-        {
-            "schema": CONTRIBUTION_SCHEMA,
-            "run_id": run_id,
-            "round": round,
-            "update_digest": update_digest,
-            "data_fingerprint": data_fingerprint,
-        }
-    )
+    body = {
+        "schema": CONTRIBUTION_SCHEMA if prev is None else CHAINED_CONTRIBUTION_SCHEMA,
+        "run_id": run_id,
+        "round": round,
+        "update_digest": update_digest,
+        "data_fingerprint": data_fingerprint,
+    }
+    if prev is not None:
+        body["prev"] = prev
+    return canonical_json(body)
 
 
 def sign_contribution(
-    key: Ed25519PrivateKey, run_id: str, round: int, update_digest: str, data_fingerprint: str
+    key: Ed25519PrivateKey, run_id: str, round: int, update_digest: str, data_fingerprint: str,
+    prev: str | None = None,
 ) -> str:
     """Sign a contribution with the site's key; returns the 64-byte signature as hex.
 
     Args:
         key: the site's Ed25519 private key (:func:`fedsilo.lineage.load_or_create_key`).
-        run_id, round, update_digest, data_fingerprint: see :func:`contribution_message`.
+        run_id, round, update_digest, data_fingerprint, prev: see
+            :func:`contribution_message`.
     """
-    return key.sign(contribution_message(run_id, round, update_digest, data_fingerprint)).hex()
+    message = contribution_message(run_id, round, update_digest, data_fingerprint, prev)
+    return key.sign(message).hex()
 
 
 def verify_contribution(
@@ -95,16 +121,18 @@ def verify_contribution(
     round: int,
     update_digest: str,
     data_fingerprint: str,
+    prev: str | None = None,
 ) -> bool:
     """Check a site's contribution signature; ``False`` for any malformed input.
 
     Args:
         public_key_hex: the site's public key (64 hex characters).
         signature_hex: the signature (128 hex characters) from the round record.
-        run_id, round, update_digest, data_fingerprint: see :func:`contribution_message`.
+        run_id, round, update_digest, data_fingerprint, prev: see
+            :func:`contribution_message`.
     """
     return _verifies(public_key_hex, signature_hex, contribution_message,
-                     run_id, round, update_digest, data_fingerprint)
+                     run_id, round, update_digest, data_fingerprint, prev)
 
 
 # --- SecAgg+ unmask replies -------------------------------------------------------------

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .canonical import SCHEMA_VERSION
@@ -46,7 +47,16 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def parse_json(text: str | bytes) -> Any:
-    """``json.loads`` that rejects NaN/Infinity (which canonical JSON never contains)."""
+    """Parse JSON, rejecting NaN/Infinity (which canonical JSON never contains).
+
+    ``orjson`` (several times faster than ``json`` on the 200+ MB of a long chain) parses;
+    what it refuses (integers beyond 64 bits, which ``json`` reads) falls back to
+    ``json``, so both give the same value for any text either accepts.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return _DECODER.decode(text)

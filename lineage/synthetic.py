@@ -30,7 +30,13 @@ from .records import (
     SiteJoinRecord,
 )
 from .runs import DB_NAME, MODEL_NAME
-from .signing import sign_contribution, sign_declaration, sign_evaluation
+from .signing import (
+    GENESIS_ATTESTATION,
+    attestation_digest,
+    contribution_message,
+    sign_declaration,
+    sign_evaluation,
+)
 from .store import LineageWriter
 
 
@@ -68,6 +74,7 @@ def build_synthetic_run(
     ledgers: bool = True,
     durable: bool = True,
     evaluations: bool = False,
+    chained: bool = True,
 ) -> SyntheticRun:
     """Write a synthetic, fully signed run into ``run_dir`` (created if missing).
 
@@ -89,6 +96,8 @@ def build_synthetic_run(
         durable: fsync each record and ledger line (off for large benchmark chains).
         evaluations: every contributing site also signs an evaluation of the round's
             ``model_out`` (the round record's ``evaluations``).
+        chained: sites chain their contributions (``fedsilo.contribution/2``, each naming
+            the site's previous attestation); False: the unchained form of older chains.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,6 +151,8 @@ def build_synthetic_run(
     )
     active = list(site_ids)
     counter = 0
+    # each site's last attestation digest (what a server records and sends back as prev)
+    heads = {s: GENESIS_ATTESTATION for s in keys}
     for r in range(1, rounds + 1):
         if late_joiner and r == 2:
             result.digests.append(writer.append(SiteJoinRecord(identities[-1], round=2)))
@@ -168,7 +179,11 @@ def build_synthetic_run(
             update = rng.normal(scale=0.1, size=dim).astype(np.float32)
             digest = update_digest(update)
             n = int(rng.integers(10, 100))
-            signature = sign_contribution(keys[site_id], run_id, r, digest, fingerprints[site_id])
+            prev = heads[site_id] if chained else None
+            message = contribution_message(run_id, r, digest, fingerprints[site_id], prev)
+            signature = keys[site_id].sign(message).hex()
+            if chained:
+                heads[site_id] = attestation_digest(message)
             counter += 1
             fate = Fate.REJECTED if reject_every and counter % reject_every == 0 else Fate.ACCEPTED
             if fate == Fate.REJECTED:
@@ -185,6 +200,7 @@ def build_synthetic_run(
                     fate=fate,
                     score=None,
                     detail={} if fate == Fate.ACCEPTED else {"norm": 99.0},
+                    prev=prev,
                 )
             )
             if ledgers:
@@ -199,6 +215,7 @@ def build_synthetic_run(
                         "num_examples": n,
                         "signature": signature,
                         "time": now,
+                        **({"prev": prev, "attestation": heads[site_id]} if chained else {}),
                     }
                 )
         if accepted_updates:

@@ -39,8 +39,15 @@ append the closing record: a crash in between also fails here until ``--resume``
 chain). Removing the closing record *and* the model leaves a valid-looking prefix; the
 sites' ledgers (``reconcile``) are what catches that.
 
-Signatures (the dominant cost: one Ed25519 check per contribution) are checked on a thread
-pool while the main thread parses; ``cryptography`` releases the GIL while verifying.
+Two modes. Default: every digest and link above, plus each site's attestation chain (a
+chained contribution's ``prev`` must be the attestation digest of the same site's previous
+one, :mod:`fedsilo.lineage.roundcheck`), but of the server's signatures only the head
+record's (it covers every record through the links) and of each site chain's signatures
+only its last (it covers the chain; the site's ledger check on ``prev`` makes that sound:
+docs/lineage.md, "Trust argument"); unchained contributions, declarations, evaluations and
+unmask replies are checked one by one. ``all_signatures=True`` (``--all-signatures``)
+checks every signature. Signatures are checked on a thread pool while the main thread
+parses; ``cryptography`` releases the GIL while verifying.
 
 Where each check lives: the chain walk (envelope, position, links, digests, bodies, sites,
 resumes, closing) in :mod:`fedsilo.lineage.chaincheck`, round records in
@@ -50,6 +57,7 @@ this module runs the pass, checks the model file and writes the :class:`VerifyRe
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +89,8 @@ class VerifyReport:
         closed: whether the chain ends with a closing record.
         rounds: number of round records.
         site_signatures: number of site signatures checked.
+        server_signatures: number of server signatures checked (default mode: 1, the head).
+        all_signatures: whether every signature was checked (``--all-signatures``).
         server_key: fingerprint of the genesis server key (``None`` if unreadable).
         final_model_digest: the model the chain ends with (``None`` if unknown).
     """
@@ -96,6 +106,8 @@ class VerifyReport:
     server_key: str | None = None
     final_model_digest: str | None = None
     notes: list[str] = field(default_factory=list)
+    server_signatures: int = 0
+    all_signatures: bool = False
 
 
 def verify_run(
@@ -104,6 +116,7 @@ def verify_run(
     check_site_signatures: bool = True,
     expected_server_key: str | None = None,
     workers: int | None = None,
+    all_signatures: bool = False,
 ) -> VerifyReport:
     """Verify a run directory's chain and final model (see the module docstring).
 
@@ -115,6 +128,9 @@ def verify_run(
         expected_server_key: the server public key (64 hex) the auditor trusts; when given,
             a chain signed by any other key fails at record 0.
         workers: signature-checking threads (default: ``os.cpu_count()``).
+        all_signatures: check every signature (``--all-signatures``). Default: every digest
+            and link, the server's signature on the head record and the last attestation of
+            each site's chain (docs/lineage.md, "Trust argument").
 
     Returns:
         A :class:`VerifyReport`; ``ok`` is ``False`` on any verification failure.
@@ -131,11 +147,13 @@ def verify_run(
         check_site_signatures=check_site_signatures,
         expected_server_key=expected_server_key,
         workers=workers,
+        all_signatures=all_signatures,
     )
 
 
 def verify_envelopes(
-    envelopes: Sequence[dict[str, Any]], *, check_site_signatures: bool = True
+    envelopes: Sequence[dict[str, Any]], *, check_site_signatures: bool = True,
+    all_signatures: bool = False,
 ) -> VerifyReport:
     """Verify in-memory envelopes (as :func:`read_chain` returns them); no model file check."""
     rows: list[Row] = []
@@ -150,7 +168,8 @@ def verify_envelopes(
                 canonical_json_parsed(signed).decode("utf-8"),
             )
         )
-    return verify_rows(rows, model_path=None, check_site_signatures=check_site_signatures)
+    return verify_rows(rows, model_path=None, check_site_signatures=check_site_signatures,
+                       all_signatures=all_signatures)
 
 
 def verify_rows(
@@ -160,6 +179,7 @@ def verify_rows(
     check_site_signatures: bool = True,
     expected_server_key: str | None = None,
     workers: int | None = None,
+    all_signatures: bool = False,
 ) -> VerifyReport:
     """Verify raw store rows ``(seq, type, digest, signature, signed)``.
 
@@ -167,12 +187,20 @@ def verify_rows(
         rows: rows in storage order, as :func:`fedsilo.lineage.store.read_rows` returns.
         model_path: the saved final model to check against the closing record; ``None``
             skips the model file check (used when continuing a chain).
-        check_site_signatures, expected_server_key, workers: see :func:`verify_run`.
+        check_site_signatures, expected_server_key, workers, all_signatures: see
+            :func:`verify_run`.
     """
-    checker = ChainChecker(len(rows), check_site_signatures, expected_server_key, workers)
+    checker = ChainChecker(len(rows), check_site_signatures, expected_server_key, workers,
+                           all_signatures)
+    # the walk allocates millions of short-lived dicts and keeps none in cycles: the cyclic
+    # collector would only rescan them (a third of a long chain's time, measured)
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return _run(checker, rows, model_path)
     finally:
+        if collecting:
+            gc.enable()
         checker.signatures.shutdown()
 
 
@@ -186,6 +214,8 @@ def _run(checker: ChainChecker, rows: Sequence[Row], model_path: Path | None) ->
         except Failure as exc:
             failure = exc
             break
+    if failure is None:
+        checker.finish()
     signature_failure = checker.signatures.first_failure()
     if signature_failure is not None and (
         failure is None or signature_failure.seq < failure.seq
@@ -217,6 +247,17 @@ def _run(checker: ChainChecker, rows: Sequence[Row], model_path: Path | None) ->
     elif checker.closing is None:
         notes.append("open chain (no closing record): a valid prefix; model.npz not checked")
     return _report(checker, True, None, None, notes)
+
+
+def _mode(checker: ChainChecker) -> str:
+    """Which verification mode ran, and the server signatures it checked."""
+    server = (f"{checker.server_signatures} server signature"
+              f"{'' if checker.server_signatures == 1 else 's'} checked")
+    if checker.all_signatures:
+        return f"{server}; mode --all-signatures (every signature)"
+    return (f"{server}; default mode (every digest and link; the head record's server "
+            f"signature and the last attestation of each of {len(checker.attested)} site "
+            "chains; --all-signatures checks each)")
 
 
 def _check_model(checker: ChainChecker, model_path: Path) -> str | None:
@@ -258,6 +299,7 @@ def _report(
         if checker.closing is not None:
             parts.append(f"closed ({checker.closing['reason']})")
         parts.extend(notes or [])
+        parts.append(_mode(checker))
         parts.append(f"server key {key}")
         summary = "; ".join(parts)
     else:
@@ -271,6 +313,8 @@ def _report(
         closed=checker.closing is not None,
         rounds=checker.rounds,
         site_signatures=checker.site_signatures if checker.check_sites else 0,
+        server_signatures=checker.server_signatures,
+        all_signatures=checker.all_signatures,
         server_key=key,
         final_model_digest=checker.current,
         notes=notes or [],

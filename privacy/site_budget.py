@@ -35,6 +35,9 @@ from .accounting import ClientLevelAccountant, check_positive
 _PARAM_KEYS = ("noise_multiplier", "sample_rate", "sampling", "population", "method", "delta")
 _STATE_VERSION = 1
 
+CEILING_REASON = "site privacy ceiling"
+"""How a refusal under the site's own ceiling begins (the monitor counts these)."""
+
 
 def _accounting_params(round_config: Mapping[str, Any]) -> dict[str, Any]:
     """Pick and type-check the accounting parameters of a server round config."""
@@ -117,7 +120,7 @@ class SiteBudget:
             return (
                 False,
                 eps,
-                f"site privacy ceiling: participating would reach epsilon={eps:.4g} > "
+                f"{CEILING_REASON}: participating would reach epsilon={eps:.4g} > "
                 f"max_epsilon={self.max_epsilon:g} at delta={params['delta']:g}",
             )
         return True, eps, f"within site ceiling: epsilon {eps:.4g} <= {self.max_epsilon:g}"

@@ -7,7 +7,9 @@ lineage genesis record. Validation happens here, at the boundary; everything dow
 trusts it. Options that only a simulation can honour (simulated attackers, the simulated
 sites' own privacy ceilings: `SIMULATION_ONLY`) are not fields of it:
 `fedsilo.simulations.config.SimulationConfig` extends it with them, and a deployment's
-config that sets one is refused with one line naming it.
+config that sets one is refused with one line naming it. A bundled task's demo split
+over its sites (``partition``) is a task option (``[task_options] partition``), not a
+field: a deployment's config setting it at top level is refused (`MOVED`).
 """
 
 from __future__ import annotations
@@ -32,15 +34,27 @@ from fedsilo.server.config_fields import (
     positive_int,
 )
 
-__all__ = ["SIMULATION_ONLY", "ConfigError", "DPSettings", "RecordDPSettings", "RunConfig",
+__all__ = ["MOVED", "SIMULATION_ONLY", "ConfigError", "DPSettings", "RecordDPSettings", "RunConfig",
            "SecAggSettings", "check_run_id", "overreach", "read_toml"]
 
 
-# Run options that only a simulation can honour (simulated attacks and the simulated
-# sites' own privacy ceilings), with their defaults: fields of `SimulationConfig` only; a
-# deployment's config that sets one to anything but its default is refused.
+# Run options that only a simulation can honour (simulated attacks, the simulated sites'
+# own privacy ceilings, the split of the data over simulated sites), with their defaults:
+# fields of `SimulationConfig` only; a deployment's config that sets one to anything but
+# its default is refused (``partition`` always, by `MOVED`: a bundled task's demo split
+# is its ``[task_options] partition``).
+CARD_KEYS = ("intended_use", "out_of_scope", "owner")
+"""What ``[card]`` may state (`fedsilo.governance.card`)."""
 SIMULATION_ONLY: dict[str, Any] = {"attack": None, "malicious": 0, "allow_overreach": False,
-                                   "site_max_epsilon": None}
+                                   "site_max_epsilon": None, "partition": "dirichlet:0.5"}
+
+# Former run options that are now another part's options: a deployment's config that sets
+# one at top level is refused with one line saying where it goes now.
+MOVED: dict[str, str] = {
+    "partition": ("--config: partition = {value!r} is not a deployment option: a bundled "
+                  "task's demo split goes under [task_options] as partition = {value!r} "
+                  "(fedsilo simulate --partition sets it)"),
+}
 
 
 @dataclass
@@ -57,15 +71,12 @@ class RunConfig:
         arrays, or a torch ``state_dict`` saved as ``.pt``); its layers must match the task's.
     sites : number of sites (simulated, or the nodes a deployment waits for and samples from).
     rounds : number of federated rounds.
-    partition : how a bundled task's data is split over its sites (iid, dirichlet:ALPHA,
-        shards:K; column:NAME for a user's file): simulated sites and a deployment's demo
-        ``partition-id`` nodes load their share with `fedsilo.tasks.partition`.
     fraction : fraction of sites sampled per round, in (0, 1].
     local_epochs : local epochs per round at each site.
     lr : local SGD learning rate.
     batch_size : local mini-batch size.
     hidden : hidden units of the MLP.
-    seed : seed of partitions, model initialisation, sampling and local shuffling.
+    seed : seed of demo partitions, model initialisation, sampling and local shuffling.
     aggregator, optimizer : strategy specs, ``name:param=value,...``.
     proximal_mu : FedProx proximal term at the sites (0 = off).
     min_sites : replies needed for a round to change the model.
@@ -77,6 +88,10 @@ class RunConfig:
     round_timeout : seconds to wait for replies in a round.
     max_update_norm : screening bound on a site's update norm (absurd-norm rejection).
     lineage : write the signed lineage chain (on by default).
+    monitor : the run's monitor (``[monitor]``: thresholds, per-code severities and the
+        policy on error flags, `fedsilo.governance.flags.MonitorConfig`); on by default.
+    card : what the model card states that a run cannot know (``[card]``:
+        ``intended_use``, ``out_of_scope``, ``owner``).
     out : parent directory of run directories.
     run_id : run directory name and lineage run id (default: generated).
     """
@@ -86,7 +101,6 @@ class RunConfig:
     init_model: str | None = None
     sites: int = 10
     rounds: int = 20
-    partition: str = "dirichlet:0.5"
     fraction: float = 1.0
     local_epochs: int = 1
     lr: float = 0.1
@@ -107,6 +121,8 @@ class RunConfig:
     dp: DPSettings = field(default_factory=DPSettings)
     record_dp: RecordDPSettings = field(default_factory=RecordDPSettings)
     secagg: SecAggSettings = field(default_factory=SecAggSettings)
+    monitor: dict[str, Any] = field(default_factory=dict)
+    card: dict[str, Any] = field(default_factory=dict)
 
     # options this config refuses as simulation-only (`SimulationConfig` accepts them)
     refused: ClassVar[Mapping[str, Any]] = SIMULATION_ONLY
@@ -144,6 +160,8 @@ class RunConfig:
         data = _task_alias(data)
         for key, value in data.items():
             name = key.replace("-", "_")
+            if name in MOVED and name not in top:
+                raise ConfigError(MOVED[name].format(value=value))
             if name in cls.refused and name not in top:
                 if value == cls.refused[name]:
                     continue  # a default (as a simulation's config.toml holds): nothing asked
@@ -171,15 +189,9 @@ class RunConfig:
     # -------------------------------------------------------------- validation
     def validate(self) -> None:
         """Raise `ConfigError` naming the first invalid option and what is accepted."""
-        from fedsilo.tasks.partition import PartitionError, PartitionSpec
-
         _check_task(self.task)
         self._validate_counts()
         self._validate_numbers()
-        try:
-            PartitionSpec.parse(self.partition)
-        except PartitionError as exc:
-            raise ConfigError(f"--partition: {exc}") from None
         if self.run_id is not None:
             check_run_id(self.run_id)
         if self.min_sites > self.sites:
@@ -189,6 +201,10 @@ class RunConfig:
             self._validate_dp()
         if self.record_dp.enabled:
             self._validate_record_dp()
+        self.monitor_config()
+        for key, value in self.card.items():
+            if key not in CARD_KEYS or not isinstance(value, str):
+                raise ConfigError(f"card.{key}: expected one of {', '.join(CARD_KEYS)}, as text")
 
     def _validate_counts(self) -> None:
         for flag, value in (("--sites", self.sites), ("--rounds", self.rounds),
@@ -293,6 +309,15 @@ class RunConfig:
             field = field.strip().replace("_", "-")
             flag = "--aggregator" if field == "aggregator" else f"--dp-{field}"
             raise ConfigError(f"{flag}: {message.strip()}") from None
+
+    def monitor_config(self) -> Any:
+        """The validated `fedsilo.governance.flags.MonitorConfig` of ``[monitor]``."""
+        from fedsilo.governance.flags import MonitorConfig, MonitorConfigError
+
+        try:
+            return MonitorConfig.from_dict(self.monitor)
+        except MonitorConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def dataset(self) -> str:

@@ -83,12 +83,12 @@ def deployment_spec(config: RunConfig, run_dir: Path) -> ServerSpec:
     """The deployed server's spec: the task's model, identity and (optional) central
     evaluator; the federation record tells ``partition-id`` nodes their share."""
     from fedsilo.server.loop import ServerSpec
-    from fedsilo.server.task_setup import server_task, task_options
+    from fedsilo.server.task_setup import demo_partition, server_task, task_options
 
     st = server_task(config)
     federation = {
         "task": config.task, "task_options": json.dumps(task_options(config), sort_keys=True),
-        "sites": config.sites, "partition": config.partition, "seed": config.seed,
+        "sites": config.sites, "partition": demo_partition(config), "seed": config.seed,
         "batch_size": config.batch_size, "sim_run_dir": str(run_dir.resolve()),
     }
     return ServerSpec(

@@ -52,6 +52,18 @@ def expected_sites(spec: ServerSpec) -> int:
     return spec.expected_sites or spec.config.sites
 
 
+HANDSHAKE_WINDOW = 100
+"""Least number of handshake queries in flight at once on Flower's simulation engine."""
+
+
+def handshake_window(spec: ServerSpec) -> int:
+    """Handshake queries in flight at once on an in-memory grid: a round's sample, at
+    least `HANDSHAKE_WINDOW` (so up to 100 sites are asked all at once, as before). Flower's
+    engine scans every stored message once per node to dispatch them: 1,000 queries at
+    once cost 1,000 x 1,000 checks per scan; a window costs a round's scan."""
+    return max(HANDSHAKE_WINDOW, spec.config.sites_per_round)
+
+
 def wait_for_nodes(grid: Grid, spec: ServerSpec) -> list[int]:
     """The connected node ids once ``expected_sites`` are there (FederationError after
     ``node_wait_timeout`` seconds)."""
@@ -87,7 +99,10 @@ def handshake(grid: Grid, spec: ServerSpec, federation: dict[str, Any],
                                     min(len(nodes), spec.config.sites_per_round))
     msgs = [Message(content, dst_node_id=n, message_type=f"{MessageType.QUERY}.handshake")
             for n in nodes]
-    replies = send_and_receive(grid, msgs, timeout=spec.config.round_timeout)
+    # every node is asked, at most a window of them at a time (simulation engine only:
+    # see `fedsilo.server.messaging`); all within round_timeout
+    replies = send_and_receive(grid, msgs, timeout=spec.config.round_timeout,
+                               window=handshake_window(spec))
     if secagg is not None and first is not None:
         secagg.keys_from_handshake(first, replies)
     sites: dict[str, SiteInfo] = {}

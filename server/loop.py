@@ -31,6 +31,7 @@ from fedsilo.server.run_store import RunStore
 from fedsilo.server.spec import (
     BudgetExhausted,
     FederationError,
+    MonitorStop,
     RoundSummary,
     RunResult,
     ServerSpec,
@@ -40,6 +41,7 @@ from fedsilo.server.stopping import RunInterrupted, check_stop
 from fedsilo.strategies import registry
 
 if TYPE_CHECKING:  # the SecAgg+ modules load only when a run uses them
+    from fedsilo.governance.monitor import Monitor
     from fedsilo.server.secagg_round import SecAggSession
 
 __all__ = ["BudgetExhausted", "FederationError", "FederationServer", "RoundSummary",
@@ -89,6 +91,7 @@ class FederationServer:
                 spec.run_id, timeout=cfg.round_timeout, vector_length=self.layout.size)
         self.store = RunStore(spec.run_dir, lineage_on=cfg.lineage,
                               server_key_path=spec.server_key_path)
+        self.store.run_id = spec.run_id  # sites' attestations name it (their chain heads)
         self.sites: list[SiteInfo] = []
         self.start_round = 1
         self.recovered: list[RoundSummary] = []  # rounds whose report a crash interrupted
@@ -97,6 +100,12 @@ class FederationServer:
         self.progress = RunProgress()  # rounds of the whole run that changed the model
         self.last_round = 0  # the last round whose record is (or is about to be) on disk
         self.rounds_in_budget: int | None = None  # DP: rounds the epsilon budget allows
+        self.monitor: Monitor | None = None  # the run's flags (`fedsilo.governance.monitor`)
+        monitor_config = cfg.monitor_config()
+        if monitor_config.enabled:
+            from fedsilo.governance.monitor import Monitor
+
+            self.monitor = Monitor(monitor_config, secagg=cfg.secagg.enabled)
 
     # ------------------------------------------------------------------ run
     def run(self, grid: Grid) -> RunResult:
@@ -117,6 +126,9 @@ class FederationServer:
         except BudgetExhausted as exc:
             closing, detail = outcome.closing_status(
                 self.progress, spec.config.min_rounds_changed, str(exc))
+        except MonitorStop as exc:  # an error flag under on_error = "stop"
+            closing = outcome.STOPPED_BY_MONITOR
+            detail = f"{exc}; {self.progress.statement()}"
         except (KeyboardInterrupt, SystemExit, RunInterrupted) as exc:
             # SIGINT/SIGTERM (our handler's stop request, or a runtime's own handler): the
             # last checkpoint is on disk; resuming continues from it
@@ -208,9 +220,10 @@ class FederationServer:
         from fedsilo.tasks.statistics import StatisticsError
 
         nodes = {s.node_id: s.site_id for s in self.sites}
-        try:
+        try:  # under SecAgg+ the sum is taken securely (the server never sees a site's)
             self.statistics, self.statistics_record = task_round.query_statistics(
-                grid, nodes, self.federation(), self.spec.config.round_timeout)
+                grid, nodes, self.federation(), self.spec.config.round_timeout,
+                secagg=self.secagg)
         except StatisticsError as exc:
             raise FederationError(str(exc)) from None
 

@@ -7,6 +7,8 @@ A run's closing record (lineage) says why it ended. The statuses:
 * ``no_progress``: fewer than ``min_rounds_changed`` rounds did (with the default 1:
   none did), whatever else happened; the CLI says so in one line and exits 3;
 * ``budget_exhausted``: the privacy budget ended the run early (after enough progress);
+* ``stopped_by_monitor``: an error flag of the run's monitor stopped it
+  (``[monitor] on_error = "stop"``; the detail names the flag); the CLI exits 4;
 * ``interrupted``: SIGINT/SIGTERM or Ctrl-C; resumable from the checkpoint;
 * ``error``: the server failed.
 
@@ -28,25 +30,30 @@ from typing import Any
 COMPLETED = "completed"
 NO_PROGRESS = "no_progress"
 BUDGET_EXHAUSTED = "budget_exhausted"
+STOPPED_BY_MONITOR = "stopped_by_monitor"
 INTERRUPTED = "interrupted"
 ERROR = "error"
 LEGACY_COMPLETED = "rounds_done"
 
-CLOSING_REASONS = (COMPLETED, NO_PROGRESS, BUDGET_EXHAUSTED, INTERRUPTED, ERROR, LEGACY_COMPLETED)
+CLOSING_REASONS = (COMPLETED, NO_PROGRESS, BUDGET_EXHAUSTED, STOPPED_BY_MONITOR, INTERRUPTED,
+                   ERROR, LEGACY_COMPLETED)
 # statuses after which the run is over and its outputs (model.npz...) must exist
-FINISHED = (COMPLETED, NO_PROGRESS, BUDGET_EXHAUSTED, LEGACY_COMPLETED)
+FINISHED = (COMPLETED, NO_PROGRESS, BUDGET_EXHAUSTED, STOPPED_BY_MONITOR, LEGACY_COMPLETED)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_NO_PROGRESS = 3
+EXIT_STOPPED_BY_MONITOR = 4
 EXIT_INTERRUPTED = 130
 EXIT_CODES = {
     COMPLETED: EXIT_OK, LEGACY_COMPLETED: EXIT_OK, BUDGET_EXHAUSTED: EXIT_OK,
     NO_PROGRESS: EXIT_NO_PROGRESS, ERROR: EXIT_ERROR, INTERRUPTED: EXIT_INTERRUPTED,
+    STOPPED_BY_MONITOR: EXIT_STOPPED_BY_MONITOR,
 }
 EXIT_CODES_HELP = (
     "exit codes: 0 the run completed (or its privacy budget ended it after progress); "
-    "3 no_progress (no round changed the model); 1 error (the run failed, or a process "
+    "3 no_progress (no round changed the model); 4 stopped_by_monitor (an error flag "
+    "stopped the run); 1 error (the run failed, or a process "
     "did); 2 bad input; 130 interrupted"
 )
 

@@ -6,12 +6,14 @@ summary, once per round, kept across crashes: `round_logger`), and, once the run
 finished, ``model.npz``, ``metrics.json`` and ``report.html`` (`write_outputs`). The server
 writes ``model.npz`` (atomically) before the closing record; ``metrics.json`` and then
 ``report.html`` come after it, so a directory without ``report.html`` is not a finished
-run, and a resume finishes its outputs (`closed_run`, `finish_outputs`).
+run, and a resume finishes its outputs (`closed_run`, `finish_outputs`). A simulation
+writes them while its engine shuts down (`OutputsDuringShutdown`).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsilo import lineage
+from fedsilo.server.app import ServerOutcome
 from fedsilo.server.config import ConfigError, RunConfig
 from fedsilo.server.loop import RoundSummary, RunResult, SiteInfo
 
@@ -141,6 +144,64 @@ def resumed_from(run_dir: Path, config: RunConfig) -> list[int]:
     return [int(r["body"]["from_round"]) for r in lineage.read_chain(db) if r["type"] == "resume"]
 
 
+class OutputsDuringShutdown(ServerOutcome):
+    """A `ServerOutcome` that starts writing the run's outputs (``metrics.json``, then
+    ``report.html``: `write_outputs`) the moment the ServerApp hands over its result, in
+    a thread, while the engine shuts down (Flower's teardown and Ray's shutdown take
+    seconds; the report's plots about one), instead of after it.
+
+    The ServerApp hands its result over only after ``model.npz`` and the closing record
+    are on disk (`FederationServer.run`), and `write_outputs` checks ``model.npz`` against
+    the final digest, so the outputs never run ahead of the model and its lineage. Both
+    output files are replaced atomically; a process stopped meanwhile leaves the run
+    without ``report.html`` (not finished), which ``--resume`` finishes. `wait` gives the
+    writer's result or raises its error.
+
+    Parameters
+    ----------
+    run_dir, config : the run's directory and resolved config (as for `write_outputs`).
+    label_counts : gives `write_outputs`'s ``label_counts`` (called in the writer's thread).
+    """
+
+    def __init__(self, run_dir: Path, config: RunConfig,
+                 label_counts: Callable[[], dict[str, list[int]] | None]) -> None:
+        super().__init__()
+        self._args = (run_dir, config, label_counts)
+        self._written: RunResult | None = None
+        self._failed: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._result: RunResult | None = None
+
+    @property  # type: ignore[override]
+    def result(self) -> RunResult | None:
+        return self._result
+
+    @result.setter
+    def result(self, value: RunResult | None) -> None:
+        self._result = value
+        if value is not None and self._thread is None:
+            # a daemon: a signal's quick exit never waits on a plot
+            self._thread = threading.Thread(target=self._write, args=(value,),
+                                            name="fedsilo-outputs", daemon=True)
+            self._thread.start()
+
+    def _write(self, result: RunResult) -> None:
+        run_dir, config, label_counts = self._args
+        try:
+            self._written = write_outputs(run_dir, config, result, label_counts())
+        except BaseException as exc:  # handed to `wait`, raised in the caller's thread
+            self._failed = exc
+
+    def wait(self) -> RunResult:
+        """The result with every round, once the outputs are written (their error if not)."""
+        assert self._thread is not None and self._result is not None
+        self._thread.join()
+        if self._failed is not None:
+            raise self._failed
+        assert self._written is not None
+        return self._written
+
+
 def write_outputs(run_dir: Path, config: RunConfig, result: RunResult,
                   label_counts: dict[str, list[int]] | None = None) -> RunResult:
     """Write ``metrics.json``, then ``report.html`` (last: it marks a finished run), for
@@ -167,7 +228,9 @@ def write_outputs(run_dir: Path, config: RunConfig, result: RunResult,
                                 None),
         "rounds": [asdict(r) for r in result.rounds],
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tmp = run_dir / ".metrics.json.tmp"  # atomically: a reader never sees half a file
+    tmp.write_text(json.dumps(metrics, indent=2))
+    tmp.replace(run_dir / "metrics.json")
     from fedsilo.server.report import write_report
 
     if label_counts is not None:

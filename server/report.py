@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedsilo.server.report_flags import flags_section, mark_flags  # noqa: E402
+
 
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
@@ -59,6 +61,7 @@ def write_report(path: Path, config: Any, result: Any,
     axes[1].set_ylabel("loss")
     axes[1].grid(alpha=0.3)
     axes[1].legend()
+    mark_flags(axes, result.rounds)
     curves = _png(fig)
 
     if label_counts is not None:
@@ -95,6 +98,7 @@ th{{background:#f3f3f3}}</style></head><body>
 Run ended: <b>{html.escape(result.closing_reason)}</b>; {len(result.rounds)} rounds; sites: {len(result.sites)}.<br>
 {html.escape(getattr(result, "detail", "") or "")}{_resumes_text(resumed_from)}</p>
 <h2>Accuracy and loss per round</h2><img alt="accuracy and loss per round" src="data:image/png;base64,{curves}">
+{flags_section(result.rounds, secagg=bool(config.secagg.enabled))}
 {site_section}
 <h2>Sites' data</h2><img alt="{sites_alt}" src="data:image/png;base64,{sites_png}">
 <table><tr><th>site</th><th>{count_head}</th></tr>{site_rows}</table>
@@ -103,7 +107,10 @@ Run ended: <b>{html.escape(result.closing_reason)}</b>; {len(result.rounds)} rou
 <h2>Configuration</h2><table>{cfg_rows}</table>
 </body></html>
 """
-    path.write_text(page)
+    # atomically: report.html marks a finished run, so it is never seen half written
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page)
+    tmp.replace(path)
 
 
 def _site_section(rounds: list[Any]) -> str:

@@ -14,6 +14,7 @@ verify      check signatures into a batch; SecAgg+: the session's         `verif
 aggregate   the aggregator on the batch, or DP's clip-and-noise          `aggregate.aggregate`
 step        the server optimiser; a non-finite model is never committed  `aggregate.step`
 evaluate    central (if the task gives the server data) and per site     `evaluate`
+monitor     flags from what the server saw; the policy's action          `monitoring.monitor`
 record      checkpoint (atomic), then the signed round record            `record`
 ==========  ===========================================================  ======================
 
@@ -33,12 +34,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedsilo.common import codec
+from fedsilo.common.protocol import with_attestation_prev
 from fedsilo.lineage.fates import Fate
-from fedsilo.server import site_eval, task_round
+from fedsilo.server import monitoring, site_eval, task_round
 from fedsilo.server.aggregate import aggregate, step
 from fedsilo.server.faults import fault_point
 from fedsilo.server.messaging import send_and_receive
-from fedsilo.server.spec import BudgetExhausted, RoundSummary, SiteInfo
+from fedsilo.server.reply_digests import ReplyDigests
+from fedsilo.server.spec import BudgetExhausted, MonitorStop, RoundSummary, SiteInfo
 from fedsilo.server.verify_replies import Signer, round_audit, verify_plain
 
 if TYPE_CHECKING:
@@ -61,6 +64,7 @@ class Exchanged:
     privacy: dict[str, Any] | None = None
     secagg: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    geometry: tuple[list[str], np.ndarray | None, np.ndarray | None] = ([], None, None)
 
 
 def run_round(server: FederationServer, grid: Grid, server_round: int) -> RoundSummary:
@@ -87,9 +91,13 @@ def run_round(server: FederationServer, grid: Grid, server_round: int) -> RoundS
         server.model, reason = step(server.optimizer, server.model, ex.update)
         status = "completed" if reason is None else "skipped"
     evaluated = evaluate(server, grid, server_round, sampled)
+    flags = monitoring.monitor(server, server_round, sampled, ex, evaluated)
     evaluated.timings["total"] = time.perf_counter() - t0
-    return record(server, server_round, sampled, ex, evaluated, model_in=model_in,
-                  status=status, reason=reason, t0=t0)
+    summary = record(server, server_round, sampled, ex, evaluated, model_in=model_in,
+                     status=status, reason=reason, t0=t0, flags=flags)
+    if server.monitor is not None and server.monitor.stop_reason is not None:
+        raise MonitorStop(server.monitor.stop_reason)
+    return summary
 
 
 # ------------------------------------------------------------------ sample, configure
@@ -100,12 +108,13 @@ def sample(server: FederationServer) -> list[SiteInfo]:
     independently with probability ``fraction``) when DP accounts for it.
     """
     cfg = server.spec.config
+    pool = monitoring.eligible(server)
     if server.dp is not None and cfg.dp.sampling == "poisson" and cfg.fraction < 1.0:
-        idx = np.flatnonzero(server.rng.random(len(server.sites)) < cfg.fraction)
+        idx = np.flatnonzero(server.rng.random(len(pool)) < cfg.fraction)
     else:
-        k = min(len(server.sites), cfg.sites_per_round)
-        idx = np.sort(server.rng.choice(len(server.sites), size=k, replace=False))
-    return [server.sites[i] for i in idx]
+        k = min(len(pool), cfg.sites_per_round)
+        idx = np.sort(server.rng.choice(len(pool), size=k, replace=False))
+    return [pool[i] for i in idx]
 
 
 def next_sample_known(server: FederationServer) -> list[int] | None:
@@ -114,9 +123,10 @@ def next_sample_known(server: FederationServer) -> list[int] | None:
     cfg = server.spec.config
     if server.dp is not None and cfg.dp.sampling == "poisson" and cfg.fraction < 1.0:
         return None
-    if cfg.sites_per_round < len(server.sites):
+    pool = monitoring.eligible(server)
+    if cfg.sites_per_round < len(pool):
         return None
-    return [s.node_id for s in server.sites]
+    return [s.node_id for s in pool]
 
 
 def configure(server: FederationServer, server_round: int) -> RecordDict:
@@ -137,14 +147,22 @@ def plain_exchange(server: FederationServer, grid: Grid, server_round: int,
     """Send the model, receive plain updates, verify them into a batch, aggregate."""
     spec, cfg = server.spec, server.spec.config
     t0 = time.perf_counter()
-    msgs = [Message(content, dst_node_id=s.node_id, message_type=MessageType.TRAIN)
+    # each site's round config carries its own chain head (`RoundConfig.attestation_prev`)
+    prevs = {s.site_id: server.store.attestation_prev(s.site_id) for s in sampled}
+    msgs = [Message(with_attestation_prev(content, prevs[s.site_id]), dst_node_id=s.node_id,
+                    message_type=MessageType.TRAIN)
             for s in sampled]
-    replies = send_and_receive(grid, msgs, timeout=cfg.round_timeout)
-    t_recv = time.perf_counter()
-    fault_point("mid_round", server_round)
-    verified = verify_plain(replies, sampled, layout=server.layout, policy=server.screening,
-                            run_id=spec.run_id, server_round=server_round,
-                            record_epsilon=cfg.record_dp.enabled)
+    # each reply is digested as it arrives, while the other sites still train: when the
+    # last one is in, only its own digest is left before the signature checks
+    with ReplyDigests() as digests:
+        replies = send_and_receive(grid, msgs, timeout=cfg.round_timeout,
+                                   on_reply=digests.submit)
+        t_recv = time.perf_counter()
+        fault_point("mid_round", server_round)
+        verified = verify_plain(replies, sampled, layout=server.layout, policy=server.screening,
+                                run_id=spec.run_id, server_round=server_round,
+                                record_epsilon=cfg.record_dp.enabled, digests=digests,
+                                prevs=prevs)
     batch = verified.batch
     if spec.attack_fn is not None and batch.n:
         batch = spec.attack_fn(server_round, batch)
@@ -159,6 +177,8 @@ def plain_exchange(server: FederationServer, grid: Grid, server_round: int,
         batch, ex.contributions, ex.rejected, dp=server.dp, aggregator=server.aggregator,
         min_sites=cfg.min_sites, dim=server.layout.size)
     ex.accepted = [c["site_id"] for c in ex.contributions if c["fate"] == Fate.ACCEPTED]
+    if server.monitor is not None:
+        ex.geometry = monitoring.update_geometry(batch, ex.update)
     if cfg.record_dp.enabled:
         site_eps = verified.record_epsilon
         for c in ex.contributions:
@@ -268,7 +288,7 @@ def evaluate_at(server: FederationServer, grid: Grid, server_round: int,
 # ------------------------------------------------------------------ record
 def record(server: FederationServer, server_round: int, sampled: list[SiteInfo],
            ex: Exchanged, ev: Evaluated, *, model_in: str, status: str, reason: str | None,
-           t0: float) -> RoundSummary:
+           t0: float, flags: list[dict[str, Any]] | None = None) -> RoundSummary:
     """The round's record and summary; then `RunStore.commit_round`: the checkpoint
     (carrying the record), then the record."""
     epsilon = _epsilon(server, ex.privacy)
@@ -283,6 +303,10 @@ def record(server: FederationServer, server_round: int, sampled: list[SiteInfo],
                               "rounds_requested": server.spec.config.rounds}
     if ev.problems:
         extra["evaluation_problems"] = ev.problems
+    if flags:
+        extra["flags"] = flags
+    if server.monitor is not None and server.monitor.excluded:
+        extra["excluded"] = dict(server.monitor.excluded)
     completed = status == "completed"
     rec = server.round_record(
         server_round=server_round, sampled=[s.site_id for s in sampled],
@@ -301,7 +325,7 @@ def record(server: FederationServer, server_round: int, sampled: list[SiteInfo],
         if completed else 0, rejected=ex.rejected, train_loss=ex.train_loss,
         test_loss=ev.test_loss, test_accuracy=ev.test_accuracy,
         wall_time=time.perf_counter() - t0, model_digest=ev.model_out, epsilon=epsilon,
-        reason=reason, site_eval=site_eval.summarise(ev.evaluations),
+        reason=reason, site_eval=site_eval.summarise(ev.evaluations), flags=list(flags or []),
     )
     server.progress.add(status, summary.accepted, reason, ex.rejected)
     server.last_round = server_round

@@ -67,12 +67,29 @@ class RunStore:
         self.run_dir = run_dir
         self.lineage_on = lineage_on
         self.server_key_path = server_key_path
+        self.run_id = ""  # set by the server at genesis (or read back on resume)
         self.writer: Any = None  # a `lineage.LineageWriter` (or a test's stand-in)
         self.server_key: Any = None
         # the model digest the chain's last record leaves current (what a closing record
         # must name): a round interrupted after its step but before its record leaves
         # the live model ahead of the chain, and is re-run on resume
         self.chain_model: str | None = None
+        # site id -> the digest of its last chained attestation the chain records: what the
+        # site's next plain round config carries as its `attestation_prev`
+        self.attestations: dict[str, str] = {}
+
+    def attestation_prev(self, site_id: str) -> str:
+        """The prev ``site_id`` chains its next attestation onto (genesis for its first)."""
+        return self.attestations.get(site_id, lineage.GENESIS_ATTESTATION)
+
+    def remember_attestations(self, run_id: str, body: dict[str, Any]) -> None:
+        """Advance each site's chain head past the chained contributions of a round
+        record's ``body`` (its dict form), in chain order."""
+        for c in body["contributions"]:
+            if c.get("prev") is not None:
+                self.attestations[c["site_id"]] = lineage.attestation_digest(
+                    lineage.contribution_message(run_id, body["round"], c["update_digest"],
+                                                 c["data_fingerprint"], c["prev"]))
 
     @property
     def db_path(self) -> Path:
@@ -113,6 +130,8 @@ class RunStore:
             self.writer.before_commit = lambda _type: fault_point("lineage_write", server_round)
         self.append(record)
         self.chain_model = record.model_out
+        if self.run_id:
+            self.remember_attestations(self.run_id, record.to_dict())
 
     # ------------------------------------------------------------ the end
     def save_final_model(self, weights: dict[str, np.ndarray], last_round: int) -> None:
@@ -176,6 +195,11 @@ class RunStore:
             out.recovered_summary = ckpt.extra.get("summary") or None
             bodies.append(record.to_dict())
         self.chain_model = model_digest
+        chain = lineage.read_chain(self.db_path)
+        self.run_id = chain[0]["body"]["run_id"] if chain else self.run_id
+        self.attestations = {}  # rebuilt from the chain: every round record, superseded too
+        for body in bodies:
+            self.remember_attestations(self.run_id, body)
         self.writer.append(lineage.ResumeRecord(
             resumed_at=now(), from_round=ckpt.round,
             reason="server restarted after an interruption; continuing from the last checkpoint",

@@ -40,7 +40,14 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedsilo.privacy.secagg import SecAggAbort, SecAggConfig, SecAggServer, SetupRequest
-from fedsilo.privacy.secagg.records import ATTEST_KEY, MASKED_KEY, NEXT_KEY, RECORD_KEY, encode
+from fedsilo.privacy.secagg.records import (
+    ATTEST_KEY,
+    MASKED_KEY,
+    MESSAGE_TYPES,
+    NEXT_KEY,
+    RECORD_KEY,
+    encode,
+)
 from fedsilo.server.secagg_stages import (
     PreAdvertised,
     PreShared,
@@ -75,6 +82,8 @@ class SecAggOutcome:
     next_keys: with ``announce_next``, the next round's keys advertised by the sites of
         the masked stage (`PreAdvertised`) or, with ``next_nodes`` too, its setup and
         share stages already run (`PreShared`); the session keeps it for that round.
+    sum_float64: with a ``precise`` session, the sum as the protocol recovered it
+        (float64, not rounded to float32: the statistics exchange reads it exactly).
     attestations: with ``signers``, per node whose masked input's signature verified:
         ``update_digest`` (of the masked uint32 vector received), ``signature``,
         ``data_fingerprint`` and, if its unmask reply's signature verified too,
@@ -92,6 +101,7 @@ class SecAggOutcome:
     lineage: dict[str, Any] = field(default_factory=dict)
     next_keys: PreAdvertised | PreShared | None = None
     attestations: dict[int, dict[str, str]] = field(default_factory=dict)
+    sum_float64: np.ndarray | None = None
 
 
 @dataclass
@@ -126,14 +136,20 @@ class SecAggSession:
     timeout : seconds to wait for replies at each stage; late sites count as dropped.
     vector_length : length of the flat update; None: the total size of the training
         content's ``arrays`` record, per exchange.
+    message_types : the message type of each stage (default: a training round's); the
+        run's statistics exchange (`fedsilo.server.task_round`) uses its own.
+    precise : keep the float64 sum in `SecAggOutcome.sum_float64` too.
     """
 
     def __init__(self, config: SecAggConfig, run_id: str, *, timeout: float | None,
-                 vector_length: int | None = None) -> None:
+                 vector_length: int | None = None,
+                 message_types: Mapping[str, str] = MESSAGE_TYPES, precise: bool = False) -> None:
         self.config = config
         self.run_id = run_id
         self.timeout = timeout
         self.vector_length = vector_length
+        self.message_types = message_types
+        self.precise = precise
         self.next_keys: PreAdvertised | PreShared | None = None
 
     def attach_setup(self, content: RecordDict, server_round: int, sample_size: int
@@ -196,6 +212,8 @@ class SecAggSession:
         except SecAggAbort as e:
             reason = str(e)
         out = _outcome(server, result, reason, st, self.config)
+        if self.precise and result is not None:
+            out.sum_float64 = result.sum_delta
         self.next_keys = out.next_keys
         return out
 
@@ -213,7 +231,7 @@ class SecAggSession:
         # sites): every site is set up afresh; a site that shared ahead but has not
         # masked accepts new keys for the round
         reqs, st.n_pre = setup_and_share(grid, server, setup, ahead, self.timeout,
-                                          st.timings, st.site_metrics)
+                                          st.timings, st.site_metrics, self.message_types)
         return server, reqs
 
     def _masked(self, grid: Grid, server: SecAggServer, reqs: Mapping[int, object],
@@ -228,7 +246,8 @@ class SecAggSession:
             extra[NEXT_KEY] = setup_record(st.next_setup)
         t0 = time.perf_counter()
         masked: list[Message] = []
-        replies, m = exchange(grid, "masked", reqs, rnd, self.timeout, extra, masked)
+        replies, m = exchange(grid, "masked", reqs, rnd, self.timeout, extra, masked,
+                              types=self.message_types)
         st.site_metrics.update(m)
         if st.next_setup is not None:
             st.next_keys = keys_from_replies(st.next_setup, masked)
@@ -263,7 +282,8 @@ class SecAggSession:
                             if not isinstance(v, ArrayRecord)})
         t0 = time.perf_counter()
         unmasked: list[Message] = []
-        replies, _ = exchange(grid, "unmask", reqs, rnd, self.timeout, light, unmasked, per_node)
+        replies, _ = exchange(grid, "unmask", reqs, rnd, self.timeout, light, unmasked, per_node,
+                              types=self.message_types)
         if ahead is not None and st.next_setup is not None:
             t1 = time.perf_counter()
             st.next_keys = shares_ahead(ahead[0], st.next_setup, unmasked)

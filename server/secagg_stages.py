@@ -100,12 +100,15 @@ def exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_roun
               timeout: float, extra: RecordDict | None,
               accepted: list[Message] | None = None,
               per_node: Mapping[int, Mapping[str, ConfigRecord]] | None = None,
+              types: Mapping[str, str] = MESSAGE_TYPES,
               ) -> tuple[dict[int, object], dict[int, dict[str, float]]]:
     """Send each site its request (plus the records in ``extra``, and in ``per_node`` for
     that site); decode the replies.
 
     ``accepted``, if given, collects the reply messages that were decoded (one per site,
-    no errors), for records outside the stage's own.
+    no errors), for records outside the stage's own. ``types``: the message type of each
+    stage (a run's rounds use `MESSAGE_TYPES`; its statistics exchange its own, so that a
+    site keeps that exchange's state apart).
     """
     msgs = []
     # A request object sent to many sites (setup, unmask) is encoded once; each message
@@ -122,7 +125,7 @@ def exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_roun
                 for key, rec in records.items():
                     content[key] = rec
         msgs.append(Message(content=content, dst_node_id=node,
-                            message_type=MESSAGE_TYPES[stage], group_id=str(server_round)))
+                            message_type=types[stage], group_id=str(server_round)))
     replies: dict[int, object] = {}
     metrics: dict[int, dict[str, float]] = {}
     for rep in send_and_receive(grid, msgs, timeout=timeout):
@@ -144,6 +147,7 @@ def exchange(grid: Grid, stage: str, requests: Mapping[int, object], server_roun
 def setup_and_share(grid: Grid, server: SecAggServer, setup: SetupRequest,
                      preadvertised: PreAdvertised | PreShared | None, timeout: float,
                      timings: dict[str, float], site_metrics: dict[int, dict[str, float]],
+                     types: Mapping[str, str] = MESSAGE_TYPES,
                      ) -> tuple[Mapping[int, object], int]:
     """The setup (for sites without usable keys) and share stages of ``server``'s round:
     (masked-input requests, number of sites whose keys were advertised ahead)."""
@@ -155,7 +159,8 @@ def setup_and_share(grid: Grid, server: SecAggServer, setup: SetupRequest,
     missing = [n for n in server.nodes if n not in keys]
     t0 = time.perf_counter()
     if missing:
-        replies, m = exchange(grid, "setup", dict.fromkeys(missing, setup), rnd, timeout, None)
+        replies, m = exchange(grid, "setup", dict.fromkeys(missing, setup), rnd, timeout, None,
+                              types=types)
         site_metrics.update(m)
         keys.update(replies)
     t1 = time.perf_counter()
@@ -163,7 +168,7 @@ def setup_and_share(grid: Grid, server: SecAggServer, setup: SetupRequest,
     timings["secagg_setup_server_s"] = time.perf_counter() - t1
     timings["secagg_setup_wall_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    replies, m = exchange(grid, "share", reqs, rnd, timeout, None)
+    replies, m = exchange(grid, "share", reqs, rnd, timeout, None, types=types)
     site_metrics.update(m)
     t1 = time.perf_counter()
     reqs = server.on_shares(replies)

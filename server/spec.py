@@ -25,6 +25,10 @@ class FederationError(FedsiloError, RuntimeError):
     """The federation cannot start or continue (not enough sites, refused policies...)."""
 
 
+class MonitorStop(Exception):
+    """An error flag under ``[monitor] on_error = "stop"``: end the run cleanly, naming it."""
+
+
 class BudgetExhausted(Exception):
     """The next round would exceed the privacy budget: end the run cleanly."""
 
@@ -73,6 +77,8 @@ class RoundSummary:
     site_eval: dict[str, Any] | None = None
     """The sampled sites' scores of the round's model on their own held-out splits, with
     mean and worst site (`fedsilo.server.site_eval.summarise`); None: not evaluated."""
+    flags: list[dict[str, Any]] = field(default_factory=list)
+    """The monitor's flags of this round (`fedsilo.governance.flags.Flag` dicts)."""
 
 
 @dataclass

@@ -6,8 +6,15 @@
   site before round 1 collects each site's sums; the server adds them up (`sum_statistics`)
   and sends the sum with every train and evaluate message (`statistics_records`).
   The sum's digest (and its values when small) go into the genesis record's ``task``.
-  Under SecAgg+ the per-site sums are still sent in the clear (a sum of counts and
-  moments, not updates); summing them securely is left for later.
+  Under SecAgg+ (a run's `SecAggSession`) the server learns only the sum: the clear query
+  gets each site's layout (names and shapes) and no values, then one SecAgg+ exchange of
+  its own (run id + `SECURE_RUN_SUFFIX`, message types `SECURE_MESSAGE_TYPES`, every
+  site, weight 1) sums the sites' sums encoded exactly (`fedsilo.tasks.statistics.
+  secure_vector`: 128-bit fixed point with 2^-32 resolution, cut into 16-bit limbs that
+  the quantiser carries unchanged); the lineage form then says ``"summed": "secagg+"``.
+  Every site must take part: a site that drops out fails the query (a partial sum would
+  standardise with other statistics than the sites'), as a site that does not answer
+  the clear query does.
 * `ModelParts`: the global model split into the layers the sites train (the server's
   aggregation layout) and the task's frozen layers (sent, never sent back or aggregated).
 """
@@ -17,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
@@ -27,14 +34,28 @@ from fedsilo.common import codec
 from fedsilo.server.messaging import send_and_receive
 from fedsilo.tasks.base import TaskIdentity, statistics_digest
 from fedsilo.tasks.statistics import (
+    LAYOUT_KEY,
+    LIMB_BITS,
+    SECURE_CLIP,
+    SECURE_KEY,
+    SECURE_MAX_SITES,
+    SECURE_MESSAGE_TYPES,
+    SECURE_RUN_SUFFIX,
     STATISTICS_KEY,
     STATISTICS_RECORD,
     StatisticsError,
+    decode_layout,
     decode_statistics,
+    encode_layout,
     encode_statistics,
     record_form,
+    secure_length,
+    secure_sum,
     sum_statistics,
 )
+
+if TYPE_CHECKING:
+    from fedsilo.server.secagg_round import SecAggSession
 
 
 def identity_problem(expected: Mapping[str, str] | None, rec: Mapping[str, Any]) -> str | None:
@@ -62,18 +83,42 @@ def identity_problem(expected: Mapping[str, str] | None, rec: Mapping[str, Any])
 
 
 def query_statistics(grid: Grid, nodes: Mapping[int, str], federation: Mapping[str, Any],
-                     timeout: float) -> tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]:
+                     timeout: float, secagg: SecAggSession | None = None,
+                     ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]:
     """Ask every site (node id -> site id) for its statistics; return (sum, lineage form),
     or (None, None) when no site has any (the task's `site_statistics` returned None).
+    With ``secagg`` (the run's session) the sum is taken under SecAgg+ (module docstring).
 
     `StatisticsError` (one line naming the site) when a site does not answer, sends none
     while others do, or sends sums that cannot be added to the others'."""
+    fed = {**federation, SECURE_KEY: secagg is not None}
+    key = STATISTICS_KEY if secagg is None else LAYOUT_KEY
+    found, without = _ask(grid, nodes, fed, timeout, key)
+    if not found:
+        return None, None
+    if without:
+        raise StatisticsError(f"statistics: site {without[0]} sent no statistics, site "
+                              f"{found[0][0]} did")
+    if secagg is None:
+        per_site = [(site, decode_statistics(text, f"statistics: site {site}"))
+                    for site, text in found]
+        total = sum_statistics(per_site)
+        return total, record_form(total, statistics_digest(total), len(per_site))
+    total = _secure_sum(grid, nodes, fed, found, secagg, timeout)
+    return total, {**record_form(total, statistics_digest(total), len(nodes)),
+                   "summed": "secagg+"}
+
+
+def _ask(grid: Grid, nodes: Mapping[int, str], federation: Mapping[str, Any], timeout: float,
+         key: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """The clear statistics query: (site, its record's ``key``) of the sites that sent
+    one, and the sites that sent none, by site id."""
     content = RecordDict({codec.FEDERATION_RECORD: ConfigRecord(dict(federation))})
     msgs = [Message(content, dst_node_id=n, message_type=f"{MessageType.QUERY}.statistics")
             for n in sorted(nodes)]
-    replies = send_and_receive(grid, msgs, timeout=timeout)
-    by_node = {int(r.metadata.src_node_id): r for r in replies}
-    per_site: list[tuple[str, dict[str, np.ndarray]]] = []
+    by_node = {int(r.metadata.src_node_id): r
+               for r in send_and_receive(grid, msgs, timeout=timeout)}
+    found: list[tuple[str, str]] = []
     without: list[str] = []
     for node, site in sorted(nodes.items(), key=lambda kv: kv[1]):
         reply = by_node.get(node)
@@ -82,18 +127,48 @@ def query_statistics(grid: Grid, nodes: Mapping[int, str], federation: Mapping[s
         if reply.has_error():
             raise StatisticsError(f"statistics: site {site}: {reply.error.reason}")
         rec = codec.record(reply.content, STATISTICS_RECORD, ConfigRecord)
-        text = "" if rec is None else str(rec.get(STATISTICS_KEY, ""))
-        if not text:
+        text = "" if rec is None else str(rec.get(key, ""))
+        if text:
+            found.append((site, text))
+        else:
             without.append(site)
-            continue
-        per_site.append((site, decode_statistics(text, f"statistics: site {site}")))
-    if not per_site:
-        return None, None
-    if without:
-        raise StatisticsError(f"statistics: site {without[0]} sent no statistics, site "
-                              f"{per_site[0][0]} did")
-    total = sum_statistics(per_site)
-    return total, record_form(total, statistics_digest(total), len(per_site))
+    return found, without
+
+
+def _secure_sum(grid: Grid, nodes: Mapping[int, str], federation: Mapping[str, Any],
+                layouts: list[tuple[str, str]], session: SecAggSession, timeout: float
+                ) -> dict[str, np.ndarray]:
+    """The sites' statistics summed by one SecAgg+ exchange of their own."""
+    import dataclasses
+
+    from fedsilo.server.secagg_round import SecAggSession
+
+    layout = decode_layout(layouts[0][1], f"statistics: site {layouts[0][0]}")
+    for site, text in layouts[1:]:
+        theirs = decode_layout(text, f"statistics: site {site}")
+        if theirs != layout:
+            raise StatisticsError(f"statistics: site {site}'s statistics {theirs} differ from "
+                                  f"site {layouts[0][0]}'s {layout}")
+    if len(nodes) > SECURE_MAX_SITES:
+        raise StatisticsError(f"statistics: {len(nodes)} sites exceed the {SECURE_MAX_SITES} "
+                              "whose statistics one SecAgg+ exchange can sum exactly")
+    # the run's graph parameters; the exact limb encoding's quantisation (scale 1)
+    config = dataclasses.replace(session.config, clip_range=SECURE_CLIP, bits=LIMB_BITS,
+                                 max_weight=1.0)
+    exchange = SecAggSession(config, session.run_id + SECURE_RUN_SUFFIX, timeout=timeout,
+                             vector_length=secure_length(layout),
+                             message_types=SECURE_MESSAGE_TYPES, precise=True)
+    content = RecordDict({
+        codec.FEDERATION_RECORD: ConfigRecord(dict(federation)),
+        STATISTICS_RECORD: ConfigRecord({LAYOUT_KEY: encode_layout(layout)})})
+    out = exchange.exchange(grid, sorted(nodes), train_content=content, server_round=1)
+    if not out.ok or out.sum_float64 is None:
+        raise StatisticsError(f"statistics: the SecAgg+ sum failed: {out.reason}")
+    missing = sorted(nodes[n] for n in set(nodes) - set(out.participants))
+    if missing:
+        raise StatisticsError(f"statistics: site {missing[0]} left the SecAgg+ sum of the "
+                              "statistics; every site's statistics are needed")
+    return secure_sum(out.sum_float64, len(out.participants), layout)
 
 
 def statistics_records(stats: Mapping[str, np.ndarray] | None) -> dict[str, ConfigRecord]:

@@ -32,6 +32,22 @@ def task_options(config: RunConfig) -> dict[str, Any]:
     return dict(config.task_options)
 
 
+def demo_partition(config: RunConfig) -> str:
+    """How the run's data is split over simulated sites and demo ``partition-id`` nodes:
+    a bundled task's ``[task_options] partition`` (its default when unset); for other
+    tasks a simulation's own split (`fedsilo.simulations.config.SimulationConfig.partition`),
+    else the default. `ConfigError` (``--task: ...``) when the option is malformed."""
+    from fedsilo.tasks.bundled import DEFAULT_PARTITION
+    from fedsilo.tasks.bundled import demo_partition as bundled_partition
+
+    if config.task in DATASETS:
+        try:
+            return bundled_partition(config.task_options, config.task)
+        except ValueError as exc:
+            raise ConfigError(f"--task: {exc}") from None
+    return str(getattr(config, "partition", DEFAULT_PARTITION))
+
+
 def run_task(config: RunConfig) -> Task:
     """The run's `Task`; `ConfigError` (``--task: ...``, one line) when it cannot be built."""
     try:
@@ -148,6 +164,8 @@ def check_deployable(config: RunConfig) -> None:
     """
     for name, default in SIMULATION_ONLY.items():
         value = getattr(config, name, default)
+        if name == "partition" and config.task in DATASETS:
+            continue  # a bundled task's split is its task option, which a deployment reads
         if value != default:
             raise ConfigError(f"--config: {name} = {value!r} is a simulation option (fedsilo "
                               "simulate); a deployment's run config must not set it")

@@ -29,6 +29,7 @@ from fedsilo.common.protocol import REFUSAL_PREFIX, Refusal
 from fedsilo.lineage.fates import Fate, SecAggFate
 from fedsilo.lineage.signing import unmask_digest, verify_unmask
 from fedsilo.privacy.screening import ScreeningPolicy
+from fedsilo.server.reply_digests import ReplyDigests
 from fedsilo.server.spec import SiteInfo
 from fedsilo.strategies.batch import UpdateBatch
 from fedsilo.strategies.pipeline import batch_from_replies
@@ -60,8 +61,11 @@ class Verified:
 
 def verify_plain(replies: Sequence[Message], sampled: Sequence[SiteInfo], *, layout: ModelLayout,
                  policy: ScreeningPolicy, run_id: str, server_round: int,
-                 record_epsilon: bool = False) -> Verified:
-    """Decode, screen and check the signatures of one plain round's ``replies``."""
+                 record_epsilon: bool = False, digests: ReplyDigests | None = None,
+                 prevs: Mapping[str, str] | None = None) -> Verified:
+    """Decode, screen and check the signatures of one plain round's ``replies``
+    (``digests``: their update digests, computed as they arrived; see `check_signatures`;
+    ``prevs``: site id -> the attestation prev its round config carried)."""
     site_of = {s.node_id: s.site_id for s in sampled}
     # Replies arrive in completion order; aggregate in site-id order so that float
     # sums, and hence the model digest, do not depend on which site finished first.
@@ -86,7 +90,7 @@ def verify_plain(replies: Sequence[Message], sampled: Sequence[SiteInfo], *, lay
     replied = sorted({site_of[int(r.metadata.src_node_id)] for r in replies})
     by_node = {s.node_id: s for s in sampled}
     contributions, keep = check_signatures(replies, batch, rejected, by_node, run_id,
-                                           server_round)
+                                           server_round, digests=digests, prevs=prevs)
     batch = batch.subset(keep)
     return Verified(
         batch=batch, replied=replied, dropped=sorted(set(site_of.values()) - set(replied)),
@@ -98,10 +102,16 @@ def verify_plain(replies: Sequence[Message], sampled: Sequence[SiteInfo], *, lay
 
 def check_signatures(replies: Sequence[Message], batch: UpdateBatch, rejected: dict[str, str],
                      by_node: Mapping[int, SiteInfo], run_id: str, server_round: int,
+                     digests: ReplyDigests | None = None,
+                     prevs: Mapping[str, str] | None = None,
                      ) -> tuple[list[dict[str, Any]], list[int]]:
     """Recompute each update's digest and check the site's signature over it: (the
     contributions of the updates that pass, their rows in ``batch``); the others go into
-    ``rejected`` with the reason."""
+    ``rejected`` with the reason. ``digests`` holds the digests already computed as the
+    replies arrived (`fedsilo.server.reply_digests`): the same value, off the critical
+    path; an update it has none for is digested here. ``prevs``: site id -> the attestation
+    prev the site was sent: its signature is over the chained message naming it (a site
+    that signed the unchained one is still accepted, and recorded without ``prev``)."""
     site_rec = {}
     for r in replies:
         rec = None if r.has_error() else codec.record(r.content, codec.SITE_RECORD, ConfigRecord)
@@ -110,7 +120,8 @@ def check_signatures(replies: Sequence[Message], batch: UpdateBatch, rejected: d
     contributions, keep = [], []
     for i, (node, flat) in enumerate(zip(batch.node_ids, batch.updates, strict=True)):
         info, rec = by_node[node], site_rec.get(node, {})
-        digest = lineage.update_digest(flat)
+        digest = digests.digest_of(node, flat) if digests is not None else None
+        digest = digest or lineage.update_digest(flat)
         fingerprint = str(rec.get("data_fingerprint", ""))
         signature = str(rec.get("signature", ""))
         problem = None
@@ -121,10 +132,10 @@ def check_signatures(replies: Sequence[Message], batch: UpdateBatch, rejected: d
             problem = "update digest does not match the update received"
         elif fingerprint != info.data_fingerprint:
             problem = "data fingerprint differs from the one announced at the handshake"
-        elif info.public_key and not lineage.verify_contribution(
-            info.public_key, signature, run_id, server_round, digest, fingerprint
-        ):
-            problem = "site signature does not verify"
+        prev = (prevs or {}).get(info.site_id) if info.public_key else None
+        if problem is None and info.public_key:
+            problem, prev = _site_signature(info.public_key, signature, run_id, server_round,
+                                            digest, fingerprint, prev)
         if problem is not None:
             rejected[info.site_id] = problem
             continue
@@ -132,9 +143,23 @@ def check_signatures(replies: Sequence[Message], batch: UpdateBatch, rejected: d
         contributions.append({
             "site_id": info.site_id, "update_digest": digest,
             "num_examples": int(batch.weights[i]), "data_fingerprint": fingerprint,
-            "signature": signature,
+            "signature": signature, **({"prev": prev} if prev is not None else {}),
         })
     return contributions, keep
+
+
+def _site_signature(public_key: str, signature: str, run_id: str, server_round: int,
+                    digest: str, fingerprint: str, prev: str | None
+                    ) -> tuple[str | None, str | None]:
+    """(problem or None, the prev the signature covers): the chained message first, then
+    (a site that does not chain) the unchained one."""
+    if prev is not None and lineage.verify_contribution(
+            public_key, signature, run_id, server_round, digest, fingerprint, prev):
+        return None, prev
+    if lineage.verify_contribution(public_key, signature, run_id, server_round, digest,
+                                   fingerprint):
+        return None, None
+    return "site signature does not verify", None
 
 
 def site_metric(replies: Sequence[Message], site_of: Mapping[int, str], key: str) -> dict[str, float]:

@@ -59,6 +59,13 @@ def _scaling(honest: np.ndarray, mal: np.ndarray, rng: np.random.Generator,
     return (p["factor"] * mal).astype(F32)
 
 
+def _free_ride(honest: np.ndarray, mal: np.ndarray, rng: np.random.Generator,
+               p: dict[str, Any]) -> np.ndarray:
+    # the site sends back the global model it received: a zero delta, plus optional jitter
+    # that a naive "exactly zero" check would miss
+    return rng.normal(0.0, p["jitter"], size=mal.shape).astype(F32)
+
+
 def alie_z(n: int, f: int) -> float:
     """ALIE's z_max for n sites of which f malicious: ``Phi^-1((n - s) / n)``,
     ``s = floor(n / 2 + 1) - f`` (Baruch et al. 2019)."""
@@ -134,6 +141,10 @@ ATTACKS: dict[str, Attack] = {
         Attack("scaling", "malicious sites boost their delta by a factor",
                {"factor": Param(float, 10.0, "multiplier applied to the delta")},
                False, _scaling),
+        Attack("free_ride", "free riders: malicious sites train nothing and send the global "
+               "model back (a zero delta, plus N(0, jitter^2) noise)",
+               {"jitter": Param(float, 0.0, "standard deviation of noise added to the zero delta")},
+               False, _free_ride),
         Attack("label_flip", "data poisoning: labels y -> C - 1 - y at malicious sites",
                {}, True, None),
         Attack("alie", "A Little Is Enough: mean - z * std of honest deltas (Baruch et al. 2019)",

@@ -4,12 +4,17 @@ The run directory (``<out>/<run-id>/``) is a server's (`fedsilo.server.outputs`:
 lineage chain, checkpoint, ``rounds.jsonl``, then ``model.npz``, ``metrics.json`` and
 ``report.html``) plus ``sites/<site-id>/``, each simulated site's key and ledger. A
 directory without ``report.html`` is not a finished run, and ``--resume`` finishes it.
+``metrics.json`` and ``report.html`` are written while the engine shuts down
+(`fedsilo.server.outputs.OutputsDuringShutdown`), after the final model and the closing
+record.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,18 +25,18 @@ import numpy as np
 import tomli_w
 
 from fedsilo.client.app import make_client_app
-from fedsilo.server.app import ServerOutcome, make_server_app
+from fedsilo.server.app import make_server_app
 from fedsilo.server.config import ConfigError, RunConfig
 from fedsilo.server.loop import RoundSummary, RunResult, ServerSpec
 from fedsilo.server.outputs import (
+    OutputsDuringShutdown,
     closed_run,
     finish_outputs,
     prune_round_log,
     resumed_from,
     round_logger,
-    write_outputs,
 )
-from fedsilo.server.task_setup import server_task, task_options
+from fedsilo.server.task_setup import demo_partition, server_task, task_options
 from fedsilo.simulations.config import SimulationConfig, as_simulation
 from fedsilo.simulations.engine import run_on_simulation_engine
 from fedsilo.simulations.scenario import malicious_sites
@@ -76,7 +81,8 @@ def check_feasible(config: RunConfig) -> None:
     data = bundled_data(config)
     if data is not None:
         try:
-            partition(data.y_train, config.sites, PartitionSpec.parse(config.partition), config.seed)
+            partition(data.y_train, config.sites, PartitionSpec.parse(demo_partition(config)),
+                      config.seed)
         except PartitionError as exc:
             flag = "--sites" if "exceeds" in str(exc) else "--partition"
             raise ConfigError(f"{flag}: {exc}") from None
@@ -214,7 +220,7 @@ def resume_federation(
 def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: bool,
              engine: str = "ray") -> SimulationRun:
     data = bundled_data(resolved)
-    outcome = ServerOutcome()
+    outcome = OutputsDuringShutdown(run_dir, resolved, lambda: site_label_counts(data, resolved))
     spec.on_round = round_logger(run_dir, spec.on_round)
     server_app = make_server_app(lambda _ctx: spec, outcome)
     client_app = make_client_app(simulated_site)
@@ -233,9 +239,34 @@ def _execute(spec: ServerSpec, resolved: RunConfig, run_dir: Path, *, verbose: b
         raise outcome.error
     if outcome.result is None:
         raise RuntimeError("the simulation engine stopped before the ServerApp finished")
-    result = write_outputs(run_dir, resolved, outcome.result, site_label_counts(data, resolved))
+    result = outcome.wait()  # written while the engine shut down
     return SimulationRun(str(resolved.run_id), run_dir, result, result.final_digest,
                          resumed_from(run_dir, resolved))
+
+
+def exit_now(code: int) -> int:
+    """End a ``fedsilo simulate`` process at once with ``code``, skipping the interpreter's
+    teardown (returns ``code``, to exit the usual way, on a Python without that hook).
+
+    The command line calls it when the run is over: its summary printed, the model, the
+    closed chain, ``metrics.json`` and ``report.html`` on disk, Ray shut down. Python's
+    finalisation then only frees every module's objects, torch, Ray, Flower and matplotlib
+    among them, with full garbage collections: 6-10 s measured on a loaded machine, with
+    nothing left to write. What comes before that in an exit still runs, in its order:
+    non-daemon threads are joined (thread pools shut down first) and the exit handlers
+    (``atexit``: logging, Ray's, temporary files) are called.
+    """
+    import atexit
+    import os
+
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_FinalizeEx calls first
+    if shutdown is None:
+        return code
+    shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def site_label_counts(data: Dataset | None, config: RunConfig) -> dict[str, list[int]] | None:

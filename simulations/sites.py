@@ -3,7 +3,8 @@
 In simulation (and in the example Flower App), a node knows only its
 ``partition-id``; the server sends the federation's task and data settings with every
 message and each node builds its Trainer through the task (`Task.build_trainer`) from
-its `SiteData`, as a real site would from its own files. Sites are cached per process.
+its `SiteData`, as a real site would from its own files. Sites are cached per process
+(`SITE_CACHE`); the partition they slice is computed once per process and run.
 
 `SiteData.options` of a simulated site: ``partition_id``, ``partition``, ``sites``,
 ``seed``, ``batch_size`` and ``data`` (the federation's data settings, a dict; empty
@@ -49,7 +50,14 @@ def site_data(fed: Mapping[str, Any], pid: int) -> SiteData:
     return data
 
 
-@lru_cache(maxsize=256)
+SITE_CACHE = 1024
+"""Sites kept built per worker process. The handshake builds every site once; a 1,000-site
+federation's sites (tens of KB each for a bundled task) stay built, so a sampled site is
+never rebuilt in a later round. Each build slices the run's partition, computed once per
+process (`fedsilo.tasks.partition.site_assignment`)."""
+
+
+@lru_cache(maxsize=SITE_CACHE)
 def _build_site(federation_json: str, pid: int) -> Site:
     fed = json.loads(federation_json)
     return federation_site(fed, site_data(fed, pid))

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsilo.tasks.base import SiteData
+from fedsilo.tasks.bundled import DEFAULT_PARTITION
 from fedsilo.tasks.partition import PartitionError, PartitionSpec, partition, site_id
 
 if TYPE_CHECKING:
@@ -70,11 +71,12 @@ def resolve_config(config: RunConfig) -> RunConfig:
         raise ConfigError(str(exc)) from None
     path = Path(str(config.task_options["data"])).expanduser().resolve()
     options = {**config.task_options, "data": str(path)}
+    # the split of the file: a simulation field (`SimulationConfig.partition`); a
+    # deployment's config (checked here by `fedsilo server run`) has none: the default
+    split = str(getattr(config, "partition", DEFAULT_PARTITION))
     try:
-        found = user_sites(json.dumps(options, sort_keys=True), config.partition, config.sites,
-                           config.seed)
-        check_sites(json.dumps(options, sort_keys=True), config.partition, config.sites,
-                    config.seed)
+        found = user_sites(json.dumps(options, sort_keys=True), split, config.sites, config.seed)
+        check_sites(json.dumps(options, sort_keys=True), split, config.sites, config.seed)
     except PartitionError as exc:
         flag = "--sites" if "exceeds" in str(exc) else "--partition"
         raise ConfigError(f"{flag}: {exc}") from None

@@ -6,9 +6,14 @@ is the server's central validation set; the sites hold rows of the training spli
 Which rows a site holds is its `SiteData.options["indices"]` (a simulation computes them
 from its partition); without ``indices`` a site holds the whole training split.
 
-Task options (``[task_options]``): ``hidden`` (hidden units, default 64) and ``seed``
-(initialisation and data split seed, default 0); a run passes its own ``hidden`` and
-``seed`` unless the table sets them.
+Task options (``[task_options]``): ``hidden`` (hidden units, default 64), ``seed``
+(initialisation and data split seed, default 0) and ``partition`` (how the demo data is
+split over simulated sites and a deployment's ``partition-id`` nodes: ``iid``,
+``dirichlet:ALPHA`` or ``shards:K``, default `DEFAULT_PARTITION`; read by
+`fedsilo.tasks.partition.bundled_site_data`, ``fedsilo simulate --partition`` sets it). A
+run passes its own ``hidden`` and ``seed`` unless the table sets them. The demo split is
+a property of the bundled task's demo data, not of a server: a deployment's run config
+has no top-level ``partition``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from fedsilo.tasks.base import SiteData, Task, Weights
 from fedsilo.tasks.datasets import DATASETS, Dataset, load_dataset
 from fedsilo.tasks.trainer import Trainer
 
-OPTIONS = ("hidden", "seed")
+OPTIONS = ("hidden", "seed", "partition")
+
+# The demo split of a bundled dataset over its sites when ``[task_options]`` names none.
+DEFAULT_PARTITION = "dirichlet:0.5"
 
 # Local shuffling seed of a site: the run seed and the site's partition id, as before
 # the Task interface existed (same models, same digests).
@@ -44,6 +52,7 @@ class BundledTask(Task):
         self.name = dataset
         self.hidden = _int_option(dataset, options, "hidden", 64)
         self.seed = _int_option(dataset, options, "seed", 0)
+        self.partition = demo_partition(options, dataset)
         self._weights: Weights | None = None
 
     @property
@@ -117,6 +126,22 @@ def _int_option(task: str, options: Mapping[str, Any], name: str, default: int) 
     if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "hidden" else 0):
         raise ValueError(f"task {task}: task_options.{name} must be an integer "
                          f"{'>= 1' if name == 'hidden' else '>= 0'}, got {value!r}")
+    return value
+
+
+def demo_partition(options: Mapping[str, Any], task: str = "bundled task") -> str:
+    """The demo split named by a bundled task's ``options`` (``partition``, else
+    `DEFAULT_PARTITION`), checked: `ValueError` naming ``task_options.partition``."""
+    from fedsilo.tasks.partition import PartitionError, PartitionSpec
+
+    value = options.get("partition", DEFAULT_PARTITION)
+    if not isinstance(value, str):
+        raise ValueError(f"task {task}: task_options.partition must be a string "
+                         f"(iid, dirichlet:ALPHA, shards:K), got {value!r}")
+    try:
+        PartitionSpec.parse(value)
+    except PartitionError as exc:
+        raise ValueError(f"task {task}: task_options.partition: {exc}") from None
     return value
 
 

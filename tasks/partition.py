@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -99,23 +100,36 @@ def _dirichlet(labels: np.ndarray, k: int, alpha: float, rng: np.random.Generato
     """Per class, split its samples over sites in Dirichlet(alpha) proportions.
 
     Redraws (seeded) until every site holds at least one sample, then as a last
-    resort moves one sample from the largest site to each empty one.
+    resort moves one sample from the largest site to each empty one. Each draw is
+    whole-array numpy (one site label per sample, one stable sort), so the up to 100
+    redraws cost milliseconds even at 1,000 sites; the draws, and so the result, are
+    those of the per-class split it replaces.
     """
     classes = np.unique(labels)
     for _attempt in range(100):
-        buckets: list[list[np.ndarray]] = [[] for _ in range(k)]
+        rows, owner = [], []
         for c in classes:
             idx = rng.permutation(np.flatnonzero(labels == c))
             cuts = (np.cumsum(rng.dirichlet(np.full(k, alpha)))[:-1] * len(idx)).astype(int)
-            for site, chunk in enumerate(np.split(idx, cuts)):
-                buckets[site].append(chunk)
-        parts = [np.concatenate(b) for b in buckets]
-        if min(len(p) for p in parts) >= 1:
-            return parts
-    for site in range(k):
-        if len(parts[site]) == 0:
-            big = int(np.argmax([len(p) for p in parts]))
-            parts[site], parts[big] = parts[big][:1], parts[big][1:]
+            # the site of each of the class's rows: chunk i of np.split(idx, cuts) is site i's
+            sizes = np.diff(np.concatenate(([0], np.minimum(cuts, len(idx)), [len(idx)])))
+            rows.append(idx)
+            owner.append(np.repeat(np.arange(k), np.maximum(sizes, 0)))
+        counts = np.bincount(np.concatenate(owner), minlength=k)
+        if counts.min() >= 1:
+            break
+    # a site's rows in class order, each class's rows in drawn order (what the empty-site
+    # fix below moves depends on it); stable sort keeps that order within a site
+    order = np.argsort(np.concatenate(owner), kind="stable")
+    parts = np.split(np.concatenate(rows)[order], np.cumsum(counts)[:-1])
+    if counts.min() >= 1:
+        return parts
+    for site in range(k):  # in site order, as before: the result depends on it
+        if counts[site] > 0:
+            continue
+        big = int(np.argmax(counts))
+        parts[site], parts[big] = parts[big][:1], parts[big][1:]
+        counts[site], counts[big] = 1, counts[big] - 1
     return parts
 
 
@@ -157,19 +171,30 @@ def held_out_split(train_labels: Sequence[np.ndarray], test_labels: np.ndarray,
     k = len(train_labels)
     test_labels = np.asarray(test_labels)
     rng = np.random.default_rng([seed, 0x4E1D])
-    buckets: list[list[np.ndarray]] = [[] for _ in range(k)]
+    # whole arrays: each training row's site, then per class every site's count at once
+    site_of = np.repeat(np.arange(k), [len(y) for y in train_labels])
+    train_all = (np.concatenate([np.asarray(y) for y in train_labels]) if k
+                 else np.zeros(0, test_labels.dtype))
+    rows_all, owner = [], []
     for c in np.unique(test_labels):
         rows = rng.permutation(np.flatnonzero(test_labels == c))
-        counts = np.array([np.count_nonzero(np.asarray(y) == c) for y in train_labels], float)
+        counts = np.bincount(site_of[train_all == c], minlength=k).astype(float)
         share = _largest_remainder(len(rows), counts if counts.sum() > 0 else np.ones(k))
-        for site, chunk in enumerate(np.split(rows, np.cumsum(share)[:-1])):
-            buckets[site].append(chunk)
-    parts = [np.concatenate(b) if b else np.zeros(0, np.int64) for b in buckets]
+        rows_all.append(rows)
+        owner.append(np.repeat(np.arange(k), share))
+    # a site's rows in class order, each class's in drawn order (the fix below takes the
+    # last one): a stable sort by site keeps that order
+    owner_all = np.concatenate(owner) if owner else np.zeros(0, np.int64)
+    sizes = np.bincount(owner_all, minlength=k)
+    order = np.argsort(owner_all, kind="stable")
+    flat = np.concatenate(rows_all)[order] if rows_all else np.zeros(0, np.int64)
+    parts = np.split(flat, np.cumsum(sizes)[:-1])
     for site in range(k):
-        if len(parts[site]) == 0:
-            big = int(np.argmax([len(p) for p in parts]))
-            if len(parts[big]) > 1:
+        if sizes[site] == 0:
+            big = int(np.argmax(sizes))
+            if sizes[big] > 1:
                 parts[site], parts[big] = parts[big][-1:], parts[big][:-1]
+                sizes[site], sizes[big] = 1, sizes[big] - 1
     return [np.sort(p).astype(np.int64) for p in parts]
 
 
@@ -188,35 +213,62 @@ def site_id(partition_id: int) -> str:
     return f"site-{partition_id:03d}"
 
 
+@lru_cache(maxsize=4)
+def site_assignment(task: str, data_seed: int, sites: int, spec: str,
+                    seed: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """Every site's rows of bundled dataset ``task``: (training rows, held-out test rows),
+    one array per partition id, computed once per process and run.
+
+    ``data_seed`` seeds the dataset's train/test split, ``spec`` is the `PartitionSpec`
+    text, ``seed`` the partition's seed. A site build slices its share of this (cached)
+    assignment instead of re-partitioning the whole population: at 1,000 sites the
+    handshake builds every site, so a per-site partition would cost the whole split 1,000
+    times. The held-out split deals the central test rows out like each site's training
+    labels (its training rows, and so the model, are unchanged). The arrays are shared
+    between builds: read-only.
+    """
+    from fedsilo.tasks.datasets import load_dataset
+
+    ds = load_dataset(task, seed=data_seed)
+    parts = partition(ds.y_train, sites, PartitionSpec.parse(spec), seed)
+    held_out = held_out_split([ds.y_train[p] for p in parts], ds.y_test, seed)
+    for arr in (*parts, *held_out):
+        arr.setflags(write=False)
+    return tuple(parts), tuple(held_out)
+
+
 def bundled_site_data(fed: Mapping[str, Any], pid: int) -> SiteData:
     """The `SiteData` of partition ``pid`` of the federation record ``fed``.
 
     ``fed``: the federation settings the server sends (``task``, ``task_options`` as a
-    JSON string, ``sites``, ``partition``, ``seed``, ``batch_size``, ``data`` as a JSON
-    string or empty). `SiteData.options`: ``partition_id``, ``partition``, ``sites``,
+    JSON string, whose ``partition`` is a bundled task's demo split, ``sites``,
+    ``partition`` (the record's own split, used when ``task_options`` names none),
+    ``seed``, ``batch_size``, ``data`` as a JSON string or empty). `SiteData.options`: ``partition_id``, ``partition``, ``sites``,
     ``seed``, ``batch_size``, ``data``; for a bundled task also ``indices`` (its rows of
     the training split), ``held_out_indices`` (its rows of the test split) and
     ``provenance`` (the partition, for the data fingerprint).
     """
-    from fedsilo.tasks.datasets import DATASETS, load_dataset
+    from fedsilo.tasks.bundled import DEFAULT_PARTITION
+    from fedsilo.tasks.datasets import DATASETS
 
     seed = int(fed["seed"])
+    task_options = json.loads(fed.get("task_options") or "{}")
+    # a bundled task's demo split is its own option ([task_options] partition); a record
+    # without it (older servers, user-data simulations) names it at top level
+    split = str(task_options.get("partition") or fed.get("partition") or DEFAULT_PARTITION)
     options: dict[str, Any] = {
-        "partition_id": pid, "partition": str(fed["partition"]), "sites": int(fed["sites"]),
+        "partition_id": pid, "partition": split, "sites": int(fed["sites"]),
         "seed": seed, "batch_size": int(fed.get("batch_size") or 32),
         "data": json.loads(fed["data"]) if fed.get("data") else {},
     }
     task = str(fed["task"])
     if task in DATASETS:
-        spec = PartitionSpec.parse(str(fed["partition"]))
-        options_seed = json.loads(fed.get("task_options") or "{}").get("seed", seed)
-        ds = load_dataset(task, seed=int(options_seed))
-        parts = partition(ds.y_train, int(fed["sites"]), spec, seed)
-        options["indices"] = parts[pid]
-        # the site's own held-out split: its share of the central test rows, dealt out like
-        # its training labels (its training rows, and so the model, are unchanged)
-        options["held_out_indices"] = held_out_split([ds.y_train[p] for p in parts],
-                                                     ds.y_test, seed)[pid]
+        spec = PartitionSpec.parse(split)
+        options_seed = task_options.get("seed", seed)
+        parts, held_out = site_assignment(task, int(options_seed), int(fed["sites"]),
+                                          str(spec), seed)
+        options["indices"] = parts[pid].copy()
+        options["held_out_indices"] = held_out[pid].copy()
         options["provenance"] = {"partition": str(spec), "partition_seed": seed,
                                  "partition_id": pid}
     return SiteData(site_id=site_id(pid), options=options, seed=seed)

@@ -28,7 +28,24 @@ def startup() -> Startup:
     return measured
 
 
+_FROM_WORKERS: list[str] = []
+"""Start-up lines of pytest-xdist workers (``-n 2``), gathered by the controller."""
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: hand this worker's start-up line to the controller."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fedsilo_startup"] = [m.describe() for m in _MEASURED]
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: no error where xdist is absent
+def pytest_testnodedown(node: object, error: object) -> None:
+    """pytest-xdist controller: collect a finished worker's start-up lines."""
+    _FROM_WORKERS.extend(getattr(node, "workeroutput", {}).get("fedsilo_startup", []))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say how loaded the machine was, so that slow network tests can be read in context."""
-    for measured in _MEASURED:
-        terminalreporter.write_line(f"start-up: {measured.describe()}")
+    for line in [m.describe() for m in _MEASURED] + _FROM_WORKERS:
+        terminalreporter.write_line(f"start-up: {line}")

@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsilo.server.config import RunConfig
 
-CONFIG = RunConfig(task="digits", sites=3, rounds=3, partition="iid", seed=0)
+CONFIG = RunConfig(task="digits", sites=3, rounds=3, task_options={"partition": "iid"}, seed=0)
 """Must match the fedsilo run of the benchmark (dataset, sites, partition, seed)."""
 
 client_app = make_apps(CONFIG, [])[1]

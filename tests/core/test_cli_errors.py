@@ -56,9 +56,10 @@ def test_invalid_toml_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 def test_flags_override_the_file() -> None:
     from fedsilo.server.config import RunConfig
+    from fedsilo.server.task_setup import demo_partition
 
     cfg = RunConfig.load(None, {"rounds": 4})
-    assert cfg.rounds == 4 and cfg.sites == 10 and cfg.partition == "dirichlet:0.5"
+    assert cfg.rounds == 4 and cfg.sites == 10 and demo_partition(cfg) == "dirichlet:0.5"
 
 
 def test_entry_point_exit_code_and_no_traceback(tmp_path: Path) -> None:

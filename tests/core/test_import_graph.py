@@ -8,13 +8,13 @@ the submodule when ``name`` is one. Each file's layer is its top-level folder::
     fedsilo (the CLI face)
       -> server, client, simulations        (one level)
         -> tasks
-          -> strategies, privacy, lineage   (one level)
+          -> strategies, privacy, lineage, governance   (one level)
             -> common                        (the leaf)
 
 An import may go down any number of levels. Across one level: ``simulations`` may import
 ``server`` and ``client`` (the simulation runner drives both sides), nothing else among
-server/client/simulations; among strategies/privacy/lineage an import is allowed as long as
-the three folders import each other without a cycle. Production code (everything but the
+server/client/simulations; among strategies/privacy/lineage/governance an import is allowed as long as
+those folders import each other without a cycle. Production code (everything but the
 face and ``simulations`` itself) never imports ``simulations``. The distribution's root
 package (``fedsilo/__init__.py``: the version) is imported implicitly by every module and
 may be named by any.
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 ROOT = "fedsilo"
 FACE = "fedsilo"
 LEVEL = {FACE: 0, "server": 1, "client": 1, "simulations": 1, "tasks": 2,
-         "strategies": 3, "privacy": 3, "lineage": 3, "common": 4}
+         "strategies": 3, "privacy": 3, "lineage": 3, "governance": 3, "common": 4}
 SIDEWAYS_OK = {("simulations", "server"), ("simulations", "client")}
 
 # Known edges that still run the wrong way: (importing file, imported module) -> why. Each is

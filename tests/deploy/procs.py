@@ -160,6 +160,38 @@ def chain_types(run_dir: Path) -> list[str]:
         return []
 
 
+def running_serverapps(superlink: ManagedProcess) -> list[int]:
+    """PIDs of the live (not zombie) ``flwr-serverapp`` processes under ``superlink``."""
+    out = []
+    for pid in descendants(superlink.pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"flwr-serverapp" in cmd and _alive(pid):
+            out.append(pid)
+    return out
+
+
+def stop_dead_run(env: dict[str, str], federation: str, run_id: int | str,
+                  superlink: ManagedProcess, timeout: float) -> None:
+    """Once the (killed) ServerApp process of the only run is gone, stop the run in Flower.
+
+    Flower marks a run whose ServerApp died finished only after its heartbeat lapses
+    (about a minute); the process being gone is the event, `flwr stop` the shortcut.
+    """
+    import subprocess
+
+    wait_for(lambda: not running_serverapps(superlink), "the killed ServerApp process to be gone",
+             timeout, poll=0.2)
+    res = subprocess.run([str(BIN / "flwr"), "stop", str(run_id), federation], capture_output=True,
+                         text=True, env=env, timeout=timeout)
+    # on a very slow machine Flower's heartbeat may have finished the run first: then
+    # `flwr stop` refuses, and that is as good
+    assert res.returncode == 0 or run_status(env, federation, run_id).startswith("finished"), (
+        res.stdout + res.stderr)
+
+
 def run_status(env: dict[str, str], federation: str, run_id: int | str) -> str:
     """Flower's status of run ``run_id`` (``running``, ``finished:completed``...)."""
     return str(flwr_json(env, "ls", federation, "--run-id", str(run_id))["runs"][0]["status"])

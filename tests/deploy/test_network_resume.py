@@ -17,6 +17,7 @@ from .procs import (
     env_for,
     flwr_json,
     start_insecure_federation,
+    stop_dead_run,
     wait_for,
     wait_run_finished,
 )
@@ -42,9 +43,11 @@ def test_serverapp_killed_after_checkpoint_resumes_on_the_superlink(tmp_path: Pa
         start_insecure_federation(tmp_path, procs, home, 3, name="t", startup=startup)
         first = flwr_json(env, "run", app, "t", "--run-config", run_config)
         wait_for(lambda: (run_dir / "checkpoint.npz").exists(), "round 1's checkpoint", safety)
-        # the fault point kills the ServerApp before it can close the chain: only Flower
-        # can tell that it is gone
-        wait_run_finished(env, "t", first["run-id"], run_dir, safety)
+        # the fault point kills the ServerApp before it can close the chain: once its
+        # process is gone, the run is stopped in Flower (not left to Flower's heartbeat)
+        link = next(p for p in procs.started if p.name == "superlink")
+        stop_dead_run(env, "t", first["run-id"], link, safety)
+        assert wait_run_finished(env, "t", first["run-id"], run_dir, safety).startswith("finished:")
         assert chain_types(run_dir) == ["genesis"]
         assert not (run_dir / "model.npz").exists()
         second = flwr_json(env, "run", app, "t", "--run-config", f"{run_config} resume=true")

@@ -34,7 +34,7 @@ def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path, startup:
     home, procs = local_procs(tmp_path)
     env = procs.env
     out = tmp_path / "runs"
-    config = RunConfig.load(None, {"rounds": 2, "sites": 3, "partition": "iid", "out": str(out),
+    config = RunConfig.load(None, {"rounds": 2, "sites": 3, "task_options.partition": "iid", "out": str(out),
                                    "run_id": "sa1", "secagg.enabled": True,
                                    "eval_every": 2})
     app = write_app_dir(tmp_path / "app", app_run_config(config))

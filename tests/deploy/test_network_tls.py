@@ -69,7 +69,7 @@ def test_tls_federation_three_rounds(tmp_path: Path, startup: Startup) -> None:
         "sites": {s: str(certs.site_public_key(s)) for s in SITES},
     }))
     run_toml = tmp_path / "run.toml"
-    run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 3, "rounds": 3, "partition": "iid",
+    run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 3, "rounds": 3, "task_options": {"partition": "iid"},
                                        "eval_every": 3,  # the sites score the last model only
                                        "round_timeout": startup.scaled(240),
                                        "out": str(tmp_path / "runs")}))
@@ -134,7 +134,7 @@ def test_tls_federation_three_rounds(tmp_path: Path, startup: Startup) -> None:
     cli = subprocess.run([fedsilo, "lineage", "verify", str(run_dir), "--server-key", server_pub],
                          capture_output=True, text=True, env=env, timeout=120)
     assert cli.returncode == 0, cli.stdout + cli.stderr
-    report = verify_run(run_dir, expected_server_key=server_pub)
+    report = verify_run(run_dir, expected_server_key=server_pub, all_signatures=True)
     assert report.ok, report.summary
     # declarations + contributions + the sites' signed scores of each round's model
     evaluations = [len(r["body"].get("evaluations", []))

@@ -91,7 +91,7 @@ def test_only_the_fleet_api_passes_the_proxy(tmp_path: Path, startup: Startup) -
         "proxy": {"host": "127.0.0.1", "port": door},
     }))
     run_toml = tmp_path / "run.toml"
-    run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 2, "rounds": 2, "partition": "iid", "eval_every": 0,
+    run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 2, "rounds": 2, "task_options": {"partition": "iid"}, "eval_every": 0,
                                        "round_timeout": startup.scaled(240),
                                        "out": str(tmp_path / "runs")}))
     tomls = {s: _site_toml(tmp_path / f"site-{s}" / "site.toml", s, i, ca=certs.ca_cert,

@@ -108,7 +108,7 @@ class Federation:
         return path
 
     def run_options(self) -> dict[str, Any]:
-        return {"dataset": "digits", "sites": 2, "rounds": 1, "partition": "iid", "eval_every": 0,
+        return {"dataset": "digits", "sites": 2, "rounds": 1, "task_options": {"partition": "iid"}, "eval_every": 0,
                 "round_timeout": self.startup.scaled(240), "out": str(self.tmp / "runs")}
 
     def server_run(self, run_id: str, server_toml: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -184,7 +184,7 @@ def test_a_deployment_run_with_evaluate_scores_without_training(
 
     model = tmp_path / "model.npz"
     np.savez(model, **scored["weights"])
-    config = RunConfig.load(None, {"task": "breast_cancer", "sites": 3, "partition": "iid",
+    config = RunConfig.load(None, {"task": "breast_cancer", "sites": 3, "task_options": {"partition": "iid"},
                                    "init_model": str(model), "rounds": 1, "run_id": "dep",
                                    "out": str(tmp_path / "runs")})
     values = app_run_config(config, evaluate_only=True)

@@ -68,7 +68,7 @@ def test_config_accepts_mnist1d() -> None:
 
 def test_short_federation_learns(tmp_path: Path) -> None:
     cfg = RunConfig.load(None, {
-        "dataset": "mnist1d", "sites": 5, "rounds": 8, "partition": "iid", "lr": 0.5,
+        "dataset": "mnist1d", "sites": 5, "rounds": 8, "task_options": {"partition": "iid"}, "lr": 0.5,
         "local_epochs": 3, "seed": 0, "lineage": False, "out": str(tmp_path), "run_id": "m1d",
     })
     run = run_federation(cfg, engine="inprocess")

@@ -154,7 +154,7 @@ def test_deployment_report_shows_the_handshake_sites_and_declared_counts(tmp_pat
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
     context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
-                      run_config={"sites": 3, "rounds": 2, "partition": "iid",
+                      run_config={"sites": 3, "rounds": 2, "task_options.partition": "iid",
                                   "out": str(tmp_path), "run-id": "dep"})
     flower_app.server_app(InProcessGrid(flower_app.client_app, 3), context)
     run_dir = tmp_path / "dep"

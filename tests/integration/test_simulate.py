@@ -14,7 +14,7 @@ from fedsilo.cli import main
 from fedsilo.server.config import RunConfig
 from fedsilo.simulations.runner import run_federation
 
-SMALL = {"sites": 5, "rounds": 3, "fraction": 0.6, "partition": "dirichlet:0.5", "seed": 7}
+SMALL = {"sites": 5, "rounds": 3, "fraction": 0.6, "seed": 7}  # the default split: dirichlet:0.5
 
 # every test here runs Flower's Ray engine (twin_runs, `simulate`): tens of seconds each
 pytestmark = pytest.mark.slow

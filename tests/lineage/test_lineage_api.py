@@ -79,6 +79,7 @@ def test_record_field_order() -> None:
         "fate",
         "score",
         "detail",
+        "prev",  # optional, last: a chained attestation's link
     ]
     assert params(lineage.GenesisRecord) == [
         "run_id",

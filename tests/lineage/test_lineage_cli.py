@@ -35,9 +35,13 @@ def test_verify_ok_and_read_only(pristine_run: SyntheticRun, capsys) -> None:  #
     before = snapshot(pristine_run.run_dir)
     code, out, err = run_cli(capsys, "verify", pristine_run.run_dir)
     assert code == 0 and err == ""
+    # default mode: 5 declarations + the last attestation of each of the 5 site chains
     assert out.startswith(
-        "OK: 8 records, 4 rounds; 23 site signatures checked; closed "
-        "(rounds_done); final model matches model.npz; server key ed25519:"
+        "OK: 8 records, 4 rounds; 10 site signatures checked; closed "
+        "(rounds_done); final model matches model.npz; 1 server signature checked; default "
+        "mode (every digest and link; the head record's server signature and the last "
+        "attestation of each of 5 site chains; --all-signatures checks each); server key "
+        "ed25519:"
     )
     assert out.count("\n") == 1
     for argv in (
@@ -53,7 +57,15 @@ def test_verify_ok_and_read_only(pristine_run: SyntheticRun, capsys) -> None:  #
 def test_verify_json_and_options(pristine_run: SyntheticRun, capsys) -> None:  # type: ignore[no-untyped-def]
     code, out, _ = run_cli(capsys, "verify", pristine_run.run_dir, "--json", "--workers", 1)
     report = json.loads(out)
+    assert code == 0 and report["ok"] and report["site_signatures"] == 10
+    assert report["server_signatures"] == 1 and not report["all_signatures"]
+    code, out, _ = run_cli(capsys, "verify", pristine_run.run_dir, "--all-signatures", "--json")
+    report = json.loads(out)
     assert code == 0 and report["ok"] and report["site_signatures"] == 23
+    assert report["server_signatures"] == 8 and report["all_signatures"]
+    code, out, _ = run_cli(capsys, "verify", pristine_run.run_dir, "--all-signatures")
+    assert code == 0 and out.startswith("OK: 8 records, 4 rounds; 23 site signatures checked; ")
+    assert "; 8 server signatures checked; mode --all-signatures (every signature); " in out
     code, out, _ = run_cli(capsys, "verify", pristine_run.run_dir, "--skip-site-signatures")
     assert code == 0 and "site signatures NOT checked" in out
     code, out, _ = run_cli(capsys, "verify", pristine_run.run_dir, "--server-key", "ab" * 32)

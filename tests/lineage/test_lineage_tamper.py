@@ -1,7 +1,13 @@
 """Point 7: mutate a finished run in every way an attacker or a disk fault could.
 
 Every mutation must make ``verify`` fail with a message naming the record
-(``record <seq> (<type>): ...``). The last test prints and counts the mutation classes.
+(``record <seq> (<type>): ...``), with ``--all-signatures`` and in default mode (every
+digest and link, the head record's server signature and each site chain's last
+attestation). In default mode a few mutations name a later record (the one whose link or
+head signature exposes them, :data:`DEFAULT_SEQ`), and those that only replace a signature
+of content left intact in the middle of the chain do not apply (:data:`DEFAULT_NOT_APPLICABLE`:
+that content is still covered by the head's signature through the links; see
+docs/lineage.md, "Trust argument"). The last test prints and counts the mutation classes.
 """
 
 from __future__ import annotations
@@ -33,7 +39,12 @@ from fedsilo.lineage import (
     verify_run,
 )
 from fedsilo.lineage.envelope import seal
-from fedsilo.lineage.signing import sign_unmask
+from fedsilo.lineage.signing import (
+    GENESIS_ATTESTATION,
+    attestation_digest,
+    contribution_message,
+    sign_unmask,
+)
 from fedsilo.lineage.synthetic import SyntheticRun
 
 # Layout of the conftest ``pristine_run`` chain (checked by test_layout_is_as_assumed).
@@ -52,6 +63,7 @@ CLASSES = [
     "secagg",
     "key-swap",
     "model",
+    "site-chain",
 ]
 BODY_CLASSES = {
     "genesis": GenesisRecord,
@@ -415,9 +427,11 @@ MUTATIONS += [
 def test_secagg_form_mutation_base_verifies(run: SyntheticRun) -> None:
     """The SecAgg+ mutations start from a chain that verifies (so each one is what fails)."""
     _secagg_round(3, _nothing)(run)
-    report = verify_run(run.run_dir)
+    report = verify_run(run.run_dir, all_signatures=True)
     assert report.ok, report.summary
     assert report.site_signatures == 5 + 4 + 5 + 4 + 5 + 1  # declarations; the unmask signature counts
+    report = verify_run(run.run_dir)  # default: declarations, 5 chain heads, the unmask one
+    assert report.ok and report.site_signatures == 5 + 5 + 1, report.summary
 
 
 @mutation("site-signature", "declared-count-inflated", 0)
@@ -508,19 +522,162 @@ def _model_renamed(run: SyntheticRun) -> None:
     np.savez(run.run_dir / "model.npz", **arrays)
 
 
+# --- site attestation chains (a key-holding server re-signs the record chain) -------------
+def _site_key(run: SyntheticRun, site: str) -> Ed25519PrivateKey:
+    return load_or_create_key(run.run_dir / "sites" / site / "key.pem")
+
+
+def _contribution(envs: list[dict], seq: int, site: str) -> dict:
+    return next(c for c in envs[seq]["body"]["contributions"] if c["site_id"] == site)
+
+
+def _digest_of(run: SyntheticRun, envs: list[dict], seq: int, c: dict) -> str:
+    """The attestation digest of contribution ``c`` of record ``seq`` (the next one's prev)."""
+    return attestation_digest(contribution_message(
+        run.run_id, envs[seq]["body"]["round"], c["update_digest"], c["data_fingerprint"],
+        c["prev"]))
+
+
+def _drop_from_middle(envs: list[dict]) -> None:
+    """site-000's round-2 attestation (record 3) removed from the chain."""
+    body = envs[3]["body"]
+    body["contributions"] = [c for c in body["contributions"] if c["site_id"] != "site-000"]
+    for name in ("replied", "accepted", "sampled"):
+        body[name] = [s for s in body[name] if s != "site-000"]
+
+
+def _fork(run: SyntheticRun) -> Callable[[list[dict]], None]:
+    """site-000 signs a second attestation after its round-1 one: its round-3 attestation
+    (record 4) names the same prev as its round-2 one (record 3), validly signed."""
+
+    def edit(envs: list[dict]) -> None:
+        c = _contribution(envs, 4, "site-000")
+        c["prev"] = _contribution(envs, 3, "site-000")["prev"]
+        c["signature"] = sign_contribution(_site_key(run, "site-000"), run.run_id, 3,
+                                           c["update_digest"], c["data_fingerprint"], c["prev"])
+
+    return edit
+
+
+def _prev_altered(envs: list[dict]) -> None:
+    c = _contribution(envs, 3, "site-000")
+    c["prev"] = changed(c["prev"])
+
+
+def _forged_in_middle(envs: list[dict]) -> None:
+    """A forged attestation for site-000 in round 2 (record 3): new update digest, the right
+    prev, a signature by another key."""
+    c = _contribution(envs, 3, "site-000")
+    c["update_digest"] = changed(c["update_digest"])
+    c["signature"] = sign_contribution(Ed25519PrivateKey.generate(), "synthetic-0", 2,
+                                       c["update_digest"], c["data_fingerprint"], c["prev"])
+
+
+def _chain_edit(edit: Callable[[list[dict]], None], start: int) -> Callable:
+    def apply(run: SyntheticRun) -> None:
+        reseal(run, server_key(run), edit, start=start)
+
+    return apply
+
+
+def _site_chain_edit(make: Callable[[SyntheticRun], Callable[[list[dict]], None]],
+                     start: int) -> Callable:
+    def apply(run: SyntheticRun) -> None:
+        reseal(run, server_key(run), make(run), start=start)
+
+    return apply
+
+
+from fedsilo.lineage import sign_contribution  # noqa: E402  (used by the edits above)
+
+SITE_CHAIN = [
+    Mutation("site-chain", "attestation-dropped-from-middle", _chain_edit(_drop_from_middle, 3), 4),
+    Mutation("site-chain", "chain-forked", _site_chain_edit(_fork, 4), 4),
+    Mutation("site-chain", "prev-link-altered", _chain_edit(_prev_altered, 3), 3),
+    Mutation("site-chain", "forged-attestation-in-middle", _chain_edit(_forged_in_middle, 3), 3),
+]
+MUTATIONS += SITE_CHAIN
+
+
+def _broken(envs: list[dict], run: SyntheticRun, seq: int, head: str) -> str:
+    prev = _contribution(envs, seq, "site-000")["prev"]
+    return (f"record {seq} (round): site 'site-000' attestation chain broken at round "
+            f"{envs[seq]['body']['round']}: prev {prev[:19]}… is not its previous attestation "
+            f"{head[:19]}… (one dropped or altered, or the link altered)")
+
+
+@pytest.mark.parametrize("mode", ["all-signatures", "default"])
+@pytest.mark.parametrize("mut", SITE_CHAIN, ids=str)
+def test_site_chain_exact_message(run: SyntheticRun, pristine_run: SyntheticRun,
+                                  mut: Mutation, mode: str) -> None:
+    """Each site-chain mutation fails with its exact one-line message, in both modes."""
+    before = read_chain(db_of(pristine_run))
+    mut.apply(run)
+    after = read_chain(db_of(run))
+    report = verify_run(run.run_dir, all_signatures=mode == "all-signatures")
+    round1 = _digest_of(run, before, 1, _contribution(before, 1, "site-000"))
+    if mut.name == "attestation-dropped-from-middle":
+        # site-000's round-3 attestation names the dropped one: only round 1's precedes it
+        expected = _broken(after, run, 4, round1)
+    elif mut.name == "chain-forked":
+        expected = ("record 4 (round): site 'site-000' attestation chain forked at round 3: "
+                    f"its prev {round1[:19]}… is already followed by another attestation")
+    elif mut.name == "prev-link-altered":
+        expected = _broken(after, run, 3, round1)
+    elif mode == "default":  # forged in the middle: the next attestation's link exposes it
+        expected = _broken(after, run, 4,
+                           _digest_of(run, after, 3, _contribution(after, 3, "site-000")))
+    else:  # --all-signatures: its own signature
+        expected = "record 3 (round): site signature of 'site-000' invalid"
+    assert report.first_failure == expected
+    assert report.summary == f"FAILED: {expected}"
+    assert "\n" not in report.summary
+
+
 # --- tests -----------------------------------------------------------------------------------
 def test_layout_is_as_assumed(pristine_run: SyntheticRun) -> None:
     assert [e["type"] for e in read_chain(db_of(pristine_run))] == LAYOUT
-    report = verify_run(pristine_run.run_dir)
+    report = verify_run(pristine_run.run_dir, all_signatures=True)
     assert report.ok, report.summary
     assert report.site_signatures == 5 + 4 + 5 + 4 + 5 and report.closed  # site-001 refuses r3
+    assert report.server_signatures == len(LAYOUT)
+    report = verify_run(pristine_run.run_dir)
+    assert report.ok, report.summary
+    assert (report.site_signatures, report.server_signatures) == (5 + 5, 1)  # + chain heads
 
 
+# Default mode checks the server's signature on the head record only and each site's last
+# attestation; a mutation that replaces only a signature while the content it signs stays
+# intact, in the middle of the chain, leaves every digest and link (and what they prove) as
+# it was: it is --all-signatures' to catch.
+DEFAULT_NOT_APPLICABLE = {
+    *(f"column-flip:{t}.signature" for t in ("genesis", "round", "site_join", "resume")),
+    *(f"server-signature:{t}.{how}" for t in ("genesis", "round", "site_join", "resume")
+      for how in ("borrowed", "other-key")),
+    "site-signature:swapped-between-sites",
+    "site-signature:forged-random",
+    "key-swap:middle-record-signed-by-other-key",
+}
+# where default mode finds a mutation that --all-signatures finds earlier: the record
+# whose link (or chain-head signature) exposes it
+DEFAULT_SEQ = {
+    "site-signature:update-digest-replaced": 6,  # site-late's next attestation's prev
+    "key-swap:site-key-replaced-declaration-dropped": 6,  # site-000's chain head
+    "site-chain:forged-attestation-in-middle": 4,  # site-000's next attestation's prev
+}
+
+
+@pytest.mark.parametrize("mode", ["all-signatures", "default"])
 @pytest.mark.parametrize("mut", MUTATIONS, ids=str)
-def test_mutation_detected(run: SyntheticRun, mut: Mutation) -> None:
+def test_mutation_detected(run: SyntheticRun, mut: Mutation, mode: str) -> None:
+    default = mode == "default"
+    if default and str(mut) in DEFAULT_NOT_APPLICABLE:
+        pytest.skip("a signature over intact content in mid-chain: --all-signatures only")
     kwargs = mut.apply(run) or {}
-    report = verify_run(run.run_dir, **kwargs)
+    report = verify_run(run.run_dir, all_signatures=not default, **kwargs)
     assert not report.ok, f"undetected: {mut}"
+    if default and str(mut) in DEFAULT_SEQ:
+        mut = Mutation(mut.cls, mut.name, mut.apply, DEFAULT_SEQ[str(mut)])
     label = LAYOUT[mut.seq] if mut.seq < len(LAYOUT) else "?"
     if mut.cls == "duplicate":
         label = LAYOUT[mut.seq - 1]  # the copy of the previous record
@@ -541,10 +698,10 @@ def test_forged_site_contributions_caught_by_reconcile(run: SyntheticRun) -> Non
     (it holds the server key); the site's own ledger is what exposes it."""
     site = "site-002"
     fake = Ed25519PrivateKey.generate()
-    from fedsilo.lineage import sign_contribution
     from fedsilo.lineage.signing import sign_declaration
 
     def forge(envs: list[dict]) -> None:
+        prev = GENESIS_ATTESTATION  # the forger rebuilds the site's attestation chain
         envs[0]["body"]["sites"][2]["public_key"] = public_key_hex(fake)
         # the forger re-signs the site's declaration with the fake key too
         envs[0]["body"]["sites"][2]["declaration"] = sign_declaration(
@@ -555,16 +712,21 @@ def test_forged_site_contributions_caught_by_reconcile(run: SyntheticRun) -> Non
                 for c in e["body"]["contributions"]:
                     if c["site_id"] == site:
                         c["update_digest"] = changed(c["update_digest"])
+                        c["prev"] = prev
                         c["signature"] = sign_contribution(
                             fake,
                             run.run_id,
                             e["body"]["round"],
                             c["update_digest"],
                             c["data_fingerprint"],
+                            prev,
                         )
+                        prev = attestation_digest(contribution_message(
+                            run.run_id, e["body"]["round"], c["update_digest"],
+                            c["data_fingerprint"], prev))
 
     reseal(run, server_key(run), forge)
-    assert verify_run(run.run_dir).ok
+    assert verify_run(run.run_dir).ok and verify_run(run.run_dir, all_signatures=True).ok
     mismatches = reconcile(run.run_dir, run.run_dir / "sites" / site / "ledger.jsonl")
     assert len(mismatches) == 8  # 4 rounds x (update_digest, signature)
     assert all("update_digest differs" in m or "signature differs" in m for m in mismatches)
@@ -576,5 +738,5 @@ def test_zz_mutation_classes_counted() -> None:
     for cls in CLASSES:
         print(f"  {cls:<17} {counts[cls]:>4}")
     assert list(counts) == CLASSES
-    assert len(counts) == 12
+    assert len(counts) == 13
     assert len(MUTATIONS) == sum(counts.values()) == len({str(m) for m in MUTATIONS})

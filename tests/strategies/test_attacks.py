@@ -25,8 +25,19 @@ def honest_of(batch) -> np.ndarray:
 
 
 def test_attack_names() -> None:
-    assert set(ATTACKS) == {"sign_flip", "gaussian", "scaling", "label_flip", "alie", "ipm", "min_max"}
+    assert set(ATTACKS) == {"sign_flip", "gaussian", "scaling", "free_ride", "label_flip", "alie",
+                            "ipm", "min_max"}
     assert is_data_attack("label_flip") and not is_data_attack("alie")
+
+
+def test_free_riders_send_a_zero_delta_or_jitter() -> None:
+    batch = random_batch(7, seed=4)
+    zero = apply_attack("free_ride", batch, MASK, np.random.default_rng(0))
+    jitter = apply_attack("free_ride", batch, MASK, np.random.default_rng(1), jitter=1e-6)
+    for i in (5, 6):
+        assert not zero.updates[i].any()
+        assert 0 < np.abs(jitter.updates[i]).max() < 1e-4
+    assert zero.updates[0] is batch.updates[0]
 
 
 def test_simple_attacks_rewrite_only_malicious_rows() -> None:

@@ -71,7 +71,7 @@ def test_plugin_runs_a_simulated_federation(installed_plugin: str, tmp_path: Pat
     from fedsilo.server.config import RunConfig
 
     config = RunConfig.load(None, {
-        "dataset": "wine", "sites": 3, "rounds": 2, "partition": "iid", "seed": 1,
+        "dataset": "wine", "sites": 3, "rounds": 2, "task_options": {"partition": "iid"}, "seed": 1,
         "aggregator": "half_mean:factor=0.5", "out": str(tmp_path / "runs"), "run_id": "plugin",
     })
     run = runner.run_federation(config, engine="inprocess")

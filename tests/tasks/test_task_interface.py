@@ -16,6 +16,7 @@ import torch
 from fedsilo import lineage
 from fedsilo.cli import main
 from fedsilo.server.config import ConfigError, RunConfig
+from fedsilo.simulations.config import SimulationConfig
 from fedsilo.tasks import BUILTINS, SiteData, TaskError, TaskIdentity, resolve_task
 from fedsilo.tasks.bundled import BundledTask
 
@@ -31,7 +32,7 @@ SMALL = {"sites": 3, "rounds": 2, "partition": "iid", "seed": 3, "lr": 0.2}
 def _run(tmp_path: Path, run_id: str, **options: Any) -> Any:
     from fedsilo.simulations.runner import run_federation
 
-    cfg = RunConfig.load(None, {**SMALL, "out": str(tmp_path), "run_id": run_id, **options})
+    cfg = SimulationConfig.load(None, {**SMALL, "out": str(tmp_path), "run_id": run_id, **options})
     return run_federation(cfg, engine="inprocess")
 
 
@@ -128,7 +129,7 @@ def test_handshake_refuses_a_site_whose_task_differs() -> None:
         data = SiteData(f"site-{pid:03d}", {"partition_id": pid})
         return task_site(theirs if pid == 2 else ours, data)
 
-    cfg = RunConfig.load(None, {**SMALL, "task": "user_task:TinyTask", "run_id": "refuse"})
+    cfg = SimulationConfig.load(None, {**SMALL, "task": "user_task:TinyTask", "run_id": "refuse"})
     spec = ServerSpec(config=cfg, run_id="refuse", initial_weights=ours.initial_weights(),
                       task_identity=ours.identity().to_dict())
     outcome = ServerOutcome()
