@@ -131,7 +131,8 @@ class Monitor:
                 if z_own > cfg.norm_z and norms[i] >= cfg.free_ride_ratio * peers:
                     flags.append(self._flag("update_norm_outlier", view, site,
                                             norm=float(norms[i]), z_peers=float(z_peer[i]),
-                                            z_own=z_own, threshold=cfg.norm_z))
+                                            z_own=z_own if np.isfinite(z_own) else "no history",
+                                            threshold=cfg.norm_z))
         if view.cosines is not None and len(view.cosines) >= 5:
             # opposed, and an outlier among this round's peers: how aligned honest sites
             # are differs by task (under strong skew many honest cosines sit near zero)
