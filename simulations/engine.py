@@ -77,6 +77,8 @@ def run_on_simulation_engine(
     old_level = flwr_logger.level
     if not verbose:
         flwr_logger.setLevel(logging.ERROR)  # also hides the deprecation notice
+    quiet_after_stop = QuietAfterStop()
+    flwr_logger.addFilter(quiet_after_stop)
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {
@@ -122,7 +124,17 @@ def run_on_simulation_engine(
             # on its way out after ray.shutdown, which takes 1.3-1.6 s to honour SIGTERM):
             # the run is over, so SIGKILL it, without waiting out a grace period
             pids.finish(grace=0.0)
+        flwr_logger.removeFilter(quiet_after_stop)
         flwr_logger.setLevel(old_level)
+
+
+class QuietAfterStop(logging.Filter):
+    """Drops Flower's log records once a stop is requested (SIGINT/SIGTERM): the engine is
+    then shut down on purpose, and its errors about ClientApp actors dying mid-message
+    (with their tracebacks) are the stop itself, not a failure to report."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not stopping.STOP.is_set()
 
 
 STOP_WAIT_S = 6.0

@@ -411,3 +411,27 @@ def test_a_stop_while_sites_score_the_new_model_closes_on_the_last_recorded_mode
     reference = run_federation(RunConfig.load(None, {**opts, "run_id": "ref"}), engine="inprocess")
     assert resumed.final_digest == reference.final_digest
     assert lineage.verify_run(run_dir).ok
+
+
+def test_flower_errors_after_a_stop_request_are_not_printed(caplog: pytest.LogCaptureFixture
+                                                            ) -> None:
+    """Once SIGINT/SIGTERM asked the run to stop, the engine is shut down on purpose: Flower's
+    errors about ClientApp actors dying mid-message (with tracebacks) are dropped, and only
+    then (found by the SIGTERM test above, under load)."""
+    import logging
+
+    from fedsilo.common import stopping
+    from fedsilo.simulations.engine import QuietAfterStop
+
+    flwr_logger = logging.getLogger("flwr")
+    quiet = QuietAfterStop()
+    flwr_logger.addFilter(quiet)
+    try:
+        with caplog.at_level(logging.ERROR, logger="flwr"):
+            flwr_logger.error("before the stop")
+            stopping.request_stop()
+            flwr_logger.error("An exception was raised when processing a message by RayBackend")
+    finally:
+        stopping.STOP.clear()
+        flwr_logger.removeFilter(quiet)
+    assert [r.getMessage() for r in caplog.records] == ["before the stop"]
