@@ -348,7 +348,9 @@ def test_sigterm_to_the_deployed_serverapp_closes_interrupted_and_resume_continu
     out = tmp_path / "runs"
     run_dir = out / "term"
     app = str(REPO / "examples" / "flower-app")
-    run_config = f"rounds=2 eval-every=0 round-timeout={startup.scaled(60):.0f} out='{out}' run-id='term'"
+    # the resumed run's handshake may wait for a site still finishing the killed run's
+    # round-2 task (a SuperNode runs one task at a time): time enough for both
+    run_config = f"rounds=2 eval-every=0 round-timeout={startup.scaled(120):.0f} out='{out}' run-id='term'"
     safety = startup.scaled(240)
     try:
         start_insecure_federation(tmp_path, procs, home, 3, name="t", startup=startup)
