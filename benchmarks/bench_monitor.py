@@ -9,7 +9,8 @@ faulty from round 1. The flags are read back from the run's lineage chain (what
 `fedsilo monitor` lists).
 
 * **detection**: the fault is flagged on the right site within ``--within`` rounds of its
-  start (default 3);
+  start (default 3); a data-shift scenario's site is compared with its profile in the
+  same seed's clean run (``--baseline``), flagged in round 1 when it is;
 * **false flags**, per 100 clean site-rounds (sampled honest sites x rounds, over every
   scenario): every flag of a clean run, and every flag that accuses an honest site of a
   fault (the update, rejection, dropout and refusal codes) in an attacked run. The
@@ -40,11 +41,14 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 ATTACKED = ("free_ride", "scaling", "sign_flip", "gaussian", "ipm", "alie", "min_max",
-            "label_flip")
+            "label_flip", "covariate_shift", "label_shift")
+DRIFTS = ("covariate_shift", "label_shift")
+"""Data-shift scenarios: the faulty site's data is shifted in this run; its profile is
+compared with the clean run of the same seed (``--baseline``, which runs first)."""
 
 
 def run_scenario(out: Path, name: str, seed: int, rounds: int, attack: str | None,
-                 task: str = "digits") -> dict[str, Any]:
+                 task: str = "digits", baseline: Path | None = None) -> dict[str, Any]:
     """One run; its flags and ground truth."""
     from fedsilo import lineage
     from fedsilo.simulations.config import SimulationConfig
@@ -55,6 +59,8 @@ def run_scenario(out: Path, name: str, seed: int, rounds: int, attack: str | Non
                                "run_id": f"{task}-{name}-{seed}", "allow_overreach": True}
     if attack:
         options.update(attack=attack, malicious=1)
+    if baseline is not None:
+        options["monitor"] = {"baseline": str(baseline)}
     config = SimulationConfig.load(None, options)
     run = run_federation(config, engine="inprocess")
     chain = lineage.read_chain(run.run_dir / "lineage.sqlite")
@@ -63,11 +69,13 @@ def run_scenario(out: Path, name: str, seed: int, rounds: int, attack: str | Non
     bad = set(malicious_sites(config.sites, config.malicious, config.seed)) if attack else set()
     clean_site_rounds = sum(len(set(b["sampled"]) - bad) for b in rounds_)
     return {"name": name, "seed": seed, "bad": bad, "flags": flags,
-            "clean_site_rounds": clean_site_rounds}
+            "clean_site_rounds": clean_site_rounds, "run_dir": run.run_dir}
 
 
 ACCUSING = frozenset({"update_norm_outlier", "update_opposes_aggregate", "free_rider",
-                      "repeated_rejections", "repeated_dropouts", "site_privacy_refusal"})
+                      "update_mimics_peers",
+                      "repeated_rejections", "repeated_dropouts", "site_privacy_refusal",
+                      "data_drift", "label_shift", "site_data_atypical"})
 """Codes that say a site did something wrong (the others describe the model)."""
 
 
@@ -95,12 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows, totals = [], Counter()
     t0 = time.time()
+    baselines: dict[int, Path] = {}  # seed -> its clean run (the drift scenarios' baseline)
+    scenarios = sorted(args.scenarios, key=lambda n: n != "clean")  # clean first
     with tempfile.TemporaryDirectory(prefix="bench-monitor-") as tmp:
-        for name in args.scenarios:
+        for name in scenarios:
             attack = None if name == "clean" else name
             detected, n, hits = [], Counter(), Counter()
             for seed in range(args.seeds):
-                result = run_scenario(Path(tmp), name, seed, args.rounds, attack, args.task)
+                if name in DRIFTS and seed not in baselines:
+                    baselines[seed] = run_scenario(Path(tmp), "clean", seed, args.rounds, None,
+                                                   args.task)["run_dir"]
+                result = run_scenario(Path(tmp), name, seed, args.rounds, attack, args.task,
+                                      baselines.get(seed) if name in DRIFTS else None)
+                if name == "clean":
+                    baselines[seed] = result["run_dir"]
                 d, false, effects, h = score(result, args.within)
                 detected.append(d)
                 n.update(false=false, effects=effects, site_rounds=result["clean_site_rounds"])
@@ -122,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average at the end "
         f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}; {time.time() - t0:.0f} s in all. Task "
         f"{args.task}, 10 sites, Dirichlet(0.5), 1 faulty site from round 1, default "
-        f"monitor thresholds, in-process engine.",
+        f"monitor thresholds, in-process engine. The data-shift scenarios (covariate_shift: "
+        f"the site's standardised features + 1; label_shift: the site keeps the lower half "
+        f"of the classes) run with the same seed's clean run as `--baseline`.",
         "",
         f"| scenario | detected on the right site within {args.within} rounds | codes that hit "
         "| false flags | effects at honest sites | clean site-rounds | false flags per 100 "

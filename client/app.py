@@ -51,6 +51,7 @@ from fedsilo.tasks.statistics import (
     STATISTICS_KEY,
     STATISTICS_RECORD,
     decode_statistics,
+    encode_statistics,
 )
 
 
@@ -75,6 +76,9 @@ class Site:
         (`Task.site_statistics`), answered to the server's statistics query.
     trainer_factory : builds the site's Trainer with the federation's summed statistics
         (sent with every train and evaluate message once they exist).
+    profile_fn : the site's data profile for the run's drift check (`Task.data_profile`),
+        sent when the server asks for it: in the handshake reply, or under SecAgg+ only
+        summed with the other sites' (as federated statistics).
     """
 
     site_id: str
@@ -87,6 +91,7 @@ class Site:
     task_identity: Mapping[str, str] | None = None
     statistics_fn: Callable[[], Mapping[str, np.ndarray] | None] | None = None
     trainer_factory: Callable[[Mapping[str, np.ndarray]], Trainer] | None = None
+    profile_fn: Callable[[], Mapping[str, np.ndarray] | None] | None = None
     _fingerprint: str | None = None
 
     @property
@@ -107,6 +112,25 @@ class Site:
         if isinstance(self.trainer, DeclaresExamples):
             return self.trainer.num_examples()
         return None
+
+    def profile(self, federation: Mapping[str, Any], how: str) -> dict[str, np.ndarray] | None:
+        """The site's data profile when the server asks for it ``how`` (``profile`` in the
+        federation record: ``handshake`` or ``secure``), else None."""
+        if federation.get("profile") != how or self.profile_fn is None:
+            return None
+        if how == "handshake" and (not self.policy.share_profile or self.policy.require_secagg):
+            return None  # the site's policy keeps its profile from the server's eyes
+        profile = self.profile_fn()
+        return None if profile is None else dict(profile)
+
+    def statistics_with_profile(self, federation: Mapping[str, Any]
+                                ) -> Mapping[str, np.ndarray] | None:
+        """The task's statistics, plus the data profile when it is summed under SecAgg+."""
+        stats = self.statistics_fn() if self.statistics_fn is not None else None
+        profile = self.profile(federation, "secure")
+        if profile is None:
+            return stats
+        return {**(stats or {}), **profile}
 
     def apply_statistics(self, msg: Message) -> Site:
         """Use the Trainer built with the federation's statistics that ``msg`` carries
@@ -170,6 +194,7 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
                 **app_digest_field(),  # the app bundle this site checked and runs
                 **({"task_identity": json.dumps(dict(site.task_identity), sort_keys=True)}
                    if site.task_identity is not None else {}),
+                **_profile_field(site, federation),
             }
         )
         content = RecordDict({codec.SITE_RECORD: record})
@@ -187,7 +212,7 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
 
         federation = _config(msg, codec.FEDERATION_RECORD)
         site = site_factory(context, federation)
-        stats = site.statistics_fn() if site.statistics_fn is not None else None
+        stats = site.statistics_with_profile(federation)
         try:
             content = statistics_reply(site.site_id, stats, federation,
                                        site.policy.require_secagg)
@@ -229,13 +254,23 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
 
     def site_statistics(msg: Message, context: Context) -> Mapping[str, np.ndarray] | None:
         # the statistics' SecAgg+ exchange: the site's sums are its masked input
-        site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
-        return site.statistics_fn() if site.statistics_fn is not None else None
+        federation = _config(msg, codec.FEDERATION_RECORD)
+        return site_factory(context, federation).statistics_with_profile(federation)
 
     from fedsilo.client.secagg_statistics import register_secure_statistics
 
     register_secure_statistics(app, site_statistics)
     return app
+
+
+def _profile_field(site: Site, federation: Mapping[str, Any]) -> dict[str, str]:
+    """The handshake's ``data_profile`` (JSON of the profile's arrays) when the server asks
+    for it there; a profile that cannot be computed is left out (the server notes it)."""
+    try:
+        profile = site.profile(federation, "handshake")
+    except Exception:  # noqa: BLE001 - user code: a missing profile only skips the check
+        return {}
+    return {} if profile is None else {"data_profile": encode_statistics(profile)}
 
 
 def _declaration(site: Site, run_id: str) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from fedsilo.tasks.base import SiteData
 
 # the federation settings a site built from the server's record depends on (its cache key)
 FEDERATION_KEYS = ("task", "task_options", "data", "sites", "partition", "seed", "batch_size",
-                   "sim_run_dir", "run_id", "label_flip_sites", "site_max_epsilon")
+                   "sim_run_dir", "run_id", "label_flip_sites", "site_max_epsilon",
+                   "data_shift", "data_shift_sites")
 
 
 def node_site(context: Context, federation: Mapping[str, Any]) -> Site:

@@ -23,6 +23,9 @@ class SitePolicy:
     max_epsilon : the site's own privacy ceiling (None: none); enforced with the
         same accountant as the server (see `fedsilo.privacy.site_budget`).
     require_secagg : refuse rounds that are not securely aggregated.
+    share_profile : send the site's data profile (counts: rows, per-feature histograms,
+        labels) in clear when the server asks for it for its drift check; false: the
+        server gets none (under SecAgg+ the profile only enters the federation's sum).
     """
 
     server_key_fingerprints: list[str] = field(default_factory=list)
@@ -31,6 +34,7 @@ class SitePolicy:
     max_rounds: int = 0
     max_epsilon: float | None = None
     require_secagg: bool = False
+    share_profile: bool = True
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> SitePolicy:

@@ -28,6 +28,7 @@ as the server's run config; the handshake refuses a site whose task differs)::
     max_rounds = 50
     max_epsilon = 8.0
     require_secagg = false
+    share_profile = true            # send the data profile (counts) for the drift check
 
     [supernode]
     superlink = "fl.example.org:9092"   # the SuperLink's Fleet API address

@@ -30,4 +30,4 @@ def task_site(task: Task, data: SiteData, *, key: Any = None, ledger: Any = None
     return Site(site_id=data.site_id, trainer=task.build_trainer(data, None), key=key,
                 ledger=ledger, policy=policy or SitePolicy(),
                 task_identity=task.identity().to_dict(), statistics_fn=statistics,
-                trainer_factory=with_statistics)
+                trainer_factory=with_statistics, profile_fn=lambda: task.data_profile(data))

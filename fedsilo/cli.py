@@ -79,6 +79,9 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a crashed run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only the final summary line")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    p.add_argument("--baseline", metavar="RUN_DIR",
+                   help="an earlier run of this task: each site's data profile is checked "
+                        "for drift against its profile there ([monitor] baseline)")
     p.add_argument("--mlflow", metavar="URI",
                    help="log the run to MLflow as it goes (tracking URI, e.g. "
                         "sqlite:///mlflow.db; needs fedsilo[mlflow])")
@@ -96,6 +99,7 @@ _FLAG_TO_KEY = {
     "record_dp_epsilon": "record_dp.epsilon", "record_dp_noise_multiplier": "record_dp.noise_multiplier",
     "record_dp_max_grad_norm": "record_dp.max_grad_norm",
     "secagg": "secagg.enabled", "secagg_degree": "secagg.degree", "secagg_threshold": "secagg.threshold",
+    "baseline": "monitor.baseline",
 }
 _NOT_CONFIG = {"config", "quiet", "verbose", "handler", "command", "resume", "engine", "mlflow"}
 
@@ -258,6 +262,22 @@ def _fail(command: str, message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
+def _add_strategies(sub: Any) -> None:
+    """``fedsilo strategies``, with the registry (and its numerical imports) loaded only when
+    the command runs: every other command starts faster."""
+    parser = sub.add_parser(
+        "strategies",
+        help="list installed aggregators and server optimisers with their parameters",
+        description="List installed aggregators and server optimisers with their parameters.")
+
+    def handler(args: argparse.Namespace) -> int:
+        from fedsilo.strategies.registry import _list_handler
+
+        return int(_list_handler(args))
+
+    parser.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedsilo", description="Cross-silo federated learning on Flower.")
     from fedsilo import __version__
@@ -271,9 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     from fedsilo.governance_cli import add_governance_parsers
     from fedsilo.lineage.cli import add_lineage_parser
     from fedsilo.privacy.cli import add_privacy_parser
-    from fedsilo.strategies.registry import add_strategies_parser
 
-    for register in (add_evaluate_parser, add_lineage_parser, add_strategies_parser,
+    for register in (add_evaluate_parser, add_lineage_parser, _add_strategies,
                      add_privacy_parser, add_deploy_parsers, add_app_parser,
                      add_governance_parsers):
         register(sub)
@@ -296,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedsilo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (``fedsilo ... | head``): not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     if argv is None and args.command == "simulate":  # the process's own command, not a caller's
         from fedsilo.simulations.runner import exit_now
 

@@ -171,7 +171,7 @@ def _server_run(args: argparse.Namespace) -> int:
             from fedsilo.server.deploy import run_outcome
             from fedsilo.server.outcome import exit_code
 
-            flwr_status = wait_run(settings, run.flwr_run_id, args.timeout)
+            flwr_status = wait_run(settings, run.flwr_run_id, args.timeout, run.run_dir)
             status, detail = run_outcome(run.run_dir, flwr_status)
             print(f"fedsilo server: run {run.run_id} {status}: {detail} (Flower: {flwr_status})")
             return exit_code(status)

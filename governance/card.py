@@ -63,7 +63,7 @@ def intended_use(f: RunFacts) -> Section:
 def federation(f: RunFacts) -> Section:
     s = Section("Federation and training data", "Model card: Training Data; Annex IV 2(d)",
                 "genesis.sites (site_id, data_fingerprint, num_examples, policy), "
-                "genesis.task.schema_digest")
+                "genesis.task.schema_digest, genesis.task.data_profiles")
     sites = f.genesis.get("sites") or []
     total = sum(int(x.get("num_examples") or 0) for x in sites)
     s.add(f"{len(sites)} sites took part, declaring {total} training examples in all; "
@@ -72,11 +72,32 @@ def federation(f: RunFacts) -> Section:
     rows = tuple((str(x["site_id"]), _fmt(x.get("num_examples")), str(x["data_fingerprint"]),
                   _policy_text(x.get("policy") or {})) for x in sites)
     s.add(Table(("site", "examples", "data fingerprint", "site policy"), rows))
+    s.add(_drift_text((f.genesis.get("task") or {}).get("data_profiles")))
     return s
 
 
+def _drift_text(profiles: dict[str, Any] | None) -> str:
+    """What the run's drift check had to work with (its findings are in the flags)."""
+    if not profiles:
+        return ("Data drift: not checked (the task profiles no data, the monitor's drift "
+                "check was off, or the run had a DP budget).")
+    how = ("each site's profile" if profiles.get("summed") == "clear"
+           else "only the federation's profile, summed under SecAgg+")
+    base = profiles.get("baseline")
+    against = (f"against baseline run {base['run_id']} (chain head {base['chain_head']})"
+               if base else "against the federation only (no baseline run)")
+    return (f"Data drift: genesis records {how} (row counts, per-feature histograms, label "
+            f"counts); checked {against}; any finding is in Flags.")
+
+
+_DEFAULT_ON = frozenset({"share_profile"})
+"""Policy switches that are on by default (listed only when a site turned them off)."""
+
+
 def _policy_text(policy: dict[str, Any]) -> str:
-    parts = [f"{k}={v}" for k, v in sorted(policy.items()) if v not in (None, [], 0, False, "")]
+    parts = [f"{k}={v}" for k, v in sorted(policy.items())
+             if v not in (None, [], 0, False, "") and not (k in _DEFAULT_ON and v is True)]
+    parts += [f"{k}=False" for k in sorted(_DEFAULT_ON) if policy.get(k) is False]
     return ", ".join(parts) or "defaults"
 
 

@@ -24,6 +24,8 @@ CODES: dict[str, tuple[str, str]] = {
     "update_norm_outlier": ("warning", "update norm far from the site's own history and its peers"),
     "update_opposes_aggregate": ("warning", "update direction opposed to the round's aggregate"),
     "free_rider": ("error", "near-zero update: the site returned (almost) the global model"),
+    "update_mimics_peers": ("warning", "update (almost) the other sites' aggregate: not from "
+                            "the site's own data"),
     "repeated_rejections": ("error", "the site's replies were screened out repeatedly"),
     "site_metric_drop": ("warning", "the global model got worse at this site than its best"),
     "fairness_gap": ("warning", "the worst site fell further behind the sites' mean"),
@@ -31,11 +33,18 @@ CODES: dict[str, tuple[str, str]] = {
     "budget_nearly_spent": ("warning", "most of the run's privacy budget is spent"),
     "site_privacy_refusal": ("warning", "a site refused a round under its own privacy ceiling"),
     "repeated_dropouts": ("warning", "the site dropped out or timed out repeatedly"),
+    "data_drift": ("warning", "the site's features moved from its profile in the baseline run"),
+    "label_shift": ("warning", "the site's labels moved from its profile in the baseline run"),
+    "site_data_atypical": ("info", "the site's features differ from the rest of the federation's"),
 }
 """Every flag code: (default severity, what it means)."""
 
-UPDATE_CODES = frozenset({"update_norm_outlier", "update_opposes_aggregate", "free_rider"})
-"""Codes that need each site's individual update: they do not apply under SecAgg+."""
+UPDATE_CODES = frozenset({"update_norm_outlier", "update_opposes_aggregate", "free_rider",
+                          "update_mimics_peers", "site_data_atypical"})
+"""Codes that need each site's individual update or data profile: they do not apply under
+SecAgg+ (drift against the baseline is then the federation's, with no site)."""
+DRIFT_CODES = frozenset({"data_drift", "label_shift", "site_data_atypical"})
+"""Codes of the drift check at the start of a run (`fedsilo.governance.drift`)."""
 
 POLICIES = ("warn", "exclude_site", "stop")
 
@@ -82,6 +91,10 @@ class MonitorConfig:
             z-scores below its peers' cosines).
         free_ride_ratio: update norm / the peers' median norm below which an update is
             near-zero.
+        mimic_cosine: cosine to the other sites' aggregate above which an update may copy
+            them (``update_mimics_peers``, when it is also more than ``mimic_z`` robust
+            z-scores above its peers' cosines: under IID data every site is that aligned).
+        mimic_z: see ``mimic_cosine``.
         window: sampled rounds of a site looked back on for rejections and dropouts.
         rejections: rejected replies within ``window`` that raise ``repeated_rejections``.
         dropouts: missed replies within ``window`` that raise ``repeated_dropouts``.
@@ -93,6 +106,17 @@ class MonitorConfig:
         divergence: the global loss above this multiple of its best raises ``loss_diverging``.
         budget_fraction: share of the DP budget spent that raises ``budget_nearly_spent``.
         severity: per-code severity overrides, code -> ``info`` | ``warning`` | ``error``.
+        drift: profile every site's data at the start (tasks that define
+            `fedsilo.tasks.Task.data_profile`) and check it for drift.
+        baseline: run directory of an earlier run of the same task whose profiles the
+            sites' are compared with (``--baseline``; empty: none).
+        drift_psi: PSI of a feature against the site's baseline profile from which it drifts
+            (when the two samples also differ beyond sampling noise, ``drift_alpha``).
+        label_tv: total variation of the labels against the baseline from which they shift.
+        federation_psi: PSI of a feature against the rest of the federation above which a
+            site's data is atypical (info), when its labels do not differ significantly
+            from the rest's (``drift_alpha``; else label skew explains the difference).
+        drift_alpha: significance level of the drift tests (Bonferroni over features).
     """
 
     enabled: bool = True
@@ -100,6 +124,8 @@ class MonitorConfig:
     norm_z: float = 4.0
     cosine_min: float = 0.0
     free_ride_ratio: float = 1e-3
+    mimic_cosine: float = 0.95
+    mimic_z: float = 3.0
     window: int = 5
     rejections: int = 3
     dropouts: int = 3
@@ -109,6 +135,12 @@ class MonitorConfig:
     divergence: float = 3.0
     budget_fraction: float = 0.8
     severity: dict[str, str] = field(default_factory=dict)
+    drift: bool = True
+    baseline: str = ""
+    drift_psi: float = 0.25
+    label_tv: float = 0.1
+    federation_psi: float = 1.0
+    drift_alpha: float = 0.01
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> MonitorConfig:
@@ -135,7 +167,8 @@ class MonitorConfig:
         for key, value in raw.items():
             default = known[key].default
             if isinstance(default, bool) != isinstance(value, bool) or (
-                    isinstance(default, int | float) and not isinstance(value, int | float)):
+                    isinstance(default, int | float) and not isinstance(value, int | float)) or (
+                    isinstance(default, str) and not isinstance(value, str)):
                 raise MonitorConfigError(f"monitor.{key}: expected a "
                                          f"{type(default).__name__}, got {value!r}")
         return cls(**raw, severity=dict(severity))

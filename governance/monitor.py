@@ -8,14 +8,15 @@ aggregate (plain rounds; ``None`` under SecAgg+, where only the flags that need 
 individual update apply), the sites' signed scores, the global loss and the share of the
 privacy budget spent. All per-site tests run on whole arrays.
 
-The monitor's state (each site's norm history, best scores, recent participation) lives
-in memory; a resumed run starts it afresh, which can only delay a history-based flag.
+The monitor's state (each site's norm history, best scores, recent participation, the
+excluded sites) is kept in every checkpoint (`state_dict`): a resumed run goes on with it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -86,10 +87,44 @@ class Monitor:
         self.budget_flagged = False
         self.excluded: dict[str, str] = {}  # site -> the flag code that excluded it
         self.stop_reason: str | None = None
+        self.at_start: list[tuple[str, str | None, dict[str, float | str]]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (kept in every checkpoint: a resumed run's monitor goes
+        on from where the crash left it, an excluded site stays excluded)."""
+        return {"norms": {s: list(h) for s, h in self.norms.items()},
+                "outcomes": {s: list(h) for s, h in self.outcomes.items()},
+                "best_score": dict(self.best_score), "dropping": sorted(self.dropping),
+                "best_loss": self.best_loss, "least_gap": self.least_gap,
+                "gap_open": self.gap_open, "budget_flagged": self.budget_flagged,
+                "excluded": dict(self.excluded),
+                "at_start": [list(f) for f in self.at_start]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict`'s state."""
+        for site, history in state["norms"].items():
+            self.norms[site].extend(history)
+        for site, history in state["outcomes"].items():
+            self.outcomes[site].extend(history)
+        self.best_score = dict(state["best_score"])
+        self.dropping = set(state["dropping"])
+        self.best_loss, self.least_gap = state["best_loss"], state["least_gap"]
+        self.gap_open, self.budget_flagged = state["gap_open"], state["budget_flagged"]
+        self.excluded = dict(state["excluded"])
+        self.at_start = [(code, site, dict(evidence)) for code, site, evidence in state["at_start"]]
+
+    def start_findings(self, findings: list[tuple[str, str | None, dict[str, float | str]]]
+                       ) -> None:
+        """Findings made before round 1 (the drift check, `fedsilo.governance.drift`):
+        raised as flags of the first round observed."""
+        self.at_start = list(findings)
 
     def observe(self, view: RoundView) -> list[Flag]:
         """The round's flags, with the action the policy takes for each error flag."""
-        found = (self._updates(view) + self._participation(view) + self._scores(view)
+        start = [self._flag(code, view, site, **evidence)
+                 for code, site, evidence in self.at_start]
+        self.at_start = []
+        found = (start + self._updates(view) + self._participation(view) + self._scores(view)
                  + self._loss(view) + self._privacy(view))
         return [self._act(flag) for flag in found]
 
@@ -144,6 +179,12 @@ class Monitor:
                 flags.append(self._flag("update_opposes_aggregate", view, view.site_ids[i],
                                         cosine=float(cos[i]), peers_median=center,
                                         z_peers=float(z_low[i]), threshold=cfg.cosine_min))
+            # the other way: an update that is the others' aggregate (a copy of the peers,
+            # e.g. "a little is enough" at z = 0) did not come from the site's own data
+            for i in np.flatnonzero((cos > cfg.mimic_cosine) & (-z_low > cfg.mimic_z)):
+                flags.append(self._flag("update_mimics_peers", view, view.site_ids[i],
+                                        cosine=float(cos[i]), peers_median=center,
+                                        z_peers=float(-z_low[i]), threshold=cfg.mimic_cosine))
         flagged = {f.site for f in flags}  # an anomalous update never becomes the baseline
         for site, value in zip(view.site_ids, logs, strict=True):
             if site not in flagged:
@@ -220,6 +261,7 @@ class Monitor:
 
     def applicable_codes(self) -> list[str]:
         """Codes this run can raise (SecAgg+ rules out the update flags)."""
-        from .flags import CODES
+        from .flags import CODES, DRIFT_CODES
 
-        return [c for c in CODES if not (self.secagg and c in UPDATE_CODES)]
+        return [c for c in CODES if not (self.secagg and c in UPDATE_CODES)
+                and (self.config.drift or c not in DRIFT_CODES)]

@@ -10,17 +10,18 @@ which then names the failure exactly as it always did.
 
 * :func:`round_body_ok`: a round body is valid per :class:`~fedsilo.lineage.records.RoundRecord`
   (its contributions checked by column; everything else by the reference validator);
-* :func:`float_residual`: the parts of a signed envelope that may hold floats, the one
-  JSON value on which ``orjson`` and Python's ``json`` may write different bytes
+* :func:`float_residual` (:func:`round_residual` for a round body already checked): the
+  parts of a signed envelope that may hold floats, the one JSON value on which ``orjson``
+  and Python's ``json`` may write different bytes
   (:func:`fedsilo.lineage.canonical.is_canonical` compares both encoders on it).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
-from itertools import repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from .fates import Fate
 from .records import RoundRecord, SiteContribution, validate_body
@@ -28,74 +29,119 @@ from .records import RoundRecord, SiteContribution, validate_body
 _NONE = type(None)
 _PREFIX = "sha256:"
 _HEX_DIGITS = b"0123456789abcdef"
+_PREFIX_REST = _PREFIX.encode().translate(None, _HEX_DIGITS)  # b"sh:"
 _FATES = frozenset(f.value for f in Fate)
 # the contribution's field names, from its dataclass (the one schema); ``prev`` may be absent
 _EVERY = frozenset(f.name for f in fields(SiteContribution))
 _UNCHAINED = _EVERY - {"prev"}
 _OPTIONAL = frozenset(f.name for f in fields(RoundRecord)) - {"contributions"}
-_KEY_ORDERS = {tuple(sorted(_EVERY)), tuple(sorted(_UNCHAINED))}
-_get = {name: itemgetter(name) for name in _EVERY}
+# round body fields that hold no float once the body passed its schema check
+_FLOATLESS = frozenset({"contributions", "sampled", "replied", "accepted", "dropped"})
+_CHAINED_ORDER = tuple(sorted(_EVERY))
+_UNCHAINED_ORDER = tuple(sorted(_UNCHAINED))
+# a contribution's values in field-name order (the columns, transposed by zip)
+_CHAINED_ROW, _UNCHAINED_ROW = itemgetter(*_CHAINED_ORDER), itemgetter(*_UNCHAINED_ORDER)
 
 
-def round_body_ok(body: Any) -> bool:
-    """Whether ``body`` certainly passes ``validate_body("round", body)``; False: unsure
-    (the caller then runs the reference check, which names any failure)."""
+class Columns(NamedTuple):
+    """A round's contributions by column, every one already checked valid.
+
+    Attributes:
+        ids, fates, data_fingerprints, update_digests: one item per contribution.
+        prevs: each contribution's ``prev`` when every one is chained, else ``None``
+            (unchained or mixed: the per-contribution reference loop then runs).
+        details: each contribution's ``detail`` object.
+    """
+
+    ids: Sequence[str]
+    prevs: Sequence[str] | None
+    fates: Sequence[str]
+    data_fingerprints: Sequence[str]
+    update_digests: Sequence[str]
+    details: Sequence[dict[str, Any]]
+
+
+def round_columns(body: Any) -> Columns | None:
+    """The contributions' columns when ``body`` certainly passes
+    ``validate_body("round", body)``; None: unsure (the caller then runs the reference
+    check, which names any failure)."""
     if type(body) is not dict or type(body.get("contributions")) is not list:
-        return False
+        return None
     try:
         validate_body("round", {**body, "contributions": []})
     except ValueError:
-        return False
-    return contributions_ok(body["contributions"])
+        return None
+    return contribution_columns(body["contributions"])
+
+
+def round_body_ok(body: Any) -> bool:
+    """Whether ``body`` certainly passes ``validate_body("round", body)`` (see
+    :func:`round_columns`)."""
+    return round_columns(body) is not None
 
 
 def contributions_ok(cs: list[Any]) -> bool:
     """Whether every item of ``cs`` certainly passes the
     :class:`~fedsilo.lineage.records.SiteContribution` validator (column-wise checks)."""
+    return contribution_columns(cs) is not None
+
+
+def contribution_columns(cs: list[Any]) -> Columns | None:
+    """The columns of ``cs`` when every item certainly passes the
+    :class:`~fedsilo.lineage.records.SiteContribution` validator; None: unsure."""
     if not cs:
-        return True
+        return Columns([], [], [], [], [], [])
     try:
         if set(map(type, cs)) != {dict}:
-            return False
-        # keys in stored order: canonical JSON (checked before) sorts them
-        if not set(map(tuple, cs)) <= _KEY_ORDERS:
-            return False
+            return None
+        # every item has exactly the fields of one form: all its names are there
+        # (itemgetter raises KeyError otherwise) and no more (len)
+        lengths = set(map(len, cs))
+        if lengths == {len(_CHAINED_ORDER)}:
+            df, detail, fate, count, prev, score, sig, site, ud = zip(
+                *map(_CHAINED_ROW, cs), strict=True)
+            prevs: tuple[Any, ...] | None = prev
+        elif lengths == {len(_UNCHAINED_ORDER)}:  # the older, unchained form
+            df, detail, fate, count, score, sig, site, ud = zip(
+                *map(_UNCHAINED_ROW, cs), strict=True)
+            prev, prevs = (), None
+        else:  # mixed forms (or not a contribution): the reference decides
+            return None
         n = len(cs)
-        site_ids = list(map(_get["site_id"], cs))
-        if "" in site_ids or len("".join(site_ids)) < n:  # join: every one a str
-            return False
-        for name in ("update_digest", "data_fingerprint"):
-            if not _digests(list(map(_get[name], cs)), n):
-                return False
-        signatures = list(map(_get["signature"], cs))
-        if set(map(len, signatures)) != {128} or not _hex("".join(signatures)):
-            return False
-        counts = list(map(_get["num_examples"], cs))
-        if set(map(type, counts)) != {int} or min(counts) < 0:
-            return False
-        if not set(map(_get["fate"], cs)) <= _FATES:
-            return False
-        if set(map(type, map(_get["score"], cs))) != {_NONE}:
-            return False
-        if set(map(type, map(_get["detail"], cs))) != {dict}:
-            return False
-        chained = [c["prev"] for c in cs if "prev" in c]
-        return _digests(chained, len(chained))
+        if "" in site or len("".join(site)) < n:  # join: every one a str
+            return None
+        if not _digests([*df, *ud, *prev]):
+            return None
+        if set(map(len, sig)) != {128} or not _hex("".join(sig)):
+            return None
+        if set(map(type, count)) != {int} or min(count) < 0:
+            return None
+        if not set(fate) <= _FATES or score.count(None) != n:
+            return None
+        if set(map(type, detail)) != {dict}:
+            return None
+        return Columns(site, prevs, fate, df, ud, detail)
     except (TypeError, KeyError):  # unhashable or missing values: not sure
-        return False
+        return None
 
 
-def _digests(column: list[Any], n: int) -> bool:
-    """Every item a ``'sha256:<64 lowercase hex>'`` string: each 71 characters long and
-    starting with the prefix, and what follows the prefixes only lower-case hex."""
-    if len(column) != n:
-        return False
+def _digests(column: list[Any]) -> bool:
+    """Every item a ``'sha256:<64 lowercase hex>'`` string: each 71 characters long, the
+    prefix at each item's start (strided slices of the joined column), and every other
+    character a lower-case hex digit (deleting the hex digits leaves only the prefixes'
+    other characters, ``"sh:"`` per item)."""
     if not column:
         return True
-    if set(map(len, column)) != {71} or not all(map(str.startswith, column, repeat(_PREFIX))):
+    n = len(column)
+    if set(map(len, column)) != {71}:
         return False
-    rest = "".join(column).replace(_PREFIX, "")
-    return len(rest) == 64 * n and _hex(rest)
+    joined = "".join(column)  # TypeError (caught by the caller) unless every one is a str
+    if any(joined[k::71] != ch * n for k, ch in enumerate(_PREFIX)):
+        return False
+    try:
+        return joined.encode("ascii").translate(None, _HEX_DIGITS) == _PREFIX_REST * n
+    except UnicodeEncodeError:
+        return False
 
 
 def _hex(text: str) -> bool:
@@ -104,6 +150,16 @@ def _hex(text: str) -> bool:
         return not text.encode("ascii").translate(None, _HEX_DIGITS)
     except UnicodeEncodeError:
         return False
+
+
+def round_residual(env: dict[str, Any], columns: Columns) -> Any:
+    """:func:`float_residual` of a round envelope whose body passed :func:`round_columns`:
+    its contributions and site-id lists are then known to hold only strings, ints and
+    null (unless a contribution has a ``detail``), so only the rest of the body is kept."""
+    if any(columns.details):
+        return float_residual(env)
+    body = env["body"]
+    return {**env, "body": {k: v for k, v in body.items() if k not in _FLOATLESS}}
 
 
 def float_residual(env: Any) -> Any:

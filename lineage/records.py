@@ -55,10 +55,12 @@ _ISO_TIME = "a non-empty string (ISO 8601 time)"
 def _is_task(v: Any) -> bool:
     """A genesis ``task``: the task identity, optionally its summed statistics' record."""
     if type(v) is not dict or not set(v) <= {"name", "version", "layout_digest",
-                                             "schema_digest", "statistics"}:
+                                             "schema_digest", "statistics", "data_profiles"}:
         return False
     if not (is_str(v.get("name")) and is_str(v.get("version"))
             and is_digest(v.get("layout_digest")) and is_digest(v.get("schema_digest"))):
+        return False
+    if "data_profiles" in v and not _is_profiles(v["data_profiles"]):
         return False
     stats = v.get("statistics")
     if stats is None:
@@ -70,9 +72,23 @@ def _is_task(v: Any) -> bool:
             and stats.get("summed", "secagg+") == "secagg+")
 
 
+def _is_profiles(v: Any) -> bool:
+    """A genesis ``task.data_profiles`` (`fedsilo.server.data_profiles`): how the profiles
+    were summed, the federation's profile, optionally each site's, the baseline, notes."""
+    if type(v) is not dict or not set(v) <= {"summed", "federation", "sites", "baseline",
+                                             "notes"}:
+        return False
+    sites = v.get("sites", {})
+    return (v.get("summed") in ("clear", "secagg+") and is_obj(v.get("federation"))
+            and type(sites) is dict and all(is_obj(p) for p in sites.values())
+            and is_obj(v.get("baseline", {}))
+            and type(v.get("notes", [])) is list and all(is_str(n) for n in v.get("notes", [])))
+
+
 _TASK = Rule(_is_task, "null or a JSON object with name and version (non-empty strings), "
              f"layout_digest and schema_digest ({D}) and optionally statistics (digest, "
-             "sites, values, summed: \"secagg+\")")
+             "sites, values, summed: \"secagg+\") and data_profiles (summed, federation, "
+             "sites, baseline, notes)")
 
 
 class _Record:
@@ -210,7 +226,8 @@ class GenesisRecord(_Record):
             attackers than the aggregator tolerates); stored only when not empty.
         task: the task identity every site presented (name, version, layout_digest,
             schema_digest) and, when the task has federated statistics, their sum's
-            record (``statistics``: digest, sites, values when small); stored when set.
+            record (``statistics``: digest, sites, values when small), and the sites' data
+            profiles of the drift check (``data_profiles``); stored when set.
     """
 
     TYPE: ClassVar[str] = "genesis"

@@ -51,8 +51,10 @@ parses; ``cryptography`` releases the GIL while verifying.
 
 Where each check lives: the chain walk (envelope, position, links, digests, bodies, sites,
 resumes, closing) in :mod:`fedsilo.lineage.chaincheck`, round records in
-:mod:`fedsilo.lineage.roundcheck`, the signature pool in :mod:`fedsilo.lineage.sigcheck`;
-this module runs the pass, checks the model file and writes the :class:`VerifyReport`.
+:mod:`fedsilo.lineage.roundcheck`, the signature pool in :mod:`fedsilo.lineage.sigcheck`,
+the two-process walk of a long chain in default mode (a forked child checks the records
+after a seam; same verdict and first failure) in :mod:`fedsilo.lineage.split`; this module
+runs the pass, checks the model file and writes the :class:`VerifyReport`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import split
 from .canonical import canonical_json_parsed
 from .chaincheck import ChainChecker, Row
 from .digests import npz_digest
@@ -91,6 +94,7 @@ class VerifyReport:
         site_signatures: number of site signatures checked.
         server_signatures: number of server signatures checked (default mode: 1, the head).
         all_signatures: whether every signature was checked (``--all-signatures``).
+        processes: 2 when a forked child checked the chain's back half, else 1.
         server_key: fingerprint of the genesis server key (``None`` if unreadable).
         final_model_digest: the model the chain ends with (``None`` if unknown).
     """
@@ -108,6 +112,7 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     server_signatures: int = 0
     all_signatures: bool = False
+    processes: int = 1
 
 
 def verify_run(
@@ -117,6 +122,7 @@ def verify_run(
     expected_server_key: str | None = None,
     workers: int | None = None,
     all_signatures: bool = False,
+    processes: int | None = None,
 ) -> VerifyReport:
     """Verify a run directory's chain and final model (see the module docstring).
 
@@ -131,6 +137,9 @@ def verify_run(
         all_signatures: check every signature (``--all-signatures``). Default: every digest
             and link, the server's signature on the head record and the last attestation of
             each site's chain (docs/lineage.md, "Trust argument").
+        processes: default mode on a long chain (16 MB of records or more) checks its back
+            half in a forked child (:mod:`fedsilo.lineage.split`); 1: one process; 2: two
+            whenever the chain can be cut, however short. Same verdict and first failure.
 
     Returns:
         A :class:`VerifyReport`; ``ok`` is ``False`` on any verification failure.
@@ -148,6 +157,7 @@ def verify_run(
         expected_server_key=expected_server_key,
         workers=workers,
         all_signatures=all_signatures,
+        processes=processes,
     )
 
 
@@ -180,6 +190,7 @@ def verify_rows(
     expected_server_key: str | None = None,
     workers: int | None = None,
     all_signatures: bool = False,
+    processes: int | None = None,
 ) -> VerifyReport:
     """Verify raw store rows ``(seq, type, digest, signature, signed)``.
 
@@ -187,7 +198,7 @@ def verify_rows(
         rows: rows in storage order, as :func:`fedsilo.lineage.store.read_rows` returns.
         model_path: the saved final model to check against the closing record; ``None``
             skips the model file check (used when continuing a chain).
-        check_site_signatures, expected_server_key, workers, all_signatures: see
+        check_site_signatures, expected_server_key, workers, all_signatures, processes: see
             :func:`verify_run`.
     """
     checker = ChainChecker(len(rows), check_site_signatures, expected_server_key, workers,
@@ -197,23 +208,51 @@ def verify_rows(
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _run(checker, rows, model_path)
+        return _run(checker, rows, model_path, processes)
     finally:
         if collecting:
             gc.enable()
         checker.signatures.shutdown()
 
 
-def _run(checker: ChainChecker, rows: Sequence[Row], model_path: Path | None) -> VerifyReport:
-    """The pass: every record, then the signatures' verdict, then the model file."""
-    failure: Failure | None = None
-    prev: str | None = None
-    for i, row in enumerate(rows):
+def _walk(checker: ChainChecker, rows: Sequence[Row], start: int, stop: int,
+          prev: str | None) -> tuple[Failure | None, str | None]:
+    """Check ``rows[start:stop]``; the first failure (or None) and the last digest."""
+    for i in range(start, stop):
         try:
-            prev = checker.record(i, row, prev)
+            prev = checker.record(i, rows[i], prev)
         except Failure as exc:
-            failure = exc
-            break
+            return exc, prev
+    return None, prev
+
+
+def _seam(checker: ChainChecker, rows: Sequence[Row], processes: int | None) -> int | None:
+    """Where to cut the chain between two processes (:mod:`fedsilo.lineage.split`), or
+    None: one process (asked for, ``--all-signatures``, or a short chain in auto mode)."""
+    if processes == 1 or checker.all_signatures or not split.can_fork():
+        return None
+    seam = split.choose_seam(rows, split.MIN_SPLIT_BYTES if processes is None else 0)
+    return seam if seam is not None and 1 <= seam < len(rows) else None
+
+
+def _run(checker: ChainChecker, rows: Sequence[Row], model_path: Path | None,
+         processes: int | None) -> VerifyReport:
+    """The pass: every record, then the signatures' verdict, then the model file."""
+    failure, prev = _walk(checker, rows, 0, min(1, len(rows)), None)  # the genesis
+    seam = _seam(checker, rows, processes) if failure is None else None
+    child = None if seam is None else split.Child(checker, rows, seam)
+    checker.processes = 1 if child is None else 2
+    try:
+        if failure is None:
+            failure, prev = _walk(checker, rows, 1, seam or len(rows), prev)
+        if child is not None and not (failure is None
+                                      and split.adopt(checker, child.result(), prev)):
+            child.cancel()  # failed before the seam, or the child's walk is not adopted
+            if failure is None:
+                failure, prev = _walk(checker, rows, seam or 0, len(rows), prev)
+    finally:
+        if child is not None:
+            child.cancel()
     if failure is None:
         checker.finish()
     signature_failure = checker.signatures.first_failure()
@@ -315,6 +354,7 @@ def _report(
         site_signatures=checker.site_signatures if checker.check_sites else 0,
         server_signatures=checker.server_signatures,
         all_signatures=checker.all_signatures,
+        processes=checker.processes,
         server_key=key,
         final_model_digest=checker.current,
         notes=notes or [],

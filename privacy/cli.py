@@ -13,11 +13,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .accounting import ClientLevelAccountant
-from .calibrate import calibrate_noise_multiplier
-
 
 def _calibrate(args: argparse.Namespace) -> int:
+    # imported here: dp-accounting (and scipy) take ~1 s to import, which every other
+    # ``fedsilo`` command (e.g. ``lineage verify``) would otherwise pay at start-up
+    from .accounting import ClientLevelAccountant
+    from .calibrate import calibrate_noise_multiplier
+
     try:
         z = calibrate_noise_multiplier(
             epsilon=args.epsilon,

@@ -249,14 +249,27 @@ def run_status(s: ServerSettings, flwr_run_id: str) -> str:
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
-def wait_run(s: ServerSettings, flwr_run_id: str, timeout: float, poll: float = 2.0) -> str:
-    """Poll until the run finishes; return its final status; `DeployError` on timeout."""
+def wait_run(s: ServerSettings, flwr_run_id: str, timeout: float,
+             run_dir: Path | None = None, poll: float = 2.0, max_poll: float = 10.0) -> str:
+    """Poll until the run finishes; return Flower's final status; `DeployError` on timeout.
+
+    Each question to Flower is a ``flwr ls`` process (about a CPU-second, taken from the
+    server's own work), so they come every ``poll`` seconds at first, then less often, up
+    to ``max_poll``. The run's own outputs (``metrics.json`` in ``run_dir``, written once
+    the run has closed) are a file check every half second: once they exist Flower is
+    asked every ``poll`` seconds until it reports the ServerApp finished.
+    """
     deadline = time.monotonic() + timeout
+    wait, next_ask = poll, 0.0
     while time.monotonic() < deadline:
-        status = run_status(s, flwr_run_id)
-        if status.startswith(FINISHED):
-            return status
-        time.sleep(poll)
+        done = run_dir is not None and (run_dir / "metrics.json").exists()
+        if done or time.monotonic() >= next_ask:
+            status = run_status(s, flwr_run_id)
+            if status.startswith(FINISHED):
+                return status
+            next_ask = time.monotonic() + (poll if done else wait)
+            wait = min(wait * 1.5, max_poll)
+        time.sleep(0.5 if not done else poll)
     raise DeployError(f"run {flwr_run_id} did not finish within {timeout:.0f} s")
 
 

@@ -95,7 +95,7 @@ def deployment_spec(config: RunConfig, run_dir: Path) -> ServerSpec:
         config=config, run_id=str(config.run_id), initial_weights=st.initial_weights,
         run_dir=run_dir, federation=federation, evaluate_fn=st.evaluate_fn,
         task_identity=st.identity, frozen_layers=st.frozen_layers,
-        statistics=st.wants_statistics,
+        statistics=st.wants_statistics, profile=st.wants_profile, baseline=st.baseline,
         simulation=False,  # deployment: DP noise from a CSPRNG unless configured otherwise
     )
 

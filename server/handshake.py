@@ -158,6 +158,13 @@ def _site_of(reply: Message, spec: ServerSpec, problems: list[str]) -> SiteInfo 
     info.num_examples = declared
     if info.public_key:
         info.declaration = str(rec.get("declaration", ""))
+    if rec.get("data_profile"):  # checked with the others' by `fedsilo.server.data_profiles`
+        from fedsilo.tasks.statistics import StatisticsError, decode_statistics
+
+        try:
+            info.profile = decode_statistics(str(rec["data_profile"]), "data profile")
+        except StatisticsError:
+            info.profile = {}  # malformed: left out of the drift check, with a note
     return info
 
 
@@ -195,16 +202,20 @@ def check_resumed_sites(sites: list[SiteInfo], known: dict[str, str] | None) -> 
 
 def genesis_record(spec: ServerSpec, sites: list[SiteInfo], *, initial_model_digest: str,
                    server_key: Any, statistics_record: dict[str, Any] | None,
-                   problems: list[str] | None = None) -> Any:
+                   problems: list[str] | None = None,
+                   profiles_record: dict[str, Any] | None = None) -> Any:
     """The chain's first record: config, code version, initial model, keys, the sites,
-    the task identity (with its statistics, when queried) and the run's notes."""
+    the task identity (with its statistics, when queried, and the sites' data profiles)
+    and the run's notes."""
     from fedsilo.server.provenance import code_version
 
     task: dict[str, Any] = {}
     if spec.task_identity is not None:
         task = {"task": {**spec.task_identity,
                          **({"statistics": statistics_record}
-                            if statistics_record is not None else {})}}
+                            if statistics_record is not None else {}),
+                         **({"data_profiles": profiles_record}
+                            if profiles_record is not None else {})}}
     return lineage.GenesisRecord(
         run_id=spec.run_id,
         created_at=now(),

@@ -59,6 +59,8 @@ class FederationServer:
         self.layout = self.parts.trainable
         self.statistics: dict[str, np.ndarray] | None = None
         self.statistics_record: dict[str, Any] | None = None
+        self.profile_sum: dict[str, np.ndarray] | None = None  # SecAgg+: the sites' profiles' sum
+        self.profiles_record: dict[str, Any] | None = None  # genesis: the drift check's profiles
         self.model = self.layout.flatten({k: spec.initial_weights[k] for k in self.layout.names})
         self.aggregator = registry.make_aggregator(cfg.aggregator)
         self.optimizer = registry.make_optimizer(cfg.optimizer)
@@ -159,8 +161,8 @@ class FederationServer:
         that the sites are genesis's (a resumed run)."""
         spec = self.spec
         try:
-            self.sites = handshake.handshake(grid, spec, self.federation(), self.secagg,
-                                             self.start_round)
+            self.sites = handshake.handshake(grid, spec, self.federation(not spec.resume),
+                                             self.secagg, self.start_round)
         except handshake.HandshakeFailed as exc:
             if not spec.resume:  # on record: who refused (e.g. a site's code policy) and why
                 self.sites = exc.sites
@@ -168,6 +170,8 @@ class FederationServer:
             # the closing record names the error as users know it (FederationError)
             raise FederationError(str(exc)) from exc
         self._query_statistics(grid)
+        if not spec.resume:
+            self._check_drift()
         if spec.resume:
             handshake.check_resumed_sites(self.sites, self.store.genesis_keys())
             for summary in self.recovered:
@@ -214,18 +218,31 @@ class FederationServer:
         print(text, file=sys.stderr, flush=True)
 
     def _query_statistics(self, grid: Grid) -> None:
-        """Before round 1 (and again on a resume): the sum of the sites' statistics."""
-        if not self.spec.statistics:
+        """Before round 1 (and again on a resume): the sum of the sites' statistics (and,
+        under SecAgg+, of their data profiles: a new run's drift check)."""
+        secure_profiles = self.spec.profile and self.secagg is not None and not self.spec.resume
+        if not (self.spec.statistics or secure_profiles):
             return
         from fedsilo.tasks.statistics import StatisticsError
 
         nodes = {s.node_id: s.site_id for s in self.sites}
         try:  # under SecAgg+ the sum is taken securely (the server never sees a site's)
-            self.statistics, self.statistics_record = task_round.query_statistics(
-                grid, nodes, self.federation(), self.spec.config.round_timeout,
-                secagg=self.secagg)
+            self.statistics, self.statistics_record, self.profile_sum = \
+                task_round.query_statistics(grid, nodes, self.federation(secure_profiles),
+                                            self.spec.config.round_timeout, secagg=self.secagg)
         except StatisticsError as exc:
             raise FederationError(str(exc)) from None
+
+    def _check_drift(self) -> None:
+        """A new run's drift check: the sites' data profiles against the baseline's and the
+        federation's; genesis keeps them, the monitor raises the findings in round 1."""
+        if not self.spec.profile or self.monitor is None:
+            return
+        from fedsilo.server import data_profiles
+
+        self.profiles_record, findings = data_profiles.collect(
+            self.sites, self.profile_sum, self.spec.baseline, self.monitor.config)
+        self.monitor.start_findings(findings)
 
     def _append_genesis(self, problems: list[str] | None = None) -> None:
         if self.store.writer is None:
@@ -234,6 +251,7 @@ class FederationServer:
         self.store.append(handshake.genesis_record(
             self.spec, self.sites, initial_model_digest=initial,
             server_key=self.store.server_key, statistics_record=self.statistics_record,
+            profiles_record=self.profiles_record,
             problems=problems))
 
     # ------------------------------------------------------------ what the round reads
@@ -254,9 +272,14 @@ class FederationServer:
                        if k != "enabled" and v is not None} if cfg.record_dp.enabled else None,
         ).to_dict()
 
-    def federation(self) -> dict[str, Any]:
-        """The small config sent with every message (simulated sites build their data from it)."""
-        return {"run_id": self.spec.run_id, **self.spec.federation}
+    def federation(self, profiles: bool = False) -> dict[str, Any]:
+        """The small config sent with every message (simulated sites build their data from
+        it); ``profiles``: it asks for the sites' data profiles (the handshake's, or the
+        statistics query's under SecAgg+)."""
+        from fedsilo.server.data_profiles import request
+
+        ask = request(profiles and self.spec.profile, self.secagg is not None)
+        return {"run_id": self.spec.run_id, **self.spec.federation, **ask}
 
     def digest(self, flat: np.ndarray) -> str:
         """The lineage digest of the whole model (frozen layers included) for ``flat``."""
@@ -290,6 +313,8 @@ class FederationServer:
         extra: dict[str, Any] = {"progress": self.progress.to_dict()}
         if self.dp is not None:
             extra["dp"] = self.dp.state_dict()
+        if self.monitor is not None:
+            extra["monitor"] = self.monitor.state_dict()
         return Checkpoint(
             round=server_round,
             model=self.model.copy(),
@@ -310,6 +335,8 @@ class FederationServer:
             self.dp.load_state_dict(ckpt.extra["dp"])
         if ckpt.extra.get("progress") is not None:
             self.progress = RunProgress.from_dict(ckpt.extra["progress"])
+        if self.monitor is not None and ckpt.extra.get("monitor") is not None:
+            self.monitor.load_state_dict(ckpt.extra["monitor"])
         self.start_round = ckpt.round + 1
         self.last_round = ckpt.round
         # the checkpoint's model is round ckpt.round's: what the chain leaves current

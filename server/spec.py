@@ -55,6 +55,8 @@ class SiteInfo:
     app_digest: str = ""
     """Content digest of the app bundle the site checked and runs (its code policy's
     `fedsilo.client.app_code`), empty for a site that does not report one."""
+    profile: dict[str, np.ndarray] | None = None
+    """The site's data profile from its handshake reply (`fedsilo.server.data_profiles`)."""
 
 
 @dataclass
@@ -108,6 +110,9 @@ class ServerSpec:
         server aggregates (they stay as initialised).
     statistics : ask every site for the task's statistics before round 1 and send their
         sum with every train and evaluate message (`fedsilo.server.task_round`).
+    profile : ask every site for its data profile for the drift check
+        (`fedsilo.server.data_profiles`).
+    baseline : the ``--baseline`` run's profiles (`fedsilo.governance.baseline.load_baseline`).
     """
 
     config: RunConfig
@@ -127,6 +132,8 @@ class ServerSpec:
     task_identity: dict[str, str] | None = None
     frozen_layers: tuple[str, ...] = ()
     statistics: bool = False
+    profile: bool = False
+    baseline: dict[str, Any] | None = None
     evaluate_only: bool = False
     """``fedsilo evaluate``: no training; every site scores ``initial_weights`` once."""
 

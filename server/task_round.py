@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 from fedsilo.common import codec
 from fedsilo.server.messaging import send_and_receive
 from fedsilo.tasks.base import TaskIdentity, statistics_digest
+from fedsilo.tasks.profile import split_profile
 from fedsilo.tasks.statistics import (
     LAYOUT_KEY,
     LIMB_BITS,
@@ -82,12 +83,16 @@ def identity_problem(expected: Mapping[str, str] | None, rec: Mapping[str, Any])
     return f"task differs: {'; '.join(diffs)}" if diffs else None
 
 
+Summed = tuple[dict[str, np.ndarray] | None, dict[str, Any] | None, dict[str, np.ndarray] | None]
+
+
 def query_statistics(grid: Grid, nodes: Mapping[int, str], federation: Mapping[str, Any],
-                     timeout: float, secagg: SecAggSession | None = None,
-                     ) -> tuple[dict[str, np.ndarray] | None, dict[str, Any] | None]:
-    """Ask every site (node id -> site id) for its statistics; return (sum, lineage form),
-    or (None, None) when no site has any (the task's `site_statistics` returned None).
-    With ``secagg`` (the run's session) the sum is taken under SecAgg+ (module docstring).
+                     timeout: float, secagg: SecAggSession | None = None) -> Summed:
+    """Ask every site (node id -> site id) for its statistics; return (the task's sum, its
+    lineage form, the sites' summed data profiles), None for each part no site sent (the
+    task's `site_statistics` returned None; no profile was asked for). With ``secagg`` (the
+    run's session) the sum is taken under SecAgg+ (module docstring); the data profiles
+    travel that way only (`fedsilo.server.data_profiles`).
 
     `StatisticsError` (one line naming the site) when a site does not answer, sends none
     while others do, or sends sums that cannot be added to the others'."""
@@ -95,18 +100,22 @@ def query_statistics(grid: Grid, nodes: Mapping[int, str], federation: Mapping[s
     key = STATISTICS_KEY if secagg is None else LAYOUT_KEY
     found, without = _ask(grid, nodes, fed, timeout, key)
     if not found:
-        return None, None
+        return None, None, None
     if without:
         raise StatisticsError(f"statistics: site {without[0]} sent no statistics, site "
                               f"{found[0][0]} did")
     if secagg is None:
         per_site = [(site, decode_statistics(text, f"statistics: site {site}"))
                     for site, text in found]
-        total = sum_statistics(per_site)
-        return total, record_form(total, statistics_digest(total), len(per_site))
-    total = _secure_sum(grid, nodes, fed, found, secagg, timeout)
+        total, profile = split_profile(sum_statistics(per_site))
+        if total is None:
+            return None, None, profile
+        return total, record_form(total, statistics_digest(total), len(per_site)), profile
+    total, profile = split_profile(_secure_sum(grid, nodes, fed, found, secagg, timeout))
+    if total is None:
+        return None, None, profile
     return total, {**record_form(total, statistics_digest(total), len(nodes)),
-                   "summed": "secagg+"}
+                   "summed": "secagg+"}, profile
 
 
 def _ask(grid: Grid, nodes: Mapping[int, str], federation: Mapping[str, Any], timeout: float,

@@ -65,11 +65,21 @@ class ServerTask:
     identity: dict[str, str]
     frozen_layers: tuple[str, ...]
     evaluate_fn: Callable[[Weights], tuple[float, float]] | None
+    baseline: dict[str, Any] | None = None
+    """The drift check's ``--baseline`` run (`fedsilo.governance.baseline.load_baseline`)."""
+    drift: bool = False
+    """The monitor's drift check is on (``[monitor] enabled`` and ``drift``)."""
 
     @property
     def wants_statistics(self) -> bool:
         """Whether the task overrides `Task.site_statistics` (then the server queries it)."""
         return type(self.task).site_statistics is not Task.site_statistics
+
+    @property
+    def wants_profile(self) -> bool:
+        """Whether the run checks drift: the monitor's drift check is on and the task
+        overrides `Task.data_profile` (then the sites send their profiles)."""
+        return self.drift and type(self.task).data_profile is not Task.data_profile
 
 
 def server_task(config: RunConfig) -> ServerTask:
@@ -88,8 +98,28 @@ def server_task(config: RunConfig) -> ServerTask:
         raise ConfigError(f"--task: {config.task}: frozen_layers {unknown} are not layers of "
                           f"its model ({', '.join(weights)})")
     central = task.central_evaluator()
+    monitor = config.monitor_config()
+    # a DP run's guarantee does not yet account for the profiles: no drift check there
+    private = config.dp.enabled or config.record_dp.enabled
+    if monitor.baseline and private:
+        raise ConfigError("--baseline: a DP run checks no drift (the sites' data profiles "
+                          "are not charged to the privacy accountant); run without --baseline")
     return ServerTask(task, weights, identity, tuple(task.frozen_layers),
-                      None if central is None else _loss_and_accuracy(central))
+                      None if central is None else _loss_and_accuracy(central),
+                      baseline=_baseline(monitor.baseline, identity) if monitor.enabled else None,
+                      drift=monitor.enabled and monitor.drift and not private)
+
+
+def _baseline(path: str, identity: dict[str, str]) -> dict[str, Any] | None:
+    """The ``--baseline`` run's profiles, checked once here; `ConfigError` (one line)."""
+    if not path:
+        return None
+    from fedsilo.governance.baseline import BaselineError, load_baseline
+
+    try:
+        return load_baseline(path, identity)
+    except BaselineError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _loss_and_accuracy(evaluate: Callable[[Weights], Mapping[str, float]]

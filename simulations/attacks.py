@@ -129,6 +129,9 @@ def _min_max(honest: np.ndarray, mal: np.ndarray, rng: np.random.Generator,
     return np.broadcast_to(row, mal.shape).copy()
 
 
+COVARIATE_SHIFT = 1.0
+"""Shift of a covariate-shifted site's standardised features (one training-set std)."""
+
 ATTACKS: dict[str, Attack] = {
     a.name: a
     for a in (
@@ -147,6 +150,10 @@ ATTACKS: dict[str, Attack] = {
                False, _free_ride),
         Attack("label_flip", "data poisoning: labels y -> C - 1 - y at malicious sites",
                {}, True, None),
+        Attack("covariate_shift", "data shift: malicious sites' standardised features move "
+               f"by +{COVARIATE_SHIFT:g} (a shifted copy of their data)", {}, True, None),
+        Attack("label_shift", "data shift: malicious sites keep only the rows of the lower "
+               "half of the classes", {}, True, None),
         Attack("alie", "A Little Is Enough: mean - z * std of honest deltas (Baruch et al. 2019)",
                {"z": Param(float, 0.0, "deviation in std units; 0 picks z_max from n and f")},
                False, _alie),
@@ -174,6 +181,23 @@ def flip_labels(y: np.ndarray, num_classes: int) -> np.ndarray:
     if y.size and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"flip_labels: labels must be in [0, {num_classes}), got [{y.min()}, {y.max()}]")
     return (num_classes - 1 - y).astype(y.dtype, copy=False)
+
+
+def shift_features(x: np.ndarray) -> np.ndarray:
+    """A covariate-shifted copy of standardised rows: every feature + `COVARIATE_SHIFT`."""
+    return (np.asarray(x) + COVARIATE_SHIFT).astype(np.asarray(x).dtype, copy=False)
+
+
+def lower_classes(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Mask of the rows a label-shifted site keeps: labels below ``ceil(C / 2)``; a site
+    left with no row keeps them all (an empty site cannot train)."""
+    keep = np.asarray(y) < -(-num_classes // 2)
+    return keep if keep.any() else np.ones_like(keep)
+
+
+DATA_SHIFTS = {"covariate_shift": ("feature_transform", shift_features),
+               "label_shift": ("row_filter", lower_classes)}
+"""Data-shift attacks: the `SiteData` option they set and its function."""
 
 
 def _lookup(name: str) -> Attack:

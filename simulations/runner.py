@@ -133,15 +133,19 @@ def _strategy_check(config: RunConfig) -> None:
 
 
 def _attack_check(config: SimulationConfig) -> None:
-    from fedsilo.simulations.attacks import ATTACKS
+    from fedsilo.simulations.attacks import ATTACKS, DATA_SHIFTS, is_data_attack
 
-    if config.secagg.enabled and config.attack != "label_flip":
-        raise ConfigError("--attack: model-poisoning attacks need individual updates; "
-                          "with --secagg only label_flip can be simulated")
     if config.attack not in ATTACKS:
         raise ConfigError(
             f"--attack: unknown attack {config.attack!r}; accepted: {', '.join(sorted(ATTACKS))}"
         )
+    if config.secagg.enabled and not is_data_attack(config.attack):
+        raise ConfigError("--attack: model-poisoning attacks need individual updates; "
+                          "with --secagg only data attacks (label_flip, covariate_shift, "
+                          "label_shift) can be simulated")
+    if config.attack in DATA_SHIFTS and config.task not in DATASETS:
+        raise ConfigError(f"--attack: {config.attack} shifts a bundled task's data; task "
+                          f"{config.task!r} is not one (bundled: {', '.join(DATASETS)})")
     found = config.overreach()
     if found is not None and found[1] and not config.allow_overreach:
         raise ConfigError(f"--malicious: {found[0]}; pass --allow-overreach to run "
@@ -306,6 +310,8 @@ def build_server_spec(
     }
     if config.site_max_epsilon is not None:
         federation["site_max_epsilon"] = config.site_max_epsilon
+    if config.attack in ("covariate_shift", "label_shift"):
+        federation.update(data_shift=config.attack, data_shift_sites=",".join(bad_sites))
     return ServerSpec(
         config=config,
         run_id=config.run_id,
@@ -319,7 +325,7 @@ def build_server_spec(
         expected_sites=expected_sites,
         task_identity=st.identity,
         frozen_layers=st.frozen_layers,
-        statistics=st.wants_statistics,
+        statistics=st.wants_statistics, profile=st.wants_profile, baseline=st.baseline,
     )
 
 

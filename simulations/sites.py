@@ -11,7 +11,8 @@ its `SiteData`, as a real site would from its own files. Sites are cached per pr
 unless set); for a bundled task also ``indices`` (its rows of the training split),
 ``held_out_indices`` (its rows of the test split, `fedsilo.tasks.partition`) and
 ``provenance`` (the partition, for the data fingerprint); a label-flipping attacker gets
-``label_transform``.
+``label_transform``, a data-shift attacker (``data_shift``: covariate or label shift) the
+option of `fedsilo.simulations.attacks.DATA_SHIFTS`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def site_data(fed: Mapping[str, Any], pid: int) -> SiteData:
 
         data.options["label_transform"] = flip_labels
         data.options["provenance"] = {**data.options.get("provenance", {}), "label_flip": True}
+    shift = fed.get("data_shift") or ""
+    if shift and data.site_id in (fed.get("data_shift_sites") or "").split(","):
+        from fedsilo.simulations.attacks import DATA_SHIFTS
+
+        option, transform = DATA_SHIFTS[shift]
+        data.options[option] = transform
+        data.options["provenance"] = {**data.options.get("provenance", {}), shift: True}
     return data
 
 

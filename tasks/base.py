@@ -3,7 +3,8 @@
 A `Task` gives the initial global model (named arrays), builds each site's `Trainer`
 from that site's own data (`SiteData`), names the metrics its evaluation reports and
 may ask for federated statistics (`site_statistics`: per-site sums that the server adds
-up before round 1 and hands back to every `build_trainer`). Its `TaskIdentity` (name,
+up before round 1 and hands back to every `build_trainer`) and may profile a site's data
+for the run's drift check (`data_profile`). Its `TaskIdentity` (name,
 version, model layout digest, data schema digest) is sent by every site at the
 handshake and recorded in the genesis record; a site whose identity differs from the
 server's is refused.
@@ -142,6 +143,12 @@ class Task(ABC):
         """Per-site sums needed for preprocessing (summed over sites by the server before
         round 1), e.g. ``{"count": [n], "sum": x.sum(0), "sumsq": (x * x).sum(0)}``;
         default None: no statistics round."""
+        return None
+
+    def data_profile(self, data: SiteData) -> dict[str, np.ndarray] | None:
+        """The site's data profile for the run's drift check (`fedsilo.tasks.profile`:
+        row count, per-feature histograms on the task's fixed bins, label counts), computed
+        from the rows its Trainer trains on; default None: the task's runs check no drift."""
         return None
 
     def central_evaluator(self) -> Callable[[Weights], dict[str, float]] | None:

@@ -83,18 +83,13 @@ class BundledTask(Task):
 
         ds = self.data
         opts = data.options
-        idx = np.asarray(opts["indices"], dtype=np.int64) if "indices" in opts else \
-            np.arange(len(ds.y_train))
-        x, y = ds.x_train[idx], ds.y_train[idx]
+        x, y = self._site_rows(ds, data)
         preprocessing: dict[str, Any] = {
             "source": f"sklearn.datasets.load_{ds.name}",
             "test_split": "stratified 20%, seed",
             "standardise": "train-split mean/std",
             **dict(opts.get("provenance") or {}),
         }
-        transform = opts.get("label_transform")
-        if transform is not None:  # a simulated data attack (label flipping)
-            y = transform(y, ds.num_classes)
         fingerprint = lineage.data_fingerprint({"x": x, "y": y}, preprocessing=preprocessing)
         pid = int(opts.get("partition_id", 0))
         # the site's held-out split: its share of the central test rows (demo and simulated
@@ -106,6 +101,32 @@ class BundledTask(Task):
                             batch_size=int(opts.get("batch_size") or 32), fingerprint=fingerprint,
                             eval_x=None if held_idx is None else ds.x_test[held_idx],
                             eval_y=None if held_idx is None else ds.y_test[held_idx])
+
+    def data_profile(self, data: SiteData) -> dict[str, np.ndarray]:
+        """Histograms of the site's standardised features on `Z_EDGES` and its label counts."""
+        from fedsilo.tasks.profile import histogram_profile
+
+        ds = self.data
+        x, y = self._site_rows(ds, data)
+        return histogram_profile(x, y, ds.num_classes)
+
+    @staticmethod
+    def _site_rows(ds: Dataset, data: SiteData) -> tuple[np.ndarray, np.ndarray]:
+        """The rows the site trains on: its ``indices`` of the training split, with a
+        simulated data attack's ``row_filter``, ``feature_transform`` and
+        ``label_transform`` applied (in that order)."""
+        opts = data.options
+        idx = np.asarray(opts["indices"], dtype=np.int64) if "indices" in opts else \
+            np.arange(len(ds.y_train))
+        x, y = ds.x_train[idx], ds.y_train[idx]
+        if opts.get("row_filter") is not None:  # simulated label shift: fewer classes
+            keep = opts["row_filter"](y, ds.num_classes)
+            x, y = x[keep], y[keep]
+        if opts.get("feature_transform") is not None:  # simulated covariate shift
+            x = opts["feature_transform"](x)
+        if opts.get("label_transform") is not None:  # simulated label flipping
+            y = opts["label_transform"](y, ds.num_classes)
+        return x, y
 
     def central_evaluator(self) -> Callable[[Weights], dict[str, float]]:
         from fedsilo.tasks.models import evaluate_arrays, make_mlp, set_weights

@@ -34,9 +34,11 @@ def test_secagg_rounds_through_superlink_and_supernodes(tmp_path: Path, startup:
     home, procs = local_procs(tmp_path)
     env = procs.env
     out = tmp_path / "runs"
+    # the drift check's secure sum of data profiles (five more exchanges) is tested on the
+    # engine (tests/governance/test_drift.py); this test is about the rounds
     config = RunConfig.load(None, {"rounds": 2, "sites": 3, "task_options.partition": "iid", "out": str(out),
                                    "run_id": "sa1", "secagg.enabled": True,
-                                   "eval_every": 2})
+                                   "eval_every": 2, "monitor.drift": False})
     app = write_app_dir(tmp_path / "app", app_run_config(config))
     try:
         start_insecure_federation(tmp_path, procs, home, 3, startup=startup)

@@ -110,3 +110,36 @@ def _toml(tmp: Path, text: str) -> Path:
     path = tmp / "run.toml"
     path.write_text(text)
     return path
+
+
+def test_a_resumed_run_keeps_its_monitor_state_and_its_excluded_site(tmp_path: Path):
+    """SIGKILL after round 2 of a run that excluded a free rider in round 1: the resumed
+    run goes on with the checkpoint's monitor (the rider stays out) and ends where the
+    uninterrupted run does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ref, ref_chain = _run(tmp_path, "whole", attack="free_ride", malicious=1,
+                          monitor={"on_error": "exclude_site"})
+    config = tmp_path / "run.toml"
+    config.write_text(f'task = "breast_cancer"\nsites = {SITES}\nrounds = {ROUNDS}\n'
+                      f'seed = {SEED}\nattack = "free_ride"\nmalicious = 1\n'
+                      'allow_overreach = true\n[monitor]\non_error = "exclude_site"\n')
+    run_dir = tmp_path / "crashy"
+    for args, fault in ((["--config", str(config), "--out", str(tmp_path), "--run-id", "crashy"],
+                         "after_round@2"), (["--resume", str(run_dir)], None)):
+        env = {k: v for k, v in os.environ.items() if k != "FEDSILO_FAULT"}
+        env.update({"FEDSILO_FAULT": fault} if fault else {})
+        proc = subprocess.run([sys.executable, "-m", "fedsilo.cli", "simulate", "--quiet",
+                               "--engine", "inprocess", *args], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == (-signal.SIGKILL if fault else 0), proc.stderr[-2000:]
+    chain = lineage.read_chain(run_dir / "lineage.sqlite")
+    rounds = [e["body"] for e in chain if e["type"] == "round"]
+    assert all(RIDER not in b["sampled"] for b in rounds[1:])
+    assert [b["extra"].get("excluded") for b in rounds] == \
+        [e["body"]["extra"].get("excluded") for e in ref_chain if e["type"] == "round"]
+    assert chain[-1]["body"]["final_model_digest"] == ref.final_digest
+    assert lineage.verify_run(run_dir).ok

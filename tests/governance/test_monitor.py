@@ -63,6 +63,17 @@ def test_scaled_update_is_a_norm_outlier_and_sign_flip_opposes():
         ("update_opposes_aggregate", "site-002", 5), ("update_opposes_aggregate", "site-002", 6)}
 
 
+def test_an_update_that_copies_the_peers_aggregate_is_flagged_but_iid_alignment_is_not():
+    rng = np.random.default_rng(4)
+    skewed = rng.uniform(0.2, 0.6, len(SITES))  # honest sites under label skew
+    skewed[3] = 0.98  # "a little is enough" at z = 0: the honest mean itself
+    flags = Monitor(MonitorConfig()).observe(_view(1, rng, cosines=skewed))
+    assert [(f.code, f.site) for f in flags] == [("update_mimics_peers", "site-003")]
+    assert flags[0].evidence["cosine"] == 0.98
+    aligned = rng.uniform(0.9, 0.99, len(SITES))  # IID: every honest site is this aligned
+    assert Monitor(MonitorConfig()).observe(_view(1, rng, cosines=aligned)) == []
+
+
 def test_repeated_rejections_and_dropouts():
     def misbehave(r, view):
         view.rejected = {"site-001": "update is not finite"}

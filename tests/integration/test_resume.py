@@ -1,4 +1,10 @@
-"""Crash the server (SIGKILL) at several points, resume, and get the uninterrupted model."""
+"""Crash the server (SIGKILL) at several points, resume, and get the uninterrupted model.
+
+The runs use the in-process engine: the same ServerApp and ClientApp as on Ray, without
+Ray's start-up in each of the five processes (a resume on Ray, and the Ray processes a
+SIGKILL leaves behind, are the subject of test_signals.py; test_simulate.py checks that
+both engines give the same model).
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from fedsilo.server.config import RunConfig
 from fedsilo.simulations.runner import run_federation
 
 OPTS = {"sites": 4, "rounds": 5, "fraction": 0.75, "seed": 3}
-ARGV = ["--sites", "4", "--rounds", "5", "--fraction", "0.75", "--seed", "3"]
+ARGV = ["--sites", "4", "--rounds", "5", "--fraction", "0.75", "--seed", "3", "--engine", "inprocess"]
 
 
 def _simulate(args: list[str], fault: str | None) -> subprocess.CompletedProcess[str]:
@@ -37,7 +43,7 @@ def _simulate(args: list[str], fault: str | None) -> subprocess.CompletedProcess
     try:
         out, err = proc.communicate(timeout=300)
     finally:
-        # the killed server leaves Ray's processes in its session: stop them all
+        # whatever the killed server left in its session (Ray's processes on that engine)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -45,14 +51,15 @@ def _simulate(args: list[str], fault: str | None) -> subprocess.CompletedProcess
 
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_gives_the_same_model(tmp_path: Path) -> None:
-    reference = run_federation(RunConfig.load(None, {**OPTS, "out": str(tmp_path), "run_id": "ref"}))
+    reference = run_federation(RunConfig.load(None, {**OPTS, "out": str(tmp_path), "run_id": "ref"}),
+                               engine="inprocess")
     run_dir = tmp_path / "crashy"
     first = _simulate([*ARGV, "--out", str(tmp_path), "--run-id", "crashy"], "mid_round@2")
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     # mid-round (replies in, nothing aggregated), between aggregation and checkpoint, and
     # inside the lineage write (after the INSERT, before the COMMIT of round 4's record)
     for fault in ("before_checkpoint@3", "lineage_write@4", None):
-        res = _simulate(["--resume", str(run_dir)], fault)
+        res = _simulate(["--resume", str(run_dir), "--engine", "inprocess"], fault)
         if fault:
             assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
             assert not (run_dir / "model.npz").exists()

@@ -16,7 +16,13 @@ from fedsilo.lineage import (
     verify_run,
 )
 from fedsilo.lineage.canonical import canonical_json, is_canonical
-from fedsilo.lineage.fastcheck import contributions_ok, float_residual
+from fedsilo.lineage.envelope import SIGNED_KEYS
+from fedsilo.lineage.fastcheck import (
+    contributions_ok,
+    float_residual,
+    round_columns,
+    round_residual,
+)
 from fedsilo.lineage.ledger import SiteLedger
 from fedsilo.lineage.records import SiteContribution, validator_for
 from fedsilo.lineage.synthetic import SyntheticRun, build_synthetic_run
@@ -97,6 +103,26 @@ def test_canonical_fast_path_matches_the_reference(value: float) -> None:
     # the same value written by orjson's rules, where they differ from Python's, is not canonical
     other = data.replace(json.dumps(value).encode(), repr(value).replace("e-0", "e-").encode())
     assert is_canonical(env, other, float_residual(env)) == (other == data)
+
+
+@pytest.mark.parametrize("value", [1e-5, 1e-7, 2.5e-5, 1e16, 1.5e20, 0.001, -0.0])
+@pytest.mark.parametrize("where", ["timings", "metrics", "detail"])
+def test_round_residual_keeps_every_float(pristine_run: SyntheticRun, value: float,
+                                          where: str) -> None:
+    """The checked round body's residual leaves out only what holds no float: a float
+    written by orjson's rules where they differ from Python's is still caught."""
+    env = next({k: e[k] for k in SIGNED_KEYS} for e in read_chain(
+        pristine_run.run_dir / "lineage.sqlite") if e["type"] == "round")
+    if where == "detail":
+        env["body"]["contributions"][0]["detail"] = {"norm": value}
+    else:
+        env["body"][where] = {"x": value}
+    data = canonical_json(env)
+    columns = round_columns(env["body"])
+    assert columns is not None
+    assert is_canonical(env, data, round_residual(env, columns))
+    other = data.replace(json.dumps(value).encode(), repr(value).replace("e-0", "e-").encode())
+    assert is_canonical(env, other, round_residual(env, columns)) == (other == data)
 
 
 def test_default_and_all_signature_modes_agree_on_a_pristine_run(

@@ -26,8 +26,9 @@ def honest_of(batch) -> np.ndarray:
 
 def test_attack_names() -> None:
     assert set(ATTACKS) == {"sign_flip", "gaussian", "scaling", "free_ride", "label_flip", "alie",
-                            "ipm", "min_max"}
+                            "ipm", "min_max", "covariate_shift", "label_shift"}
     assert is_data_attack("label_flip") and not is_data_attack("alie")
+    assert is_data_attack("covariate_shift") and is_data_attack("label_shift")
 
 
 def test_free_riders_send_a_zero_delta_or_jitter() -> None:
