@@ -4,7 +4,13 @@ one-process walk, for every tamper-suite mutation and for seams at every record.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import re
 import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +21,42 @@ from fedsilo.lineage import VerifyReport, read_chain, split, verify_run
 from fedsilo.lineage.signing import attestation_digest, contribution_message
 from fedsilo.lineage.synthetic import SyntheticRun, build_synthetic_run
 
-pytestmark = pytest.mark.skipif(not split.can_fork(), reason="needs fork, 2 cores, 1 thread")
+CHILD_ENV = "FEDSILO_SPLIT_TESTS_CHILD"
+"""Set in the fresh pytest process that `test_split_tests_run_in_a_fresh_process` starts."""
+
+
+def _machine_can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods() and (os.cpu_count() or 1) >= 2
+
+
+pytestmark = pytest.mark.skipif(not _machine_can_fork(), reason="needs fork and 2 cores")
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded(request: pytest.FixtureRequest) -> None:
+    """`split` forks only from a process with one Python thread. In a whole-suite run
+    earlier tests leave threads behind (thread pools, engines' clients); the tests of this
+    file then run in a fresh process instead (`test_split_tests_run_in_a_fresh_process`)."""
+    if request.node.originalname == "test_split_tests_run_in_a_fresh_process":
+        return
+    if not split.can_fork():
+        pytest.skip(f"{threading.active_count()} threads here: this file's tests run in a "
+                    "fresh process (test_split_tests_run_in_a_fresh_process)")
+
+
+def test_split_tests_run_in_a_fresh_process() -> None:
+    """When this process cannot fork (other threads), every other test of this file runs
+    in a fresh, single-threaded pytest process, and all of them must pass there."""
+    if split.can_fork() or os.environ.get(CHILD_ENV):
+        pytest.skip("this process can fork: the tests of this file run here directly")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env={**os.environ, CHILD_ENV: "1"}, capture_output=True, text=True, timeout=1800,
+        cwd=Path(__file__).resolve().parents[2])
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", last)
+    assert passed and int(passed.group(1)) >= 200 and "failed" not in last, last
 
 
 def _outcome(report: VerifyReport) -> tuple[Any, ...]:
