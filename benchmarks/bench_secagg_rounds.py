@@ -506,6 +506,11 @@ def split_run(n: int, rounds: int, out: str) -> list[str]:
     return lines
 
 
+def _ratio(a: float, b: float) -> str:
+    """``a / b`` to two places, "-" when ``b`` was not measured (0)."""
+    return f"{a / b:.2f}" if b else "-"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 50])
@@ -645,8 +650,8 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, tp, sp, ts, ss, vp, vs in site_rows:
-        lines.append(f"| {n} | {tp:.2f} | {sp:.2f} | {ts:.2f} | {ss:.2f} | {ss / ts:.2f} "
-                     f"| {sp / tp:.2f} | {vp:.1f} | {vs:.1f} | {vs / vp:.2f} |")
+        lines.append(f"| {n} | {tp:.2f} | {sp:.2f} | {ts:.2f} | {ss:.2f} | {_ratio(ss, ts)} "
+                     f"| {_ratio(sp, tp)} | {vp:.1f} | {vs:.1f} | {_ratio(vs, vp)} |")
     lines += [
         "",
         "### How far the protocol's own cost leaves room for 2x (same run)",
