@@ -26,14 +26,13 @@ from .schema import (
     HEX64,
     NON_EMPTY,
     SIGNATURE,
-    D,
+    TASK_RULE,
     Rule,
     body_of,
     build,
     checked,
     is_count,
     is_digest,
-    is_obj,
     is_sig,
     is_str,
     validator_for,
@@ -50,45 +49,6 @@ CLOSING_REASONS: tuple[str, ...] = get_args(ClosingReason)
 
 _SITE_IDS = "a list of site ids"
 _ISO_TIME = "a non-empty string (ISO 8601 time)"
-
-
-def _is_task(v: Any) -> bool:
-    """A genesis ``task``: the task identity, optionally its summed statistics' record."""
-    if type(v) is not dict or not set(v) <= {"name", "version", "layout_digest",
-                                             "schema_digest", "statistics", "data_profiles"}:
-        return False
-    if not (is_str(v.get("name")) and is_str(v.get("version"))
-            and is_digest(v.get("layout_digest")) and is_digest(v.get("schema_digest"))):
-        return False
-    if "data_profiles" in v and not _is_profiles(v["data_profiles"]):
-        return False
-    stats = v.get("statistics")
-    if stats is None:
-        return "statistics" not in v
-    # "summed": "secagg+" when the sum was taken under SecAgg+ (fedsilo.server.task_round)
-    return (type(stats) is dict and set(stats) <= {"digest", "sites", "values", "summed"}
-            and is_digest(stats.get("digest")) and is_count(stats.get("sites"))
-            and ("values" not in stats or is_obj(stats["values"]))
-            and stats.get("summed", "secagg+") == "secagg+")
-
-
-def _is_profiles(v: Any) -> bool:
-    """A genesis ``task.data_profiles`` (`fedsilo.server.data_profiles`): how the profiles
-    were summed, the federation's profile, optionally each site's, the baseline, notes."""
-    if type(v) is not dict or not set(v) <= {"summed", "federation", "sites", "baseline",
-                                             "notes"}:
-        return False
-    sites = v.get("sites", {})
-    return (v.get("summed") in ("clear", "secagg+") and is_obj(v.get("federation"))
-            and type(sites) is dict and all(is_obj(p) for p in sites.values())
-            and is_obj(v.get("baseline", {}))
-            and type(v.get("notes", [])) is list and all(is_str(n) for n in v.get("notes", [])))
-
-
-_TASK = Rule(_is_task, "null or a JSON object with name and version (non-empty strings), "
-             f"layout_digest and schema_digest ({D}) and optionally statistics (digest, "
-             "sites, values, summed: \"secagg+\") and data_profiles (summed, federation, "
-             "sites, baseline, notes)")
 
 
 class _Record:
@@ -239,8 +199,8 @@ class GenesisRecord(_Record):
     server_public_key: str = checked(HEX64)
     sites: list[SiteIdentity] = field(default_factory=list)
     notes: list[str] = checked(omit_empty=True, default_factory=list)
-    task: dict[str, Any] | None = checked(_TASK, omit_empty=True, default=None,
-                                          expected=_TASK.expected)
+    task: dict[str, Any] | None = checked(TASK_RULE, omit_empty=True, default=None,
+                                          expected=TASK_RULE.expected)
 
 
 @dataclass

@@ -337,5 +337,46 @@ __all__ = [
     "is_obj",
     "is_sig",
     "is_str",
+    "is_task",
     "validator_for",
+    "TASK_RULE",
 ]
+
+
+def is_task(v: Any) -> bool:
+    """A genesis ``task``: the task identity, optionally its summed statistics' record."""
+    if type(v) is not dict or not set(v) <= {"name", "version", "layout_digest",
+                                             "schema_digest", "statistics", "data_profiles"}:
+        return False
+    if not (is_str(v.get("name")) and is_str(v.get("version"))
+            and is_digest(v.get("layout_digest")) and is_digest(v.get("schema_digest"))):
+        return False
+    if "data_profiles" in v and not is_profiles(v["data_profiles"]):
+        return False
+    stats = v.get("statistics")
+    if stats is None:
+        return "statistics" not in v
+    # "summed": "secagg+" when the sum was taken under SecAgg+ (fedsilo.server.task_round)
+    return (type(stats) is dict and set(stats) <= {"digest", "sites", "values", "summed"}
+            and is_digest(stats.get("digest")) and is_count(stats.get("sites"))
+            and ("values" not in stats or is_obj(stats["values"]))
+            and stats.get("summed", "secagg+") == "secagg+")
+
+
+def is_profiles(v: Any) -> bool:
+    """A genesis ``task.data_profiles`` (`fedsilo.server.data_profiles`): how the profiles
+    were summed, the federation's profile, optionally each site's, the baseline, notes."""
+    if type(v) is not dict or not set(v) <= {"summed", "federation", "sites", "baseline",
+                                             "notes"}:
+        return False
+    sites = v.get("sites", {})
+    return (v.get("summed") in ("clear", "secagg+") and is_obj(v.get("federation"))
+            and type(sites) is dict and all(is_obj(p) for p in sites.values())
+            and is_obj(v.get("baseline", {}))
+            and type(v.get("notes", [])) is list and all(is_str(n) for n in v.get("notes", [])))
+
+
+TASK_RULE = Rule(is_task, "null or a JSON object with name and version (non-empty strings), "
+             f"layout_digest and schema_digest ({D}) and optionally statistics (digest, "
+             "sites, values, summed: \"secagg+\") and data_profiles (summed, federation, "
+             "sites, baseline, notes)")

@@ -55,6 +55,9 @@ from fedsilo.server.deploy_settings import (
     check_server_files,
     read_server_settings,
 )
+from fedsilo.server.outcome import (
+    run_outcome,  # re-exported: the run's status as deployments report it
+)
 
 if TYPE_CHECKING:
     from fedsilo.server.config import RunConfig
@@ -252,13 +255,9 @@ def run_status(s: ServerSettings, flwr_run_id: str) -> str:
 def wait_run(s: ServerSettings, flwr_run_id: str, timeout: float,
              run_dir: Path | None = None, poll: float = 2.0, max_poll: float = 10.0) -> str:
     """Poll until the run finishes; return Flower's final status; `DeployError` on timeout.
-
-    Each question to Flower is a ``flwr ls`` process (about a CPU-second, taken from the
-    server's own work), so they come every ``poll`` seconds at first, then less often, up
-    to ``max_poll``. The run's own outputs (``metrics.json`` in ``run_dir``, written once
-    the run has closed) are a file check every half second: once they exist Flower is
-    asked every ``poll`` seconds until it reports the ServerApp finished.
-    """
+    Each question is a ``flwr ls`` process (~1 CPU-s of the server's), so they come every
+    ``poll`` s at first, then less often (up to ``max_poll``); once ``run_dir/metrics.json``
+    exists (the run closed: a cheap file check) every ``poll`` s until Flower says finished."""
     deadline = time.monotonic() + timeout
     wait, next_ask = poll, 0.0
     while time.monotonic() < deadline:
@@ -271,29 +270,6 @@ def wait_run(s: ServerSettings, flwr_run_id: str, timeout: float,
             wait = min(wait * 1.5, max_poll)
         time.sleep(0.5 if not done else poll)
     raise DeployError(f"run {flwr_run_id} did not finish within {timeout:.0f} s")
-
-
-def run_outcome(run_dir: Path, flwr_status: str) -> tuple[str, str]:
-    """The run's own status and detail, from its lineage closing record (``metrics.json``
-    when the run keeps no chain); ``error`` when it has neither (the ServerApp died
-    before closing). Flower's ``finished:completed`` only says the ServerApp returned."""
-    from fedsilo import lineage
-    from fedsilo.server.outcome import ERROR
-
-    db = run_dir / "lineage.sqlite"
-    if db.exists():
-        try:
-            chain = lineage.read_chain(db)
-        except lineage.LineageError as exc:
-            return ERROR, f"{db}: {exc}"
-        if chain and chain[-1]["type"] == "closing":
-            body = chain[-1]["body"]
-            return str(body["reason"]), str(body["detail"])
-    metrics = run_dir / "metrics.json"
-    if metrics.exists():
-        data = json.loads(metrics.read_text())
-        return str(data["closing_reason"]), str(data.get("closing_detail", ""))
-    return ERROR, f"no closing record in {run_dir} (Flower: {flwr_status})"
 
 
 # ------------------------------------------------------------------ status

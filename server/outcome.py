@@ -22,9 +22,11 @@ every sampled site refused releases noise only, and counts as a round without pr
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 COMPLETED = "completed"
@@ -145,3 +147,25 @@ def closing_status(progress: RunProgress, min_rounds_changed: int,
             detail += f"; fewer than min_rounds_changed = {min_rounds_changed}"
         return NO_PROGRESS, detail
     return (BUDGET_EXHAUSTED if budget is not None else COMPLETED), detail
+
+
+def run_outcome(run_dir: Path, flwr_status: str) -> tuple[str, str]:
+    """The run's own status and detail, from its lineage closing record (``metrics.json``
+    when the run keeps no chain); ``error`` when it has neither (the ServerApp died
+    before closing). Flower's ``finished:completed`` only says the ServerApp returned."""
+    from fedsilo import lineage
+
+    db = run_dir / "lineage.sqlite"
+    if db.exists():
+        try:
+            chain = lineage.read_chain(db)
+        except lineage.LineageError as exc:
+            return ERROR, f"{db}: {exc}"
+        if chain and chain[-1]["type"] == "closing":
+            body = chain[-1]["body"]
+            return str(body["reason"]), str(body["detail"])
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        data = json.loads(metrics.read_text())
+        return str(data["closing_reason"]), str(data.get("closing_detail", ""))
+    return ERROR, f"no closing record in {run_dir} (Flower: {flwr_status})"
