@@ -9,8 +9,11 @@ differences between aggregators that digits hides.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 
@@ -91,7 +94,24 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=8)
 def load_dataset(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """Load ``name``, hold out a stratified ``test_fraction`` (seeded), standardise features."""
+    """Load ``name``, hold out a stratified ``test_fraction`` (seeded), standardise features.
+
+    The result is kept in the dataset cache (`cache_dir`): a deployed demo site runs every
+    message in a fresh ClientApp process, and importing scikit-learn to rebuild the split
+    cost each of them about a second of CPU.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    path = _cache_path(name, test_fraction, seed)
+    cached = _read_cached(name, path)
+    if cached is not None:
+        return cached
+    dataset = _split(name, test_fraction, seed)
+    _write_cached(dataset, path)
+    return dataset
+
+
+def _split(name: str, test_fraction: float, seed: int) -> Dataset:
     from sklearn.model_selection import train_test_split
 
     x, y = _raw(name)
@@ -105,3 +125,57 @@ def load_dataset(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> Dat
     for arr in (x_tr, x_te, y_tr, y_te):
         arr.setflags(write=False)
     return Dataset(name, x_tr, y_tr, x_te, y_te, int(y.max()) + 1)
+
+
+# ------------------------------------------------------------------ the dataset cache
+CACHE_ENV = "FEDSILO_CACHE_DIR"
+"""Directory of the dataset cache; an empty value turns the cache off."""
+_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def cache_dir() -> Path | None:
+    """Where split datasets are cached: ``$FEDSILO_CACHE_DIR`` (empty: no cache), else
+    ``$XDG_CACHE_HOME/fedsilo/datasets`` (``~/.cache`` when unset)."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return Path(value) if value else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedsilo" / "datasets"
+
+
+def _cache_path(name: str, test_fraction: float, seed: int) -> Path | None:
+    root = cache_dir()
+    if root is None:
+        return None
+    # the versions of what produced the arrays: another one may split or round otherwise
+    source = version("mnist1d" if name == "mnist1d" else "scikit-learn")
+    return root / f"{name}-test{test_fraction!r}-seed{seed}-src{source}-np{np.__version__}.npz"
+
+
+def _read_cached(name: str, path: Path | None) -> Dataset | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = [saved[k] for k in _ARRAYS]
+            num_classes = int(saved["num_classes"])
+    except (OSError, ValueError, KeyError):  # unreadable: rebuilt and rewritten
+        return None
+    for arr in arrays:
+        arr.setflags(write=False)
+    return Dataset(name, *arrays, num_classes)
+
+
+def _write_cached(dataset: Dataset, path: Path | None) -> None:
+    """Write atomically (processes may build the same split at once); a cache that cannot
+    be written is skipped."""
+    if path is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as f:
+            np.savez(f, num_classes=dataset.num_classes,
+                     **{k: getattr(dataset, k) for k in _ARRAYS})
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from fedsilo.tasks.base import SiteData, Task, Weights
+from fedsilo.tasks.sgd import PlainSGD
 from fedsilo.tasks.trainer import EvalResult, FitResult
 
 ADAPTER_KEYS = ("module", "seed", "batch_size", "optimizer", "weight_decay")
@@ -204,7 +205,8 @@ class ModuleTrainer:
         model = self._model_for(weights)
         model.train()
         lr, mu = float(config.get("lr", 0.1)), float(config.get("proximal_mu", 0.0))
-        opt_cls = torch.optim.Adam if self.task.optimizer == "adam" else torch.optim.SGD
+        # SGD without torch.optim, which costs each ClientApp process 1 s: fedsilo.tasks.sgd
+        opt_cls = torch.optim.Adam if self.task.optimizer == "adam" else PlainSGD
         opt = opt_cls(model.parameters(), lr=lr, weight_decay=self.task.weight_decay)
         anchor = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
         # each round's order from (seed, round): reproducible in any process or order

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fedsilo.tasks.models import evaluate_arrays, get_weights, make_mlp, set_weights
+from fedsilo.tasks.sgd import PlainSGD
 from fedsilo.tasks.trainer import EvalResult, FitResult, Weights
 
 
@@ -72,7 +73,7 @@ class TorchTrainer:
         lr = float(config.get("lr", 0.1))
         epochs = int(config.get("local_epochs", 1))
         mu = float(config.get("proximal_mu", 0.0))
-        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        opt = PlainSGD(model.parameters(), lr=lr)  # not torch.optim: see fedsilo.tasks.sgd
         global_params = [p.detach().clone() for p in model.parameters()] if mu > 0 else []
         rng = np.random.default_rng([self.seed, server_round])
         x, y = self._xt, self._yt

@@ -4,6 +4,8 @@ start-up time that timeouts of the network tests scale with (`helpers.waiting`).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -13,6 +15,10 @@ for _key, _value in {
     "RAY_USAGE_STATS_ENABLED": "0",
 }.items():
     os.environ[_key] = _value
+# the split datasets are cached for this session only, never in the user's ~/.cache
+# (every process the tests start inherits it)
+_DATASET_CACHE = tempfile.mkdtemp(prefix="fedsilo-test-datasets-")
+os.environ["FEDSILO_CACHE_DIR"] = _DATASET_CACHE
 
 from helpers.waiting import Startup, measure_startup  # noqa: E402  (after the environment)
 
@@ -33,7 +39,9 @@ _FROM_WORKERS: list[str] = []
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """In a pytest-xdist worker: hand this worker's start-up line to the controller."""
+    """Remove this session's dataset cache; in a pytest-xdist worker, hand this worker's
+    start-up line to the controller."""
+    shutil.rmtree(_DATASET_CACHE, ignore_errors=True)
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["fedsilo_startup"] = [m.describe() for m in _MEASURED]

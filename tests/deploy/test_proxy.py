@@ -3,7 +3,7 @@
 ``fedsilo server start --proxy nginx``: the SuperLink (TLS, site authentication) on
 127.0.0.1 only, nginx in front terminating TLS for the sites on another port. Two
 ``fedsilo site start`` connect through nginx with the federation CA and a federation
-trains 2 rounds; ``flwr ls``, ``flwr stop`` and ``flwr run`` aimed at nginx's address are
+trains a round; ``flwr ls``, ``flwr stop`` and ``flwr run`` aimed at nginx's address are
 refused (exit 1, fedsilo's refusal in their output, nothing reaches the SuperLink), while
 the same ``flwr`` on the operator's loopback still works. nginx and every other process
 are stopped by PID.
@@ -91,7 +91,7 @@ def test_only_the_fleet_api_passes_the_proxy(tmp_path: Path, startup: Startup) -
         "proxy": {"host": "127.0.0.1", "port": door},
     }))
     run_toml = tmp_path / "run.toml"
-    run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 2, "rounds": 2, "task_options": {"partition": "iid"}, "eval_every": 0,
+    run_toml.write_text(tomli_w.dumps({"dataset": "digits", "sites": 2, "rounds": 1, "task_options": {"partition": "iid"}, "eval_every": 0,
                                        "round_timeout": startup.scaled(240),
                                        "out": str(tmp_path / "runs")}))
     tomls = {s: _site_toml(tmp_path / f"site-{s}" / "site.toml", s, i, ca=certs.ca_cert,
@@ -131,10 +131,10 @@ def test_only_the_fleet_api_passes_the_proxy(tmp_path: Path, startup: Startup) -
                               f"{wait_s:.0f}"],
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=wait_s + 30)
         assert run.returncode == 0, run.stdout + run.stderr
-        assert run.stdout.splitlines()[-1] == ("fedsilo server: run door2 completed: 2 of 2 rounds "
+        assert run.stdout.splitlines()[-1] == ("fedsilo server: run door2 completed: 1 of 1 rounds "
                                                "changed the model (Flower: finished:completed)")
         st = status()
-        assert (st["online"], st["current_round"], st["lineage_rounds"]) == (2, 2, 2)
+        assert (st["online"], st["current_round"], st["lineage_rounds"]) == (2, 1, 1)
         assert st["warnings"] == []
         flwr_run_id = str(st["runs"][0]["run-id"])
 
