@@ -31,11 +31,10 @@ import numpy as np
 from scipy import special, stats
 
 from .flags import MonitorConfig
+from .profile_names import FEATURES, LABELS, PREFIX, ROWS
 
-PREFIX = "profile."
-"""Names of profile arrays start with it (they can ride along a task's own statistics)."""
-ROWS, FEATURES, LABELS = f"{PREFIX}rows", f"{PREFIX}features", f"{PREFIX}labels"
-"""The arrays of a data profile (`fedsilo.tasks.profile` computes them at a site)."""
+__all__ = ["FEATURES", "LABELS", "PREFIX", "ROWS", "drift_findings", "feature_drift", "frequencies",
+           "label_drift", "label_pvalues", "psi", "psi_pvalues", "total_variation"]
 
 Profile = Mapping[str, np.ndarray]
 Finding = tuple[str, "str | None", dict[str, float | str]]

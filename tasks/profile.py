@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedsilo.governance.drift import FEATURES, LABELS, PREFIX, ROWS
+from fedsilo.governance.profile_names import FEATURES, LABELS, PREFIX, ROWS
 
 __all__ = ["FEATURES", "LABELS", "PREFIX", "ROWS", "Z_EDGES", "histogram_profile",
            "split_profile"]

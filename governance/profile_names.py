@@ -1,0 +1,11 @@
+"""The arrays of a data profile: what a site computes (`fedsilo.tasks.profile`) and the
+drift check reads (`fedsilo.governance.drift`).
+
+Apart from the check so that a site, which needs only the names, does not import SciPy
+(0.4 s of CPU in every ClientApp process of the deployment runtime).
+"""
+
+PREFIX = "profile."
+"""Names of profile arrays start with it (they can ride along a task's own statistics)."""
+ROWS, FEATURES, LABELS = f"{PREFIX}rows", f"{PREFIX}features", f"{PREFIX}labels"
+"""The arrays of a data profile (`fedsilo.tasks.profile` computes them at a site)."""
