@@ -12,9 +12,20 @@ that caught the builtin goes on catching it::
 
 from __future__ import annotations
 
+import os
+import sys
+
 
 class FedsiloError(Exception):
     """Base class of fedsilo's typed errors (see the module docstring)."""
 
 
-__all__ = ["FedsiloError"]
+def reader_left() -> int:
+    """Exit code 0 after a `BrokenPipeError` on stdout (``fedsilo ... | head``: the reader
+    left, not an error of ours), with stdout pointed at /dev/null so that the
+    interpreter's flush at exit raises nothing either."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+__all__ = ["FedsiloError", "reader_left"]

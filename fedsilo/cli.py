@@ -315,11 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedsilo: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader left (``fedsilo ... | head``): not an error of ours
-        import os
+    except BrokenPipeError:
+        from fedsilo.common.errors import reader_left
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        return 0
+        return reader_left()
     if argv is None and args.command == "simulate":  # the process's own command, not a caller's
         from fedsilo.simulations.runner import exit_now
 

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from fedsilo.common.errors import reader_left
+
 from .chain import LoadedChain, load_chain
 from .errors import LineageError
 from .export import export_jsonl, export_prov_json
@@ -48,7 +50,7 @@ def _guard(handler: Handler) -> Handler:
             _error(str(exc))
             return 2
         except BrokenPipeError:
-            return 1
+            return reader_left()
         except Exception as exc:  # the boundary: no traceback for users
             if os.environ.get("FEDSILO_DEBUG"):
                 raise
@@ -148,10 +150,10 @@ def _verify(args: argparse.Namespace) -> int:
         workers=args.workers,
         all_signatures=args.all_signatures,
     )
-    if args.json:
-        print(json.dumps(report.__dict__, sort_keys=True))
-    else:
-        print(report.summary)
+    try:
+        print(json.dumps(report.__dict__, sort_keys=True) if args.json else report.summary)
+    except BrokenPipeError:  # the reader left: the verdict is still the exit code
+        reader_left()
     return 0 if report.ok else 1
 
 

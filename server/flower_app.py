@@ -33,6 +33,9 @@ since the deployment runtime starts a fresh process per message.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +45,8 @@ from flwr.serverapp import Grid, ServerApp
 
 if TYPE_CHECKING:
     from fedsilo.server.config import RunConfig
-    from fedsilo.server.loop import ServerSpec
+    from fedsilo.server.loop import FederationServer, ServerSpec
+    from fedsilo.server.spec import RunResult
 
 __all__ = ["deployment_spec", "run_config_dict", "server_app", "spec_from_context"]
 
@@ -144,8 +148,33 @@ def _serve(grid: Grid, context: Context) -> None:
             return
         prune_round_log(run_dir, read_checkpoint(run_dir).round)
     spec.on_round = round_logger(run_dir, spec.on_round)
-    result = FederationServer(spec).run(grid)
+    result = _run_until_signal(FederationServer(spec), grid)
     write_outputs(run_dir, spec.config, result)
+
+
+def _run_until_signal(server: FederationServer, grid: Grid) -> RunResult:
+    """Run the federation with fedsilo's SIGINT/SIGTERM handlers in place of Flower's.
+
+    Flower's handler in ``flwr-serverapp`` exits the process: it starts a 5 s force-exit
+    timer, pushes the task's output and closes the grid, and only then raises SystemExit
+    in the round loop. On a loaded machine that left too little time for the closing
+    record, and the chain stayed open. Ours only asks the loop to stop: it closes the chain
+    as ``interrupted`` at its next poll; then the signal goes to Flower's own handler again.
+    """
+    from fedsilo.server.stopping import RunInterrupted, SignalGuard
+
+    if threading.current_thread() is not threading.main_thread():  # a simulation's thread
+        return server.run(grid)
+    with SignalGuard() as guard:
+        try:
+            return server.run(grid)
+        except RunInterrupted:
+            if guard.signum is None:  # a stop requested without a signal
+                raise
+            signum = guard.signum
+    # the chain is closed and Flower's handlers are back: Flower exits its own way
+    os.kill(os.getpid(), signum)
+    raise RunInterrupted(f"interrupted by {signal.Signals(signum).name}")
 
 
 server_app = ServerApp()

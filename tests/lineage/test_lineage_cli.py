@@ -263,3 +263,40 @@ def test_bad_ledger_and_args(pristine_run: SyntheticRun, tmp_path: Path, capsys)
         pristine_run.run_dir / "lineage.sqlite",
     )
     assert code == 2 and "refusing to overwrite an input of the run" in err
+
+
+@pytest.mark.parametrize("command", [["lineage", "show"], ["lineage", "verify"], ["strategies"]])
+def test_a_reader_that_left_is_not_an_error(pristine_run: SyntheticRun, command: list[str]) -> None:
+    """``fedsilo ... | head``: the pipe closes before fedsilo writes; exit 0, nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+
+    argv = [*command, str(pristine_run.run_dir)] if command[0] == "lineage" else command
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    try:
+        res = subprocess.run([sys.executable, "-m", "fedsilo.cli", *argv], stdout=write,
+                             stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (res.returncode, res.stderr) == (0, "")
+
+
+def test_a_reader_that_left_keeps_a_failed_verification_failed(run: SyntheticRun) -> None:
+    import os
+    import subprocess
+    import sys
+
+    with sqlite3.connect(run.run_dir / "lineage.sqlite") as db:  # tamper with one record
+        seq, signed = db.execute("SELECT seq, signed FROM records WHERE type = 'round'").fetchone()
+        db.execute("UPDATE records SET signed = ? WHERE seq = ?", (signed.replace("1", "2", 1), seq))
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        res = subprocess.run([sys.executable, "-m", "fedsilo.cli", "lineage", "verify",
+                              str(run.run_dir)], stdout=write, stderr=subprocess.PIPE, text=True,
+                             timeout=120)
+    finally:
+        os.close(write)
+    assert (res.returncode, res.stderr) == (1, "")
