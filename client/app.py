@@ -121,7 +121,13 @@ class Site:
         if how == "handshake" and (not self.policy.share_profile or self.policy.require_secagg):
             return None  # the site's policy keeps its profile from the server's eyes
         profile = self.profile_fn()
-        return None if profile is None else dict(profile)
+        if profile is None:
+            return None
+        if federation.get("profile_form") == "frequencies":  # a client-level DP release
+            from fedsilo.tasks.profile import frequency_profile
+
+            return frequency_profile(profile)
+        return dict(profile)
 
     def statistics_with_profile(self, federation: Mapping[str, Any]
                                 ) -> Mapping[str, np.ndarray] | None:

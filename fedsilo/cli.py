@@ -65,6 +65,9 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--dp-where", choices=["server", "site"], help="where updates are clipped")
     p.add_argument("--dp-accountant", choices=["rdp", "pld"], help="privacy accountant (default rdp)")
     p.add_argument("--dp-sampling", choices=["poisson", "fixed"], help="site sampling the accountant assumes")
+    p.add_argument("--dp-profile-noise-multiplier", type=float,
+                   help="release the sites' data profiles' noisy sum for the drift check, at this "
+                        "noise multiplier (charged to the budget; default: no drift check under DP)")
     p.add_argument("--record-dp-epsilon", type=float, help="record-level DP-SGD at each site: per-site epsilon")
     p.add_argument("--record-dp-noise-multiplier", type=float, help="record-level DP-SGD noise multiplier")
     p.add_argument("--record-dp-max-grad-norm", type=float, help="record-level DP-SGD per-sample clip norm")
@@ -96,6 +99,7 @@ _FLAG_TO_KEY = {
     "dp_epsilon": "dp.epsilon", "dp_delta": "dp.delta", "dp_noise_multiplier": "dp.noise_multiplier",
     "dp_clip_norm": "dp.clip_norm", "dp_clipping": "dp.clipping", "dp_where": "dp.where",
     "dp_accountant": "dp.accountant", "dp_sampling": "dp.sampling",
+    "dp_profile_noise_multiplier": "dp.profile_noise_multiplier",
     "record_dp_epsilon": "record_dp.epsilon", "record_dp_noise_multiplier": "record_dp.noise_multiplier",
     "record_dp_max_grad_norm": "record_dp.max_grad_norm",
     "secagg": "secagg.enabled", "secagg_degree": "secagg.degree", "secagg_threshold": "secagg.threshold",

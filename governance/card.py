@@ -80,9 +80,14 @@ def _drift_text(profiles: dict[str, Any] | None) -> str:
     """What the run's drift check had to work with (its findings are in the flags)."""
     if not profiles:
         return ("Data drift: not checked (the task profiles no data, the monitor's drift "
-                "check was off, or the run had a DP budget).")
+                "check was off, or a DP run released no profile).")
     how = ("each site's profile" if profiles.get("summed") == "clear"
            else "only the federation's profile, summed under SecAgg+")
+    dp = profiles.get("dp")
+    if dp:  # client-level DP: one noisy release of the sum, charged to the budget
+        how = (f"only the federation's profile, released once with Gaussian noise (std "
+               f"{dp['noise_stddev']:.4g} per count, noise multiplier {dp['noise_multiplier']:g}, "
+               f"{dp['sites']} sites) and charged to the DP budget")
     base = profiles.get("baseline")
     against = (f"against baseline run {base['run_id']} (chain head {base['chain_head']})"
                if base else "against the federation only (no baseline run)")

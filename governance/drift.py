@@ -20,6 +20,10 @@ distribution, so its p-value (`scipy.stats.chi2`) must be below ``drift_alpha`` 
 the number of features (Bonferroni). Labels shift when their total variation reaches
 ``label_tv`` and the chi-square test of homogeneity (`scipy.stats.chi2_contingency`)
 rejects at ``drift_alpha``. All features of all sites are tested as whole arrays.
+
+A profile released under client-level DP (`fedsilo.privacy.profile_release`) carries its
+noise's variance (``profile.noise``); for a pair where either side does, the gate is a
+Wald test instead, whose variance adds that noise to the sampling variance (`wald_pvalues`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import numpy as np
 from scipy import special, stats
 
 from .flags import MonitorConfig
-from .profile_names import FEATURES, LABELS, PREFIX, ROWS
+from .profile_names import FEATURES, LABELS, NOISE, PREFIX, ROWS
 
-__all__ = ["FEATURES", "LABELS", "PREFIX", "ROWS", "drift_findings", "feature_drift", "frequencies",
-           "label_drift", "label_pvalues", "psi", "psi_pvalues", "total_variation"]
+__all__ = ["FEATURES", "LABELS", "NOISE", "PREFIX", "ROWS", "drift_findings", "feature_drift",
+           "frequencies", "label_drift", "label_pvalues", "psi", "psi_pvalues",
+           "total_variation", "wald_pvalues"]
 
 Profile = Mapping[str, np.ndarray]
 Finding = tuple[str, "str | None", dict[str, float | str]]
@@ -91,8 +96,39 @@ def label_pvalues(counts: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.where(valid, stats.chi2.sf(cells.sum((-2, -1)), np.maximum(seen - 1, 1)), 1.0)
 
 
+def wald_pvalues(counts: np.ndarray, reference: np.ndarray, rows: np.ndarray,
+                 ref_rows: np.ndarray, noise: np.ndarray, ref_noise: np.ndarray) -> np.ndarray:
+    """p-value of "one distribution" for histograms along the last axis whose counts carry
+    Gaussian noise of variance ``noise`` per count: the sum over bins of the squared
+    frequency difference over its variance (multinomial sampling at the pooled frequency,
+    plus each side's noise over its rows squared), against a chi-square with one degree
+    of freedom per bin. ``rows``, ``noise`` broadcast to ``counts[..., :1]``."""
+    n1, n2 = (np.maximum(np.asarray(r, dtype=np.float64), 1.0) for r in (rows, ref_rows))
+    p, q = np.asarray(counts, dtype=np.float64) / n1, np.asarray(reference, np.float64) / n2
+    pooled = np.clip((p * n1 + q * n2) / (n1 + n2), 0.0, 1.0)
+    var = pooled * (1 - pooled) * (1 / n1 + 1 / n2) + noise / n1**2 + ref_noise / n2**2
+    terms = np.divide((p - q) ** 2, var, out=np.zeros_like(p), where=var > 0)
+    return stats.chi2.sf(terms.sum(-1), p.shape[-1])
+
+
 def _stack(profiles: list[Profile], name: str) -> np.ndarray:
     return np.stack([np.asarray(p[name], dtype=np.float64) for p in profiles])
+
+
+def _noisy_pvalues(pvalues: np.ndarray, now: list[Profile], before: list[Profile],
+                   name: str) -> np.ndarray:
+    """``pvalues`` with the pairs where either profile is noisy (DP) tested by `wald_pvalues`."""
+    noise, ref_noise = ([np.asarray(p.get(NOISE, [0.0]), np.float64) for p in ps]
+                        for ps in (now, before))
+    noise, ref_noise = np.stack(noise), np.stack(ref_noise)  # (S, 1)
+    noisy = (noise + ref_noise)[:, 0] > 0
+    if not noisy.any():
+        return pvalues
+    extra = (1,) * (np.ndim(_stack(now[:1], name)) - 2)  # rows, noise against (S, ..., B)
+    rows, ref_rows = (_stack(ps, ROWS).reshape(-1, *extra, 1) for ps in (now, before))
+    wald = wald_pvalues(_stack(now, name), _stack(before, name), rows, ref_rows,
+                        noise.reshape(-1, *extra, 1), ref_noise.reshape(-1, *extra, 1))
+    return np.where(noisy.reshape(-1, *extra), wald, pvalues)
 
 
 def feature_drift(now: list[Profile], before: list[Profile], threshold: float, alpha: float
@@ -101,7 +137,8 @@ def feature_drift(now: list[Profile], before: list[Profile], threshold: float, a
     counts, ref = _stack(now, FEATURES), _stack(before, FEATURES)  # (S, F, B)
     values = psi(counts, ref)
     used = ((counts > 0) | (ref > 0)).sum(-1)
-    pvalues = psi_pvalues(values, _stack(now, ROWS), _stack(before, ROWS), used)
+    pvalues = _noisy_pvalues(psi_pvalues(values, _stack(now, ROWS), _stack(before, ROWS), used),
+                             now, before, FEATURES)
     drifting = (values >= threshold) & (pvalues < alpha / max(values.shape[-1], 1))
     worst = np.argmax(np.where(drifting, values, -np.inf), axis=-1)
     return [None if not drifting[i].any() else {
@@ -117,7 +154,8 @@ def label_drift(now: list[Profile], before: list[Profile], threshold: float, alp
     if not now or any(LABELS not in p for p in now + before):
         return [None] * len(now)
     counts, ref = _stack(now, LABELS), _stack(before, LABELS)
-    tv, p = total_variation(counts, ref), label_pvalues(counts, ref)
+    tv = total_variation(counts, ref)
+    p = _noisy_pvalues(label_pvalues(counts, ref), now, before, LABELS)
     return [None if tv[i] < threshold or p[i] >= alpha else
             {"total_variation": float(tv[i]), "p_value": float(p[i]), "threshold": threshold}
             for i in range(len(now))]

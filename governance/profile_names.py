@@ -9,3 +9,6 @@ PREFIX = "profile."
 """Names of profile arrays start with it (they can ride along a task's own statistics)."""
 ROWS, FEATURES, LABELS = f"{PREFIX}rows", f"{PREFIX}features", f"{PREFIX}labels"
 """The arrays of a data profile (`fedsilo.tasks.profile` computes them at a site)."""
+NOISE = f"{PREFIX}noise"
+"""Under client-level DP, the federation's profile's noise: the variance of every count's
+Gaussian noise, shape (1,) (`fedsilo.privacy.profile_release`); absent: no noise."""

@@ -365,18 +365,19 @@ def is_task(v: Any) -> bool:
 
 def is_profiles(v: Any) -> bool:
     """A genesis ``task.data_profiles`` (`fedsilo.server.data_profiles`): how the profiles
-    were summed, the federation's profile, optionally each site's, the baseline, notes."""
+    were summed, the federation's profile, optionally each site's (never with ``dp``: the
+    release of their noisy sum under client-level DP), the baseline, notes."""
     if type(v) is not dict or not set(v) <= {"summed", "federation", "sites", "baseline",
-                                             "notes"}:
+                                             "dp", "notes"} or {"dp", "sites"} <= set(v):
         return False
     sites = v.get("sites", {})
     return (v.get("summed") in ("clear", "secagg+") and is_obj(v.get("federation"))
             and type(sites) is dict and all(is_obj(p) for p in sites.values())
-            and is_obj(v.get("baseline", {}))
+            and is_obj(v.get("baseline", {})) and is_obj(v.get("dp", {}))
             and type(v.get("notes", [])) is list and all(is_str(n) for n in v.get("notes", [])))
 
 
 TASK_RULE = Rule(is_task, "null or a JSON object with name and version (non-empty strings), "
              f"layout_digest and schema_digest ({D}) and optionally statistics (digest, "
              "sites, values, summed: \"secagg+\") and data_profiles (summed, federation, "
-             "sites, baseline, notes)")
+             "sites or dp, baseline, notes)")

@@ -28,8 +28,13 @@ Sampling and the neighbouring relation
 adaptive clipping it is the combined multiplier of the update and clipped-count
 Gaussians (see :mod:`fedsilo.privacy.dp`), which is what a round costs.
 
-The state is the number of composed rounds plus the configuration, so
-``state_dict()`` is small, JSON-serialisable and a resumed run keeps counting.
+A *release* is a one-off Gaussian over every site (no sampling) with its own noise
+multiplier, composed with the rounds: the noisy sum of the sites' data profiles for the
+drift check (:mod:`fedsilo.privacy.profile_release`).
+
+The state is the number of composed rounds, the releases' multipliers and the
+configuration, so ``state_dict()`` is small, JSON-serialisable and a resumed run keeps
+counting.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from dp_accounting.rdp import RdpAccountant, rdp_privacy_accountant
 Sampling = Literal["poisson", "fixed"]
 Method = Literal["rdp", "pld"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+_READS_VERSIONS = (1, 2)  # version 1: no releases
 _PLD_DISCRETIZATION = 1e-4
 
 
@@ -164,7 +170,8 @@ class ClientLevelAccountant:
                 )
             self.sample_size = max(1, round(self.sample_rate * population))
         self.rounds = 0
-        self._cache: dict[tuple[int, float], float] = {}
+        self.releases: list[float] = []
+        self._cache: dict[tuple[int, float, tuple[float, ...]], float] = {}
         self._one_round: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -179,11 +186,14 @@ class ClientLevelAccountant:
     def _fresh(self) -> dp_accounting.PrivacyAccountant:
         return _fresh_accountant(self.method, self.sampling)
 
-    def _epsilon_after(self, rounds: int, delta: float) -> float:
-        if rounds == 0:
+    def _epsilon_after(self, rounds: int, delta: float,
+                       releases: tuple[float, ...] | None = None) -> float:
+        releases = tuple(self.releases) if releases is None else releases
+        if rounds == 0 and not releases:
             return 0.0
-        key = (rounds, delta)
+        key = (rounds, delta, releases)
         if key not in self._cache:
+            others = [_release_event(z, self.sampling) for z in releases]
             if self.method == "rdp":
                 # RDP composes additively: rounds x (one round's RDP curve), converted by
                 # dp-accounting's own compute_epsilon, exactly as compose(event, rounds).
@@ -192,13 +202,25 @@ class ClientLevelAccountant:
                     acct.compose(self.round_event())
                     self._one_round = (acct.orders, acct.rdp)
                 orders, rdp = self._one_round
-                eps = rdp_privacy_accountant.compute_epsilon(orders, rounds * rdp, delta)[0]
+                total = rounds * rdp if rounds else np.zeros_like(rdp)  # 0 x inf is nan
+                if others:
+                    acct = self._fresh()
+                    acct.compose(dp_event.ComposedDpEvent(others))
+                    total = total + acct.rdp
+                eps = rdp_privacy_accountant.compute_epsilon(orders, total, delta)[0]
             else:
                 acct = self._fresh()
-                acct.compose(dp_event.SelfComposedDpEvent(self.round_event(), rounds))
+                composed = [dp_event.SelfComposedDpEvent(self.round_event(), rounds)] \
+                    if rounds else []
+                acct.compose(dp_event.ComposedDpEvent([*composed, *others]))
                 eps = acct.get_epsilon(delta)
             self._cache[key] = float(eps)
         return self._cache[key]
+
+    def release(self, noise_multiplier: float) -> None:
+        """Compose a one-off release: a Gaussian over every site with this accounted
+        noise multiplier (noise std over one site's L2 contribution bound)."""
+        self.releases.append(check_positive(noise_multiplier, "release noise_multiplier"))
 
     def step(self, rounds: int = 1) -> None:
         """Compose ``rounds`` more rounds.
@@ -225,21 +247,24 @@ class ClientLevelAccountant:
         """
         return self._epsilon_after(self.rounds + _check_rounds(rounds), self.delta)
 
-    def epsilon_of_rounds(self, rounds: int, delta: float | None = None) -> float:
-        """Epsilon of ``rounds`` rounds composed from scratch (e.g. one round alone).
+    def epsilon_of_rounds(self, rounds: int, delta: float | None = None,
+                          releases: tuple[float, ...] | None = None) -> float:
+        """Epsilon of ``rounds`` rounds composed from scratch (e.g. one round alone), with
+        the releases composed so far (or ``releases``, e.g. ``()`` for none).
 
         Args:
             rounds: number of rounds (>= 0).
             delta: delta to report at; defaults to the accountant's ``delta``.
+            releases: release noise multipliers to compose instead of the accountant's.
         """
         d = self.delta if delta is None else check_delta(delta)
-        return self._epsilon_after(rounds, d)
+        return self._epsilon_after(rounds, d, releases)
 
     def rounds_within(self, epsilon: float, limit: int, delta: float | None = None) -> int:
         """The most rounds, at most ``limit``, whose composition stays within ``epsilon``.
 
         Epsilon grows with the number of rounds, so a bisection over [0, limit] finds it
-        with O(log limit) accountant calls.
+        with O(log limit) accountant calls. The releases composed so far count too.
 
         Args:
             epsilon: the budget (> 0).
@@ -267,11 +292,12 @@ class ClientLevelAccountant:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state: configuration, rounds composed, accountant name."""
+        """JSON-serialisable state: configuration, rounds and releases composed, name."""
         return {
             "version": _STATE_VERSION,
             "name": self.name,
             "rounds": self.rounds,
+            "releases": list(self.releases),
             "config": self._config(),
         }
 
@@ -285,7 +311,7 @@ class ClientLevelAccountant:
             ValueError: the state is malformed or was produced with another
                 configuration (the differing field is named).
         """
-        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+        if not isinstance(state, dict) or state.get("version") not in _READS_VERSIONS:
             raise ValueError(f"accountant state: expected version {_STATE_VERSION} dict")
         config = state.get("config")
         if not isinstance(config, dict):
@@ -299,7 +325,11 @@ class ClientLevelAccountant:
         rounds = state.get("rounds")
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
             raise ValueError(f"accountant state: rounds must be an integer >= 0, got {rounds!r}")
+        releases = state.get("releases", [])
+        if not isinstance(releases, list):
+            raise ValueError(f"accountant state: releases must be a list, got {releases!r}")
         self.rounds = rounds
+        self.releases = [check_positive(z, "accountant state release") for z in releases]
 
 
 def _check_rounds(rounds: int) -> int:
@@ -320,6 +350,11 @@ def _round_event(
         size = max(1, round(sample_rate * population))
         return dp_event.SampledWithoutReplacementDpEvent(population, size, gaussian)
     return dp_event.PoissonSampledDpEvent(sample_rate, gaussian)
+
+
+def _release_event(noise_multiplier: float, sampling: Sampling) -> dp_event.DpEvent:
+    """A one-off release over every site under the run's neighbouring relation."""
+    return dp_event.GaussianDpEvent(noise_multiplier / sensitivity_factor(sampling))
 
 
 def _fresh_accountant(method: Method, sampling: Sampling) -> dp_accounting.PrivacyAccountant:

@@ -16,6 +16,7 @@ from .accounting import (
     Method,
     Sampling,
     _fresh_accountant,
+    _release_event,
     _round_event,
     check_delta,
     check_positive,
@@ -37,6 +38,7 @@ def calibrate_noise_multiplier(
     sampling: Sampling = "poisson",
     method: Method = "rdp",
     population: int | None = None,
+    releases: tuple[float, ...] = (),
 ) -> float:
     """Return the smallest noise multiplier ``z`` with epsilon(rounds) <= ``epsilon``.
 
@@ -48,6 +50,8 @@ def calibrate_noise_multiplier(
         sampling: ``"poisson"`` or ``"fixed"`` (fixed-size without replacement).
         method: ``"rdp"`` or ``"pld"``.
         population: number of sites; required when ``sampling="fixed"``.
+        releases: noise multipliers of one-off releases the budget also pays for (the
+            drift check's data profiles; see ``ClientLevelAccountant.release``).
 
     Raises:
         ValueError: an argument is out of range, or no ``z <= MAX_NOISE_MULTIPLIER``
@@ -68,9 +72,10 @@ def calibrate_noise_multiplier(
     )
 
     def make_event(z: float) -> dp_event.DpEvent:
-        return dp_event.SelfComposedDpEvent(
-            _round_event(z, sample_rate, sampling, population), rounds
-        )
+        return dp_event.ComposedDpEvent([
+            dp_event.SelfComposedDpEvent(_round_event(z, sample_rate, sampling, population),
+                                         rounds),
+            *(_release_event(r, sampling) for r in releases)])
 
     def fresh() -> dp_accounting.PrivacyAccountant:
         return _fresh_accountant(method, sampling)
@@ -78,8 +83,10 @@ def calibrate_noise_multiplier(
     top = fresh().compose(make_event(MAX_NOISE_MULTIPLIER)).get_epsilon(delta)
     if top > epsilon:
         raise ValueError(
-            f"epsilon: {epsilon} at delta={delta} over {rounds} rounds cannot be met with a "
-            f"noise multiplier <= {MAX_NOISE_MULTIPLIER:g}"
+            f"epsilon: {epsilon} at delta={delta} over {rounds} rounds"
+            + (f" and the data profiles' release (noise multiplier {releases[0]:g})"
+               if releases else "")
+            + f" cannot be met with a noise multiplier <= {MAX_NOISE_MULTIPLIER:g}"
         )
     if method == "rdp":
         bracket = dp_accounting.LowerEndpointAndGuess(1e-3, 1.0)
@@ -94,6 +101,7 @@ def calibrate_noise_multiplier(
             sampling=sampling,
             method="rdp",
             population=population,
+            releases=releases,
         )
         lower = upper / 2
         while fresh().compose(make_event(lower)).get_epsilon(delta) <= epsilon:

@@ -66,10 +66,10 @@ Lineage fields of a round (``DPResult.lineage``): ``epsilon_round`` is the epsil
 that round alone, ``epsilon_cumulative`` the epsilon of all rounds so far (RDP/PLD
 composition, not the sum of the per-round values), both at ``delta``.
 
-Where the code is: this module holds the round-level controller (:class:`ClientLevelDP`:
-budget, round config, noise, adaptive clip norm, accountant, state); the options and
-result types are in :mod:`fedsilo.privacy.dp_config`, the clip-and-sum math on flat
-updates in :mod:`fedsilo.privacy.clipping`. Every name is importable from here, as before.
+The drift check's data profiles are one more release, before round 1, composed by the
+same accountant (:mod:`fedsilo.privacy.profile_release`). This module holds the round
+controller; options and result types are in :mod:`fedsilo.privacy.dp_config`, the
+clip-and-sum math in :mod:`fedsilo.privacy.clipping` (all importable from here).
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ class ClientLevelDP:
         population: number of sites ``N`` in the federation.
         expected_clients: fixed denominator ``m`` (normally ``q * N``).
         seed: seed of the noise generator when ``config.secure_noise`` is False.
+        releases: noise multipliers of the one-off releases the run will make (the
+            drift check's profiles), which the budget pays for with the rounds.
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class ClientLevelDP:
         population: int,
         expected_clients: float,
         seed: int | None,
+        releases: tuple[float, ...] = (),
     ) -> None:
         self.config = config.validate()
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
@@ -158,6 +161,7 @@ class ClientLevelDP:
                 sampling=config.sampling,
                 method=config.method,
                 population=population,
+                releases=releases,
             )
         self.accountant = ClientLevelAccountant(
             noise_multiplier=z,
@@ -170,10 +174,11 @@ class ClientLevelDP:
         self.noise_multiplier = z
         self.sample_rate = self.accountant.sample_rate
         if config.epsilon is not None:
-            first = self.accountant.epsilon_if_stepped(1)
+            first = self.accountant.epsilon_of_rounds(1, releases=releases)
             if first > config.epsilon:
                 raise ValueError(
-                    f"noise_multiplier: {z:g} spends epsilon={first:.4g} in a single round, "
+                    f"noise_multiplier: {z:g} spends epsilon={first:.4g} in a single round"
+                    f"{' and the data profiles release' if releases else ''}, "
                     f"more than the budget epsilon={config.epsilon:g} (delta={config.delta:g})"
                 )
         self.clipped_count_stddev: float | None = None
@@ -192,7 +197,6 @@ class ClientLevelDP:
             secure=config.secure_noise, seed=None if config.secure_noise else seed
         )
 
-    # ------------------------------------------------------------------ budget / config
     def check_budget(self) -> BudgetDecision:
         """Decide, before a round, whether running it keeps epsilon within the budget."""
         spent = self.accountant.get_epsilon()
@@ -254,9 +258,10 @@ class ClientLevelDP:
             out["weight_cap"] = float(self.config.weight_cap)
         if self.clipped_count_stddev is not None:
             out["clipped_count_stddev"] = self.clipped_count_stddev
+        if self.accountant.releases:  # sites count them too (`SiteBudget`)
+            out["releases"] = [float(r) for r in self.accountant.releases]
         return out
 
-    # ------------------------------------------------------------------ aggregation
     def aggregate(
         self,
         updates: Sequence[np.ndarray] | np.ndarray,
@@ -363,12 +368,11 @@ class ClientLevelDP:
                 next_clip_norm=self.clip_norm,
             )
         self.accountant.step(1)
-        lineage["epsilon_round"] = self.accountant.epsilon_of_rounds(1)
+        lineage["epsilon_round"] = self.accountant.epsilon_of_rounds(1, releases=())
         lineage["epsilon_cumulative"] = self.accountant.get_epsilon()
         lineage["rounds_accounted"] = self.accountant.rounds
         return DPResult(update=total, fates={}, lineage=lineage)
 
-    # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state: accountant, current clip norm, noise generator state."""
         return {

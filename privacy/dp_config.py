@@ -78,6 +78,9 @@ class DPConfig:
             (``min(weight / weight_cap, 1)``).
         weight_cap: weight at which a site reaches full weight; required for
             ``weighting="capped"``.
+        profile_noise_multiplier: accounted noise multiplier of the drift check's one
+            release of the sites' summed data profiles (`fedsilo.privacy.profile_release`);
+            None = no drift check under DP (it would spend budget).
     """
 
     epsilon: float | None = None
@@ -94,6 +97,7 @@ class DPConfig:
     secure_noise: bool = True
     weighting: Weighting = "uniform"
     weight_cap: float | None = None
+    profile_noise_multiplier: float | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DPConfig:
@@ -132,6 +136,8 @@ class DPConfig:
                 f"target_quantile: expected a number in (0, 1), got {self.target_quantile!r}"
             )
         check_positive(self.clip_lr, "clip_lr")
+        if self.profile_noise_multiplier is not None:
+            check_positive(self.profile_noise_multiplier, "profile_noise_multiplier")
         if self.clipped_count_stddev is not None:
             check_positive(self.clipped_count_stddev, "clipped_count_stddev")
         if self.weighting == "capped":

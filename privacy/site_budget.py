@@ -19,9 +19,13 @@ Both are valid upper bounds, so the smaller one is too. The amplified one trusts
 server to sample as announced (the central-DP server is trusted to add the noise
 anyway); the unamplified one does not.
 
+Both bounds also compose the run's one-off releases the server announces (``releases``:
+the drift check's noisy sum of the sites' data profiles, made before round 1; counted
+whether or not this site's profile was in it, which only over-counts).
+
 The site pins the accounting parameters it first sees (noise multiplier, sampling
-rate and scheme, population, accountant method, delta) and refuses any round that
-changes them, because a single-parameter accountant would then under-count.
+rate and scheme, population, accountant method, delta, releases) and refuses any round
+that changes them, because a single-parameter accountant would then under-count.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ def _accounting_params(round_config: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"round_config: missing DP parameter(s) {', '.join(missing)}")
     params = {k: round_config[k] for k in _PARAM_KEYS}
+    releases = round_config.get("releases", [])
+    if not isinstance(releases, list | tuple) or not all(
+            isinstance(r, int | float) and not isinstance(r, bool) and r > 0 for r in releases):
+        raise ValueError(f"round_config: releases must be a list of numbers > 0, got {releases!r}")
+    if releases:  # absent from the pinned parameters of a run without them (older ledgers)
+        params["releases"] = [float(r) for r in releases]
     for key in ("noise_multiplier", "sample_rate", "delta"):
         if isinstance(params[key], bool) or not isinstance(params[key], int | float):
             raise ValueError(f"round_config: {key} must be a number, got {params[key]!r}")
@@ -78,7 +88,8 @@ class SiteBudget:
             self.epsilon = float(state["epsilon"])
 
     def _epsilon_with(self, params: dict[str, Any], rounds: int, participations: int) -> float:
-        key = tuple(params[k] for k in _PARAM_KEYS)
+        releases = tuple(params.get("releases", ()))
+        key = (*(params[k] for k in _PARAM_KEYS), releases)
         if key not in self._accountants:
             common = {
                 k: params[k]
@@ -89,7 +100,8 @@ class SiteBudget:
                 ClientLevelAccountant(sample_rate=1.0, **common),
             )
         amplified, own = self._accountants[key]
-        return min(amplified.epsilon_of_rounds(rounds), own.epsilon_of_rounds(participations))
+        return min(amplified.epsilon_of_rounds(rounds, releases=releases),
+                   own.epsilon_of_rounds(participations, releases=releases))
 
     def admit(self, round_config: Mapping[str, Any]) -> tuple[bool, float, str]:
         """Decide whether to take part in the round described by ``round_config``.
@@ -102,14 +114,15 @@ class SiteBudget:
         """
         params = _accounting_params(round_config)
         if self.params is not None:
-            changed = [k for k in _PARAM_KEYS if self.params[k] != params[k]]
+            changed = [k for k in (*_PARAM_KEYS, "releases")
+                       if self.params.get(k) != params.get(k)]
             if changed:
                 k = changed[0]
                 return (
                     False,
                     math.inf,
-                    f"privacy parameter {k} changed mid-run: {self.params[k]!r} -> "
-                    f"{params[k]!r}; the site cannot account it",
+                    f"privacy parameter {k} changed mid-run: {self.params.get(k)!r} -> "
+                    f"{params.get(k)!r}; the site cannot account it",
                 )
         try:
             rounds = max(self.rounds_seen, int(round_config["accountant_rounds"]))

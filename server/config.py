@@ -290,6 +290,7 @@ class RunConfig:
             where=d.where, sampling=d.sampling, method=d.accountant,
             secure_noise=(not simulation) if d.secure_noise is None else d.secure_noise,
             weighting=d.weighting, weight_cap=d.weight_cap,
+            profile_noise_multiplier=d.profile_noise_multiplier,
         )
 
     def _validate_dp(self) -> None:

@@ -42,6 +42,7 @@ class DPSettings:
     secure_noise: bool | None = None
     weighting: str = "uniform"
     weight_cap: float | None = None
+    profile_noise_multiplier: float | None = None
 
 
 @dataclass

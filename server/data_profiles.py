@@ -13,6 +13,12 @@ When the run's task profiles its data (`fedsilo.tasks.Task.data_profile`) and th
 left out of the check, with a note), sums them, compares them with the baseline's
 (`fedsilo.governance.drift.drift_findings`) and returns the genesis record's
 ``task["data_profiles"]`` and the findings the monitor raises in round 1.
+
+Under client-level DP (``[dp]``) no site's profile is recorded or compared: the sites'
+profiles in frequencies (SecAgg+ sites send them so: ``profile_form = "frequencies"``)
+are summed with Gaussian noise once (`fedsilo.privacy.profile_release`), the run's
+accountant composes that release, and the federation's noisy profile is compared with
+the baseline's (flags without a site).
 """
 
 from __future__ import annotations
@@ -23,18 +29,20 @@ from typing import Any
 import numpy as np
 
 from fedsilo.governance.baseline import profile_lists, profiles_lists
-from fedsilo.governance.drift import FEATURES, ROWS, drift_findings
+from fedsilo.governance.drift import FEATURES, NOISE, ROWS, drift_findings
 from fedsilo.governance.flags import MonitorConfig
 from fedsilo.server.spec import SiteInfo
 
 Profile = dict[str, np.ndarray]
 
 
-def request(profile: bool, secagg: bool) -> dict[str, str]:
-    """The federation record's ``profile`` entry: how sites send their profile ({}: not asked)."""
+def request(profile: bool, secagg: bool, private: bool = False) -> dict[str, str]:
+    """The federation record's ``profile`` entry: how sites send their profile ({}: not
+    asked); ``private``: client-level DP, where SecAgg+ sites send it in frequencies."""
     if not profile:
         return {}
-    return {"profile": "secure" if secagg else "handshake"}
+    form = {"profile_form": "frequencies"} if private and secagg else {}
+    return {"profile": "secure" if secagg else "handshake", **form}
 
 
 def _layout(profile: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -74,10 +82,12 @@ def total(profiles: Mapping[str, Profile]) -> Profile:
 
 
 def collect(sites: Sequence[SiteInfo], secure_sum: Profile | None,
-            baseline: Mapping[str, Any] | None, config: MonitorConfig,
+            baseline: Mapping[str, Any] | None, config: MonitorConfig, dp: Any = None,
             ) -> tuple[dict[str, Any] | None, list[tuple[str, str | None, dict[str, Any]]]]:
     """(genesis ``data_profiles`` record, findings) of a new run (see the module docstring);
-    (None, []) when no usable profile arrived."""
+    (None, []) when no usable profile arrived. ``dp``: the run's `ClientLevelDP`, if any."""
+    if dp is not None:
+        return _collect_private(sites, secure_sum, baseline, config, dp)
     if secure_sum is not None:  # SecAgg+: the federation's sum, no site's profile
         per_site, notes, federation = None, [], secure_sum
     else:
@@ -95,3 +105,36 @@ def collect(sites: Sequence[SiteInfo], secure_sum: Profile | None,
     if notes:
         record["notes"] = notes
     return record, findings
+
+
+def _collect_private(sites: Sequence[SiteInfo], secure_sum: Profile | None,
+                     baseline: Mapping[str, Any] | None, config: MonitorConfig, dp: Any,
+                     ) -> tuple[dict[str, Any] | None, list[tuple[str, str | None, dict[str, Any]]]]:
+    """`collect` under client-level DP: one noisy release of the summed frequencies."""
+    from fedsilo.privacy.profile_release import release
+    from fedsilo.tasks.profile import frequency_profile
+
+    notes: list[str] = []
+    if secure_sum is not None:
+        contributions, count = None, int(round(float(secure_sum[ROWS][0])))
+    else:
+        per_site, notes = usable(sites)
+        contributions = [frequency_profile(p) for p in per_site.values()]
+        count = len(contributions)
+    if count < 1:
+        return None, []
+    z = dp.config.profile_noise_multiplier
+    federation, variance = release(contributions, secure_sum, z, dp.noise.normal)
+    dp.accountant.release(z)
+    federation[ROWS], federation[NOISE] = np.array([float(count)]), np.array([variance])
+    record: dict[str, Any] = {
+        "summed": "secagg+" if secure_sum is not None else "clear",
+        "federation": profile_lists(federation),
+        "dp": {"mechanism": "gaussian", "noise_multiplier": z, "noise_stddev": variance ** 0.5,
+               "sites": count, "accountant": dp.accountant.name,
+               "epsilon_after": dp.accountant.get_epsilon(), "delta": dp.config.delta}}
+    if baseline:
+        record["baseline"] = {"run_id": baseline["run_id"], "chain_head": baseline["chain_head"]}
+    if notes:
+        record["notes"] = notes
+    return record, drift_findings(None, federation, baseline, config)

@@ -38,6 +38,7 @@ from fedsilo.server.spec import (
     SiteInfo,
 )
 from fedsilo.server.stopping import RunInterrupted, check_stop
+from fedsilo.server.task_setup import profile_releases
 from fedsilo.strategies import registry
 
 if TYPE_CHECKING:  # the SecAgg+ modules load only when a run uses them
@@ -80,6 +81,7 @@ class FederationServer:
             self.dp = ClientLevelDP(
                 cfg.dp_config(simulation=spec.simulation), rounds=cfg.rounds, sample_rate=q,
                 population=cfg.sites, expected_clients=q * cfg.sites, seed=cfg.seed,
+                releases=profile_releases(cfg, spec.profile),
             )
         self.secagg: SecAggSession | None = None
         if cfg.secagg.enabled:
@@ -241,7 +243,7 @@ class FederationServer:
         from fedsilo.server import data_profiles
 
         self.profiles_record, findings = data_profiles.collect(
-            self.sites, self.profile_sum, self.spec.baseline, self.monitor.config)
+            self.sites, self.profile_sum, self.spec.baseline, self.monitor.config, self.dp)
         self.monitor.start_findings(findings)
 
     def _append_genesis(self, problems: list[str] | None = None) -> None:
@@ -278,7 +280,7 @@ class FederationServer:
         statistics query's under SecAgg+)."""
         from fedsilo.server.data_profiles import request
 
-        ask = request(profiles and self.spec.profile, self.secagg is not None)
+        ask = request(profiles and self.spec.profile, self.secagg is not None, self.dp is not None)
         return {"run_id": self.spec.run_id, **self.spec.federation, **ask}
 
     def digest(self, flat: np.ndarray) -> str:

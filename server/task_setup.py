@@ -99,15 +99,29 @@ def server_task(config: RunConfig) -> ServerTask:
                           f"its model ({', '.join(weights)})")
     central = task.central_evaluator()
     monitor = config.monitor_config()
-    # a DP run's guarantee does not yet account for the profiles: no drift check there
-    private = config.dp.enabled or config.record_dp.enabled
-    if monitor.baseline and private:
-        raise ConfigError("--baseline: a DP run checks no drift (the sites' data profiles "
-                          "are not charged to the privacy accountant); run without --baseline")
+    # record-level DP: a profile would need noise at each site, charged to its DP-SGD
+    # accountant, which is not built; client-level DP releases the profiles' noisy sum
+    if monitor.baseline and config.record_dp.enabled:
+        raise ConfigError("--baseline: a record-level DP run checks no drift (the sites' data "
+                          "profiles are not charged to their DP-SGD accountants); run without "
+                          "--baseline, or with client-level DP ([dp])")
+    released = not config.dp.enabled or config.dp.profile_noise_multiplier is not None
+    if monitor.baseline and not released:
+        raise ConfigError("--baseline: a client-level DP run checks drift only when it releases "
+                          "its sites' data profiles, which spends budget; set "
+                          "--dp-profile-noise-multiplier ([dp] profile_noise_multiplier), e.g. 5")
     return ServerTask(task, weights, identity, tuple(task.frozen_layers),
                       None if central is None else _loss_and_accuracy(central),
                       baseline=_baseline(monitor.baseline, identity) if monitor.enabled else None,
-                      drift=monitor.enabled and monitor.drift and not private)
+                      drift=(monitor.enabled and monitor.drift and released
+                             and not config.record_dp.enabled))
+
+
+def profile_releases(config: RunConfig, profiled: bool) -> tuple[float, ...]:
+    """The client-level DP releases a run makes: its sites' data profiles' noisy sum when
+    the run checks drift (``profiled``: `ServerTask.wants_profile`) under ``[dp]``."""
+    z = config.dp.profile_noise_multiplier
+    return (float(z),) if profiled and config.dp.enabled and z is not None else ()
 
 
 def _baseline(path: str, identity: dict[str, str]) -> dict[str, Any] | None:

@@ -36,7 +36,12 @@ from fedsilo.server.outputs import (
     resumed_from,
     round_logger,
 )
-from fedsilo.server.task_setup import demo_partition, server_task, task_options
+from fedsilo.server.task_setup import (
+    demo_partition,
+    profile_releases,
+    server_task,
+    task_options,
+)
 from fedsilo.simulations.config import SimulationConfig, as_simulation
 from fedsilo.simulations.engine import run_on_simulation_engine
 from fedsilo.simulations.scenario import malicious_sites
@@ -77,7 +82,7 @@ def check_feasible(config: RunConfig) -> None:
     `ConfigError` on failure, before anything is written. ``fedsilo server run`` checks a
     deployment's `RunConfig` with it too."""
     config = resolve_user_data(config)  # a user's files: readable, sites found
-    server_task(config)
+    st = server_task(config)
     data = bundled_data(config)
     if data is not None:
         try:
@@ -89,7 +94,7 @@ def check_feasible(config: RunConfig) -> None:
     elif config.aggregator.split(":")[0] == "fltrust":
         raise ConfigError(f"--aggregator: fltrust needs a server root set, which only the "
                           f"bundled tasks provide ({', '.join(DATASETS)}); --task is {config.task}")
-    _strategy_check(config)
+    _strategy_check(config, profile_releases(config, st.wants_profile))
 
 
 def bundled_data(config: RunConfig) -> Dataset | None:
@@ -99,7 +104,7 @@ def bundled_data(config: RunConfig) -> Dataset | None:
     return load_dataset(config.task, seed=int(task_options(config)["seed"]))
 
 
-def _strategy_check(config: RunConfig) -> None:
+def _strategy_check(config: RunConfig, releases: tuple[float, ...]) -> None:
     from fedsilo.strategies import registry
 
     for flag, make, spec in (("--aggregator", registry.make_aggregator, config.aggregator),
@@ -117,7 +122,8 @@ def _strategy_check(config: RunConfig) -> None:
         q = config.fraction if poisson else config.sites_per_round / config.sites
         try:  # calibrates or checks the noise multiplier against the budget
             ClientLevelDP(config.dp_config(), rounds=config.rounds, sample_rate=q,
-                          population=config.sites, expected_clients=q * config.sites, seed=0)
+                          population=config.sites, expected_clients=q * config.sites, seed=0,
+                          releases=releases)
         except ValueError as exc:
             field, _, message = str(exc).partition(": ")
             raise ConfigError(f"--dp-{field.replace('_', '-')}: {message}") from None

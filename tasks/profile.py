@@ -22,8 +22,8 @@ import numpy as np
 
 from fedsilo.governance.profile_names import FEATURES, LABELS, PREFIX, ROWS
 
-__all__ = ["FEATURES", "LABELS", "PREFIX", "ROWS", "Z_EDGES", "histogram_profile",
-           "split_profile"]
+__all__ = ["FEATURES", "LABELS", "PREFIX", "ROWS", "Z_EDGES", "frequency_profile",
+           "histogram_profile", "split_profile"]
 
 Z_EDGES = np.array([-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0])
 """Inner bin edges of a standardised feature (z-scores): 10 bins, the outer two open."""
@@ -64,3 +64,14 @@ def split_profile(stats: Mapping[str, np.ndarray] | None
     own = {k: v for k, v in stats.items() if not k.startswith(PREFIX)}
     profile = {k: v for k, v in stats.items() if k.startswith(PREFIX)}
     return own or None, profile or None
+
+
+def frequency_profile(profile: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``profile`` as one site's contribution to a client-level DP release
+    (`fedsilo.privacy.profile_release`): rows 1, every count divided by the site's rows
+    (all 0 for a site without rows)."""
+    rows = float(np.asarray(profile[ROWS], dtype=np.float64).reshape(-1)[0])
+    scale = 1.0 / rows if rows > 0 else 0.0
+    out = {k: np.asarray(v, dtype=np.float64) * scale for k, v in profile.items() if k != ROWS}
+    out[ROWS] = np.array([1.0 if rows > 0 else 0.0])
+    return out

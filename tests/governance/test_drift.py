@@ -186,7 +186,9 @@ def test_bad_baselines_are_refused_in_one_line_before_anything_is_written(baseli
         f"fedsilo simulate: error: --baseline: {tmp_path / 'nope'}: not a run directory (no "
         "lineage.sqlite); expected the directory of an earlier run of this task")
     assert _refused(tmp_path, "--baseline", str(baseline), "--dp-epsilon", "5").startswith(
-        "fedsilo simulate: error: --baseline: a DP run checks no drift")
+        "fedsilo simulate: error: --baseline: a client-level DP run checks drift only when it "
+        "releases its sites' data profiles, which spends budget; set "
+        "--dp-profile-noise-multiplier ([dp] profile_noise_multiplier), e.g. 5")
     other, _ = _run(tmp_path, "wine", task="wine", task_options={})
     assert _refused(tmp_path, "--baseline", str(other.run_dir)) == (
         f"fedsilo simulate: error: --baseline: {other.run_dir}: a run of another task (name "
