@@ -31,6 +31,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsilo import lineage
+from fedsilo.client import run_state
 from fedsilo.client.app_code import app_digest_field
 from fedsilo.client.policy import SitePolicy
 from fedsilo.client.trainer import DeclaresExamples, Trainer
@@ -229,7 +230,10 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
-        return _train_reply(site, msg)
+        site = run_state.restore(site, msg, context)  # its budget outlives the process
+        reply = _train_reply(site, msg)
+        run_state.keep(site, context)
+        return reply
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -250,7 +254,10 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
     def fit_update(msg: Message, context: Context) -> LocalUpdate | Refusal:
         # the masked stage's training step; the handler encodes it through `site_reply`
         site = site_factory(context, _config(msg, codec.FEDERATION_RECORD))
-        return train_update(site, msg, _round(msg), secure=True)
+        site = run_state.restore(site, msg, context)
+        update = train_update(site, msg, _round(msg), secure=True)
+        run_state.keep(site, context)
+        return update
 
     def identify(msg: Message, context: Context) -> Site:
         # the site signs its masked input and unmask reply with its key, as a plain update

@@ -6,6 +6,13 @@ client in `fedsilo.tasks`; site code keeps importing them from here.
 
 from __future__ import annotations
 
-from fedsilo.tasks.trainer import DeclaresExamples, EvalResult, FitResult, Trainer, Weights
+from fedsilo.tasks.trainer import (
+    DeclaresExamples,
+    EvalResult,
+    FitResult,
+    KeepsState,
+    Trainer,
+    Weights,
+)
 
-__all__ = ["DeclaresExamples", "EvalResult", "FitResult", "Trainer", "Weights"]
+__all__ = ["DeclaresExamples", "EvalResult", "FitResult", "KeepsState", "Trainer", "Weights"]

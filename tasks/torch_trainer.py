@@ -127,6 +127,13 @@ class TorchTrainer:
                          metrics={"train_loss": out.loss, "record_epsilon": out.epsilon,
                                   "record_noise_multiplier": out.noise_multiplier})
 
+    def state_dict(self) -> dict[str, Any]:
+        """The site's own DP-SGD accounting (`fedsilo.tasks.trainer.KeepsState`)."""
+        return {"dp_state": self._dp_state, "dp_noise": self._dp_noise}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._dp_state, self._dp_noise = state.get("dp_state"), state.get("dp_noise")
+
     def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult:
         model = self._model_for(weights)
         if len(self.eval_y) == 0:  # no held-out rows: nothing to score (loss would be NaN)

@@ -81,3 +81,24 @@ class DeclaresExamples(Protocol):
     def num_examples(self) -> int:
         """The number of local training examples (a positive integer)."""
         ...
+
+
+@runtime_checkable
+class KeepsState(Protocol):
+    """A `Trainer` with state that must outlive one message of a run, such as its own
+    DP-SGD accountant.
+
+    Flower's deployment runtime starts a fresh ClientApp process for every message (and
+    a simulation may hand a node's messages to another worker), so an attribute set in
+    `fit` is gone by the next round. The site keeps ``state_dict()`` in the node's
+    ``context.state``, which Flower carries from message to message of the run, and
+    calls ``load_state_dict`` before the Trainer's next `fit`.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state, JSON-serialisable."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        ...

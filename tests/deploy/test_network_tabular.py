@@ -4,8 +4,8 @@
 hospitals, each with its own file (CSV, Parquet, CSV) and its own column names, mapped
 onto the shared schema by its own ``site.toml`` (only ``[supernode]`` is rewritten here:
 insecure loopback and free ports). A real SuperLink (``fedsilo server start``) and three
-SuperNodes (``fedsilo site start``) run ``deploy/run.toml`` for 2 rounds with
-``fedsilo server run --wait``. Then: the genesis record carries the server's task identity
+SuperNodes (``fedsilo site start``), up for the module, run ``deploy/run.toml`` for 2 rounds
+with ``fedsilo server run --wait``. Then: the genesis record carries the server's task identity
 and the federated statistics, the last round carries each site's signed evaluation,
 ``metrics.json`` has per-site accuracy and AUROC, and ``fedsilo lineage verify`` passes.
 Every process is stopped by PID.
@@ -18,6 +18,7 @@ import runpy
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import pytest
 import tomli_w
 from helpers.waiting import Startup
 
-from fedsilo.lineage import load_chain, verify_run
+from fedsilo.lineage import SiteLedger, load_chain, verify_run
 from fedsilo.server.config import RunConfig
 from fedsilo.server.task_setup import server_task
 
@@ -57,45 +58,74 @@ def _example(tmp: Path, link: int, ports: list[int], startup: Startup) -> Path:
     return example
 
 
-def test_tabular_task_on_three_supernodes(tmp_path: Path, startup: Startup) -> None:
-    env = env_for(tmp_path / "flwr-home")
-    fedsilo = str(BIN / "fedsilo")
-    link, *ports = free_ports(4)
-    example = _example(tmp_path, link, ports, startup)
-    server_toml = tmp_path / "server.toml"
-    server_toml.write_text(tomli_w.dumps({"superlink": {"port": link, "state_dir": "state",
-                                                        "insecure": True}}))
+class Federation:
+    """The example's SuperLink and three SuperNodes, up for every run of this module; each
+    site's ``[policy] max_epsilon = 6`` (it matters to a DP run only)."""
 
-    def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([fedsilo, *args], capture_output=True, text=True, env=env,
-                              cwd=tmp_path, timeout=timeout)
+    def __init__(self, tmp: Path, startup: Startup) -> None:
+        self.tmp, self.startup = tmp, startup
+        self.env = env_for(tmp / "flwr-home")
+        link, *ports = free_ports(4)
+        self.example = _example(tmp, link, ports, startup)
+        for site in SITES:
+            path = self.example / "sites" / site / "site.toml"
+            doc = tomllib.loads(path.read_text())
+            doc["policy"]["max_epsilon"] = 6.0
+            path.write_text(tomli_w.dumps(doc))
+        self.server_toml = tmp / "server.toml"
+        self.server_toml.write_text(tomli_w.dumps({"superlink": {
+            "port": link, "state_dir": "state", "insecure": True}}))
+        self.link = link
+        self.procs = Procs(tmp / "logs", self.env)
 
-    def online() -> int:
-        res = cli("server", "status", "--server", str(server_toml), "--json")
+    def start(self) -> None:
+        server = self.procs.start("server", [FEDSILO, "server", "start", "--config",
+                                             self.server_toml], cwd=self.tmp)
+        wait_for_port(server, "127.0.0.1", self.link, timeout=self.startup.scaled(60))
+        nodes = [self.procs.start(f"site-{s}", [FEDSILO, "site", "start", "--config",
+                                                self.example / "sites" / s / "site.toml"],
+                                  cwd=self.tmp) for s in SITES]
+        wait_for(lambda: self.online() == 3, "the three sites online",
+                 self.startup.scaled(120), poll=2.0, state=lambda: exited_summary(nodes))
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([FEDSILO, *args], capture_output=True, text=True, env=self.env,
+                              cwd=self.tmp, timeout=timeout)
+
+    def online(self) -> int:
+        res = self.cli("server", "status", "--server", str(self.server_toml), "--json")
         assert res.returncode == 0, res.stderr
         return int(json.loads(res.stdout)["online"])
 
-    procs = Procs(tmp_path / "logs", env)
-    try:
-        server = procs.start("server", [fedsilo, "server", "start", "--config", server_toml],
-                             cwd=tmp_path)
-        wait_for_port(server, "127.0.0.1", link, timeout=startup.scaled(60))
-        nodes = [procs.start(f"site-{s}", [fedsilo, "site", "start", "--config",
-                                           example / "sites" / s / "site.toml"], cwd=tmp_path)
-                 for s in SITES]
-        wait_for(lambda: online() == 3, "the three sites online", startup.scaled(120), poll=2.0,
-                 state=lambda: exited_summary(nodes))
-        wait_s = startup.scaled(300)  # a safety net: `--wait` returns when the run ends
-        run = cli("server", "run", "--config", str(example / "deploy" / "run.toml"), "--server",
-                  str(server_toml), "--run-id", "tab", "--wait", "--timeout", f"{wait_s:.0f}",
-                  timeout=wait_s + 60)
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert run.stdout.splitlines()[-1] == ("fedsilo server: run tab completed: 2 of 2 rounds "
-                                               "changed the model (Flower: finished:completed)")
-    finally:
-        left = procs.stop_all()
-    assert left == [], f"processes still alive: {left}"
+    def run(self, config: Path, run_id: str) -> subprocess.CompletedProcess[str]:
+        wait_s = self.startup.scaled(300)  # a safety net: `--wait` returns when the run ends
+        return self.cli("server", "run", "--config", str(config), "--server",
+                        str(self.server_toml), "--run-id", run_id, "--wait", "--timeout",
+                        f"{wait_s:.0f}", timeout=wait_s + 60)
 
+
+FEDSILO = str(BIN / "fedsilo")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory: pytest.TempPathFactory, startup: Startup
+               ) -> Iterator[Federation]:
+    fed = Federation(tmp_path_factory.mktemp("tabular"), startup)
+    try:
+        fed.start()
+        yield fed
+    finally:
+        left = fed.procs.stop_all()
+        assert left == [], f"processes still alive: {left}"
+
+
+def test_tabular_task_on_three_supernodes(federation: Federation) -> None:
+    example, cli = federation.example, federation.cli
+    run = federation.run(example / "deploy" / "run.toml", "tab")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.splitlines()[-1] == ("fedsilo server: run tab completed: 2 of 2 rounds "
+                                           "changed the model (Flower: finished:completed)")
+    tmp_path = federation.tmp
     run_dir = tmp_path / "runs" / "tab"
     verify = cli("lineage", "verify", str(run_dir))
     assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -121,3 +151,29 @@ def test_tabular_task_on_three_supernodes(tmp_path: Path, startup: Startup) -> N
     assert sorted(last) == sorted(SITES)
     # two rounds of logistic regression already rank readmissions well at every hospital
     assert all(s["auroc"] > 0.7 for s in last.values()), last
+
+
+def test_each_site_refuses_the_dp_round_past_its_own_ceiling(federation: Federation) -> None:
+    # Flower's deployment runtime starts a fresh ClientApp process for every message, so a
+    # site's count of its DP rounds comes back from the node's context.state each time
+    # (fedsilo.client.run_state); kept in memory, every round looked like the site's first
+    # and no site ever refused. Noise multiplier 1, every site in every round: epsilon
+    # 4.73 after round 1, 7.08 after round 2, above each site's max_epsilon = 6.
+    run_toml = federation.tmp / "dp_run.toml"
+    doc = tomllib.loads((federation.example / "deploy" / "run.toml").read_text())
+    doc.update(eval_every=0, dp={"enabled": True, "noise_multiplier": 1.0})
+    run_toml.write_text(tomli_w.dumps(doc))
+    run = federation.run(run_toml, "ceil")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for site in SITES:
+        ledger = [e for e in SiteLedger(federation.example / "sites" / site / "ledger.jsonl"
+                                        ).entries() if e["run_id"] == "ceil"]
+        assert [(e["round"], e["status"]) for e in ledger] == [(1, "sent"), (2, "refused")]
+        assert ledger[-1]["reason"] == ("site privacy ceiling: participating would reach "
+                                        "epsilon=7.077 > max_epsilon=6 at delta=1e-05")
+    run_dir = federation.tmp / "runs" / "ceil"
+    rounds = [r["body"] for r in load_chain(run_dir).of_type("round")]
+    assert [sorted(r["accepted"]) for r in rounds] == [sorted(SITES), []]
+    assert all(v.startswith("refused by site: site privacy ceiling")
+               for v in rounds[1]["rejected"].values())
+    assert verify_run(run_dir).ok

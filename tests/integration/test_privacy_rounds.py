@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from fedsilo import lineage
+from fedsilo.simulations import sites
 from fedsilo.simulations.config import SimulationConfig
 from fedsilo.simulations.runner import run_federation
 
@@ -37,7 +39,18 @@ def test_budget_stops_the_run_with_a_closing_record(tmp_path: Path) -> None:
     assert lineage.verify_run(run.run_dir).ok
 
 
-def test_site_ceiling_refusals_are_recorded_on_both_sides(tmp_path: Path) -> None:
+@pytest.fixture(params=["one site object", "a site per message"])
+def site_objects(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Sites kept in memory across messages (one worker), or built afresh for every
+    message, as Flower's deployment runtime does (a fresh ClientApp process per message):
+    what a site counts must then come back from the node's context.state."""
+    if request.param == "a site per message":
+        monkeypatch.setattr(sites, "_build_site", sites._build_site.__wrapped__)
+    return str(request.param)
+
+
+def test_site_ceiling_refusals_are_recorded_on_both_sides(tmp_path: Path, site_objects: str
+                                                          ) -> None:
     run = _run(tmp_path, "ceiling", sites=4, rounds=6, site_max_epsilon=8.0,
                **{"dp.enabled": True, "dp.noise_multiplier": 1.0})
     chain = lineage.read_chain(run.run_dir / "lineage.sqlite")
@@ -92,7 +105,8 @@ def test_secagg_round_matches_plain_aggregation_within_quantisation(tmp_path: Pa
     ]
 
 
-def test_record_level_dp_sgd_each_site_accounts_and_reports(tmp_path: Path) -> None:
+def test_record_level_dp_sgd_each_site_accounts_and_reports(tmp_path: Path, site_objects: str
+                                                            ) -> None:
     run = _run(tmp_path, "rdp", sites=3, rounds=2, **{"record_dp.enabled": True, "record_dp.epsilon": 2.0})
     chain = lineage.read_chain(run.run_dir / "lineage.sqlite")
     rounds = [r["body"] for r in chain if r["type"] == "round"]
