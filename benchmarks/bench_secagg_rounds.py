@@ -56,6 +56,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 import fedsilo.client.app as client_app  # noqa: E402
 import fedsilo.client.secagg_handler as secagg_handler  # noqa: E402
+import fedsilo.client.update as client_update  # noqa: E402
 import fedsilo.privacy.secagg.client as secagg_client  # noqa: E402
 import fedsilo.privacy.secagg.crypto as secagg_crypto  # noqa: E402
 import fedsilo.privacy.secagg.server as secagg_server  # noqa: E402
@@ -194,7 +195,7 @@ def interleaved(configs: list[RunConfig]) -> list[RoundTimes]:
     _CPU.clear()
     threads = [threading.Thread(target=worker, args=(i, c), name=f"fed{i}")
                for i, c in enumerate(configs)]
-    with _timed(client_app, "local_delta", "train"), \
+    with _timed(client_update, "local_delta", "train"), \
             _timed(client_app, "_train_reply", "plain_site"), \
             _timed(secagg_handler, "_handle", "secagg_site"):
         for t in threads:
@@ -217,7 +218,7 @@ def quiet(probes: tuple[float, float], floor: float) -> bool | None:
 
 # (owner, attribute, label); "site: ..." parts are reported per site and round
 _SPLIT_PARTS: list[tuple[Any, str, str]] = [
-    (client_app, "local_delta", "site: training (local_delta)"),
+    (client_update, "local_delta", "site: training (local_delta)"),
     (secagg_crypto, "agree", "site: X25519 agreement + HKDF"),
     (secagg_crypto.MaskGenerator, "_keystream", "site: AES-CTR keystreams (masks + rounding noise)"),
     (secagg_crypto.MaskGenerator, "add_masks", "site: mask adds (two keystreams a pass)"),

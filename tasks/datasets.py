@@ -86,9 +86,7 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray]:
         "breast_cancer": datasets.load_breast_cancer,
         "wine": datasets.load_wine,
     }
-    if name not in loaders:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
-    bunch = loaders[name]()
+    bunch = loaders[name]()  # a name in DATASETS: `load_dataset` checked it
     return np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
 
 
