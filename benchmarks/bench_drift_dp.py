@@ -11,6 +11,10 @@ gate). This measures, with the same functions a run calls and synthetic sites (5
   new run, found (a ``data_drift`` flag) in how many of ``--runs`` pairs, per number of
   sites.
 
+Under record-level DP each site noises its own counts (`local_release`, std
+``z * sqrt(F + 2)``, default z = 2): **per-site detection**, one site of ``rows`` rows
+against its own noisy baseline, every feature shifted by 0.5 or 1 standard deviation.
+
 It runs in seconds (numpy only: no federation is started; `tests/governance/
 test_drift_dp.py` runs the release in real runs).
 
@@ -31,7 +35,7 @@ import numpy as np
 from fedsilo.governance.drift import NOISE, ROWS, drift_findings
 from fedsilo.governance.flags import MonitorConfig
 from fedsilo.privacy.accounting import ClientLevelAccountant
-from fedsilo.privacy.profile_release import release
+from fedsilo.privacy.profile_release import local_release, release
 from fedsilo.tasks.profile import frequency_profile, histogram_profile
 
 FEATURES, ROWS_PER_SITE, CLASSES = 13, 50, 3
@@ -47,6 +51,21 @@ def released(rng: np.random.Generator, sites: int, z: float, shift: float = 0.0
     return {**total, ROWS: np.array([float(sites)]), NOISE: np.array([variance])}
 
 
+def site_released(rng: np.random.Generator, rows: int, z: float, shift: float = 0.0
+                  ) -> dict[str, Any]:
+    """One site's profile, noised at the site (record-level DP)."""
+    profile = histogram_profile(rng.normal(shift, 1.0, (rows, FEATURES)),
+                                rng.integers(0, CLASSES, rows), CLASSES)
+    noisy, variance = local_release(profile, z, lambda s, n: rng.normal(0.0, s, n))
+    return {**noisy, NOISE: np.array([variance])}
+
+
+def site_drifted(now: dict[str, Any], before: dict[str, Any]) -> bool:
+    found = drift_findings({"s": now}, now, {"run_id": "b", "sites": {"s": before},
+                                             "federation": before}, MonitorConfig())
+    return any(code == "data_drift" for code, _, _ in found)
+
+
 def drifted(now: dict[str, Any], before: dict[str, Any]) -> bool:
     found = drift_findings(None, now, {"run_id": "b", "sites": {}, "federation": before},
                            MonitorConfig())
@@ -58,6 +77,7 @@ def main() -> None:
     parser.add_argument("--noise-multiplier", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--null-runs", type=int, default=200)
+    parser.add_argument("--record-noise-multiplier", type=float, default=2.0)
     args = parser.parse_args()
     z, rng = args.noise_multiplier, np.random.default_rng(0)
     epsilon = ClientLevelAccountant(noise_multiplier=1.0, sample_rate=1.0, delta=1e-5)
@@ -75,6 +95,17 @@ def main() -> None:
     for shift in (0.25, 0.5, 1.0):
         cells = [sum(drifted(released(rng, s, z, shift), released(rng, s, z))
                      for _ in range(args.runs)) for s in sizes]
+        print(f"| {shift} | " + " | ".join(f"{c}/{args.runs}" for c in cells) + " |")
+    zr, rows = args.record_noise_multiplier, (100, 1000, 10000)
+    false = sum(site_drifted(site_released(rng, 1000, zr), site_released(rng, 1000, zr))
+                for _ in range(args.null_runs))
+    print(f"\nrecord level, z = {zr:g} (noise std {zr * np.sqrt(FEATURES + 2):.1f} per count): "
+          f"false flags {false} of {args.null_runs} (a 1,000-row site against itself)\n")
+    print("| shift (std) | " + " | ".join(f"{r} rows" for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for shift in (0.5, 1.0):
+        cells = [sum(site_drifted(site_released(rng, r, zr, shift), site_released(rng, r, zr))
+                     for _ in range(args.runs)) for r in rows]
         print(f"| {shift} | " + " | ".join(f"{c}/{args.runs}" for c in cells) + " |")
 
 

@@ -124,11 +124,26 @@ class Site:
         profile = self.profile_fn()
         if profile is None:
             return None
+        if federation.get("profile_record_noise") is not None:  # a record-level DP release
+            return self._noised(profile, float(federation["profile_record_noise"]))
         if federation.get("profile_form") == "frequencies":  # a client-level DP release
             from fedsilo.tasks.profile import frequency_profile
 
             return frequency_profile(profile)
         return dict(profile)
+
+    def _noised(self, profile: Mapping[str, np.ndarray], z: float) -> dict[str, np.ndarray]:
+        """``profile`` with the site's own Gaussian noise (CSPRNG), the release counted in
+        ``state["record_releases"]`` for its DP-SGD accountant (`fedsilo.client.run_state`
+        keeps it across messages)."""
+        from fedsilo.governance.profile_names import NOISE
+        from fedsilo.privacy.noise import GaussianNoise
+        from fedsilo.privacy.profile_release import local_release
+
+        noisy, variance = local_release(profile, z, GaussianNoise(secure=True).normal)
+        # one release a run: the handshake's profile, or (SecAgg+) the masked stage's
+        self.state["record_releases"] = [z]
+        return {**noisy, NOISE: np.array([variance])}
 
     def statistics_with_profile(self, federation: Mapping[str, Any]
                                 ) -> Mapping[str, np.ndarray] | None:
@@ -204,6 +219,7 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
                 **_profile_field(site, federation),
             }
         )
+        run_state.keep(site, context, releases_only=True)  # a record-level DP profile
         content = RecordDict({codec.SITE_RECORD: record})
         keys = _first_secagg_keys(msg, context)
         if keys is not None:
@@ -268,7 +284,10 @@ def make_client_app(site_factory: SiteFactory) -> ClientApp:
     def site_statistics(msg: Message, context: Context) -> Mapping[str, np.ndarray] | None:
         # the statistics' SecAgg+ exchange: the site's sums are its masked input
         federation = _config(msg, codec.FEDERATION_RECORD)
-        return site_factory(context, federation).statistics_with_profile(federation)
+        site = site_factory(context, federation)
+        stats = site.statistics_with_profile(federation)
+        run_state.keep(site, context, releases_only=True)
+        return stats
 
     from fedsilo.client.secagg_statistics import register_secure_statistics
 

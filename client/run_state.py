@@ -5,8 +5,9 @@ simulation may hand a node's messages to another worker, so what a `Site` keeps 
 memory is gone by the next round: a site's ceiling (`fedsilo.privacy.site_budget`) would
 count one participation each time, and the built-in trainer's DP-SGD accountant would
 start again at zero. What must last the run lives in the node's ``context.state``, which
-Flower carries from message to message of a run: the site's `SiteBudget` and the state
-of a Trainer that `KeepsState`. `restore` puts it into the site before its training step
+Flower carries from message to message of a run: the site's `SiteBudget`, the state
+of a Trainer that `KeepsState`, and the record-level DP releases of its data profile
+(``record_releases``: their noise multipliers, which its DP-SGD accountant composes). `restore` puts it into the site before its training step
 (after the Trainer is rebuilt with the round's statistics, which a fresh process does);
 `keep` writes it back after.
 """
@@ -42,19 +43,26 @@ def restore(site: Site, msg: Message, context: Context) -> Site:
         from fedsilo.privacy.site_budget import SiteBudget
 
         site.state["budget"] = SiteBudget(site.policy.max_epsilon, saved.get("budget"))
+    if saved.get("record_releases"):
+        site.state["record_releases"] = list(saved["record_releases"])
     site = site.apply_statistics(msg)
     if isinstance(site.trainer, KeepsState) and "trainer" in saved:
         site.trainer.load_state_dict(saved["trainer"])
     return site
 
 
-def keep(site: Site, context: Context) -> None:
-    """Write ``site``'s budget and Trainer state into ``context.state`` for its next message."""
-    saved: dict[str, Any] = {}
+def keep(site: Site, context: Context, *, releases_only: bool = False) -> None:
+    """Write ``site``'s budget, Trainer state and releases into ``context.state`` for its
+    next message; ``releases_only``: only the releases (a message before the rounds, whose
+    site was not restored, must not overwrite the rest)."""
+    saved = _saved(context)
+    before = dict(saved)
     budget = site.state.get("budget")
-    if budget is not None:
+    if budget is not None and not releases_only:
         saved["budget"] = budget.state_dict()
-    if isinstance(site.trainer, KeepsState):
+    if isinstance(site.trainer, KeepsState) and not releases_only:
         saved["trainer"] = site.trainer.state_dict()
-    if saved:
+    if site.state.get("record_releases"):
+        saved["record_releases"] = list(site.state["record_releases"])
+    if saved != before:
         context.state[STATE_KEY] = ConfigRecord({"json": json.dumps(saved, sort_keys=True)})

@@ -217,8 +217,12 @@ def local_delta(site: Site, msg: Message, config: RoundConfig | Mapping[str, Any
     layout = codec.ModelLayout.from_json(cfg.layout)
     global_flat = codec.decode_flat(global_model(msg), expected_size=layout.size)
     global_weights = layout.unflatten(global_flat)
-    # the Trainer gets the round config as the server sent it
-    fit = site.apply_statistics(msg).trainer.fit(global_weights, cfg.to_dict())
+    # the Trainer gets the round config as the server sent it, and, under record-level DP,
+    # the releases of the site's own data profile, which its DP-SGD accountant composes
+    trainer_config = cfg.to_dict()
+    if site.state.get("record_releases") and cfg.record_dp is not None:
+        trainer_config["record_dp_releases"] = list(site.state["record_releases"])
+    fit = site.apply_statistics(msg).trainer.fit(global_weights, trainer_config)
     weights = _checked_weights(fit.weights, layout)
     num_examples = _checked_count(fit.num_examples, site.declared_examples)
     if cfg.update_layout is not None:

@@ -71,6 +71,9 @@ def _add_simulate(sub: Any) -> None:
     p.add_argument("--record-dp-epsilon", type=float, help="record-level DP-SGD at each site: per-site epsilon")
     p.add_argument("--record-dp-noise-multiplier", type=float, help="record-level DP-SGD noise multiplier")
     p.add_argument("--record-dp-max-grad-norm", type=float, help="record-level DP-SGD per-sample clip norm")
+    p.add_argument("--record-dp-profile-noise-multiplier", type=float,
+                   help="each site adds noise at this multiplier to its data profile for the "
+                        "drift check (charged to its DP-SGD budget; default: no drift check)")
     p.add_argument("--site-max-epsilon", type=float, help="simulation: each site's own epsilon ceiling")
     p.add_argument("--secagg", action="store_true", default=None, help="secure aggregation (SecAgg+)")
     p.add_argument("--secagg-degree", type=int, help="SecAgg+ graph degree (default O(log n))")
@@ -102,6 +105,7 @@ _FLAG_TO_KEY = {
     "dp_profile_noise_multiplier": "dp.profile_noise_multiplier",
     "record_dp_epsilon": "record_dp.epsilon", "record_dp_noise_multiplier": "record_dp.noise_multiplier",
     "record_dp_max_grad_norm": "record_dp.max_grad_norm",
+    "record_dp_profile_noise_multiplier": "record_dp.profile_noise_multiplier",
     "secagg": "secagg.enabled", "secagg_degree": "secagg.degree", "secagg_threshold": "secagg.threshold",
     "baseline": "monitor.baseline",
 }

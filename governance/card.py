@@ -83,6 +83,9 @@ def _drift_text(profiles: dict[str, Any] | None) -> str:
                 "check was off, or a DP run released no profile).")
     how = ("each site's profile" if profiles.get("summed") == "clear"
            else "only the federation's profile, summed under SecAgg+")
+    if profiles.get("record_dp"):  # record-level DP: each site noised its own profile
+        how = (f"each site's profile, noised at the site (noise multiplier "
+               f"{profiles['record_dp']['noise_multiplier']:g}) and charged to its DP-SGD budget")
     dp = profiles.get("dp")
     if dp:  # client-level DP: one noisy release of the sum, charged to the budget
         how = (f"only the federation's profile, released once with Gaussian noise (std "

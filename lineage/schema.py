@@ -368,12 +368,14 @@ def is_profiles(v: Any) -> bool:
     were summed, the federation's profile, optionally each site's (never with ``dp``: the
     release of their noisy sum under client-level DP), the baseline, notes."""
     if type(v) is not dict or not set(v) <= {"summed", "federation", "sites", "baseline",
-                                             "dp", "notes"} or {"dp", "sites"} <= set(v):
+                                             "dp", "record_dp", "notes"} \
+            or {"dp", "sites"} <= set(v):
         return False
     sites = v.get("sites", {})
     return (v.get("summed") in ("clear", "secagg+") and is_obj(v.get("federation"))
             and type(sites) is dict and all(is_obj(p) for p in sites.values())
             and is_obj(v.get("baseline", {})) and is_obj(v.get("dp", {}))
+            and is_obj(v.get("record_dp", {}))
             and type(v.get("notes", [])) is list and all(is_str(n) for n in v.get("notes", [])))
 
 

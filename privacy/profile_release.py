@@ -21,6 +21,13 @@ mechanism over every site, which the run's accountant composes with the rounds
   noise, which the drift check's test adds to the sampling variance
   (`fedsilo.governance.drift`).
 
+Under record-level DP (``[record_dp]``) each site adds the noise itself, before its
+profile leaves it (`local_release`): adding or removing one row moves its counts by one
+in ``rows``, in one bin of every feature and in one class, an L2 change of the same
+`bound`, so the noise std is ``z * bound`` per count and the site's own DP-SGD accountant
+composes one Gaussian of multiplier ``z`` (`fedsilo.tasks.torch_trainer`). The server then
+sees each site's noisy profile, and the drift check runs per site as without DP.
+
 Utility: the noise std is ``z * bound`` against a signal of (sites x frequency) per bin,
 so the federation's profile shows drift only with many sites: at z = 5 and 13 features
 (bound 3.9), a 5-point change of one bin's frequency stands 3 std out of the noise from
@@ -40,6 +47,13 @@ def bound(layout: Mapping[str, np.ndarray]) -> float:
     """The L2 norm bound of one contribution of this layout: every array's last axis is a
     histogram of frequencies (norm <= 1), so the bound is the root of their number."""
     return math.sqrt(sum(math.prod(np.shape(v)[:-1]) for v in layout.values()))
+
+
+def local_release(profile: Mapping[str, np.ndarray], noise_multiplier: float,
+                  normal: Callable[[float, int], np.ndarray]) -> tuple[Profile, float]:
+    """(a site's profile with Gaussian noise of std ``z * bound`` on every count, negative
+    counts set to 0; the noise variance): a record-level release (module docstring)."""
+    return release(None, profile, noise_multiplier, normal)
 
 
 def release(contributions: list[Mapping[str, np.ndarray]] | None,

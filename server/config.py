@@ -237,7 +237,8 @@ class RunConfig:
             raise ConfigError("--record-dp-epsilon: set a per-site epsilon or --record-dp-noise-multiplier")
         for flag, value in (("--record-dp-epsilon", rd.epsilon),
                             ("--record-dp-noise-multiplier", rd.noise_multiplier),
-                            ("--record-dp-max-grad-norm", rd.max_grad_norm)):
+                            ("--record-dp-max-grad-norm", rd.max_grad_norm),
+                            ("--record-dp-profile-noise-multiplier", rd.profile_noise_multiplier)):
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{flag}: must be a positive number, got {value}")
         if not 0 < rd.delta < 1:

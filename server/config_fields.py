@@ -59,6 +59,7 @@ class RecordDPSettings:
     noise_multiplier: float | None = None
     delta: float = 1e-5
     max_grad_norm: float = 1.0
+    profile_noise_multiplier: float | None = None
 
 
 @dataclass

@@ -14,6 +14,11 @@ left out of the check, with a note), sums them, compares them with the baseline'
 (`fedsilo.governance.drift.drift_findings`) and returns the genesis record's
 ``task["data_profiles"]`` and the findings the monitor raises in round 1.
 
+Under record-level DP (``[record_dp]``) each site adds Gaussian noise to its profile
+before it leaves (``profile_record_noise``; `fedsilo.privacy.profile_release.local_release`);
+the profiles carry their noise's variance, which the drift test adds to the sampling
+variance, and the check runs per site as without DP.
+
 Under client-level DP (``[dp]``) no site's profile is recorded or compared: the sites'
 profiles in frequencies (SecAgg+ sites send them so: ``profile_form = "frequencies"``)
 are summed with Gaussian noise once (`fedsilo.privacy.profile_release`), the run's
@@ -36,13 +41,16 @@ from fedsilo.server.spec import SiteInfo
 Profile = dict[str, np.ndarray]
 
 
-def request(profile: bool, secagg: bool, private: bool = False) -> dict[str, str]:
+def request(profile: bool, secagg: bool, private: bool = False,
+            record_noise: float | None = None) -> dict[str, str | float]:
     """The federation record's ``profile`` entry: how sites send their profile ({}: not
-    asked); ``private``: client-level DP, where SecAgg+ sites send it in frequencies."""
+    asked); ``private``: client-level DP, where SecAgg+ sites send it in frequencies;
+    ``record_noise``: record-level DP, each site noises its profile at this multiplier."""
     if not profile:
         return {}
     form = {"profile_form": "frequencies"} if private and secagg else {}
-    return {"profile": "secure" if secagg else "handshake", **form}
+    noise = {"profile_record_noise": float(record_noise)} if record_noise is not None else {}
+    return {"profile": "secure" if secagg else "handshake", **form, **noise}
 
 
 def _layout(profile: Mapping[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -83,9 +91,11 @@ def total(profiles: Mapping[str, Profile]) -> Profile:
 
 def collect(sites: Sequence[SiteInfo], secure_sum: Profile | None,
             baseline: Mapping[str, Any] | None, config: MonitorConfig, dp: Any = None,
+            record_noise: float | None = None,
             ) -> tuple[dict[str, Any] | None, list[tuple[str, str | None, dict[str, Any]]]]:
     """(genesis ``data_profiles`` record, findings) of a new run (see the module docstring);
-    (None, []) when no usable profile arrived. ``dp``: the run's `ClientLevelDP`, if any."""
+    (None, []) when no usable profile arrived. ``dp``: the run's `ClientLevelDP`, if any;
+    ``record_noise``: the sites noised their profiles at this multiplier (record-level DP)."""
     if dp is not None:
         return _collect_private(sites, secure_sum, baseline, config, dp)
     if secure_sum is not None:  # SecAgg+: the federation's sum, no site's profile
@@ -102,6 +112,9 @@ def collect(sites: Sequence[SiteInfo], secure_sum: Profile | None,
         record["sites"] = profiles_lists(per_site)
     if baseline:
         record["baseline"] = {"run_id": baseline["run_id"], "chain_head": baseline["chain_head"]}
+    if record_noise is not None:
+        record["record_dp"] = {"mechanism": "gaussian, added at each site",
+                               "noise_multiplier": record_noise}
     if notes:
         record["notes"] = notes
     return record, findings

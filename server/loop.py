@@ -243,7 +243,9 @@ class FederationServer:
         from fedsilo.server import data_profiles
 
         self.profiles_record, findings = data_profiles.collect(
-            self.sites, self.profile_sum, self.spec.baseline, self.monitor.config, self.dp)
+            self.sites, self.profile_sum, self.spec.baseline, self.monitor.config, self.dp,
+            record_noise=(self.spec.config.record_dp.profile_noise_multiplier
+                          if self.spec.config.record_dp.enabled else None))
         self.monitor.start_findings(findings)
 
     def _append_genesis(self, problems: list[str] | None = None) -> None:
@@ -280,7 +282,9 @@ class FederationServer:
         statistics query's under SecAgg+)."""
         from fedsilo.server.data_profiles import request
 
-        ask = request(profiles and self.spec.profile, self.secagg is not None, self.dp is not None)
+        rdp = self.spec.config.record_dp
+        ask = request(profiles and self.spec.profile, self.secagg is not None, self.dp is not None,
+                      rdp.profile_noise_multiplier if rdp.enabled else None)
         return {"run_id": self.spec.run_id, **self.spec.federation, **ask}
 
     def digest(self, flat: np.ndarray) -> str:

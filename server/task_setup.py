@@ -99,22 +99,28 @@ def server_task(config: RunConfig) -> ServerTask:
                           f"its model ({', '.join(weights)})")
     central = task.central_evaluator()
     monitor = config.monitor_config()
-    # record-level DP: a profile would need noise at each site, charged to its DP-SGD
-    # accountant, which is not built; client-level DP releases the profiles' noisy sum
-    if monitor.baseline and config.record_dp.enabled:
-        raise ConfigError("--baseline: a record-level DP run checks no drift (the sites' data "
-                          "profiles are not charged to their DP-SGD accountants); run without "
-                          "--baseline, or with client-level DP ([dp])")
-    released = not config.dp.enabled or config.dp.profile_noise_multiplier is not None
-    if monitor.baseline and not released:
-        raise ConfigError("--baseline: a client-level DP run checks drift only when it releases "
-                          "its sites' data profiles, which spends budget; set "
-                          "--dp-profile-noise-multiplier ([dp] profile_noise_multiplier), e.g. 5")
+    unreleased = _unreleased_dp(config)
+    if unreleased is not None and monitor.baseline:
+        level, flag = ("client", "--dp") if unreleased == "dp" else ("record", "--record-dp")
+        raise ConfigError(f"--baseline: a {level}-level DP run checks drift only when it "
+                          "releases its sites' data profiles, which spends budget; set "
+                          f"{flag}-profile-noise-multiplier ([{unreleased}] "
+                          "profile_noise_multiplier), e.g. 5")
     return ServerTask(task, weights, identity, tuple(task.frozen_layers),
                       None if central is None else _loss_and_accuracy(central),
                       baseline=_baseline(monitor.baseline, identity) if monitor.enabled else None,
-                      drift=(monitor.enabled and monitor.drift and released
-                             and not config.record_dp.enabled))
+                      drift=monitor.enabled and monitor.drift and unreleased is None)
+
+
+def _unreleased_dp(config: RunConfig) -> str | None:
+    """The DP table (``dp``, ``record_dp``) of a run whose profiles would be a release it
+    does not say the noise of (then it checks no drift), else None. Under DP a profile is
+    a release the budget pays for: client level, the sites' noisy sum; record level, each
+    site's profile noised at the site."""
+    for table, settings in (("dp", config.dp), ("record_dp", config.record_dp)):
+        if settings.enabled and settings.profile_noise_multiplier is None:
+            return table
+    return None
 
 
 def profile_releases(config: RunConfig, profiled: bool) -> tuple[float, ...]:

@@ -106,13 +106,18 @@ class TorchTrainer:
         delta = float(config.get("record_dp_delta", 1e-5))
         target = config.get("record_dp_epsilon")
         z = config.get("record_dp_noise_multiplier")
+        # the site's data profile, released with its own noise (`fedsilo.privacy.
+        # profile_release.local_release`): one Gaussian over all its rows, composed first
+        releases = [(float(r), 1.0, 1) for r in config.get("record_dp_releases") or []]
+        state = {"mechanism": "rdp",
+                 "history": releases + list((self._dp_state or {}).get("history", []))}
         if z is None and self._dp_noise is None and target is not None:
             # One noise multiplier for the whole run, calibrated once so that the site's
             # budget lasts every round it may take part in.
             batches = -(-len(self.y) // batch_size)
             self._dp_noise = calibrate_dpsgd_noise(
                 target_epsilon=float(target), delta=delta, sample_rate=1 / batches,
-                steps=epochs * batches * rounds_total,
+                steps=epochs * batches * rounds_total, accountant_state=state,
             )
         out = train_dp_sgd(
             model, self.x, self.y, epochs=epochs, lr=float(config.get("lr", 0.1)),
@@ -120,9 +125,10 @@ class TorchTrainer:
             noise_multiplier=float(z) if z is not None else self._dp_noise,
             target_epsilon=float(target) if target is not None else None,
             delta=delta, max_grad_norm=float(config["record_dp_max_grad_norm"]),
-            accountant_state=self._dp_state, seed=self.seed * 1009 + server_round,
+            accountant_state=state, seed=self.seed * 1009 + server_round,
         )
-        self._dp_state = out.accountant_state
+        history = out.accountant_state["history"]
+        self._dp_state = {**out.accountant_state, "history": history[len(releases):]}
         return FitResult(weights=get_weights(model), num_examples=len(self.y),
                          metrics={"train_loss": out.loss, "record_epsilon": out.epsilon,
                                   "record_noise_multiplier": out.noise_multiplier})

@@ -116,3 +116,46 @@ def test_under_secagg_the_sites_send_frequencies_and_the_sum_is_released(tmp_pat
     record = _dp_record(run)
     assert record["summed"] == "secagg+" and "sites" not in record
     assert record["federation"][ROWS] == [5] and record["dp"]["sites"] == 5
+
+
+# ------------------------------------------------------------------ record-level DP
+@pytest.mark.parametrize("fresh_sites", [False, True], ids=["one site object", "a site per message"])
+def test_record_level_each_site_noises_its_profile_and_its_accountant_pays(
+        tmp_path: Path, fresh_sites: bool, monkeypatch: pytest.MonkeyPatch):
+    from opacus.accountants import RDPAccountant
+
+    from fedsilo.simulations import sites
+
+    if fresh_sites:  # as the deployment runtime: the release comes back from context.state
+        monkeypatch.setattr(sites, "_build_site", sites._build_site.__wrapped__)
+    config = SimulationConfig.load(None, {
+        "task": "breast_cancer", "sites": 3, "rounds": 1, "seed": 0, "out": str(tmp_path),
+        "run_id": "rdp", "record_dp": {"enabled": True, "noise_multiplier": 1.0,
+                                       "profile_noise_multiplier": 2.0}})
+    run = run_federation(config, engine="inprocess")
+    chain = lineage.read_chain(run.run_dir / "lineage.sqlite")
+    record = chain[0]["body"]["task"]["data_profiles"]
+    assert record["record_dp"] == {"mechanism": "gaussian, added at each site",
+                                   "noise_multiplier": 2.0}
+    assert {s: p[NOISE] for s, p in record["sites"].items()} == \
+        {s: [128] for s in ("site-000", "site-001", "site-002")}  # (2 x sqrt(1 + 30 + 1))^2
+    declared = {s["site_id"]: s["num_examples"] for s in chain[0]["body"]["sites"]}
+    epsilon = chain[1]["body"]["privacy"]["record_level"]["site_epsilon"]
+    for site, n in declared.items():
+        batches = -(-n // 32)  # Poisson batches of the task's batch size, one epoch
+        want = RDPAccountant()
+        want.history = [(2.0, 1.0, 1), (1.0, 1 / batches, batches)]
+        assert epsilon[site] == pytest.approx(want.get_epsilon(1e-5), rel=1e-9), site
+
+
+def test_a_dp_baseline_without_a_profile_release_is_refused_in_one_line(dp_run: Any,
+                                                                         tmp_path: Path):
+    code, _, stderr = run_cli([
+        "simulate", "--engine", "inprocess", "--task", "breast_cancer", "--sites", "5",
+        "--rounds", "1", "--out", str(tmp_path), "--record-dp-noise-multiplier", "1",
+        "--baseline", str(dp_run.run_dir)])
+    assert code == 2 and stderr.strip() == (
+        "fedsilo simulate: error: --baseline: a record-level DP run checks drift only when it "
+        "releases its sites' data profiles, which spends budget; set "
+        "--record-dp-profile-noise-multiplier ([record_dp] profile_noise_multiplier), e.g. 5")
+    assert list(tmp_path.iterdir()) == []
