@@ -132,7 +132,9 @@ def _collect_private(sites: Sequence[SiteInfo], secure_sum: Profile | None,
         contributions, count = None, int(round(float(secure_sum[ROWS][0])))
     else:
         per_site, notes = usable(sites)
-        contributions = [frequency_profile(p) for p in per_site.values()]
+        # a record-level DP site's own noise variance is not a histogram: left out here
+        contributions = [frequency_profile({k: v for k, v in p.items() if k != NOISE})
+                         for p in per_site.values()]
         count = len(contributions)
     if count < 1:
         return None, []
