@@ -4,9 +4,9 @@
 hospitals, each with its own file (CSV, Parquet, CSV) and its own column names, mapped
 onto the shared schema by its own ``site.toml`` (only ``[supernode]`` is rewritten here:
 insecure loopback and free ports). A real SuperLink (``fedsilo server start``) and three
-SuperNodes (``fedsilo site start``), up for the module, run ``deploy/run.toml`` for 2 rounds
-with ``fedsilo server run --wait``. Then: the genesis record carries the server's task identity
-and the federated statistics, the last round carries each site's signed evaluation,
+SuperNodes (``fedsilo site start``), up for the module, run ``deploy/run.toml`` for one
+round with ``fedsilo server run --wait``. Then: the genesis record carries the server's task identity
+and the federated statistics, the round carries each site's signed evaluation,
 ``metrics.json`` has per-site accuracy and AUROC, and ``fedsilo lineage verify`` passes.
 Every process is stopped by PID.
 """
@@ -52,8 +52,8 @@ def _example(tmp: Path, link: int, ports: list[int], startup: Startup) -> Path:
         path.write_text(tomli_w.dumps(doc))
     run = example / "deploy" / "run.toml"
     doc = tomllib.loads(run.read_text())
-    # the sites score the last round's model only (each exchange is a ClientApp process per site)
-    doc.update(rounds=2, eval_every=2, round_timeout=startup.scaled(240), out=str(tmp / "runs"))
+    # one round, scored by the sites (each exchange is a ClientApp process per site)
+    doc.update(rounds=1, eval_every=1, round_timeout=startup.scaled(240), out=str(tmp / "runs"))
     run.write_text(tomli_w.dumps(doc))
     return example
 
@@ -123,7 +123,7 @@ def test_tabular_task_on_three_supernodes(federation: Federation) -> None:
     example, cli = federation.example, federation.cli
     run = federation.run(example / "deploy" / "run.toml", "tab")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.splitlines()[-1] == ("fedsilo server: run tab completed: 2 of 2 rounds "
+    assert run.stdout.splitlines()[-1] == ("fedsilo server: run tab completed: 1 of 1 rounds "
                                            "changed the model (Flower: finished:completed)")
     tmp_path = federation.tmp
     run_dir = tmp_path / "runs" / "tab"
@@ -138,9 +138,8 @@ def test_tabular_task_on_three_supernodes(federation: Federation) -> None:
     assert task["statistics"]["sites"] == 3  # standardised with the three sites' sums
     declared = {s["site_id"]: s["num_examples"] for s in chain.genesis["sites"]}
     assert declared == {"north": 480, "south": 320, "east": 200}  # 80 % of each file
-    first, last = chain.of_type("round")
-    assert "evaluations" not in first["body"]  # omitted when empty
-    for record in [last]:  # each site's signed score of the last round's model
+    [last] = chain.of_type("round")
+    for record in [last]:  # each site's signed score of the round's model
         scores: dict[str, Any] = {e["site_id"]: e for e in record["body"]["evaluations"]}
         assert sorted(scores) == sorted(SITES)
         assert {s: e["num_examples"] for s, e in scores.items()} == \
@@ -149,7 +148,8 @@ def test_tabular_task_on_three_supernodes(federation: Federation) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     last = metrics["rounds"][-1]["site_eval"]["sites"]
     assert sorted(last) == sorted(SITES)
-    # two rounds of logistic regression already rank readmissions well at every hospital
+    # one round of logistic regression (two local epochs) already ranks readmissions well
+    # at every hospital (0.77 to 0.82 in the same run simulated)
     assert all(s["auroc"] > 0.7 for s in last.values()), last
 
 
@@ -161,7 +161,7 @@ def test_each_site_refuses_the_dp_round_past_its_own_ceiling(federation: Federat
     # 4.73 after round 1, 7.08 after round 2, above each site's max_epsilon = 6.
     run_toml = federation.tmp / "dp_run.toml"
     doc = tomllib.loads((federation.example / "deploy" / "run.toml").read_text())
-    doc.update(eval_every=0, dp={"enabled": True, "noise_multiplier": 1.0})
+    doc.update(rounds=2, eval_every=0, dp={"enabled": True, "noise_multiplier": 1.0})
     run_toml.write_text(tomli_w.dumps(doc))
     run = federation.run(run_toml, "ceil")
     assert run.returncode == 0, run.stdout + run.stderr
