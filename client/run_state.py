@@ -7,9 +7,9 @@ count one participation each time, and the built-in trainer's DP-SGD accountant 
 start again at zero. What must last the run lives in the node's ``context.state``, which
 Flower carries from message to message of a run: the site's `SiteBudget`, the state
 of a Trainer that `KeepsState`, and the record-level DP releases of its data profile
-(``record_releases``: their noise multipliers, which its DP-SGD accountant composes). `restore` puts it into the site before its training step
-(after the Trainer is rebuilt with the round's statistics, which a fresh process does);
-`keep` writes it back after.
+(``record_releases``: their noise multipliers, which its DP-SGD accountant composes).
+`restore` puts it into the site before its training step (after the Trainer is rebuilt
+with the round's statistics, which a fresh process does); `keep` writes it back after.
 """
 
 from __future__ import annotations

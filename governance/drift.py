@@ -21,8 +21,8 @@ the number of features (Bonferroni). Labels shift when their total variation rea
 ``label_tv`` and the chi-square test of homogeneity (`scipy.stats.chi2_contingency`)
 rejects at ``drift_alpha``. All features of all sites are tested as whole arrays.
 
-A profile released under client-level DP (`fedsilo.privacy.profile_release`) carries its
-noise's variance (``profile.noise``); for a pair where either side does, the gate is a
+A profile released under DP (`fedsilo.privacy.profile_release`: client-level or
+record-level) carries its noise's variance (``profile.noise``); for a pair where either side does, the gate is a
 Wald test instead, whose variance adds that noise to the sampling variance (`wald_pvalues`).
 """
 
@@ -124,7 +124,7 @@ def _noisy_pvalues(pvalues: np.ndarray, now: list[Profile], before: list[Profile
     noisy = (noise + ref_noise)[:, 0] > 0
     if not noisy.any():
         return pvalues
-    extra = (1,) * (np.ndim(_stack(now[:1], name)) - 2)  # rows, noise against (S, ..., B)
+    extra = (1,) * (np.ndim(now[0][name]) - 1)  # rows, noise against (S, ..., B)
     rows, ref_rows = (_stack(ps, ROWS).reshape(-1, *extra, 1) for ps in (now, before))
     wald = wald_pvalues(_stack(now, name), _stack(before, name), rows, ref_rows,
                         noise.reshape(-1, *extra, 1), ref_noise.reshape(-1, *extra, 1))

@@ -10,5 +10,6 @@ PREFIX = "profile."
 ROWS, FEATURES, LABELS = f"{PREFIX}rows", f"{PREFIX}features", f"{PREFIX}labels"
 """The arrays of a data profile (`fedsilo.tasks.profile` computes them at a site)."""
 NOISE = f"{PREFIX}noise"
-"""Under client-level DP, the federation's profile's noise: the variance of every count's
-Gaussian noise, shape (1,) (`fedsilo.privacy.profile_release`); absent: no noise."""
+"""A profile released under DP (client level: the federation's noisy sum; record level: a
+site's own noisy counts) carries the variance of every count's Gaussian noise, shape (1,)
+(`fedsilo.privacy.profile_release`); absent: no noise."""

@@ -110,14 +110,19 @@ def collect(sites: Sequence[SiteInfo], secure_sum: Profile | None,
                               "federation": profile_lists(federation)}
     if per_site is not None:
         record["sites"] = profiles_lists(per_site)
-    if baseline:
-        record["baseline"] = {"run_id": baseline["run_id"], "chain_head": baseline["chain_head"]}
     if record_noise is not None:
         record["record_dp"] = {"mechanism": "gaussian, added at each site",
                                "noise_multiplier": record_noise}
+    return _with_baseline_and_notes(record, baseline, notes), findings
+
+
+def _with_baseline_and_notes(record: dict[str, Any], baseline: Mapping[str, Any] | None,
+                             notes: list[str]) -> dict[str, Any]:
+    if baseline:
+        record["baseline"] = {"run_id": baseline["run_id"], "chain_head": baseline["chain_head"]}
     if notes:
         record["notes"] = notes
-    return record, findings
+    return record
 
 
 def _collect_private(sites: Sequence[SiteInfo], secure_sum: Profile | None,
@@ -127,14 +132,17 @@ def _collect_private(sites: Sequence[SiteInfo], secure_sum: Profile | None,
     from fedsilo.privacy.profile_release import release
     from fedsilo.tasks.profile import frequency_profile
 
+    def histograms(p: Mapping[str, np.ndarray]) -> Profile:
+        # a record-level DP site's own noise variance is not a histogram: left out here
+        return {k: np.asarray(v) for k, v in p.items() if k != NOISE}
+
     notes: list[str] = []
     if secure_sum is not None:
+        secure_sum = histograms(secure_sum)
         contributions, count = None, int(round(float(secure_sum[ROWS][0])))
     else:
         per_site, notes = usable(sites)
-        # a record-level DP site's own noise variance is not a histogram: left out here
-        contributions = [frequency_profile({k: v for k, v in p.items() if k != NOISE})
-                         for p in per_site.values()]
+        contributions = [frequency_profile(histograms(p)) for p in per_site.values()]
         count = len(contributions)
     if count < 1:
         return None, []
@@ -148,8 +156,5 @@ def _collect_private(sites: Sequence[SiteInfo], secure_sum: Profile | None,
         "dp": {"mechanism": "gaussian", "noise_multiplier": z, "noise_stddev": variance ** 0.5,
                "sites": count, "accountant": dp.accountant.name,
                "epsilon_after": dp.accountant.get_epsilon(), "delta": dp.config.delta}}
-    if baseline:
-        record["baseline"] = {"run_id": baseline["run_id"], "chain_head": baseline["chain_head"]}
-    if notes:
-        record["notes"] = notes
-    return record, drift_findings(None, federation, baseline, config)
+    return (_with_baseline_and_notes(record, baseline, notes),
+            drift_findings(None, federation, baseline, config))
