@@ -11,7 +11,14 @@ prints the attacker's sum after rounds 1, 2 and 3 and the honest sites' largest 
 (every window, every round, clean and attacked runs) as quantiles: an attacker is
 separable within 3 rounds only where its sum clears the honest tail.
 
+``--reference root`` asks the other question: would a reference direction that honest
+heterogeneity does not move separate them? Each round the server trains the global model
+on a root set it holds (one local epoch, as FLTrust's server does; here 5% of the bundled
+task's held-out split) and the probe prints each update's cosine to that direction: the
+honest sites' lowest quantiles and the attacker's cosine in rounds 1, 2 and 3.
+
     python benchmarks/bench_monitor_evidence.py [--rounds 6] [--tasks digits,mnist1d,wine,breast_cancer]
+    python benchmarks/bench_monitor_evidence.py --reference root --rounds 3
 """
 
 from __future__ import annotations
@@ -26,13 +33,17 @@ import numpy as np
 os.environ.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                   RAY_USAGE_STATS_ENABLED="0")
 
+from fedsilo.common.codec import ModelLayout  # noqa: E402
 from fedsilo.governance import monitor  # noqa: E402
+from fedsilo.server import monitoring  # noqa: E402
+from fedsilo.server import round as server_round_module  # noqa: E402
 from fedsilo.simulations.config import SimulationConfig  # noqa: E402
-from fedsilo.simulations.runner import run_federation  # noqa: E402
+from fedsilo.simulations.runner import bundled_data, run_federation  # noqa: E402
 from fedsilo.simulations.scenario import malicious_sites  # noqa: E402
 
 ATTACKS = ("clean", "label_flip", "min_max", "sign_flip")
 WINDOW = 3
+ROOT_ATTACKS = ("clean", "label_flip", "min_max", "sign_flip", "alie")
 
 
 def cosine_z(cosines: list[float]) -> np.ndarray:
@@ -55,16 +66,79 @@ def run_views(task: str, attack: str, seed: int, rounds: int) -> tuple[list[Any]
     monitor.Monitor.observe = recording  # type: ignore[method-assign]
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            options: dict[str, Any] = {"task": task, "rounds": rounds, "seed": seed, "out": tmp,
-                                       "run_id": "p", "allow_overreach": True}
-            if attack != "clean":
-                options.update(attack=attack, malicious=1)
-            config = SimulationConfig.load(None, options)
+            config = _config(task, attack, seed, rounds, tmp)
             run_federation(config, engine="inprocess")
     finally:
         monitor.Monitor.observe = observe  # type: ignore[method-assign]
     bad = malicious_sites(config.sites, 1, seed)[0] if attack != "clean" else None
     return views, bad
+
+
+def _config(task: str, attack: str, seed: int, rounds: int, out: str) -> SimulationConfig:
+    options: dict[str, Any] = {"task": task, "rounds": rounds, "seed": seed, "out": out,
+                               "run_id": "p", "allow_overreach": True}
+    if attack != "clean":
+        options.update(attack=attack, malicious=1)
+    return SimulationConfig.load(None, options)
+
+
+def root_cosines(task: str, attack: str, seed: int, rounds: int
+                 ) -> tuple[list[tuple[list[str], np.ndarray]], str | None]:
+    """Every round's (site ids, each update's cosine to the root set's update), and the attacker."""
+    from fedsilo.tasks.torch_trainer import TorchTrainer
+
+    rows: list[tuple[list[str], np.ndarray]] = []
+    sent: dict[str, Any] = {}
+    configure, geometry = server_round_module.configure, monitoring.update_geometry
+
+    def capture(server: Any, number: int) -> Any:  # the global model this round trains
+        sent.update(weights=server.parts.weights(server.model), round=number)
+        return configure(server, number)
+
+    def with_root(batch: Any, update: Any) -> Any:
+        weights = sent["weights"]
+        layout = ModelLayout.from_arrays(weights)
+        fit = trainer.fit(weights, {"server_round": sent["round"], "lr": config.lr,
+                                    "local_epochs": config.local_epochs})
+        root = layout.flatten(fit.weights) - layout.flatten(weights)
+        u = np.asarray(batch.updates, dtype=np.float64)
+        scale = np.linalg.norm(u, axis=1) * np.linalg.norm(root)
+        rows.append((list(batch.site_ids), u @ root / np.maximum(scale, 1e-12)))
+        return geometry(batch, update)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = _config(task, attack, seed, rounds, tmp)
+        data = bundled_data(config)
+        assert data is not None, "--reference root needs a bundled task"
+        rng = np.random.default_rng([seed, 0x2007])
+        idx = rng.choice(len(data.y_test), size=max(20, len(data.y_train) // 20), replace=False)
+        trainer = TorchTrainer(data.x_test[idx], data.y_test[idx], data.num_classes, seed=seed)
+        server_round_module.configure, monitoring.update_geometry = capture, with_root  # type: ignore[assignment]
+        try:
+            run_federation(config, engine="inprocess")
+        finally:
+            server_round_module.configure, monitoring.update_geometry = configure, geometry
+    return rows, (malicious_sites(config.sites, 1, seed)[0] if attack != "clean" else None)
+
+
+def root_table(tasks: list[str], rounds: int) -> None:
+    """Honest cosines to the root direction (lowest quantiles) beside each attacker's."""
+    print("| task | honest: min / 1% / 5% / median | " + " | ".join(ROOT_ATTACKS[1:]) + " |")
+    print("|---|---|" + "---|" * (len(ROOT_ATTACKS) - 1))
+    for task in tasks:
+        honest: list[float] = []
+        attacked: dict[str, list[str]] = {a: [] for a in ROOT_ATTACKS[1:]}
+        for attack in ROOT_ATTACKS:
+            for seed in range(3):
+                rows, bad = root_cosines(task, attack, seed, rounds)
+                mine = [float(c) for sites, cos in rows for s, c in zip(sites, cos, strict=True) if s == bad]
+                honest += [float(c) for sites, cos in rows for s, c in zip(sites, cos, strict=True)
+                           if s != bad]
+                if bad is not None:
+                    attacked[attack].append("/".join(f"{c:+.2f}" for c in mine[:3]))
+        q = np.quantile(honest, [0.0, 0.01, 0.05, 0.5])
+        print(f"| {task} | " + " / ".join(f"{v:+.2f}" for v in q) + " | "
+              + " | ".join("; ".join(attacked[a]) for a in ROOT_ATTACKS[1:]) + " |", flush=True)
 
 
 def stouffer(history: list[float]) -> list[float]:
@@ -78,7 +152,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--tasks", default="digits,mnist1d,wine,breast_cancer")
+    parser.add_argument("--reference", choices=("loo", "root"), default="loo",
+                        help="loo: the monitor's leave-one-out cosine, summed over rounds; "
+                             "root: each update's cosine to a server root set's update")
     args = parser.parse_args()
+    if args.reference == "root":
+        print(f"load average {os.getloadavg()[0]:.2f}; cosine to the root update\n")
+        root_table(args.tasks.split(","), args.rounds)
+        return
     print(f"load average {os.getloadavg()[0]:.2f}; window {WINDOW} rounds\n")
     print("| task | honest sums: median / 90% / 99% / max | label_flip | min_max | sign_flip |")
     print("|---|---|---|---|---|")
