@@ -60,11 +60,11 @@ def resolve_config(config: RunConfig) -> RunConfig:
     directories) and, for a directory or a column partition, ``sites`` set to the number
     of sites the data names. Raises `ConfigError` (``--task-options``/``--partition``) on
     a file or partition that cannot be used; a config without user data is returned as is."""
+    if not uses_user_data(config.task, config.task_options):
+        return config  # (before the imports: a bundled task's run loads no pandas)
     from fedsilo.server.config import ConfigError
     from fedsilo.tasks.tabular import SchemaError, TabularError, TabularSchema
 
-    if not uses_user_data(config.task, config.task_options):
-        return config
     try:
         TabularSchema.from_options(config.task_options)
     except SchemaError as exc:  # names the option itself
