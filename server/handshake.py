@@ -119,10 +119,17 @@ def handshake(grid: Grid, spec: ServerSpec, federation: dict[str, Any],
     if len(sites) < want:
         # A federation that silently runs with fewer sites than configured is worse
         # than one that does not start: say which nodes failed and why.
-        detail = "; ".join(problems) or f"{len(nodes) - len(replies)} nodes did not answer"
+        detail = "; ".join(problems) or _silent(nodes, replies, spec.config.round_timeout)
         raise HandshakeFailed(f"handshake: {len(sites)} of {want} sites answered ({detail})",
                               ordered, problems)
     return ordered
+
+
+def _silent(nodes: list[int], replies: list[Message], timeout: float) -> str:
+    """Which nodes did not answer the handshake, for its one-line error."""
+    silent = sorted(set(nodes) - {int(r.metadata.src_node_id) for r in replies})
+    return (f"{len(silent)} node{'' if len(silent) == 1 else 's'} did not answer within "
+            f"round_timeout={timeout:g} s: {', '.join(map(str, silent))}")
 
 
 def _site_of(reply: Message, spec: ServerSpec, problems: list[str]) -> SiteInfo | None:
