@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
+from secagg_common import best  # sibling module (benchmarks/ is on the path)
 
 import fedsilo.privacy.secagg.crypto as secagg_crypto
 import fedsilo.privacy.secagg.shamir as secagg_shamir
@@ -25,16 +25,6 @@ from fedsilo.privacy.secagg import SecAggConfig
 from fedsilo.simulations.inprocess import InProcessGrid
 
 D = 112_510  # parameters of the benchmark's MLP (digits, hidden 1500)
-
-
-def best_cpu(fn: Callable[[], object], reps: int) -> float:
-    """Least process CPU seconds of ``reps`` calls (the floor: noise only adds)."""
-    best = float("inf")
-    for _ in range(reps):
-        c0 = time.process_time()
-        fn()
-        best = min(best, time.process_time() - c0)
-    return best
 
 
 def crypto_floor(n: int, d: int = D, reps: int = 7) -> tuple[int, float, float]:
@@ -82,7 +72,7 @@ def crypto_floor(n: int, d: int = D, reps: int = 7) -> tuple[int, float, float]:
             total += v
         gen.add_masks(total, seeds, [True] * n)
 
-    return k, best_cpu(site, reps * 3), best_cpu(server, reps)
+    return k, best(site, reps * 3), best(server, reps)
 
 
 def message_floor(n: int, reps: int = 7) -> float:
@@ -107,7 +97,7 @@ def message_floor(n: int, reps: int = 7) -> float:
                 for node in nodes]
         list(grid.send_and_receive(msgs))
 
-    return best_cpu(exchange, reps)
+    return best(exchange, reps)
 
 
 def flower_legacy_round(n: int, rounds: int = 3) -> tuple[int, int, float, float, float]:
